@@ -1,0 +1,60 @@
+# One Makefile for people and CI. README.md gives new users `make dev` and `make test`;
+# .ci/run calls `make test`.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+# Tests spawn real controller processes; run them one at a time so timing bounds hold on
+# small machines.
+IT_THREADS ?= 1
+
+.PHONY: all deps dev test build fmt-check lint unit it bench-raft clean-dev
+
+all: build
+
+# System prerequisites: clang/libclang (RocksDB's bindings), promtool (metrics checks),
+# iproute2 and nftables (chaos harness). Installs with apt-get as root; otherwise prints
+# the command to run.
+DEB_PACKAGES := clang libclang-dev prometheus iproute2 nftables
+deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = "0" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else \
+	  echo "missing system packages:$$missing"; \
+	  echo "run: sudo apt-get update && sudo apt-get install -y$$missing"; \
+	  exit 1; \
+	fi
+
+# A local three-controller cluster on 127.0.0.1:7700-7702, data in ./.steward-dev.
+dev: deps
+	$(CARGO) run --bin steward -- dev
+
+build: deps
+	$(CARGO) build --workspace --all-targets
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+lint: deps
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit: build
+	$(CARGO) test --workspace --exclude steward-tests
+
+it: build
+	$(CARGO) test -p steward-tests -- --test-threads=$(IT_THREADS)
+
+# Everything CI runs.
+test: fmt-check lint unit it
+
+# Raft throughput, latency and failover on three local controllers (prints figures).
+bench-raft: build
+	$(CARGO) run --bin bench-raft
+
+clean-dev:
+	rm -rf .steward-dev

@@ -1,0 +1,107 @@
+//! Finding the cluster: connects to the first reachable admin address, and retries calls
+//! that failed because leadership is moving.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use steward_proto::v1::admin_client::AdminClient;
+use steward_proto::MAX_API_MESSAGE_BYTES;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+/// Deadline of one admin call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Connect timeout per address.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Attempts of a call that failed with UNAVAILABLE (leader election, forwarding).
+pub const ATTEMPTS: u32 = 5;
+/// Pause between attempts.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(300);
+
+pub fn parse_addrs(addrs: &str) -> anyhow::Result<Vec<String>> {
+    let list: Vec<String> = addrs
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect();
+    if list.is_empty() {
+        bail!("--addr is empty: give HOST:PORT[,HOST:PORT...]");
+    }
+    Ok(list)
+}
+
+async fn connect_one(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))
+        .with_context(|| format!("`{addr}` is not HOST:PORT"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT);
+    let ch = ep.connect().await?;
+    Ok(AdminClient::new(ch)
+        .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_API_MESSAGE_BYTES))
+}
+
+/// Connects to the first reachable address, starting at `start`.
+pub async fn connect(addrs: &[String], start: usize) -> anyhow::Result<AdminClient<Channel>> {
+    let mut last = None;
+    for i in 0..addrs.len() {
+        let addr = &addrs[(start + i) % addrs.len()];
+        match connect_one(addr).await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(format!("{addr}: {e:#}")),
+        }
+    }
+    Err(anyhow!(
+        "cannot reach any controller at {} ({}). Is the cluster running? `make dev` starts a local one; \
+         point --addr or STEWARD_ADDR at yours",
+        addrs.join(", "),
+        last.unwrap_or_default()
+    ))
+}
+
+/// Runs `call` against the cluster, retrying on another address while the answer is
+/// UNAVAILABLE (no leader yet, leader moving, controller stopping).
+pub async fn with_retry<T, F, Fut>(addrs: &str, mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut(AdminClient<Channel>) -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    let addrs = parse_addrs(addrs)?;
+    let mut last = None;
+    for attempt in 0..ATTEMPTS {
+        let client = match connect(&addrs, attempt as usize).await {
+            Ok(c) => c,
+            Err(e) if attempt + 1 == ATTEMPTS => return Err(e),
+            Err(e) => {
+                last = Some(e.to_string());
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        match call(client).await {
+            Ok(v) => return Ok(v),
+            Err(status) if status.code() == Code::Unavailable && attempt + 1 < ATTEMPTS => {
+                last = Some(status.message().to_string());
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Err(status) => return Err(status_error(status)),
+        }
+    }
+    Err(anyhow!("{}", last.unwrap_or_else(|| "no answer".into())))
+}
+
+/// Turns a gRPC status into an operator-facing error.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    let kind = match status.code() {
+        Code::NotFound => "not found",
+        Code::InvalidArgument => "invalid request",
+        Code::FailedPrecondition => "refused",
+        Code::Unavailable => "cluster unavailable",
+        Code::DeadlineExceeded => "timed out",
+        Code::PermissionDenied => "permission denied",
+        _ => "failed",
+    };
+    anyhow!("{kind}: {}", status.message())
+}

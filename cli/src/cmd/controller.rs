@@ -1,0 +1,80 @@
+//! `steward controller`: runs one controller until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use steward_controller::{Controller, ControllerConfigFile};
+
+#[derive(clap::Args, Debug, Default)]
+pub struct ControllerArgs {
+    /// TOML config file; flags and STEWARD_* variables override its keys.
+    #[arg(long, env = "STEWARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This controller's id in the group (1, 2, ...).
+    #[arg(long, env = "STEWARD_ID")]
+    pub id: Option<u64>,
+    /// Where the Raft log and state live.
+    #[arg(long, env = "STEWARD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Listen address of the Raft service (controller to controller).
+    #[arg(long, env = "STEWARD_RAFT_ADDR")]
+    pub raft_addr: Option<SocketAddr>,
+    /// Listen address of the admin and agent APIs.
+    #[arg(long, env = "STEWARD_API_ADDR")]
+    pub api_addr: Option<SocketAddr>,
+    /// Founding members' raft addresses: 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT. Omit when
+    /// joining an existing group (after `steward operator raft add-learner`).
+    #[arg(long, env = "STEWARD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Name of the cluster (shown in status and snapshots).
+    #[arg(long, env = "STEWARD_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+}
+
+impl ControllerArgs {
+    /// File, then env and flags (clap already put env under flags).
+    pub fn layered(self) -> anyhow::Result<ControllerConfigFile> {
+        let mut file = match &self.config {
+            Some(path) => ControllerConfigFile::load(path)?,
+            None => ControllerConfigFile::default(),
+        };
+        file.id = self.id.or(file.id);
+        file.data_dir = self.data_dir.or(file.data_dir);
+        file.raft_addr = self.raft_addr.or(file.raft_addr);
+        file.api_addr = self.api_addr.or(file.api_addr);
+        file.initial_cluster = self.initial_cluster.or(file.initial_cluster);
+        file.cluster_name = self.cluster_name.or(file.cluster_name);
+        Ok(file)
+    }
+}
+
+pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    crate::init_tracing("info,openraft=warn");
+    let config = args.layered()?.resolve()?;
+    let controller = Controller::start(config).await.context("starting the controller")?;
+    let code = tokio::select! {
+        reason = controller.fatal() => {
+            eprintln!("error: {reason}");
+            ExitCode::from(2)
+        }
+        signal = shutdown_signal() => {
+            signal?;
+            ExitCode::SUCCESS
+        }
+    };
+    controller.shutdown().await;
+    Ok(code)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r.context("installing the SIGINT handler")?,
+    }
+    Ok(())
+}

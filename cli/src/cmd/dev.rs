@@ -1,0 +1,80 @@
+//! `steward dev`: three controllers in one process on 127.0.0.1, with their data under one
+//! directory, so a new user has a cluster with one command. Restarting it reuses the data.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use steward_controller::{Controller, ControllerConfigFile};
+
+/// Offset from the first API port to the first Raft port.
+const RAFT_PORT_OFFSET: u16 = 10;
+
+#[derive(clap::Args, Debug)]
+pub struct DevArgs {
+    /// Where the three controllers keep their data.
+    #[arg(long, default_value = ".steward-dev")]
+    pub data_dir: PathBuf,
+    /// First admin API port; the controllers use P, P+1, P+2 (Raft: P+10..P+12).
+    #[arg(long, default_value_t = 7700)]
+    pub api_port: u16,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    crate::init_tracing("warn");
+    let p = args.api_port;
+    if p.checked_add(RAFT_PORT_OFFSET + 2).is_none() {
+        anyhow::bail!("--api-port {p} is too high: the dev cluster needs ports up to P+12");
+    }
+    let initial: Vec<String> = (0..3)
+        .map(|i| format!("{}=127.0.0.1:{}", i + 1, p + RAFT_PORT_OFFSET + i))
+        .collect();
+    let mut controllers = Vec::new();
+    for i in 0..3u16 {
+        let file = ControllerConfigFile {
+            id: Some(u64::from(i) + 1),
+            data_dir: Some(args.data_dir.join(format!("controller-{}", i + 1))),
+            raft_addr: Some(format!("127.0.0.1:{}", p + RAFT_PORT_OFFSET + i).parse()?),
+            api_addr: Some(format!("127.0.0.1:{}", p + i).parse()?),
+            initial_cluster: Some(initial.join(",")),
+            cluster_name: Some("steward-dev".into()),
+            ..Default::default()
+        };
+        let c = Controller::start(file.resolve()?)
+            .await
+            .with_context(|| format!("starting dev controller {}", i + 1))?;
+        controllers.push(c);
+    }
+    let addrs = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", p, p + 1, p + 2);
+    let addr_flag = if p == 7700 {
+        String::new()
+    } else {
+        format!(" --addr {addrs}")
+    };
+    println!("steward dev cluster: 3 controllers, data in {}", args.data_dir.display());
+    println!("admin API: {addrs}");
+    println!();
+    println!("try, in another terminal:");
+    println!("  steward status{addr_flag}");
+    println!("  steward kv put greeting hello{addr_flag}");
+    println!("  steward kv get greeting{addr_flag} -o json");
+    println!("  steward operator raft list-peers{addr_flag}");
+    println!();
+    println!("Ctrl-C stops the cluster; running `steward dev` again resumes on the same data.");
+
+    let mut code = ExitCode::SUCCESS;
+    tokio::select! {
+        r = super::controller::shutdown_signal() => r?,
+        reason = async {
+            let futs: Vec<_> = controllers.iter().map(|c| Box::pin(c.fatal())).collect();
+            futures::future::select_all(futs).await.0
+        } => {
+            eprintln!("error: {reason}");
+            code = ExitCode::from(2);
+        }
+    }
+    for c in controllers {
+        c.shutdown().await;
+    }
+    Ok(code)
+}

@@ -1,0 +1,7 @@
+//! One module per top-level command.
+
+pub mod controller;
+pub mod dev;
+pub mod kv;
+pub mod operator;
+pub mod status;

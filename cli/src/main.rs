@@ -1,0 +1,81 @@
+//! `steward`: the single binary. Runs a controller (`steward controller`), a local dev
+//! cluster (`steward dev`), and the admin commands that talk to a cluster's admin API.
+
+mod client;
+mod cmd;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::output::Output;
+
+/// The `steward dev` admin addresses: the default for every admin command.
+pub const DEV_ADDRS: &str = "127.0.0.1:7700,127.0.0.1:7701,127.0.0.1:7702";
+
+#[derive(Parser)]
+#[command(name = "steward", version, about = "Keeps an AI data center healthy and busy", propagate_version = true)]
+struct Cli {
+    /// Admin API addresses of the controllers, comma separated (any one is enough).
+    #[arg(long, global = true, env = "STEWARD_ADDR", default_value = DEV_ADDRS)]
+    addr: String,
+    /// Output format: readable tables, or one JSON document for scripts.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one controller of the Raft group.
+    Controller(cmd::controller::ControllerArgs),
+    /// Run a local three-controller cluster on 127.0.0.1 until Ctrl-C.
+    Dev(cmd::dev::DevArgs),
+    /// Show the controller group: members, leader, term, indexes, lag.
+    Status(cmd::status::StatusArgs),
+    /// The replicated key-value namespace for cluster metadata.
+    #[command(subcommand)]
+    Kv(cmd::kv::KvCommand),
+    /// Operate the controller group: Raft membership and snapshots.
+    #[command(subcommand)]
+    Operator(cmd::operator::OperatorCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Controller(args) => cmd::controller::run(args).await,
+            Command::Dev(args) => cmd::dev::run(args).await,
+            Command::Status(args) => cmd::status::run(&cli.addr, cli.output, args).await,
+            Command::Kv(c) => cmd::kv::run(&cli.addr, cli.output, c).await,
+            Command::Operator(c) => cmd::operator::run(&cli.addr, cli.output, c).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, filtered by RUST_LOG (default: `default`).
+pub fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

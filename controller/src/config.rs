@@ -1,0 +1,328 @@
+//! Controller configuration: typed, layered (file, then `STEWARD_*` env, then flags; the
+//! CLI does the layering) and validated with messages that name the key.
+//!
+//! The annotated example is `deploy/config/controller.toml`; a test parses it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::typ::NodeId;
+
+/// The config file's shape. Every key is optional here; [`ControllerConfigFile::resolve`]
+/// checks that the required ones are set somewhere.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfigFile {
+    pub id: Option<NodeId>,
+    pub data_dir: Option<PathBuf>,
+    pub raft_addr: Option<SocketAddr>,
+    pub api_addr: Option<SocketAddr>,
+    /// `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`: raft addresses of the founding members.
+    pub initial_cluster: Option<String>,
+    pub cluster_name: Option<String>,
+    #[serde(default)]
+    pub raft: RaftTuning,
+}
+
+/// Raft timing, batching and snapshot settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    /// Leader heartbeat period.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A follower that hears nothing for a random time in [min, max] starts an election.
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_max: Duration,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind the snapshot, so a briefly lagging follower catches up
+    /// from the log instead of a snapshot.
+    pub keep_entries_after_snapshot: u64,
+    /// Most entries in one AppendEntries message.
+    pub max_entries_per_append: u64,
+    /// Snapshot chunk size when streaming to a follower, in bytes.
+    pub snapshot_chunk_bytes: u64,
+    /// Deadline of one snapshot-chunk RPC.
+    #[serde(with = "humantime_serde")]
+    pub install_snapshot_timeout: Duration,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        RaftTuning {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(400),
+            election_timeout_max: Duration::from_millis(800),
+            snapshot_after_entries: 10_000,
+            keep_entries_after_snapshot: 1_000,
+            max_entries_per_append: 1_000,
+            snapshot_chunk_bytes: 1024 * 1024,
+            install_snapshot_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A complete, validated controller configuration.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub id: NodeId,
+    pub data_dir: PathBuf,
+    pub raft_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    /// Founding members' raft addresses; empty when joining an existing cluster.
+    pub initial_cluster: BTreeMap<NodeId, String>,
+    pub cluster_name: String,
+    pub raft: RaftTuning,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("`{key}` is required: set it in the config file, with --{flag}, or with {env}")]
+    Missing {
+        key: &'static str,
+        flag: &'static str,
+        env: &'static str,
+    },
+    #[error("`{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+impl ControllerConfigFile {
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Checks that required keys are present and values are coherent.
+    pub fn resolve(self) -> Result<ControllerConfig, ConfigError> {
+        let id = self.id.ok_or(ConfigError::Missing {
+            key: "id",
+            flag: "id",
+            env: "STEWARD_ID",
+        })?;
+        if id == 0 {
+            return Err(invalid("id", "must be at least 1"));
+        }
+        let data_dir = self.data_dir.ok_or(ConfigError::Missing {
+            key: "data_dir",
+            flag: "data-dir",
+            env: "STEWARD_DATA_DIR",
+        })?;
+        let raft_addr = self.raft_addr.ok_or(ConfigError::Missing {
+            key: "raft_addr",
+            flag: "raft-addr",
+            env: "STEWARD_RAFT_ADDR",
+        })?;
+        let api_addr = self.api_addr.ok_or(ConfigError::Missing {
+            key: "api_addr",
+            flag: "api-addr",
+            env: "STEWARD_API_ADDR",
+        })?;
+        if raft_addr == api_addr {
+            return Err(invalid("api_addr", format!("must differ from raft_addr ({raft_addr})")));
+        }
+        let initial_cluster = match self.initial_cluster.as_deref() {
+            None | Some("") => BTreeMap::new(),
+            Some(s) => parse_initial_cluster(s)?,
+        };
+        if !initial_cluster.is_empty() {
+            match initial_cluster.get(&id) {
+                None => {
+                    return Err(invalid(
+                        "initial_cluster",
+                        format!("does not list this controller's id {id}"),
+                    ))
+                }
+                Some(addr) if addr != &raft_addr.to_string() => {
+                    return Err(invalid(
+                        "initial_cluster",
+                        format!("lists {id}={addr} but raft_addr is {raft_addr}"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let cluster_name = self.cluster_name.unwrap_or_else(|| "steward".to_string());
+        self.raft.validate()?;
+        Ok(ControllerConfig {
+            id,
+            data_dir,
+            raft_addr,
+            api_addr,
+            initial_cluster,
+            cluster_name,
+            raft: self.raft,
+        })
+    }
+}
+
+impl RaftTuning {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ms = |d: Duration| d.as_millis();
+        if self.heartbeat_interval.is_zero() {
+            return Err(invalid("raft.heartbeat_interval", "must be above 0"));
+        }
+        if self.election_timeout_min >= self.election_timeout_max {
+            return Err(invalid(
+                "raft.election_timeout_min",
+                format!(
+                    "({}ms) must be below raft.election_timeout_max ({}ms)",
+                    ms(self.election_timeout_min),
+                    ms(self.election_timeout_max)
+                ),
+            ));
+        }
+        if self.heartbeat_interval * 2 > self.election_timeout_min {
+            return Err(invalid(
+                "raft.heartbeat_interval",
+                format!(
+                    "({}ms) must be at most half of raft.election_timeout_min ({}ms)",
+                    ms(self.heartbeat_interval),
+                    ms(self.election_timeout_min)
+                ),
+            ));
+        }
+        if self.snapshot_after_entries == 0 {
+            return Err(invalid("raft.snapshot_after_entries", "must be above 0"));
+        }
+        if self.max_entries_per_append == 0 {
+            return Err(invalid("raft.max_entries_per_append", "must be above 0"));
+        }
+        if !(4096..=16 * 1024 * 1024).contains(&self.snapshot_chunk_bytes) {
+            return Err(invalid(
+                "raft.snapshot_chunk_bytes",
+                "must be between 4096 and 16777216 (16 MiB)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The openraft configuration these settings stand for.
+    pub fn to_openraft(&self, cluster_name: &str) -> Result<openraft::Config, ConfigError> {
+        let config = openraft::Config {
+            cluster_name: cluster_name.to_string(),
+            heartbeat_interval: self.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: self.election_timeout_min.as_millis() as u64,
+            election_timeout_max: self.election_timeout_max.as_millis() as u64,
+            install_snapshot_timeout: self.install_snapshot_timeout.as_millis() as u64,
+            max_payload_entries: self.max_entries_per_append,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: self.keep_entries_after_snapshot,
+            snapshot_max_chunk_size: self.snapshot_chunk_bytes,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|e| invalid("raft", e.to_string()))
+    }
+}
+
+/// Parses `1=HOST:PORT,2=HOST:PORT`.
+pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part.split_once('=').ok_or_else(|| {
+            invalid("initial_cluster", format!("`{part}` is not ID=HOST:PORT"))
+        })?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| invalid("initial_cluster", format!("`{id}` in `{part}` is not a controller id")))?;
+        let addr = addr.trim();
+        if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            return Err(invalid("initial_cluster", format!("`{addr}` in `{part}` is not HOST:PORT")));
+        }
+        if out.insert(id, addr.to_string()).is_some() {
+            return Err(invalid("initial_cluster", format!("id {id} is listed twice")));
+        }
+    }
+    if out.is_empty() {
+        return Err(invalid("initial_cluster", "lists no members"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> ControllerConfigFile {
+        ControllerConfigFile {
+            id: Some(1),
+            data_dir: Some("/tmp/x".into()),
+            raft_addr: Some("127.0.0.1:7710".parse().expect("addr")),
+            api_addr: Some("127.0.0.1:7700".parse().expect("addr")),
+            initial_cluster: Some("1=127.0.0.1:7710,2=127.0.0.1:7711".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn resolves_and_names_bad_keys() {
+        let cfg = base().resolve().expect("valid");
+        assert_eq!(cfg.initial_cluster.len(), 2);
+        let err = ControllerConfigFile { id: None, ..base() }.resolve().unwrap_err();
+        assert!(err.to_string().contains("STEWARD_ID"), "{err}");
+        let mut bad = base();
+        bad.raft.election_timeout_min = Duration::from_secs(2);
+        let err = bad.resolve().unwrap_err().to_string();
+        assert!(err.contains("raft.election_timeout_min"), "{err}");
+        let err = ControllerConfigFile {
+            initial_cluster: Some("2=127.0.0.1:7711".into()),
+            ..base()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("does not list this controller's id 1"), "{err}");
+        assert!(parse_initial_cluster("1=a:1,1=b:2").is_err());
+        assert!(parse_initial_cluster("x=a:1").is_err());
+        assert!(parse_initial_cluster("1=nohost").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = ControllerConfigFile::parse("id = 1\nfavourite_colour = \"red\"\n").unwrap_err();
+        assert!(err.to_string().contains("favourite_colour"), "{err}");
+        let err = ControllerConfigFile::parse("[raft]\nheartbeat = \"1s\"\n").unwrap_err();
+        assert!(err.to_string().contains("heartbeat"), "{err}");
+        let ok = ControllerConfigFile::parse("[raft]\nheartbeat_interval = \"50ms\"\n").expect("parses");
+        assert_eq!(ok.raft.heartbeat_interval, Duration::from_millis(50));
+    }
+}

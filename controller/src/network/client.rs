@@ -1,0 +1,179 @@
+//! openraft's network factory over tonic (client side of `RaftService`).
+
+use std::sync::Arc;
+
+use openraft::error::{NetworkError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::AnyError;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use steward_core::codec;
+use steward_proto::v1::raft_reply::Result as ReplyResult;
+use steward_proto::v1::raft_service_client::RaftServiceClient;
+use steward_proto::v1::{RaftReply, RaftRequest};
+use steward_proto::MAX_RAFT_MESSAGE_BYTES;
+use tonic::transport::Channel;
+
+use super::{wiped_message, PeerShared, WIPED_CONTROLLER_HEADER};
+use crate::typ::{
+    AppendEntriesRequest, AppendEntriesResponse, ControllerNode, InstallSnapshotError,
+    InstallSnapshotRequest, InstallSnapshotResponse, NodeId, RaftError, RpcError, TypeConfig,
+    VoteRequest, VoteResponse,
+};
+
+/// Creates one [`Network`] per peer; all share the channel cache in [`PeerShared`].
+#[derive(Clone)]
+pub struct NetworkFactory {
+    shared: Arc<PeerShared>,
+}
+
+impl NetworkFactory {
+    pub fn new(shared: Arc<PeerShared>) -> Self {
+        NetworkFactory { shared }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = Network;
+
+    async fn new_client(&mut self, target: NodeId, node: &ControllerNode) -> Network {
+        Network {
+            target,
+            addr: node.raft_addr.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The client for one peer.
+pub struct Network {
+    target: NodeId,
+    addr: String,
+    shared: Arc<PeerShared>,
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl Network {
+    fn client(&self) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
+        let ch = self.shared.channel(&self.addr)?;
+        Ok(RaftServiceClient::new(ch)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+    }
+
+    /// Sends one request and decodes the reply. `Ok(Err(e))` is the peer's RaftError.
+    async fn call<Req, Resp, E>(
+        &self,
+        rpc: Rpc,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcError<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let payload = codec::encode("raft request", req)
+            .map_err(|e| RpcError::Network(NetworkError::new(&e)))?;
+        let mut client = self
+            .client()
+            .map_err(|e| RpcError::Unreachable(Unreachable::new(&e)))?;
+        let mut request = tonic::Request::new(RaftRequest {
+            from: Some(self.shared.identity()),
+            to_controller_id: self.target,
+            to_incarnation: self.shared.recorded_incarnation(self.target),
+            payload,
+        });
+        let ttl = option.hard_ttl();
+        request.set_timeout(ttl);
+        let fut = async {
+            match rpc {
+                Rpc::AppendEntries => client.append_entries(request).await,
+                Rpc::Vote => client.vote(request).await,
+                Rpc::InstallSnapshot => client.install_snapshot(request).await,
+            }
+        };
+        let reply: RaftReply = match tokio::time::timeout(ttl, fut).await {
+            Err(_elapsed) => {
+                return Err(RpcError::Network(NetworkError::new(&AnyError::error(format!(
+                    "raft rpc to controller {} at {} timed out after {ttl:?}",
+                    self.target, self.addr
+                )))))
+            }
+            Ok(Err(status)) => return Err(self.status_error(status)),
+            Ok(Ok(resp)) => resp.into_inner(),
+        };
+        self.shared.touch(self.target);
+        match reply.result {
+            Some(ReplyResult::Ok(bytes)) => codec::decode("raft response", &bytes)
+                .map_err(|e| RpcError::Network(NetworkError::new(&e))),
+            Some(ReplyResult::RaftError(bytes)) => {
+                let err: RaftError<E> = codec::decode("raft error", &bytes)
+                    .map_err(|e| RpcError::Network(NetworkError::new(&e)))?;
+                Err(RpcError::RemoteError(RemoteError::new(self.target, err)))
+            }
+            None => Err(RpcError::Network(NetworkError::new(&AnyError::error(
+                "empty raft reply",
+            )))),
+        }
+    }
+
+    fn status_error<E: std::error::Error>(&self, status: tonic::Status) -> RpcError<E> {
+        if status.code() == tonic::Code::PermissionDenied {
+            let wiped = status
+                .metadata()
+                .get(WIPED_CONTROLLER_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<NodeId>().ok());
+            if wiped == Some(self.shared.id) {
+                let recorded = self.shared.recorded_incarnation(self.shared.id);
+                self.shared.fail(if recorded != 0 {
+                    wiped_message(self.shared.id, recorded, self.shared.incarnation)
+                } else {
+                    status.message().to_string()
+                });
+            }
+        }
+        let err = AnyError::error(format!(
+            "controller {} at {}: {}: {}",
+            self.target,
+            self.addr,
+            status.code(),
+            status.message()
+        ));
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::Unknown => {
+                RpcError::Unreachable(Unreachable::new(&err))
+            }
+            _ => RpcError::Network(NetworkError::new(&err)),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Network {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse, RpcError> {
+        self.call(Rpc::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse, RpcError<InstallSnapshotError>> {
+        self.call(Rpc::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> Result<VoteResponse, RpcError> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+}

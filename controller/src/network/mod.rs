@@ -1,0 +1,128 @@
+//! Raft traffic between controllers over tonic.
+//!
+//! - `client.rs`: openraft's `RaftNetworkFactory`: one lazily connected, reused channel per
+//!   peer address; every RPC bounded by openraft's deadline; message sizes capped.
+//! - `server.rs`: the `RaftService` that hands requests to the local `Raft`, after checking
+//!   the incarnation fence.
+//!
+//! Incarnation fence: every request names the sender's (id, incarnation) and the incarnation
+//! the sender's state records for the target. A receiver whose own incarnation differs was
+//! wiped and stops itself; a sender whose incarnation differs from the recorded one is
+//! refused with PERMISSION_DENIED and stops itself on reading that answer.
+
+mod client;
+mod server;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+
+pub use client::{Network, NetworkFactory};
+pub use server::RaftServer;
+
+use crate::store::StateView;
+use crate::typ::NodeId;
+
+/// Metadata key on a PERMISSION_DENIED answer naming the controller whose incarnation is stale.
+pub(crate) const WIPED_CONTROLLER_HEADER: &str = "x-steward-wiped-controller";
+
+/// Connect timeout for peer channels.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// What this controller is, for the fence, and shared state of its Raft transport.
+pub struct PeerShared {
+    pub id: NodeId,
+    pub incarnation: u64,
+    pub view: StateView,
+    channels: Mutex<HashMap<String, Channel>>,
+    last_contact: Mutex<HashMap<NodeId, Instant>>,
+    fatal: watch::Sender<Option<String>>,
+}
+
+impl PeerShared {
+    pub fn new(id: NodeId, incarnation: u64, view: StateView, fatal: watch::Sender<Option<String>>) -> Arc<Self> {
+        Arc::new(PeerShared {
+            id,
+            incarnation,
+            view,
+            channels: Mutex::new(HashMap::new()),
+            last_contact: Mutex::new(HashMap::new()),
+            fatal,
+        })
+    }
+
+    /// A reused channel to `addr` (connected lazily, reconnects by itself).
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = channels.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        channels.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    pub(crate) fn touch(&self, peer: NodeId) {
+        self.last_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, Instant::now());
+    }
+
+    /// Milliseconds since a Raft RPC to `peer` last succeeded, if ever.
+    pub fn millis_since_contact(&self, peer: NodeId) -> Option<u64> {
+        self.last_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .map(|t| t.elapsed().as_millis() as u64)
+    }
+
+    /// Incarnation recorded in the applied state for `peer`; 0 when unrecorded.
+    pub fn recorded_incarnation(&self, peer: NodeId) -> u64 {
+        self.view
+            .read()
+            .state
+            .controllers
+            .get(&peer)
+            .map_or(0, |r| r.incarnation)
+    }
+
+    /// Stops this controller for good with `reason` (printed by the CLI on exit).
+    pub fn fail(&self, reason: String) {
+        tracing::error!("{reason}");
+        self.fatal.send_if_modified(|cur| {
+            if cur.is_none() {
+                *cur = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub fn identity(&self) -> steward_proto::v1::PeerIdentity {
+        steward_proto::v1::PeerIdentity {
+            controller_id: self.id,
+            incarnation: self.incarnation,
+        }
+    }
+}
+
+/// The operator-facing message for a wiped controller.
+pub fn wiped_message(id: NodeId, recorded: u64, actual: u64) -> String {
+    format!(
+        "controller {id} refused: its data dir is a new incarnation ({actual:#x}) but the cluster \
+         recorded incarnation {recorded:#x} for id {id}, so its Raft log and vote were lost. Remove \
+         the member (`steward operator raft remove-peer {id}`) and add it back under a new id \
+         (`steward operator raft add-learner NEW_ID RAFT_ADDR API_ADDR`, then `promote NEW_ID`)"
+    )
+}

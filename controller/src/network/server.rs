@@ -1,0 +1,161 @@
+//! `RaftService`: receives Raft RPCs from peers, applies the incarnation fence, and hands
+//! them to the local `Raft`. Also the two leadership-transfer steps and controller
+//! registration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use steward_core::{codec, Command, CommandResult};
+use steward_proto::v1::raft_reply::Result as ReplyResult;
+use steward_proto::v1::raft_service_server::RaftService;
+use steward_proto::v1::{
+    CampaignReply, CampaignRequest, PauseElectionReply, PauseElectionRequest, PeerIdentity,
+    RaftReply, RaftRequest, RegisterControllerReply, RegisterControllerRequest,
+};
+use tonic::{Request, Response, Status};
+
+use super::{wiped_message, PeerShared, WIPED_CONTROLLER_HEADER};
+use crate::typ::{NodeId, Raft, RaftError};
+
+/// Longest election pause a peer may ask for.
+pub const MAX_ELECTION_PAUSE: Duration = Duration::from_secs(10);
+
+pub struct RaftServer {
+    raft: Raft,
+    shared: Arc<PeerShared>,
+}
+
+impl RaftServer {
+    pub fn new(raft: Raft, shared: Arc<PeerShared>) -> Self {
+        RaftServer { raft, shared }
+    }
+
+    /// The incarnation fence. See the module docs of `network`.
+    fn check_sender(&self, from: Option<&PeerIdentity>) -> Result<NodeId, Status> {
+        let from = from.ok_or_else(|| Status::invalid_argument("raft request without sender identity"))?;
+        let recorded = self.shared.recorded_incarnation(from.controller_id);
+        if recorded != 0 && recorded != from.incarnation {
+            let mut status = Status::permission_denied(wiped_message(
+                from.controller_id,
+                recorded,
+                from.incarnation,
+            ));
+            if let Ok(v) = from.controller_id.to_string().parse() {
+                status.metadata_mut().insert(WIPED_CONTROLLER_HEADER, v);
+            }
+            return Err(status);
+        }
+        Ok(from.controller_id)
+    }
+
+    fn check_request(&self, req: &RaftRequest) -> Result<(), Status> {
+        self.check_sender(req.from.as_ref())?;
+        if req.to_controller_id != self.shared.id {
+            return Err(Status::invalid_argument(format!(
+                "this is controller {}, not {}: check the raft addresses in --initial-cluster / membership",
+                self.shared.id, req.to_controller_id
+            )));
+        }
+        if req.to_incarnation != 0 && req.to_incarnation != self.shared.incarnation {
+            let msg = wiped_message(self.shared.id, req.to_incarnation, self.shared.incarnation);
+            self.shared.fail(msg.clone());
+            return Err(Status::failed_precondition(msg));
+        }
+        Ok(())
+    }
+}
+
+fn decode<T: DeserializeOwned>(req: &RaftRequest) -> Result<T, Status> {
+    codec::decode("raft request", &req.payload).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn reply<T: Serialize, E: Serialize>(result: Result<T, RaftError<E>>) -> Result<Response<RaftReply>, Status> {
+    let encoded = match result {
+        Ok(v) => codec::encode("raft response", &v).map(ReplyResult::Ok),
+        Err(e) => codec::encode("raft error", &e).map(ReplyResult::RaftError),
+    }
+    .map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(RaftReply {
+        result: Some(encoded),
+    }))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftServer {
+    async fn append_entries(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req = request.into_inner();
+        self.check_request(&req)?;
+        reply(self.raft.append_entries(decode(&req)?).await)
+    }
+
+    async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req = request.into_inner();
+        self.check_request(&req)?;
+        reply(self.raft.vote(decode(&req)?).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req = request.into_inner();
+        self.check_request(&req)?;
+        reply(self.raft.install_snapshot(decode(&req)?).await)
+    }
+
+    async fn pause_election(
+        &self,
+        request: Request<PauseElectionRequest>,
+    ) -> Result<Response<PauseElectionReply>, Status> {
+        let req = request.into_inner();
+        self.check_sender(req.from.as_ref())?;
+        let pause = Duration::from_millis(req.pause_ms).min(MAX_ELECTION_PAUSE);
+        self.raft.runtime_config().elect(false);
+        let raft = self.raft.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(pause).await;
+            raft.runtime_config().elect(true);
+        });
+        Ok(Response::new(PauseElectionReply {}))
+    }
+
+    async fn campaign(&self, request: Request<CampaignRequest>) -> Result<Response<CampaignReply>, Status> {
+        let req = request.into_inner();
+        self.check_sender(req.from.as_ref())?;
+        self.raft.runtime_config().elect(true);
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(CampaignReply {}))
+    }
+
+    async fn register_controller(
+        &self,
+        request: Request<RegisterControllerRequest>,
+    ) -> Result<Response<RegisterControllerReply>, Status> {
+        let req = request.into_inner();
+        let from = req
+            .from
+            .ok_or_else(|| Status::invalid_argument("registration without sender identity"))?;
+        let command = Command::RegisterController {
+            controller: from.controller_id,
+            incarnation: from.incarnation,
+            api_addr: req.api_addr,
+        };
+        match self.raft.client_write(command).await {
+            Ok(resp) => match resp.data {
+                CommandResult::ControllerRegistered => Ok(Response::new(RegisterControllerReply {
+                    recorded_incarnation: from.incarnation,
+                })),
+                CommandResult::IncarnationConflict { recorded, .. } => {
+                    Ok(Response::new(RegisterControllerReply {
+                        recorded_incarnation: recorded,
+                    }))
+                }
+                other => Err(Status::internal(format!("unexpected result {other:?}"))),
+            },
+            Err(e) => Err(Status::failed_precondition(format!("cannot register here: {e}"))),
+        }
+    }
+}

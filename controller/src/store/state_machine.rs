@@ -1,0 +1,228 @@
+//! The replicated state machine (`RaftStateMachine`): an in-memory [`ClusterState`] fed by
+//! committed entries, plus durable snapshots in the `snapshot` column family.
+//!
+//! On start it restores the latest snapshot; openraft then re-applies committed entries
+//! after it. Readers (the admin API) see the state through [`StateView`].
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{AnyError, EntryPayload, OptionalSend, RaftLogId};
+use serde::{Deserialize, Serialize};
+use steward_core::{codec, ClusterState, CommandResult};
+
+use super::{Db, StoreError, CF_SNAPSHOT};
+use crate::typ::{
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+    TypeConfig,
+};
+
+const SNAPSHOT_KEY: &[u8] = b"current";
+
+/// What `snapshot` holds: openraft's metadata and the encoded cluster state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// The applied state and its position in the log.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub state: ClusterState,
+    pub last_applied: Option<LogId>,
+    pub last_membership: StoredMembership,
+    /// Snapshots received from a leader and installed since this process started.
+    pub snapshots_installed: u64,
+}
+
+/// Read access to the applied state, shared with the API servers.
+#[derive(Clone, Default)]
+pub struct StateView {
+    inner: Arc<RwLock<Applied>>,
+}
+
+impl StateView {
+    /// Read guard over the applied state. Hold it briefly: apply waits for it.
+    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        // A poisoned lock means a panic while applying, which aborts the process anyway.
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct StateMachineStore {
+    db: Db,
+    view: StateView,
+    /// Counter making snapshot ids unique within this process.
+    snapshot_seq: u64,
+}
+
+pub struct SnapshotBuilder {
+    db: Db,
+    state: ClusterState,
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+    seq: u64,
+}
+
+fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_state_machine(AnyError::new(&e)).into()
+}
+
+fn snap_write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_snapshot(None, AnyError::new(&e)).into()
+}
+
+fn snap_read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_snapshot(None, AnyError::new(&e)).into()
+}
+
+impl StateMachineStore {
+    /// Opens the state machine, restoring the latest durable snapshot if there is one.
+    pub fn open(db: Db) -> Result<Self, StoreError> {
+        let view = StateView::default();
+        if let Some(snap) = read_stored_snapshot(&db)? {
+            let state = ClusterState::decode(&snap.data)?;
+            let mut applied = view.write();
+            applied.state = state;
+            applied.last_applied = snap.meta.last_log_id;
+            applied.last_membership = snap.meta.last_membership.clone();
+        }
+        Ok(StateMachineStore {
+            db,
+            view,
+            snapshot_seq: 0,
+        })
+    }
+
+    pub fn view(&self) -> StateView {
+        self.view.clone()
+    }
+}
+
+fn read_stored_snapshot(db: &Db) -> Result<Option<StoredSnapshot>, StoreError> {
+    match db.raw().get_cf(db.cf(CF_SNAPSHOT), SNAPSHOT_KEY)? {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(codec::decode("snapshot", &bytes)?)),
+    }
+}
+
+fn write_stored_snapshot(db: &Db, snap: &StoredSnapshot) -> Result<(), StoreError> {
+    let bytes = codec::encode("snapshot", snap)?;
+    db.raw()
+        .put_cf_opt(db.cf(CF_SNAPSHOT), SNAPSHOT_KEY, bytes, &Db::sync_opts())?;
+    Ok(())
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let data = self.state.encode().map_err(snap_write_err)?;
+        let snapshot_id = match self.last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, self.seq),
+            None => format!("0-0-{}", self.seq),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.last_membership.clone(),
+            snapshot_id,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        let db = self.db.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            write_stored_snapshot(&db, &stored).map(|()| stored)
+        })
+        .await
+        .map_err(snap_write_err)?
+        .map_err(snap_write_err)?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let applied = self.view.read();
+        Ok((applied.last_applied, applied.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut applied = self.view.write();
+        let mut results = Vec::new();
+        for entry in entries {
+            let log_id = *entry.get_log_id();
+            applied.last_applied = Some(log_id);
+            let result = match entry.payload {
+                EntryPayload::Blank => CommandResult::Nothing,
+                EntryPayload::Normal(command) => applied.state.apply(log_id.index, command),
+                EntryPayload::Membership(m) => {
+                    applied.last_membership = StoredMembership::new(Some(log_id), m);
+                    CommandResult::Nothing
+                }
+            };
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_seq += 1;
+        let applied = self.view.read();
+        SnapshotBuilder {
+            db: self.db.clone(),
+            state: applied.state.clone(),
+            last_applied: applied.last_applied,
+            last_membership: applied.last_membership.clone(),
+            seq: self.snapshot_seq,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let state = ClusterState::decode(&data).map_err(snap_read_err)?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        write_stored_snapshot(&self.db, &stored).map_err(snap_write_err)?;
+        let mut applied = self.view.write();
+        applied.state = state;
+        applied.last_applied = meta.last_log_id;
+        applied.last_membership = meta.last_membership.clone();
+        applied.snapshots_installed += 1;
+        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot from leader");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let stored = read_stored_snapshot(&self.db).map_err(sm_read_err)?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}

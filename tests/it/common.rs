@@ -1,0 +1,141 @@
+//! Helpers shared by the tests: KV writers that record acknowledged writes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use steward_proto::v1::admin_client::AdminClient;
+use steward_proto::v1::{KvListRequest, KvPutRequest, ReadConsistency};
+use tonic::transport::{Channel, Endpoint};
+
+/// Longest one key is retried before the writer gives up on it.
+pub const PER_KEY_DEADLINE: Duration = Duration::from_secs(30);
+
+pub async fn connect(addr: &str) -> Option<AdminClient<Channel>> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(5));
+    ep.connect().await.ok().map(AdminClient::new)
+}
+
+/// A client writing keys through any of `addrs`, moving to the next address on failure.
+pub struct Writer {
+    addrs: Vec<String>,
+    next: usize,
+    client: Option<AdminClient<Channel>>,
+}
+
+impl Writer {
+    pub fn new(addrs: &str) -> Self {
+        Writer {
+            addrs: addrs.split(',').map(str::to_string).collect(),
+            next: 0,
+            client: None,
+        }
+    }
+
+    /// Puts until acknowledged or `PER_KEY_DEADLINE`; returns whether it was acknowledged.
+    pub async fn put(&mut self, key: &str, value: &str) -> bool {
+        let deadline = Instant::now() + PER_KEY_DEADLINE;
+        while Instant::now() < deadline {
+            if self.client.is_none() {
+                let addr = self.addrs[self.next % self.addrs.len()].clone();
+                self.next += 1;
+                self.client = connect(&addr).await;
+                if self.client.is_none() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            }
+            let Some(client) = self.client.as_mut() else { continue };
+            let req = KvPutRequest {
+                key: key.to_string(),
+                value: value.as_bytes().to_vec(),
+                expected_revision: None,
+            };
+            match client.kv_put(req).await {
+                Ok(_) => return true,
+                Err(_) => {
+                    self.client = None;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// Writes `keys` (key, value) from one client; returns the acknowledged ones.
+pub async fn write_all(addrs: String, keys: Vec<(String, String)>, acked: Arc<AtomicU64>) -> Vec<(String, String)> {
+    let mut w = Writer::new(&addrs);
+    let mut done = Vec::new();
+    for (k, v) in keys {
+        if w.put(&k, &v).await {
+            acked.fetch_add(1, Ordering::Relaxed);
+            done.push((k, v));
+        }
+    }
+    done
+}
+
+/// Writes `{prefix}{n}` keys until `stop`; returns the acknowledged ones.
+pub async fn write_until(addrs: String, prefix: String, stop: Arc<AtomicBool>, acked: Arc<AtomicU64>) -> Vec<(String, String)> {
+    let mut w = Writer::new(&addrs);
+    let mut done = Vec::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let (k, v) = (format!("{prefix}{n:06}"), format!("v{n}"));
+        n += 1;
+        if w.put(&k, &v).await {
+            acked.fetch_add(1, Ordering::Relaxed);
+            done.push((k, v));
+        }
+    }
+    done
+}
+
+/// Every key under `prefix` as a single controller sees it (stale read), paging through.
+pub async fn dump_local(addr: &str, prefix: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut client = connect(addr).await.ok_or_else(|| anyhow::anyhow!("cannot connect to {addr}"))?;
+    let mut out = BTreeMap::new();
+    let mut start_after = String::new();
+    loop {
+        let reply = client
+            .kv_list(KvListRequest {
+                prefix: prefix.to_string(),
+                start_after: start_after.clone(),
+                limit: 5000,
+                consistency: ReadConsistency::Stale as i32,
+            })
+            .await?
+            .into_inner();
+        for e in &reply.entries {
+            out.insert(e.key.clone(), String::from_utf8_lossy(&e.value).into_owned());
+        }
+        match (reply.more, reply.entries.last()) {
+            (true, Some(last)) => start_after = last.key.clone(),
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// Asserts every acknowledged write is present with its value on controller `addr`.
+pub async fn assert_all_present(addr: &str, prefix: &str, acked: &[(String, String)]) {
+    let seen = dump_local(addr, prefix).await.expect("dump");
+    let missing: Vec<_> = acked.iter().filter(|(k, v)| seen.get(k) != Some(v)).take(5).collect();
+    assert!(missing.is_empty(), "controller at {addr} lacks acknowledged writes, e.g. {missing:?} ({} acked, {} seen)", acked.len(), seen.len());
+}
+
+/// No term may have had two leaders.
+pub fn assert_one_leader_per_term(leaderships: &[(u64, u64)]) {
+    let mut by_term: BTreeMap<u64, std::collections::BTreeSet<u64>> = BTreeMap::new();
+    for (term, id) in leaderships {
+        by_term.entry(*term).or_default().insert(*id);
+    }
+    assert!(!by_term.is_empty(), "no leadership was logged at all");
+    for (term, ids) in &by_term {
+        assert_eq!(ids.len(), 1, "term {term} had leaders {ids:?}");
+    }
+}

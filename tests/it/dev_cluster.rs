@@ -1,0 +1,123 @@
+//! `steward dev` in one terminal, `steward status` in another: 3 members and a leader
+//! within 5 s; the dev cluster comes back on the same data after a restart; admin commands
+//! fail clearly against an unreachable address or an unknown member.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use steward_tests::{steward_bin, wait_for};
+
+/// A base port P with P..P+2 and P+10..P+12 free.
+fn free_dev_base() -> u16 {
+    for _ in 0..50 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let p = l.local_addr().expect("addr").port();
+        drop(l);
+        if p > 60000 {
+            continue;
+        }
+        let ok = [0, 1, 2, 10, 11, 12].iter().all(|o| TcpListener::bind(("127.0.0.1", p + o)).is_ok());
+        if ok {
+            return p;
+        }
+    }
+    panic!("no free port range for the dev cluster");
+}
+
+fn steward(args: &[&str]) -> Output {
+    Command::new(steward_bin())
+        .args(args)
+        .env_remove("STEWARD_ADDR")
+        .output()
+        .expect("run steward")
+}
+
+fn start_dev(dir: &std::path::Path, base: u16) -> Child {
+    Command::new(steward_bin())
+        .args(["dev", "--data-dir"])
+        .arg(dir)
+        .args(["--api-port", &base.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn steward dev")
+}
+
+fn stop(mut child: Child) -> Option<i32> {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(s)) = child.try_wait() {
+            return s.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+async fn status_json(addrs: &str) -> Option<serde_json::Value> {
+    let out = steward(&["status", "--addr", addrs, "-o", "json"]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_cluster_then_status_and_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let base = free_dev_base();
+    let addrs = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", base, base + 1, base + 2);
+    let started = Instant::now();
+    let dev = start_dev(dir.path(), base);
+    let s = wait_for("3 members and a leader", Duration::from_secs(5), || async {
+        let s = status_json(&addrs).await?;
+        let members = s["members"].as_array()?.len();
+        (members == 3 && s["leader_id"].is_u64()).then_some(s)
+    })
+    .await;
+    let s = match s {
+        Ok(s) => s,
+        Err(e) => {
+            stop(dev);
+            return Err(e);
+        }
+    };
+    eprintln!("dev cluster ready in {:?}: leader {}", started.elapsed(), s["leader_id"]);
+
+    let put = steward(&["kv", "put", "greeting", "hello", "--addr", &addrs, "-o", "json"]);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let rev: serde_json::Value = serde_json::from_slice(&put.stdout)?;
+    assert!(rev["revision"].as_u64().unwrap_or(0) > 0);
+    // Unknown member: a clear error.
+    let bad = steward(&["operator", "raft", "promote", "99", "--addr", &addrs]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a member"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert_eq!(stop(dev), Some(0), "dev cluster exits cleanly on SIGTERM");
+
+    // Same data after a restart.
+    let dev = start_dev(dir.path(), base);
+    let got = wait_for("the key after restart", Duration::from_secs(20), || async {
+        let out = steward(&["kv", "get", "greeting", "--addr", &addrs, "-o", "json"]);
+        out.status.success().then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()).flatten()
+    })
+    .await;
+    stop(dev);
+    let got = got?;
+    assert_eq!(got["value"], "hello");
+    assert_eq!(got["revision"], rev["revision"]);
+
+    // Nothing listening: a clear error naming the addresses.
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let out = steward(&["status", "--addr", &format!("127.0.0.1:{port}")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach any controller"), "{err}");
+    Ok(())
+}

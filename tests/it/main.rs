@@ -1,0 +1,12 @@
+//! Steward's integration tests: one binary. Each module is one capability.
+
+mod common;
+
+mod config_examples;
+mod dev_cluster;
+mod raft_chaos;
+mod raft_failover;
+mod raft_membership;
+mod raft_snapshot;
+mod raft_wiped;
+mod reflection_health;

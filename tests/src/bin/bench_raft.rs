@@ -1,0 +1,149 @@
+//! `make bench-raft`: three controllers on loopback with fsync on; KV puts through the
+//! admin API at 1, 16 and 256 concurrent clients (committed writes/s, p50/p99 latency);
+//! leader failover time (SIGKILL to first committed write), median of 10. Prints a raw
+//! fsync reference measured in the same run on the same disk.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use steward_proto::v1::admin_client::AdminClient;
+use steward_proto::v1::KvPutRequest;
+use steward_tests::ProcCluster;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long each concurrency level runs.
+const RUN: Duration = Duration::from_secs(5);
+/// Channels (HTTP/2 connections) the clients share.
+const CHANNELS: usize = 8;
+const FAILOVERS: usize = 10;
+
+async fn channel(addr: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
+}
+
+fn fsync_reference(dir: &std::path::Path) -> anyhow::Result<Duration> {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let mut samples = Vec::new();
+    for _ in 0..200 {
+        f.write_all(&[7u8; 4096])?;
+        let t = Instant::now();
+        f.sync_data()?;
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    std::fs::remove_file(path)?;
+    Ok(samples[samples.len() / 2])
+}
+
+async fn throughput(addr: &str, clients: usize, round: usize) -> anyhow::Result<(f64, Histogram<u64>)> {
+    let mut channels = Vec::new();
+    for _ in 0..CHANNELS.min(clients) {
+        channels.push(channel(addr).await?);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut client = AdminClient::new(channels[c % channels.len()].clone());
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).expect("histogram");
+            let mut n = 0u64;
+            let mut errors = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let req = KvPutRequest {
+                    key: format!("bench/{round}/{c}/{n}"),
+                    value: vec![b'x'; 100],
+                    expected_revision: None,
+                };
+                let t = Instant::now();
+                match client.kv_put(req).await {
+                    Ok(_) => {
+                        let _ = hist.record(t.elapsed().as_micros() as u64);
+                    }
+                    Err(_) => errors += 1,
+                }
+                n += 1;
+            }
+            (hist, errors)
+        }));
+    }
+    let start = Instant::now();
+    tokio::time::sleep(RUN).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Histogram::<u64>::new(3)?;
+    let mut errors = 0;
+    for t in tasks {
+        let (h, e) = t.await?;
+        total.add(h)?;
+        errors += e;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if errors > 0 {
+        eprintln!("  ({errors} failed writes at {clients} clients)");
+    }
+    Ok((total.len() as f64 / secs, total))
+}
+
+async fn first_write(addrs: &[String]) -> Duration {
+    let start = Instant::now();
+    loop {
+        for a in addrs {
+            if let Ok(ch) = channel(a).await {
+                let mut c = AdminClient::new(ch);
+                let req = KvPutRequest { key: "bench/failover".into(), value: b"1".to_vec(), expected_revision: None };
+                if c.kv_put(req).await.is_ok() {
+                    return start.elapsed();
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut cluster = ProcCluster::start(3, "")?;
+    let (leader, _) = cluster.wait_leader(Duration::from_secs(30)).await?;
+    let fsync = fsync_reference(cluster.dir.path())?;
+    println!("bench-raft: 3 controllers on loopback, fsync on, 100-byte values, {RUN:?} per level");
+    println!("reference: raw 4 KiB write+fdatasync on the same disk, median {:.0} us", fsync.as_secs_f64() * 1e6);
+    println!("{:>8} {:>12} {:>10} {:>10}", "clients", "writes/s", "p50 ms", "p99 ms");
+    let leader_addr = cluster.node(leader).api_addr.clone();
+    for (round, clients) in [1usize, 16, 256].into_iter().enumerate() {
+        let (rate, h) = throughput(&leader_addr, clients, round).await?;
+        println!(
+            "{clients:>8} {rate:>12.0} {:>10.2} {:>10.2}",
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0
+        );
+    }
+
+    let mut times = Vec::new();
+    for _ in 0..FAILOVERS {
+        let (leader, _) = cluster.wait_leader(Duration::from_secs(30)).await?;
+        let survivors: Vec<String> = (1..=3).filter(|id| *id != leader).map(|id| cluster.node(id).api_addr.clone()).collect();
+        cluster.kill(leader);
+        let t = first_write(&survivors).await;
+        times.push(t);
+        cluster.spawn(leader)?;
+        cluster.wait_converged(Duration::from_secs(30)).await?;
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "failover (SIGKILL leader -> first committed write), {FAILOVERS} runs: median {:.0} ms, min {:.0} ms, max {:.0} ms",
+        ms(times[times.len() / 2]),
+        ms(times[0]),
+        ms(times[times.len() - 1])
+    );
+    Ok(())
+}

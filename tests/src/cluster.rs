@@ -1,0 +1,317 @@
+//! Multi-process controller cluster for black-box tests.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use steward_proto::v1::admin_client::AdminClient;
+use steward_proto::v1::{ReadConsistency, StatusReply, StatusRequest};
+use tonic::transport::{Channel, Endpoint};
+
+/// Path of the `steward` binary under test: `$STEWARD_BIN`, else the one cargo built next
+/// to this test binary (same profile).
+pub fn steward_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("STEWARD_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("steward");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build --bin steward`, which `make test` does) or set STEWARD_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A free loopback port (bound, then released for the child to take).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub struct ProcNode {
+    pub id: u64,
+    pub raft_addr: String,
+    pub api_addr: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    config_path: PathBuf,
+    /// Founding member (started with --initial-cluster) or joiner.
+    founding: bool,
+    child: Option<Child>,
+}
+
+pub struct ProcCluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, ProcNode>,
+    initial_cluster: String,
+    /// Extra `[raft]` settings written into every controller's config file.
+    raft_toml: String,
+}
+
+impl ProcCluster {
+    /// Starts `n` founding controllers (ids 1..=n) with `raft_toml` under `[raft]`.
+    pub fn start(n: u64, raft_toml: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("steward-it-").tempdir()?;
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            nodes.insert(id, Self::new_node(dir.path(), id, true));
+        }
+        let initial_cluster = nodes
+            .values()
+            .map(|n| format!("{}={}", n.id, n.raft_addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = ProcCluster {
+            dir,
+            nodes,
+            initial_cluster,
+            raft_toml: raft_toml.to_string(),
+        };
+        let ids: Vec<u64> = c.nodes.keys().copied().collect();
+        for id in ids {
+            c.spawn(id)?;
+        }
+        Ok(c)
+    }
+
+    fn new_node(dir: &Path, id: u64, founding: bool) -> ProcNode {
+        ProcNode {
+            id,
+            raft_addr: format!("127.0.0.1:{}", free_port()),
+            api_addr: format!("127.0.0.1:{}", free_port()),
+            data_dir: dir.join(format!("controller-{id}")),
+            log_path: dir.join(format!("controller-{id}.log")),
+            config_path: dir.join(format!("controller-{id}.toml")),
+            founding,
+            child: None,
+        }
+    }
+
+    /// Adds a (not yet started) joining controller `id` and returns its addresses.
+    pub fn add_node(&mut self, id: u64) -> (String, String) {
+        let node = Self::new_node(self.dir.path(), id, false);
+        let addrs = (node.raft_addr.clone(), node.api_addr.clone());
+        self.nodes.insert(id, node);
+        addrs
+    }
+
+    /// Starts (or restarts) controller `id`'s process.
+    pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let bin = steward_bin();
+        let initial = self.initial_cluster.clone();
+        let raft_toml = self.raft_toml.clone();
+        let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("no controller {id}"))?;
+        let mut cfg = format!(
+            "id = {}\ndata_dir = {:?}\nraft_addr = {:?}\napi_addr = {:?}\ncluster_name = \"it\"\n",
+            node.id, node.data_dir, node.raft_addr, node.api_addr
+        );
+        if node.founding {
+            cfg.push_str(&format!("initial_cluster = {initial:?}\n"));
+        }
+        cfg.push_str("\n[raft]\n");
+        cfg.push_str(&raft_toml);
+        std::fs::write(&node.config_path, cfg)?;
+        let log: File = OpenOptions::new().create(true).append(true).open(&node.log_path)?;
+        let child = Command::new(bin)
+            .arg("controller")
+            .arg("--config")
+            .arg(&node.config_path)
+            .env("RUST_LOG", "info,openraft=warn")
+            .env_remove("STEWARD_ADDR")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning steward controller")?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    pub fn node(&self, id: u64) -> &ProcNode {
+        &self.nodes[&id]
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.nodes[&id].child.is_some()
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit (up to `timeout`, then SIGKILL). Returns the
+    /// exit status code, if it exited by itself.
+    pub fn terminate(&mut self, id: u64, timeout: Duration) -> Option<i32> {
+        let mut child = self.nodes.get_mut(&id).and_then(|n| n.child.take())?;
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to `timeout` for controller `id` to exit by itself; its exit code.
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Option<i32> {
+        let node = self.nodes.get_mut(&id)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = node.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    node.child = None;
+                    return status.code().or(Some(-1));
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.nodes[&id].log_path).unwrap_or_default()
+    }
+
+    /// Every "became leader" line of every controller as (term, id).
+    pub fn leaderships(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        for id in self.nodes.keys() {
+            for line in self.log_text(*id).lines().filter(|l| l.contains("became leader")) {
+                let field = |name: &str| {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(name))
+                        .and_then(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse::<u64>().ok())
+                };
+                if let (Some(term), Some(who)) = (field("term="), field("id=")) {
+                    out.push((term, who));
+                }
+            }
+        }
+        out
+    }
+
+    /// Admin API addresses of the running controllers, comma separated.
+    pub fn addrs(&self) -> String {
+        self.nodes
+            .values()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.api_addr.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub async fn client(&self, id: u64) -> anyhow::Result<AdminClient<Channel>> {
+        let ep = Endpoint::from_shared(format!("http://{}", self.nodes[&id].api_addr))?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(15));
+        Ok(AdminClient::new(ep.connect().await?))
+    }
+
+    /// Controller `id`'s own view (stale status), if it answers.
+    pub async fn local_status(&self, id: u64) -> Option<StatusReply> {
+        let mut c = self.client(id).await.ok()?;
+        c.status(StatusRequest {
+            consistency: ReadConsistency::Stale as i32,
+        })
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+    }
+
+    /// Waits until a running controller reports itself leader; returns (id, term).
+    pub async fn wait_leader(&self, timeout: Duration) -> anyhow::Result<(u64, u64)> {
+        let ids: Vec<u64> = self.nodes.keys().copied().filter(|id| self.is_running(*id)).collect();
+        wait_for("a leader", timeout, || {
+            let ids = ids.clone();
+            async move {
+                for id in ids {
+                    if let Some(s) = self.local_status(id).await {
+                        if s.responder_state == "leader" {
+                            return Some((id, s.term));
+                        }
+                    }
+                }
+                None
+            }
+        })
+        .await
+    }
+
+    /// Waits until every running controller has applied the same index and reports the
+    /// same state digest; returns (applied index, digest).
+    pub async fn wait_converged(&self, timeout: Duration) -> anyhow::Result<(u64, String)> {
+        let ids: Vec<u64> = self.nodes.keys().copied().filter(|id| self.is_running(*id)).collect();
+        wait_for("controllers to converge", timeout, || {
+            let ids = ids.clone();
+            async move {
+                let mut seen = Vec::new();
+                for id in ids {
+                    let s = self.local_status(id).await?;
+                    seen.push((s.applied_index, s.state_digest));
+                }
+                let first = seen.first()?.clone();
+                (first.0 > 0 && seen.iter().all(|s| *s == first)).then_some(first)
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+        if std::thread::panicking() {
+            // Keep the logs of a failed test for reading.
+            let path = self.dir.path().to_path_buf();
+            eprintln!("controller logs kept in {}", path.display());
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            let _ = dir.keep();
+        }
+    }
+}
