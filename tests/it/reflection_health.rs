@@ -12,6 +12,10 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 
+async fn channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_serving_and_reflection_lists_admin() -> anyhow::Result<()> {
     let cluster = ProcCluster::start(1, "")?;
@@ -23,7 +27,7 @@ async fn health_serving_and_reflection_lists_admin() -> anyhow::Result<()> {
         (&node.raft_addr, ""),
         (&node.raft_addr, "steward.v1.RaftService"),
     ] {
-        let mut health = HealthClient::connect(format!("http://{addr}")).await?;
+        let mut health = HealthClient::new(channel(addr).await?);
         let resp = health
             .check(HealthCheckRequest { service: service.to_string() })
             .await?
@@ -31,7 +35,7 @@ async fn health_serving_and_reflection_lists_admin() -> anyhow::Result<()> {
         assert_eq!(resp.status, ServingStatus::Serving as i32, "{addr} {service:?}");
     }
 
-    let mut refl = ServerReflectionClient::connect(format!("http://{}", node.api_addr)).await?;
+    let mut refl = ServerReflectionClient::new(channel(&node.api_addr).await?);
     let req = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),

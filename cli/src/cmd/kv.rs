@@ -45,7 +45,7 @@ pub enum KvCommand {
 }
 
 fn consistency(stale: bool) -> i32 {
-    if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable } as i32
+    (if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable }) as i32
 }
 
 fn entry_json(e: &KvEntry) -> serde_json::Value {

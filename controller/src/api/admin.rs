@@ -67,10 +67,7 @@ impl AdminService {
         let metrics = ctx.raft.metrics().borrow().clone();
         let committed = ctx
             .raft
-            .with_raft_state(|s| {
-                use openraft::raft_state::LogStateReader;
-                s.committed().map(|l| l.index)
-            })
+            .with_raft_state(|s| s.committed.map(|l| l.index))
             .await
             .ok()
             .flatten();
