@@ -21,7 +21,7 @@ pub struct DevArgs {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
-    crate::init_tracing("warn");
+    crate::init_tracing("warn,openraft=off");
     let p = args.api_port;
     if p.checked_add(RAFT_PORT_OFFSET + 2).is_none() {
         anyhow::bail!("--api-port {p} is too high: the dev cluster needs ports up to P+12");
