@@ -15,7 +15,12 @@ use crate::output::Output;
 pub const DEV_ADDRS: &str = "127.0.0.1:7700,127.0.0.1:7701,127.0.0.1:7702";
 
 #[derive(Parser)]
-#[command(name = "steward", version, about = "Keeps an AI data center healthy and busy", propagate_version = true)]
+#[command(
+    name = "steward",
+    version,
+    about = "Keeps an AI data center healthy and busy",
+    propagate_version = true
+)]
 struct Cli {
     /// Admin API addresses of the controllers, comma separated (any one is enough).
     #[arg(long, global = true, env = "STEWARD_ADDR", default_value = DEV_ADDRS)]
@@ -45,7 +50,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

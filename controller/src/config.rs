@@ -155,7 +155,10 @@ impl ControllerConfigFile {
             env: "STEWARD_API_ADDR",
         })?;
         if raft_addr == api_addr {
-            return Err(invalid("api_addr", format!("must differ from raft_addr ({raft_addr})")));
+            return Err(invalid(
+                "api_addr",
+                format!("must differ from raft_addr ({raft_addr})"),
+            ));
         }
         let initial_cluster = match self.initial_cluster.as_deref() {
             None | Some("") => BTreeMap::new(),
@@ -257,19 +260,31 @@ impl RaftTuning {
 pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
     let mut out = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part.split_once('=').ok_or_else(|| {
-            invalid("initial_cluster", format!("`{part}` is not ID=HOST:PORT"))
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| invalid("initial_cluster", format!("`{part}` is not ID=HOST:PORT")))?;
+        let id: NodeId = id.trim().parse().map_err(|_| {
+            invalid(
+                "initial_cluster",
+                format!("`{id}` in `{part}` is not a controller id"),
+            )
         })?;
-        let id: NodeId = id
-            .trim()
-            .parse()
-            .map_err(|_| invalid("initial_cluster", format!("`{id}` in `{part}` is not a controller id")))?;
         let addr = addr.trim();
-        if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-            return Err(invalid("initial_cluster", format!("`{addr}` in `{part}` is not HOST:PORT")));
+        if addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(invalid(
+                "initial_cluster",
+                format!("`{addr}` in `{part}` is not HOST:PORT"),
+            ));
         }
         if out.insert(id, addr.to_string()).is_some() {
-            return Err(invalid("initial_cluster", format!("id {id} is listed twice")));
+            return Err(invalid(
+                "initial_cluster",
+                format!("id {id} is listed twice"),
+            ));
         }
     }
     if out.is_empty() {
@@ -297,7 +312,9 @@ mod tests {
     fn resolves_and_names_bad_keys() {
         let cfg = base().resolve().expect("valid");
         assert_eq!(cfg.initial_cluster.len(), 2);
-        let err = ControllerConfigFile { id: None, ..base() }.resolve().unwrap_err();
+        let err = ControllerConfigFile { id: None, ..base() }
+            .resolve()
+            .unwrap_err();
         assert!(err.to_string().contains("STEWARD_ID"), "{err}");
         let mut bad = base();
         bad.raft.election_timeout_min = Duration::from_secs(2);
@@ -310,7 +327,10 @@ mod tests {
         .resolve()
         .unwrap_err()
         .to_string();
-        assert!(err.contains("does not list this controller's id 1"), "{err}");
+        assert!(
+            err.contains("does not list this controller's id 1"),
+            "{err}"
+        );
         assert!(parse_initial_cluster("1=a:1,1=b:2").is_err());
         assert!(parse_initial_cluster("x=a:1").is_err());
         assert!(parse_initial_cluster("1=nohost").is_err());
@@ -322,7 +342,8 @@ mod tests {
         assert!(err.to_string().contains("favourite_colour"), "{err}");
         let err = ControllerConfigFile::parse("[raft]\nheartbeat = \"1s\"\n").unwrap_err();
         assert!(err.to_string().contains("heartbeat"), "{err}");
-        let ok = ControllerConfigFile::parse("[raft]\nheartbeat_interval = \"50ms\"\n").expect("parses");
+        let ok =
+            ControllerConfigFile::parse("[raft]\nheartbeat_interval = \"50ms\"\n").expect("parses");
         assert_eq!(ok.raft.heartbeat_interval, Duration::from_millis(50));
     }
 }

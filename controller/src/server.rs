@@ -77,42 +77,65 @@ impl Controller {
             source,
         })?;
         // Bind first: a taken port is the most common start-up error.
-        let raft_listener = TcpListener::bind(config.raft_addr).await.map_err(|source| ControllerError::Bind {
-            what: "raft address",
-            addr: config.raft_addr,
-            source,
-        })?;
-        let api_listener = TcpListener::bind(config.api_addr).await.map_err(|source| ControllerError::Bind {
-            what: "api address",
-            addr: config.api_addr,
-            source,
-        })?;
-        let raft_addr = raft_listener.local_addr().map_err(|source| ControllerError::Bind {
-            what: "raft address",
-            addr: config.raft_addr,
-            source,
-        })?;
-        let api_addr = api_listener.local_addr().map_err(|source| ControllerError::Bind {
-            what: "api address",
-            addr: config.api_addr,
-            source,
-        })?;
+        let raft_listener = TcpListener::bind(config.raft_addr)
+            .await
+            .map_err(|source| ControllerError::Bind {
+                what: "raft address",
+                addr: config.raft_addr,
+                source,
+            })?;
+        let api_listener =
+            TcpListener::bind(config.api_addr)
+                .await
+                .map_err(|source| ControllerError::Bind {
+                    what: "api address",
+                    addr: config.api_addr,
+                    source,
+                })?;
+        let raft_addr = raft_listener
+            .local_addr()
+            .map_err(|source| ControllerError::Bind {
+                what: "raft address",
+                addr: config.raft_addr,
+                source,
+            })?;
+        let api_addr = api_listener
+            .local_addr()
+            .map_err(|source| ControllerError::Bind {
+                what: "api address",
+                addr: config.api_addr,
+                source,
+            })?;
 
         let db = Db::open(&config.data_dir.join("raft"))?;
         let (incarnation, fresh) = db.identity(&config.data_dir, config.id)?;
-        tracing::info!(id = config.id, incarnation = format_args!("{incarnation:#x}"), fresh, "opened data dir");
+        tracing::info!(
+            id = config.id,
+            incarnation = format_args!("{incarnation:#x}"),
+            fresh,
+            "opened data dir"
+        );
         let (log_store, sm) = open_stores(&db).await?;
         let view = sm.view();
 
         let (fatal_tx, fatal_rx) = watch::channel(None);
         let peers = PeerShared::new(config.id, incarnation, view.clone(), fatal_tx);
         let raft_config = Arc::new(config.raft.to_openraft(&config.cluster_name)?);
-        let raft = Raft::new(config.id, raft_config, NetworkFactory::new(peers.clone()), log_store, sm)
-            .await
-            .map_err(|e| ControllerError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            config.id,
+            raft_config,
+            NetworkFactory::new(peers.clone()),
+            log_store,
+            sm,
+        )
+        .await
+        .map_err(|e| ControllerError::Raft(e.to_string()))?;
 
         if !config.initial_cluster.is_empty() {
-            let initialized = raft.is_initialized().await.map_err(|e| ControllerError::Raft(e.to_string()))?;
+            let initialized = raft
+                .is_initialized()
+                .await
+                .map_err(|e| ControllerError::Raft(e.to_string()))?;
             if !initialized {
                 // Every founding member proposes the same membership (api addresses arrive
                 // later through registration), so the entries at index 0 are identical.
@@ -120,10 +143,13 @@ impl Controller {
                     .initial_cluster
                     .iter()
                     .map(|(id, addr)| {
-                        (*id, ControllerNode {
-                            raft_addr: addr.clone(),
-                            api_addr: String::new(),
-                        })
+                        (
+                            *id,
+                            ControllerNode {
+                                raft_addr: addr.clone(),
+                                api_addr: String::new(),
+                            },
+                        )
                     })
                     .collect();
                 if let Err(e) = raft.initialize(members).await {
@@ -133,11 +159,21 @@ impl Controller {
         }
 
         let shutdown = CancellationToken::new();
-        let ctx = ApiContext::new(raft.clone(), view.clone(), peers.clone(), config.cluster_name.clone(), config.raft.clone());
+        let ctx = ApiContext::new(
+            raft.clone(),
+            view.clone(),
+            peers.clone(),
+            config.cluster_name.clone(),
+            config.raft.clone(),
+        );
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter.set_serving::<AdminServer<AdminService>>().await;
-        health_reporter.set_serving::<RaftServiceServer<RaftServer>>().await;
+        health_reporter
+            .set_serving::<AdminServer<AdminService>>()
+            .await;
+        health_reporter
+            .set_serving::<RaftServiceServer<RaftServer>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(steward_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -167,7 +203,10 @@ impl Controller {
                 .tcp_nodelay(true)
                 .add_service(raft_service)
                 .add_service(health)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(raft_listener), token.cancelled())
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(raft_listener),
+                    token.cancelled(),
+                )
                 .await;
             if let Err(e) = result {
                 tracing::error!(error = %e, "raft server stopped");
@@ -182,7 +221,10 @@ impl Controller {
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(reflection_alpha)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(api_listener), token.cancelled())
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(api_listener),
+                    token.cancelled(),
+                )
                 .await;
             if let Err(e) = result {
                 tracing::error!(error = %e, "api server stopped");
@@ -191,7 +233,12 @@ impl Controller {
 
         let workers = vec![
             tokio::spawn(log_leadership(raft.clone(), shutdown.clone())),
-            tokio::spawn(register_self(raft.clone(), peers.clone(), api_addr.to_string(), shutdown.clone())),
+            tokio::spawn(register_self(
+                raft.clone(),
+                peers.clone(),
+                api_addr.to_string(),
+                shutdown.clone(),
+            )),
         ];
         tracing::info!(id = config.id, %raft_addr, %api_addr, "controller started");
         Ok(Controller {
@@ -264,13 +311,22 @@ async fn log_leadership(raft: Raft, shutdown: CancellationToken) {
 
 /// Registers this controller's incarnation and API address with the leader, once it is a
 /// member, and stops the controller if the cluster knows its id under another incarnation.
-async fn register_self(raft: Raft, peers: Arc<PeerShared>, api_addr: String, shutdown: CancellationToken) {
+async fn register_self(
+    raft: Raft,
+    peers: Arc<PeerShared>,
+    api_addr: String,
+    shutdown: CancellationToken,
+) {
     loop {
         let (registered, leader_addr) = {
             let applied = peers.view.read();
             let record = applied.state.controllers.get(&peers.id).cloned();
             let m = raft.metrics().borrow().clone();
-            let is_member = m.membership_config.membership().get_node(&peers.id).is_some();
+            let is_member = m
+                .membership_config
+                .membership()
+                .get_node(&peers.id)
+                .is_some();
             match record {
                 Some(r) if r.incarnation != peers.incarnation => {
                     peers.fail(wiped_message(peers.id, r.incarnation, peers.incarnation));
@@ -280,8 +336,12 @@ async fn register_self(raft: Raft, peers: Arc<PeerShared>, api_addr: String, shu
                 _ if !is_member => (false, None),
                 _ => (
                     false,
-                    m.current_leader
-                        .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.raft_addr.clone())),
+                    m.current_leader.and_then(|l| {
+                        m.membership_config
+                            .membership()
+                            .get_node(&l)
+                            .map(|n| n.raft_addr.clone())
+                    }),
                 ),
             }
         };
@@ -296,7 +356,9 @@ async fn register_self(raft: Raft, peers: Arc<PeerShared>, api_addr: String, shu
                     from: Some(peers.identity()),
                     api_addr: api_addr.clone(),
                 };
-                match tokio::time::timeout(Duration::from_secs(5), client.register_controller(req)).await {
+                match tokio::time::timeout(Duration::from_secs(5), client.register_controller(req))
+                    .await
+                {
                     Ok(Ok(reply)) => {
                         let recorded = reply.into_inner().recorded_incarnation;
                         if recorded != peers.incarnation {

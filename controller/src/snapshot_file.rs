@@ -102,7 +102,11 @@ mod tests {
         let mut state = ClusterState::default();
         state.apply(
             3,
-            Command::KvPut { key: "k".into(), value: b"v".to_vec(), expected_revision: None },
+            Command::KvPut {
+                key: "k".into(),
+                value: b"v".to_vec(),
+                expected_revision: None,
+            },
         );
         let header = SnapshotHeader {
             cluster_name: "t".into(),
@@ -121,7 +125,13 @@ mod tests {
         let mid = bad.len() / 2;
         bad[mid] ^= 1;
         assert!(matches!(decode(&bad), Err(SnapshotFileError::Checksum)));
-        assert!(matches!(decode(b"hello world, not a snapshot at all......"), Err(SnapshotFileError::BadMagic)));
-        assert!(matches!(decode(&bytes[..20]), Err(SnapshotFileError::Truncated)));
+        assert!(matches!(
+            decode(b"hello world, not a snapshot at all......"),
+            Err(SnapshotFileError::BadMagic)
+        ));
+        assert!(matches!(
+            decode(&bytes[..20]),
+            Err(SnapshotFileError::Truncated)
+        ));
     }
 }

@@ -64,7 +64,10 @@ mod tests {
         let mut future = bytes.clone();
         future[0] = FORMAT_VERSION + 1;
         let err = decode::<(u64, String)>("pair", &future).expect_err("must refuse");
-        assert!(matches!(err, CodecError::UnsupportedVersion { .. }), "{err}");
+        assert!(
+            matches!(err, CodecError::UnsupportedVersion { .. }),
+            "{err}"
+        );
 
         assert!(matches!(decode::<u64>("x", &[]), Err(CodecError::Empty)));
         assert!(decode::<(u64, String)>("pair", &[FORMAT_VERSION, 0xff]).is_err());

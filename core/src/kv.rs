@@ -67,9 +67,15 @@ mod tests {
     #[test]
     fn validation_names_the_problem() {
         assert_eq!(validate_key(""), Err(KvValidationError::EmptyKey));
-        assert_eq!(validate_key("a\nb"), Err(KvValidationError::ControlCharacter { at: 1 }));
+        assert_eq!(
+            validate_key("a\nb"),
+            Err(KvValidationError::ControlCharacter { at: 1 })
+        );
         let long = "k".repeat(MAX_KEY_BYTES + 1);
-        assert!(validate_key(&long).unwrap_err().to_string().contains("limit is 1024"));
+        assert!(validate_key(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("limit is 1024"));
         assert!(validate_key("jobs/train-7").is_ok());
         assert!(validate_value(&vec![0; MAX_VALUE_BYTES + 1]).is_err());
         assert!(validate_value(b"ok").is_ok());

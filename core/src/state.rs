@@ -92,13 +92,11 @@ impl ClusterState {
                 incarnation,
                 api_addr,
             } => match self.controllers.get_mut(&controller) {
-                Some(rec) if rec.incarnation != incarnation => {
-                    CommandResult::IncarnationConflict {
-                        controller,
-                        recorded: rec.incarnation,
-                        reported: incarnation,
-                    }
-                }
+                Some(rec) if rec.incarnation != incarnation => CommandResult::IncarnationConflict {
+                    controller,
+                    recorded: rec.incarnation,
+                    reported: incarnation,
+                },
                 Some(rec) => {
                     rec.api_addr = api_addr;
                     CommandResult::ControllerRegistered
@@ -176,23 +174,52 @@ mod tests {
     #[test]
     fn revisions_and_compare_and_set() {
         let mut s = ClusterState::default();
-        assert_eq!(s.apply(5, put("a", "1", Some(0))), CommandResult::KvPut { revision: 5 });
+        assert_eq!(
+            s.apply(5, put("a", "1", Some(0))),
+            CommandResult::KvPut { revision: 5 }
+        );
         // Creating again with cas=0 fails: the key exists.
         assert_eq!(
             s.apply(6, put("a", "2", Some(0))),
-            CommandResult::RevisionMismatch { key: "a".into(), expected: 0, actual: 5 }
+            CommandResult::RevisionMismatch {
+                key: "a".into(),
+                expected: 0,
+                actual: 5
+            }
         );
-        assert_eq!(s.apply(7, put("a", "3", Some(5))), CommandResult::KvPut { revision: 7 });
+        assert_eq!(
+            s.apply(7, put("a", "3", Some(5))),
+            CommandResult::KvPut { revision: 7 }
+        );
         let e = &s.kv["a"];
         assert_eq!((e.create_revision, e.mod_revision, e.version), (5, 7, 2));
         assert_eq!(e.value, b"3");
         assert_eq!(
-            s.apply(8, Command::KvDelete { key: "a".into(), expected_revision: Some(5) }),
-            CommandResult::RevisionMismatch { key: "a".into(), expected: 5, actual: 7 }
+            s.apply(
+                8,
+                Command::KvDelete {
+                    key: "a".into(),
+                    expected_revision: Some(5)
+                }
+            ),
+            CommandResult::RevisionMismatch {
+                key: "a".into(),
+                expected: 5,
+                actual: 7
+            }
         );
         assert_eq!(
-            s.apply(9, Command::KvDelete { key: "a".into(), expected_revision: Some(7) }),
-            CommandResult::KvDeleted { existed: true, revision: 9 }
+            s.apply(
+                9,
+                Command::KvDelete {
+                    key: "a".into(),
+                    expected_revision: Some(7)
+                }
+            ),
+            CommandResult::KvDeleted {
+                existed: true,
+                revision: 9
+            }
         );
         assert!(s.kv.is_empty());
     }
@@ -209,7 +236,11 @@ mod tests {
         assert_eq!(s.apply(2, rec(11)), CommandResult::ControllerRegistered);
         assert_eq!(
             s.apply(3, rec(12)),
-            CommandResult::IncarnationConflict { controller: 2, recorded: 11, reported: 12 }
+            CommandResult::IncarnationConflict {
+                controller: 2,
+                recorded: 11,
+                reported: 12
+            }
         );
         s.apply(4, Command::ForgetController { controller: 2 });
         assert_eq!(s.apply(5, rec(12)), CommandResult::ControllerRegistered);
@@ -225,7 +256,10 @@ mod tests {
         }
         let keys: Vec<_> = s.kv_list("a/", None, 10).map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["a/1", "a/2", "a/3"]);
-        let page: Vec<_> = s.kv_list("a/", Some("a/1"), 1).map(|(k, _)| k.as_str()).collect();
+        let page: Vec<_> = s
+            .kv_list("a/", Some("a/1"), 1)
+            .map(|(k, _)| k.as_str())
+            .collect();
         assert_eq!(page, ["a/2"]);
     }
 
@@ -237,7 +271,11 @@ mod tests {
             s.apply(1, put("x", "1", None));
             s.apply(
                 2,
-                Command::RegisterController { controller: 1, incarnation: 9, api_addr: "a".into() },
+                Command::RegisterController {
+                    controller: 1,
+                    incarnation: 9,
+                    api_addr: "a".into(),
+                },
             );
         }
         assert_eq!(a.digest().expect("digest"), b.digest().expect("digest"));
@@ -246,7 +284,15 @@ mod tests {
         let back = ClusterState::decode(&b.encode().expect("encode")).expect("decode");
         assert_eq!(back, b);
         let restored = CommandResult::Restored { keys: 2 };
-        assert_eq!(a.apply(4, Command::RestoreState { state: Box::new(b.clone()) }), restored);
+        assert_eq!(
+            a.apply(
+                4,
+                Command::RestoreState {
+                    state: Box::new(b.clone())
+                }
+            ),
+            restored
+        );
         assert_eq!(a, b);
     }
 }

@@ -16,7 +16,8 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every Steward proto file, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steward_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/steward_descriptor.bin"));
 
 /// Largest admin/agent API message accepted or sent, in bytes.
 pub const MAX_API_MESSAGE_BYTES: usize = 8 * 1024 * 1024;

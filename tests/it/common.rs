@@ -49,7 +49,9 @@ impl Writer {
                     continue;
                 }
             }
-            let Some(client) = self.client.as_mut() else { continue };
+            let Some(client) = self.client.as_mut() else {
+                continue;
+            };
             let req = KvPutRequest {
                 key: key.to_string(),
                 value: value.as_bytes().to_vec(),
@@ -68,7 +70,11 @@ impl Writer {
 }
 
 /// Writes `keys` (key, value) from one client; returns the acknowledged ones.
-pub async fn write_all(addrs: String, keys: Vec<(String, String)>, acked: Arc<AtomicU64>) -> Vec<(String, String)> {
+pub async fn write_all(
+    addrs: String,
+    keys: Vec<(String, String)>,
+    acked: Arc<AtomicU64>,
+) -> Vec<(String, String)> {
     let mut w = Writer::new(&addrs);
     let mut done = Vec::new();
     for (k, v) in keys {
@@ -81,7 +87,12 @@ pub async fn write_all(addrs: String, keys: Vec<(String, String)>, acked: Arc<At
 }
 
 /// Writes `{prefix}{n}` keys until `stop`; returns the acknowledged ones.
-pub async fn write_until(addrs: String, prefix: String, stop: Arc<AtomicBool>, acked: Arc<AtomicU64>) -> Vec<(String, String)> {
+pub async fn write_until(
+    addrs: String,
+    prefix: String,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+) -> Vec<(String, String)> {
     let mut w = Writer::new(&addrs);
     let mut done = Vec::new();
     let mut n = 0u64;
@@ -98,7 +109,9 @@ pub async fn write_until(addrs: String, prefix: String, stop: Arc<AtomicBool>, a
 
 /// Every key under `prefix` as a single controller sees it (stale read), paging through.
 pub async fn dump_local(addr: &str, prefix: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut client = connect(addr).await.ok_or_else(|| anyhow::anyhow!("cannot connect to {addr}"))?;
+    let mut client = connect(addr)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("cannot connect to {addr}"))?;
     let mut out = BTreeMap::new();
     let mut start_after = String::new();
     loop {
@@ -112,7 +125,10 @@ pub async fn dump_local(addr: &str, prefix: &str) -> anyhow::Result<BTreeMap<Str
             .await?
             .into_inner();
         for e in &reply.entries {
-            out.insert(e.key.clone(), String::from_utf8_lossy(&e.value).into_owned());
+            out.insert(
+                e.key.clone(),
+                String::from_utf8_lossy(&e.value).into_owned(),
+            );
         }
         match (reply.more, reply.entries.last()) {
             (true, Some(last)) => start_after = last.key.clone(),
@@ -124,8 +140,17 @@ pub async fn dump_local(addr: &str, prefix: &str) -> anyhow::Result<BTreeMap<Str
 /// Asserts every acknowledged write is present with its value on controller `addr`.
 pub async fn assert_all_present(addr: &str, prefix: &str, acked: &[(String, String)]) {
     let seen = dump_local(addr, prefix).await.expect("dump");
-    let missing: Vec<_> = acked.iter().filter(|(k, v)| seen.get(k) != Some(v)).take(5).collect();
-    assert!(missing.is_empty(), "controller at {addr} lacks acknowledged writes, e.g. {missing:?} ({} acked, {} seen)", acked.len(), seen.len());
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|(k, v)| seen.get(k) != Some(v))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "controller at {addr} lacks acknowledged writes, e.g. {missing:?} ({} acked, {} seen)",
+        acked.len(),
+        seen.len()
+    );
 }
 
 /// No term may have had two leaders.

@@ -10,5 +10,9 @@ fn controller_example_parses_and_validates() {
     let file = ControllerConfigFile::load(&path).expect("example parses");
     let cfg = file.resolve().expect("example validates");
     assert_eq!(cfg.initial_cluster.len(), 3);
-    assert_eq!(cfg.raft, steward_controller::RaftTuning::default(), "example documents the defaults");
+    assert_eq!(
+        cfg.raft,
+        steward_controller::RaftTuning::default(),
+        "example documents the defaults"
+    );
 }

@@ -19,7 +19,9 @@ fn free_dev_base() -> u16 {
         if p > 60000 {
             continue;
         }
-        let ok = [0, 1, 2, 10, 11, 12].iter().all(|o| TcpListener::bind(("127.0.0.1", p + o)).is_ok());
+        let ok = [0, 1, 2, 10, 11, 12]
+            .iter()
+            .all(|o| TcpListener::bind(("127.0.0.1", p + o)).is_ok());
         if ok {
             return p;
         }
@@ -73,7 +75,12 @@ async fn status_json(addrs: &str) -> Option<serde_json::Value> {
 async fn dev_cluster_then_status_and_restart() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let base = free_dev_base();
-    let addrs = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", base, base + 1, base + 2);
+    let addrs = format!(
+        "127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
+        base,
+        base + 1,
+        base + 2
+    );
     let started = Instant::now();
     let dev = start_dev(dir.path(), base);
     let s = wait_for("3 members and a leader", Duration::from_secs(5), || async {
@@ -89,23 +96,40 @@ async fn dev_cluster_then_status_and_restart() -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    eprintln!("dev cluster ready in {:?}: leader {}", started.elapsed(), s["leader_id"]);
+    eprintln!(
+        "dev cluster ready in {:?}: leader {}",
+        started.elapsed(),
+        s["leader_id"]
+    );
 
-    let put = steward(&["kv", "put", "greeting", "hello", "--addr", &addrs, "-o", "json"]);
-    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let put = steward(&[
+        "kv", "put", "greeting", "hello", "--addr", &addrs, "-o", "json",
+    ]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
     let rev: serde_json::Value = serde_json::from_slice(&put.stdout)?;
     assert!(rev["revision"].as_u64().unwrap_or(0) > 0);
     // Unknown member: a clear error.
     let bad = steward(&["operator", "raft", "promote", "99", "--addr", &addrs]);
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a member"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not a member"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     assert_eq!(stop(dev), Some(0), "dev cluster exits cleanly on SIGTERM");
 
     // Same data after a restart.
     let dev = start_dev(dir.path(), base);
     let got = wait_for("the key after restart", Duration::from_secs(20), || async {
         let out = steward(&["kv", "get", "greeting", "--addr", &addrs, "-o", "json"]);
-        out.status.success().then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()).flatten()
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
+            .flatten()
     })
     .await;
     stop(dev);

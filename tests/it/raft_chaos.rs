@@ -18,7 +18,9 @@ async fn acknowledged_writes_survive_three_leader_kills() -> anyhow::Result<()> 
     let acked = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
     for c in 0..4 {
-        let keys = (0..250).map(|i| (format!("chaos/{c}/{i:04}"), format!("v{c}-{i}"))).collect();
+        let keys = (0..250)
+            .map(|i| (format!("chaos/{c}/{i:04}"), format!("v{c}-{i}")))
+            .collect();
         writers.push(tokio::spawn(write_all(addrs.clone(), keys, acked.clone())));
     }
 

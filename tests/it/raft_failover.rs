@@ -13,7 +13,10 @@ async fn new_leader_accepts_writes_within_two_seconds() -> anyhow::Result<()> {
     let (leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;
     let mut w = Writer::new(&cluster.addrs());
     assert!(w.put("before", "1").await);
-    let survivors: Vec<String> = (1..=3).filter(|id| *id != leader).map(|id| cluster.node(id).api_addr.clone()).collect();
+    let survivors: Vec<String> = (1..=3)
+        .filter(|id| *id != leader)
+        .map(|id| cluster.node(id).api_addr.clone())
+        .collect();
     let mut w = Writer::new(&survivors.join(","));
     let killed = Instant::now();
     cluster.kill(leader);

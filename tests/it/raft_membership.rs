@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use steward_proto::v1::{AddLearnerRequest, PromoteRequest, RemovePeerRequest, TransferLeaderRequest};
+use steward_proto::v1::{
+    AddLearnerRequest, PromoteRequest, RemovePeerRequest, TransferLeaderRequest,
+};
 use steward_tests::{wait_for, ProcCluster};
 
 use crate::common::{assert_all_present, write_until};
@@ -15,14 +17,21 @@ where
     F: FnMut(steward_proto::v1::admin_client::AdminClient<tonic::transport::Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
 {
-    let ids: Vec<u64> = cluster.nodes.keys().copied().filter(|id| cluster.is_running(*id)).collect();
+    let ids: Vec<u64> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| cluster.is_running(*id))
+        .collect();
     let mut last = String::new();
     for _ in 0..20 {
         for id in &ids {
             if let Ok(c) = cluster.client(*id).await {
                 match f(c).await {
                     Ok(v) => return Ok(v),
-                    Err(s) if s.code() == tonic::Code::Unavailable => last = s.message().to_string(),
+                    Err(s) if s.code() == tonic::Code::Unavailable => {
+                        last = s.message().to_string()
+                    }
                     Err(s) => anyhow::bail!("{what}: {s}"),
                 }
             }
@@ -34,8 +43,15 @@ where
 
 async fn voters(cluster: &ProcCluster) -> anyhow::Result<Vec<u64>> {
     let (leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;
-    let s = cluster.local_status(leader).await.ok_or_else(|| anyhow::anyhow!("status"))?;
-    Ok(s.members.iter().filter(|m| m.role == 1).map(|m| m.id).collect())
+    let s = cluster
+        .local_status(leader)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("status"))?;
+    Ok(s.members
+        .iter()
+        .filter(|m| m.role == 1)
+        .map(|m| m.id)
+        .collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,22 +63,42 @@ async fn grow_to_five_remove_leader_shrink_to_three() -> anyhow::Result<()> {
     for id in [4, 5] {
         cluster.add_node(id);
     }
-    let all_addrs = (1..=5).map(|id| cluster.node(id).api_addr.clone()).collect::<Vec<_>>().join(",");
+    let all_addrs = (1..=5)
+        .map(|id| cluster.node(id).api_addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = (0..2)
-        .map(|c| tokio::spawn(write_until(all_addrs.clone(), format!("m/{c}/"), stop.clone(), acked.clone())))
+        .map(|c| {
+            tokio::spawn(write_until(
+                all_addrs.clone(),
+                format!("m/{c}/"),
+                stop.clone(),
+                acked.clone(),
+            ))
+        })
         .collect();
 
     for id in [4u64, 5] {
         cluster.spawn(id)?;
-        let (raft_addr, api_addr) = (cluster.node(id).raft_addr.clone(), cluster.node(id).api_addr.clone());
+        let (raft_addr, api_addr) = (
+            cluster.node(id).raft_addr.clone(),
+            cluster.node(id).api_addr.clone(),
+        );
         with_any(&cluster, "add-learner", |mut c| {
-            let req = AddLearnerRequest { id, raft_addr: raft_addr.clone(), api_addr: api_addr.clone() };
+            let req = AddLearnerRequest {
+                id,
+                raft_addr: raft_addr.clone(),
+                api_addr: api_addr.clone(),
+            };
             async move { c.add_learner(req).await }
         })
         .await?;
-        with_any(&cluster, "promote", |mut c| async move { c.promote(PromoteRequest { id }).await }).await?;
+        with_any(&cluster, "promote", |mut c| async move {
+            c.promote(PromoteRequest { id }).await
+        })
+        .await?;
         let v = voters(&cluster).await?;
         assert!(v.contains(&id), "{id} is a voter: {v:?}");
     }
@@ -70,7 +106,10 @@ async fn grow_to_five_remove_leader_shrink_to_three() -> anyhow::Result<()> {
 
     // Remove the leader itself.
     let (leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;
-    with_any(&cluster, "remove leader", |mut c| async move { c.remove_peer(RemovePeerRequest { id: leader }).await }).await?;
+    with_any(&cluster, "remove leader", |mut c| async move {
+        c.remove_peer(RemovePeerRequest { id: leader }).await
+    })
+    .await?;
     cluster.kill(leader);
     let (new_leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;
     assert_ne!(new_leader, leader);
@@ -78,7 +117,10 @@ async fn grow_to_five_remove_leader_shrink_to_three() -> anyhow::Result<()> {
     let v = voters(&cluster).await?;
     assert_eq!(v.len(), 4, "{v:?}");
     let follower = *v.iter().find(|id| **id != new_leader).expect("a follower");
-    with_any(&cluster, "remove follower", |mut c| async move { c.remove_peer(RemovePeerRequest { id: follower }).await }).await?;
+    with_any(&cluster, "remove follower", |mut c| async move {
+        c.remove_peer(RemovePeerRequest { id: follower }).await
+    })
+    .await?;
     cluster.kill(follower);
     let v = voters(&cluster).await?;
     assert_eq!(v.len(), 3, "{v:?}");
@@ -104,9 +146,11 @@ async fn grow_to_five_remove_leader_shrink_to_three() -> anyhow::Result<()> {
     // Leadership transfer to a chosen voter.
     let (leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;
     let to = *v.iter().find(|id| **id != leader).expect("another voter");
-    let reply = with_any(&cluster, "transfer", |mut c| async move { c.transfer_leader(TransferLeaderRequest { to }).await })
-        .await?
-        .into_inner();
+    let reply = with_any(&cluster, "transfer", |mut c| async move {
+        c.transfer_leader(TransferLeaderRequest { to }).await
+    })
+    .await?
+    .into_inner();
     assert_eq!(reply.leader_id, to);
     Ok(())
 }

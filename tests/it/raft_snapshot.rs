@@ -17,14 +17,24 @@ async fn stopped_controller_catches_up_by_snapshot() -> anyhow::Result<()> {
     let (leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;
     let lagger = (1..=3).find(|id| *id != leader).expect("a follower");
     cluster.wait_converged(Duration::from_secs(20)).await?;
-    let before = cluster.local_status(lagger).await.expect("status").last_log_index;
-    assert_eq!(cluster.terminate(lagger, Duration::from_secs(10)), Some(0), "clean SIGTERM exit");
+    let before = cluster
+        .local_status(lagger)
+        .await
+        .expect("status")
+        .last_log_index;
+    assert_eq!(
+        cluster.terminate(lagger, Duration::from_secs(10)),
+        Some(0),
+        "clean SIGTERM exit"
+    );
 
     let addrs = cluster.addrs();
     let acked = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = (0..16)
         .map(|c| {
-            let keys = (0..625).map(|i| (format!("snap/{c:02}/{i:04}"), format!("{i}"))).collect();
+            let keys = (0..625)
+                .map(|i| (format!("snap/{c:02}/{i:04}"), format!("{i}")))
+                .collect();
             tokio::spawn(write_all(addrs.clone(), keys, acked.clone()))
         })
         .collect();
@@ -35,16 +45,23 @@ async fn stopped_controller_catches_up_by_snapshot() -> anyhow::Result<()> {
     assert_eq!(all.len(), 10_000);
 
     // The leader must have purged past what the stopped controller holds.
-    wait_for("the leader to purge its log", Duration::from_secs(30), || async {
-        let s = cluster.local_status(leader).await?;
-        (s.purged_index.unwrap_or(0) > before).then_some(())
-    })
+    wait_for(
+        "the leader to purge its log",
+        Duration::from_secs(30),
+        || async {
+            let s = cluster.local_status(leader).await?;
+            (s.purged_index.unwrap_or(0) > before).then_some(())
+        },
+    )
     .await?;
 
     cluster.spawn(lagger)?;
     cluster.wait_converged(Duration::from_secs(60)).await?;
     let s = cluster.local_status(lagger).await.expect("status");
-    assert!(s.snapshots_installed >= 1, "controller {lagger} caught up without a snapshot: {s:?}");
+    assert!(
+        s.snapshots_installed >= 1,
+        "controller {lagger} caught up without a snapshot: {s:?}"
+    );
     assert_all_present(&cluster.node(lagger).api_addr, "snap/", &all).await;
     Ok(())
 }

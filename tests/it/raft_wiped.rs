@@ -12,10 +12,14 @@ async fn wiped_controller_is_refused() -> anyhow::Result<()> {
     let mut cluster = ProcCluster::start(3, "")?;
     let (leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;
     // Every controller has registered its incarnation.
-    wait_for("all incarnations recorded", Duration::from_secs(20), || async {
-        let s = cluster.local_status(leader).await?;
-        (s.members.len() == 3 && s.members.iter().all(|m| m.incarnation != 0)).then_some(())
-    })
+    wait_for(
+        "all incarnations recorded",
+        Duration::from_secs(20),
+        || async {
+            let s = cluster.local_status(leader).await?;
+            (s.members.len() == 3 && s.members.iter().all(|m| m.incarnation != 0)).then_some(())
+        },
+    )
     .await?;
     let victim = (1..=3).find(|id| *id != leader).expect("a follower");
     assert_eq!(cluster.terminate(victim, Duration::from_secs(10)), Some(0));
@@ -23,7 +27,10 @@ async fn wiped_controller_is_refused() -> anyhow::Result<()> {
     cluster.spawn(victim)?;
     let code = cluster.wait_exit(victim, Duration::from_secs(30));
     let log = cluster.log_text(victim);
-    assert!(matches!(code, Some(c) if c != 0), "wiped controller must exit with an error, got {code:?}\n{log}");
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "wiped controller must exit with an error, got {code:?}\n{log}"
+    );
     assert!(log.contains("remove-peer"), "message names the fix:\n{log}");
     assert!(log.contains("new id"), "message names the fix:\n{log}");
 

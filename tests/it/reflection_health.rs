@@ -13,7 +13,11 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 async fn channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
-    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?)
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,10 +33,16 @@ async fn health_serving_and_reflection_lists_admin() -> anyhow::Result<()> {
     ] {
         let mut health = HealthClient::new(channel(addr).await?);
         let resp = health
-            .check(HealthCheckRequest { service: service.to_string() })
+            .check(HealthCheckRequest {
+                service: service.to_string(),
+            })
             .await?
             .into_inner();
-        assert_eq!(resp.status, ServingStatus::Serving as i32, "{addr} {service:?}");
+        assert_eq!(
+            resp.status,
+            ServingStatus::Serving as i32,
+            "{addr} {service:?}"
+        );
     }
 
     let mut refl = ServerReflectionClient::new(channel(&node.api_addr).await?);
@@ -40,14 +50,24 @@ async fn health_serving_and_reflection_lists_admin() -> anyhow::Result<()> {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut stream = refl.server_reflection_info(futures::stream::iter([req])).await?.into_inner();
+    let mut stream = refl
+        .server_reflection_info(futures::stream::iter([req]))
+        .await?
+        .into_inner();
     let resp = stream.next().await.expect("one response")?;
     let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
         anyhow::bail!("unexpected reflection response {resp:?}");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for want in ["steward.v1.Admin", "steward.v1.AgentControl", "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+    for want in [
+        "steward.v1.Admin",
+        "steward.v1.AgentControl",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
     }
     Ok(())
 }

@@ -131,7 +131,10 @@ impl ProcCluster {
         let bin = steward_bin();
         let initial = self.initial_cluster.clone();
         let raft_toml = self.raft_toml.clone();
-        let node = self.nodes.get_mut(&id).ok_or_else(|| anyhow!("no controller {id}"))?;
+        let node = self
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| anyhow!("no controller {id}"))?;
         let mut cfg = format!(
             "id = {}\ndata_dir = {:?}\nraft_addr = {:?}\napi_addr = {:?}\ncluster_name = \"it\"\n",
             node.id, node.data_dir, node.raft_addr, node.api_addr
@@ -142,7 +145,10 @@ impl ProcCluster {
         cfg.push_str("\n[raft]\n");
         cfg.push_str(&raft_toml);
         std::fs::write(&node.config_path, cfg)?;
-        let log: File = OpenOptions::new().create(true).append(true).open(&node.log_path)?;
+        let log: File = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)?;
         let child = Command::new(bin)
             .arg("controller")
             .arg("--config")
@@ -219,11 +225,19 @@ impl ProcCluster {
     pub fn leaderships(&self) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
         for id in self.nodes.keys() {
-            for line in self.log_text(*id).lines().filter(|l| l.contains("became leader")) {
+            for line in self
+                .log_text(*id)
+                .lines()
+                .filter(|l| l.contains("became leader"))
+            {
                 let field = |name: &str| {
                     line.split_whitespace()
                         .find_map(|w| w.strip_prefix(name))
-                        .and_then(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse::<u64>().ok())
+                        .and_then(|v| {
+                            v.trim_matches(|c: char| !c.is_ascii_digit())
+                                .parse::<u64>()
+                                .ok()
+                        })
                 };
                 if let (Some(term), Some(who)) = (field("term="), field("id=")) {
                     out.push((term, who));
@@ -263,7 +277,12 @@ impl ProcCluster {
 
     /// Waits until a running controller reports itself leader; returns (id, term).
     pub async fn wait_leader(&self, timeout: Duration) -> anyhow::Result<(u64, u64)> {
-        let ids: Vec<u64> = self.nodes.keys().copied().filter(|id| self.is_running(*id)).collect();
+        let ids: Vec<u64> = self
+            .nodes
+            .keys()
+            .copied()
+            .filter(|id| self.is_running(*id))
+            .collect();
         wait_for("a leader", timeout, || {
             let ids = ids.clone();
             async move {
@@ -283,7 +302,12 @@ impl ProcCluster {
     /// Waits until every running controller has applied the same index and reports the
     /// same state digest; returns (applied index, digest).
     pub async fn wait_converged(&self, timeout: Duration) -> anyhow::Result<(u64, String)> {
-        let ids: Vec<u64> = self.nodes.keys().copied().filter(|id| self.is_running(*id)).collect();
+        let ids: Vec<u64> = self
+            .nodes
+            .keys()
+            .copied()
+            .filter(|id| self.is_running(*id))
+            .collect();
         wait_for("controllers to converge", timeout, || {
             let ids = ids.clone();
             async move {

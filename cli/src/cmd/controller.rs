@@ -53,7 +53,9 @@ impl ControllerArgs {
 pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     crate::init_tracing("info,openraft=warn");
     let config = args.layered()?.resolve()?;
-    let controller = Controller::start(config).await.context("starting the controller")?;
+    let controller = Controller::start(config)
+        .await
+        .context("starting the controller")?;
     let code = tokio::select! {
         reason = controller.fatal() => {
             eprintln!("error: {reason}");

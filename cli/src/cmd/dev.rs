@@ -51,7 +51,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     } else {
         format!(" --addr {addrs}")
     };
-    println!("steward dev cluster: 3 controllers, data in {}", args.data_dir.display());
+    println!(
+        "steward dev cluster: 3 controllers, data in {}",
+        args.data_dir.display()
+    );
     println!("admin API: {addrs}");
     println!();
     println!("try, in another terminal:");

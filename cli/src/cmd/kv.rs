@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use serde_json::json;
-use steward_proto::v1::{KvDeleteRequest, KvEntry, KvGetRequest, KvListRequest, KvPutRequest, ReadConsistency};
+use steward_proto::v1::{
+    KvDeleteRequest, KvEntry, KvGetRequest, KvListRequest, KvPutRequest, ReadConsistency,
+};
 
 use crate::client::with_retry;
 use crate::output::{print_json, show_bytes, table, Output};
@@ -45,7 +47,11 @@ pub enum KvCommand {
 }
 
 fn consistency(stale: bool) -> i32 {
-    (if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable }) as i32
+    (if stale {
+        ReadConsistency::Stale
+    } else {
+        ReadConsistency::Linearizable
+    }) as i32
 }
 
 fn entry_json(e: &KvEntry) -> serde_json::Value {
@@ -61,7 +67,11 @@ fn entry_json(e: &KvEntry) -> serde_json::Value {
 pub async fn run(addrs: &str, output: Output, command: KvCommand) -> anyhow::Result<ExitCode> {
     match command {
         KvCommand::Put { key, value, cas } => {
-            let req = KvPutRequest { key: key.clone(), value: value.into_bytes(), expected_revision: cas };
+            let req = KvPutRequest {
+                key: key.clone(),
+                value: value.into_bytes(),
+                expected_revision: cas,
+            };
             let reply = with_retry(addrs, |mut c| {
                 let req = req.clone();
                 async move { c.kv_put(req).await.map(|r| r.into_inner()) }
@@ -73,7 +83,10 @@ pub async fn run(addrs: &str, output: Output, command: KvCommand) -> anyhow::Res
             }
         }
         KvCommand::Get { key, stale } => {
-            let req = KvGetRequest { key: key.clone(), consistency: consistency(stale) };
+            let req = KvGetRequest {
+                key: key.clone(),
+                consistency: consistency(stale),
+            };
             let reply = with_retry(addrs, |mut c| {
                 let req = req.clone();
                 async move { c.kv_get(req).await.map(|r| r.into_inner()) }
@@ -92,8 +105,17 @@ pub async fn run(addrs: &str, output: Output, command: KvCommand) -> anyhow::Res
                 Output::Table => println!("{}", show_bytes(&entry.value)),
             }
         }
-        KvCommand::List { prefix, limit, stale } => {
-            let req = KvListRequest { prefix, start_after: String::new(), limit, consistency: consistency(stale) };
+        KvCommand::List {
+            prefix,
+            limit,
+            stale,
+        } => {
+            let req = KvListRequest {
+                prefix,
+                start_after: String::new(),
+                limit,
+                consistency: consistency(stale),
+            };
             let reply = with_retry(addrs, |mut c| {
                 let req = req.clone();
                 async move { c.kv_list(req).await.map(|r| r.into_inner()) }
@@ -108,7 +130,12 @@ pub async fn run(addrs: &str, output: Output, command: KvCommand) -> anyhow::Res
                 Output::Table => {
                     let mut t = table(["KEY", "VALUE", "REVISION", "VERSION"]);
                     for e in &reply.entries {
-                        t.add_row(vec![e.key.clone(), show_bytes(&e.value), e.mod_revision.to_string(), e.version.to_string()]);
+                        t.add_row(vec![
+                            e.key.clone(),
+                            show_bytes(&e.value),
+                            e.mod_revision.to_string(),
+                            e.version.to_string(),
+                        ]);
                     }
                     println!("{t}");
                     if reply.more {
@@ -118,15 +145,22 @@ pub async fn run(addrs: &str, output: Output, command: KvCommand) -> anyhow::Res
             }
         }
         KvCommand::Delete { key, cas } => {
-            let req = KvDeleteRequest { key: key.clone(), expected_revision: cas };
+            let req = KvDeleteRequest {
+                key: key.clone(),
+                expected_revision: cas,
+            };
             let reply = with_retry(addrs, |mut c| {
                 let req = req.clone();
                 async move { c.kv_delete(req).await.map(|r| r.into_inner()) }
             })
             .await?;
             match output {
-                Output::Json => print_json(&json!({"key": key, "existed": reply.existed, "revision": reply.revision}))?,
-                Output::Table if reply.existed => println!("{key} deleted at revision {}", reply.revision),
+                Output::Json => print_json(
+                    &json!({"key": key, "existed": reply.existed, "revision": reply.revision}),
+                )?,
+                Output::Table if reply.existed => {
+                    println!("{key} deleted at revision {}", reply.revision)
+                }
                 Output::Table => println!("{key} did not exist"),
             }
         }

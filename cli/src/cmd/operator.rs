@@ -8,8 +8,8 @@ use futures::StreamExt;
 use serde_json::json;
 use steward_controller::snapshot_file;
 use steward_proto::v1::{
-    AddLearnerRequest, MembershipReply, PromoteRequest, RemovePeerRequest, SnapshotChunk, SnapshotSaveRequest,
-    TransferLeaderRequest,
+    AddLearnerRequest, MembershipReply, PromoteRequest, RemovePeerRequest, SnapshotChunk,
+    SnapshotSaveRequest, TransferLeaderRequest,
 };
 
 use crate::client::{status_error, with_retry};
@@ -60,15 +60,24 @@ pub enum SnapshotCommand {
 
 fn print_membership(output: Output, what: &str, r: &MembershipReply) -> anyhow::Result<()> {
     match output {
-        Output::Json => print_json(&json!({"log_index": r.log_index, "voters": r.voters, "learners": r.learners})),
+        Output::Json => print_json(
+            &json!({"log_index": r.log_index, "voters": r.voters, "learners": r.learners}),
+        ),
         Output::Table => {
-            println!("{what}; voters {:?}, learners {:?} (log index {})", r.voters, r.learners, r.log_index);
+            println!(
+                "{what}; voters {:?}, learners {:?} (log index {})",
+                r.voters, r.learners, r.log_index
+            );
             Ok(())
         }
     }
 }
 
-pub async fn run(addrs: &str, output: Output, command: OperatorCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    addrs: &str,
+    output: Output,
+    command: OperatorCommand,
+) -> anyhow::Result<ExitCode> {
     match command {
         OperatorCommand::Raft(RaftCommand::ListPeers) => {
             let s = super::status::fetch(addrs, false).await?;
@@ -77,8 +86,16 @@ pub async fn run(addrs: &str, output: Output, command: OperatorCommand) -> anyho
                 Output::Table => super::status::print_members(&s),
             }
         }
-        OperatorCommand::Raft(RaftCommand::AddLearner { id, raft_addr, api_addr }) => {
-            let req = AddLearnerRequest { id, raft_addr, api_addr };
+        OperatorCommand::Raft(RaftCommand::AddLearner {
+            id,
+            raft_addr,
+            api_addr,
+        }) => {
+            let req = AddLearnerRequest {
+                id,
+                raft_addr,
+                api_addr,
+            };
             let r = with_retry(addrs, |mut c| {
                 let req = req.clone();
                 async move { c.add_learner(req).await.map(|r| r.into_inner()) }
@@ -87,20 +104,28 @@ pub async fn run(addrs: &str, output: Output, command: OperatorCommand) -> anyho
             print_membership(output, &format!("controller {id} added as learner"), &r)?;
         }
         OperatorCommand::Raft(RaftCommand::Promote { id }) => {
-            let r = with_retry(addrs, |mut c| async move { c.promote(PromoteRequest { id }).await.map(|r| r.into_inner()) })
-                .await?;
+            let r = with_retry(addrs, |mut c| async move {
+                c.promote(PromoteRequest { id })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await?;
             print_membership(output, &format!("controller {id} is a voter"), &r)?;
         }
         OperatorCommand::Raft(RaftCommand::RemovePeer { id }) => {
             let r = with_retry(addrs, |mut c| async move {
-                c.remove_peer(RemovePeerRequest { id }).await.map(|r| r.into_inner())
+                c.remove_peer(RemovePeerRequest { id })
+                    .await
+                    .map(|r| r.into_inner())
             })
             .await?;
             print_membership(output, &format!("controller {id} removed"), &r)?;
         }
         OperatorCommand::Raft(RaftCommand::TransferLeader { id }) => {
             let r = with_retry(addrs, |mut c| async move {
-                c.transfer_leader(TransferLeaderRequest { to: id }).await.map(|r| r.into_inner())
+                c.transfer_leader(TransferLeaderRequest { to: id })
+                    .await
+                    .map(|r| r.into_inner())
             })
             .await?;
             match output {
@@ -118,26 +143,37 @@ pub async fn run(addrs: &str, output: Output, command: OperatorCommand) -> anyho
                 Ok(bytes)
             })
             .await?;
-            let (header, _) = snapshot_file::decode(&bytes).context("the cluster sent an invalid snapshot")?;
+            let (header, _) =
+                snapshot_file::decode(&bytes).context("the cluster sent an invalid snapshot")?;
             let tmp = file.with_extension("partial");
             std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &file).with_context(|| format!("renaming to {}", file.display()))?;
+            std::fs::rename(&tmp, &file)
+                .with_context(|| format!("renaming to {}", file.display()))?;
             match output {
-                Output::Json => print_json(&json!({"file": file, "bytes": bytes.len(), "applied_index": header.applied_index, "keys": header.keys, "state_digest": header.state_digest}))?,
+                Output::Json => print_json(
+                    &json!({"file": file, "bytes": bytes.len(), "applied_index": header.applied_index, "keys": header.keys, "state_digest": header.state_digest}),
+                )?,
                 Output::Table => println!(
                     "saved {} ({} bytes): index {}, {} keys",
-                    file.display(), bytes.len(), header.applied_index, header.keys
+                    file.display(),
+                    bytes.len(),
+                    header.applied_index,
+                    header.keys
                 ),
             }
         }
         OperatorCommand::Snapshot(SnapshotCommand::Restore { file }) => {
-            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             // Refuse a bad file here, before the cluster sees it.
-            snapshot_file::decode(&bytes).with_context(|| format!("{} is not a valid snapshot", file.display()))?;
+            snapshot_file::decode(&bytes)
+                .with_context(|| format!("{} is not a valid snapshot", file.display()))?;
             let addrs_list = crate::client::parse_addrs(addrs)?;
             let mut client = crate::client::connect(&addrs_list, 0).await?;
-            let chunks: Vec<SnapshotChunk> =
-                bytes.chunks(UPLOAD_CHUNK).map(|c| SnapshotChunk { data: c.to_vec() }).collect();
+            let chunks: Vec<SnapshotChunk> = bytes
+                .chunks(UPLOAD_CHUNK)
+                .map(|c| SnapshotChunk { data: c.to_vec() })
+                .collect();
             let r = client
                 .snapshot_restore(futures::stream::iter(chunks))
                 .await
@@ -149,8 +185,10 @@ pub async fn run(addrs: &str, output: Output, command: OperatorCommand) -> anyho
             }
         }
         OperatorCommand::Snapshot(SnapshotCommand::Inspect { file }) => {
-            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let (h, state) = snapshot_file::decode(&bytes).with_context(|| format!("{} is not a valid snapshot", file.display()))?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let (h, state) = snapshot_file::decode(&bytes)
+                .with_context(|| format!("{} is not a valid snapshot", file.display()))?;
             match output {
                 Output::Json => print_json(&json!({
                     "cluster_name": h.cluster_name, "taken_by": h.taken_by,
@@ -160,10 +198,20 @@ pub async fn run(addrs: &str, output: Output, command: OperatorCommand) -> anyho
                     "state_digest": h.state_digest, "bytes": bytes.len(),
                 }))?,
                 Output::Table => {
-                    println!("snapshot of cluster {} taken by controller {}", h.cluster_name, h.taken_by);
-                    println!("  applied index {} (term {})", h.applied_index, h.applied_term);
+                    println!(
+                        "snapshot of cluster {} taken by controller {}",
+                        h.cluster_name, h.taken_by
+                    );
+                    println!(
+                        "  applied index {} (term {})",
+                        h.applied_index, h.applied_term
+                    );
                     println!("  voters {:?}, learners {:?}", h.voters, h.learners);
-                    println!("  {} keys, {} controllers recorded", h.keys, state.controllers.len());
+                    println!(
+                        "  {} keys, {} controllers recorded",
+                        h.keys,
+                        state.controllers.len()
+                    );
                     println!("  state digest {}", h.state_digest);
                     println!("  {} bytes, checksum ok", bytes.len());
                 }

@@ -16,9 +16,15 @@ pub struct StatusArgs {
 }
 
 pub async fn fetch(addrs: &str, stale: bool) -> anyhow::Result<StatusReply> {
-    let consistency = if stale { ReadConsistency::Stale } else { ReadConsistency::Linearizable } as i32;
+    let consistency = if stale {
+        ReadConsistency::Stale
+    } else {
+        ReadConsistency::Linearizable
+    } as i32;
     with_retry(addrs, |mut c| async move {
-        c.status(StatusRequest { consistency }).await.map(|r| r.into_inner())
+        c.status(StatusRequest { consistency })
+            .await
+            .map(|r| r.into_inner())
     })
     .await
 }
@@ -60,14 +66,31 @@ pub fn status_json(s: &StatusReply) -> serde_json::Value {
 }
 
 pub fn print_members(s: &StatusReply) {
-    let mut t = table(["ID", "ROLE", "LEADER", "RAFT ADDR", "API ADDR", "MATCHED", "LAG", "LAST CONTACT"]);
+    let mut t = table([
+        "ID",
+        "ROLE",
+        "LEADER",
+        "RAFT ADDR",
+        "API ADDR",
+        "MATCHED",
+        "LAG",
+        "LAST CONTACT",
+    ]);
     for m in &s.members {
         t.add_row(vec![
             m.id.to_string(),
             role_name(m.role).to_string(),
-            if m.is_leader { "*".into() } else { String::new() },
+            if m.is_leader {
+                "*".into()
+            } else {
+                String::new()
+            },
             m.raft_addr.clone(),
-            if m.api_addr.is_empty() { "-".into() } else { m.api_addr.clone() },
+            if m.api_addr.is_empty() {
+                "-".into()
+            } else {
+                m.api_addr.clone()
+            },
             opt(m.matched_index),
             opt(m.lag),
             opt(m.last_contact_ms.map(|ms| format!("{ms}ms"))),

@@ -140,7 +140,11 @@ impl AdminService {
         let metrics = self.ctx.raft.metrics().borrow().clone();
         let m = metrics.membership_config.membership();
         let voters: BTreeSet<NodeId> = m.voter_ids().collect();
-        let learners = m.nodes().map(|(id, _)| *id).filter(|id| !voters.contains(id)).collect();
+        let learners = m
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| !voters.contains(id))
+            .collect();
         MembershipReply {
             log_index,
             voters: voters.into_iter().collect(),
@@ -148,7 +152,11 @@ impl AdminService {
         }
     }
 
-    async fn change_membership(&self, change: ChangeMembers<NodeId, ControllerNode>, retain: bool) -> Result<u64, ApiError> {
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, ControllerNode>,
+        retain: bool,
+    ) -> Result<u64, ApiError> {
         match tokio::time::timeout(
             super::context::WRITE_TIMEOUT * 3,
             self.ctx.raft.change_membership(change, retain),
@@ -186,7 +194,10 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Se
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
         let hops = hops_of(&request);
         let req = request.into_inner();
         if !stale(req.consistency) && !self.ctx.is_leader() {
@@ -214,9 +225,13 @@ impl Admin for AdminService {
         let (_, result) = on_leader!(self, hops, req, kv_put, self.ctx.write(command).await);
         match result {
             CommandResult::KvPut { revision } => Ok(Response::new(KvPutReply { revision })),
-            CommandResult::RevisionMismatch { key, expected, actual } => Err(ApiError::FailedPrecondition(
-                format!("revision mismatch on `{key}`: expected {expected}, current {actual}"),
-            )
+            CommandResult::RevisionMismatch {
+                key,
+                expected,
+                actual,
+            } => Err(ApiError::FailedPrecondition(format!(
+                "revision mismatch on `{key}`: expected {expected}, current {actual}"
+            ))
             .into()),
             other => Err(ApiError::Internal(format!("unexpected result {other:?}")).into()),
         }
@@ -226,18 +241,37 @@ impl Admin for AdminService {
         let hops = hops_of(&request);
         let req = request.into_inner();
         kv::validate_key(&req.key).map_err(invalid)?;
-        on_leader!(self, hops, req, kv_get, self.read_barrier(req.consistency).await);
+        on_leader!(
+            self,
+            hops,
+            req,
+            kv_get,
+            self.read_barrier(req.consistency).await
+        );
         let applied = self.ctx.view.read();
         Ok(Response::new(KvGetReply {
-            entry: applied.state.kv.get(&req.key).map(|e| kv_entry_to_pb(&req.key, e)),
+            entry: applied
+                .state
+                .kv
+                .get(&req.key)
+                .map(|e| kv_entry_to_pb(&req.key, e)),
             read_revision: applied.last_applied.map_or(0, |l| l.index),
         }))
     }
 
-    async fn kv_list(&self, request: Request<KvListRequest>) -> Result<Response<KvListReply>, Status> {
+    async fn kv_list(
+        &self,
+        request: Request<KvListRequest>,
+    ) -> Result<Response<KvListReply>, Status> {
         let hops = hops_of(&request);
         let req = request.into_inner();
-        on_leader!(self, hops, req, kv_list, self.read_barrier(req.consistency).await);
+        on_leader!(
+            self,
+            hops,
+            req,
+            kv_list,
+            self.read_barrier(req.consistency).await
+        );
         let limit = match req.limit as usize {
             0 => MAX_LIST_LIMIT,
             n => n.min(MAX_LIST_LIMIT),
@@ -258,7 +292,10 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn kv_delete(&self, request: Request<KvDeleteRequest>) -> Result<Response<KvDeleteReply>, Status> {
+    async fn kv_delete(
+        &self,
+        request: Request<KvDeleteRequest>,
+    ) -> Result<Response<KvDeleteReply>, Status> {
         let hops = hops_of(&request);
         let req = request.into_inner();
         kv::validate_key(&req.key).map_err(invalid)?;
@@ -268,22 +305,34 @@ impl Admin for AdminService {
         };
         let (_, result) = on_leader!(self, hops, req, kv_delete, self.ctx.write(command).await);
         match result {
-            CommandResult::KvDeleted { existed, revision } => Ok(Response::new(KvDeleteReply { existed, revision })),
-            CommandResult::RevisionMismatch { key, expected, actual } => Err(ApiError::FailedPrecondition(
-                format!("revision mismatch on `{key}`: expected {expected}, current {actual}"),
-            )
+            CommandResult::KvDeleted { existed, revision } => {
+                Ok(Response::new(KvDeleteReply { existed, revision }))
+            }
+            CommandResult::RevisionMismatch {
+                key,
+                expected,
+                actual,
+            } => Err(ApiError::FailedPrecondition(format!(
+                "revision mismatch on `{key}`: expected {expected}, current {actual}"
+            ))
             .into()),
             other => Err(ApiError::Internal(format!("unexpected result {other:?}")).into()),
         }
     }
 
-    async fn add_learner(&self, request: Request<AddLearnerRequest>) -> Result<Response<MembershipReply>, Status> {
+    async fn add_learner(
+        &self,
+        request: Request<AddLearnerRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
         let hops = hops_of(&request);
         let req = request.into_inner();
         if req.id == 0 {
             return Err(invalid("controller id must be at least 1").into());
         }
-        for (what, addr) in [("raft address", &req.raft_addr), ("api address", &req.api_addr)] {
+        for (what, addr) in [
+            ("raft address", &req.raft_addr),
+            ("api address", &req.api_addr),
+        ] {
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 return Err(invalid(format!("{what} `{addr}` is not IP:PORT")).into());
             }
@@ -317,12 +366,19 @@ impl Admin for AdminService {
             Err(_) => {
                 return Err(ApiError::Timeout(super::context::WRITE_TIMEOUT * 3).into());
             }
-            Ok(r) => r.map_err(|e| ApiError::from_write(self.ctx.id, e))?.log_id.index,
+            Ok(r) => {
+                r.map_err(|e| ApiError::from_write(self.ctx.id, e))?
+                    .log_id
+                    .index
+            }
         };
         Ok(Response::new(self.membership_reply(index)))
     }
 
-    async fn promote(&self, request: Request<PromoteRequest>) -> Result<Response<MembershipReply>, Status> {
+    async fn promote(
+        &self,
+        request: Request<PromoteRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
         let hops = hops_of(&request);
         let req = request.into_inner();
         on_leader!(self, hops, req, promote, self.require_leader());
@@ -343,13 +399,18 @@ impl Admin for AdminService {
         Ok(Response::new(self.membership_reply(index)))
     }
 
-    async fn remove_peer(&self, request: Request<RemovePeerRequest>) -> Result<Response<MembershipReply>, Status> {
+    async fn remove_peer(
+        &self,
+        request: Request<RemovePeerRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
         let hops = hops_of(&request);
         let req = request.into_inner();
         on_leader!(self, hops, req, remove_peer, self.require_leader());
         let (voters, all) = self.member_ids();
         if !all.contains(&req.id) {
-            return Err(ApiError::NotFound(format!("controller {} is not a member", req.id)).into());
+            return Err(
+                ApiError::NotFound(format!("controller {} is not a member", req.id)).into(),
+            );
         }
         if voters.contains(&req.id) && voters.len() == 1 {
             return Err(ApiError::FailedPrecondition("cannot remove the last voter".into()).into());
@@ -365,7 +426,11 @@ impl Admin for AdminService {
         // deliberately. If this controller was itself removed, it is no longer leader: the
         // next leader's registration sweep is not needed for correctness.
         if self.ctx.is_leader() {
-            if let Err(e) = self.ctx.write(Command::ForgetController { controller: req.id }).await {
+            if let Err(e) = self
+                .ctx
+                .write(Command::ForgetController { controller: req.id })
+                .await
+            {
                 tracing::warn!(controller = req.id, error = %e, "could not drop the removed controller's record");
             }
         }
@@ -385,13 +450,19 @@ impl Admin for AdminService {
 
     type SnapshotSaveStream = ChunkStream;
 
-    async fn snapshot_save(&self, request: Request<SnapshotSaveRequest>) -> Result<Response<ChunkStream>, Status> {
+    async fn snapshot_save(
+        &self,
+        request: Request<SnapshotSaveRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
         let hops = hops_of(&request);
         let req = request.into_inner();
         match self.ctx.linearizable_barrier().await {
             Err(ApiError::NotLeader { leader, .. }) => {
                 let (mut client, hops) = self.ctx.leader_client(leader, hops)?;
-                let stream = client.snapshot_save(forwarded(req, hops)).await?.into_inner();
+                let stream = client
+                    .snapshot_save(forwarded(req, hops))
+                    .await?
+                    .into_inner();
                 return Ok(Response::new(Box::pin(stream) as ChunkStream));
             }
             other => other?,
@@ -406,11 +477,19 @@ impl Admin for AdminService {
                 applied_index: applied.last_applied.map_or(0, |l| l.index),
                 applied_term: applied.last_applied.map_or(0, |l| l.leader_id.term),
                 voters: voters.iter().copied().collect(),
-                learners: m.nodes().map(|(id, _)| *id).filter(|id| !voters.contains(id)).collect(),
+                learners: m
+                    .nodes()
+                    .map(|(id, _)| *id)
+                    .filter(|id| !voters.contains(id))
+                    .collect(),
                 keys: applied.state.kv.len() as u64,
-                state_digest: applied.state.digest().map_err(|e| ApiError::Internal(e.to_string()))?,
+                state_digest: applied
+                    .state
+                    .digest()
+                    .map_err(|e| ApiError::Internal(e.to_string()))?,
             };
-            snapshot_file::encode(header, &applied.state).map_err(|e| ApiError::Internal(e.to_string()))?
+            snapshot_file::encode(header, &applied.state)
+                .map_err(|e| ApiError::Internal(e.to_string()))?
         };
         let chunks: Vec<Result<SnapshotChunk, Status>> = bytes
             .chunks(SNAPSHOT_STREAM_CHUNK)
@@ -429,7 +508,9 @@ impl Admin for AdminService {
         while let Some(chunk) = stream.next().await {
             bytes.extend_from_slice(&chunk?.data);
             if bytes.len() > MAX_SNAPSHOT_FILE_BYTES {
-                return Err(invalid(format!("snapshot exceeds {MAX_SNAPSHOT_FILE_BYTES} bytes")).into());
+                return Err(
+                    invalid(format!("snapshot exceeds {MAX_SNAPSHOT_FILE_BYTES} bytes")).into(),
+                );
             }
         }
         let (header, state) = snapshot_file::decode(&bytes).map_err(invalid)?;
@@ -437,7 +518,10 @@ impl Admin for AdminService {
             tracing::warn!(from = %header.cluster_name, to = %self.ctx.cluster_name, "restoring a snapshot taken on another cluster");
         }
         let command = Command::RestoreState {
-            state: Box::new(restore_keeping_controllers(state, &self.ctx.view.read().state)),
+            state: Box::new(restore_keeping_controllers(
+                state,
+                &self.ctx.view.read().state,
+            )),
         };
         match self.ctx.write(command).await {
             Err(ApiError::NotLeader { leader, .. }) => {
@@ -446,13 +530,17 @@ impl Admin for AdminService {
                     .chunks(SNAPSHOT_STREAM_CHUNK)
                     .map(|c| SnapshotChunk { data: c.to_vec() })
                     .collect();
-                client.snapshot_restore(forwarded(futures::stream::iter(chunks), hops)).await
+                client
+                    .snapshot_restore(forwarded(futures::stream::iter(chunks), hops))
+                    .await
             }
             Err(e) => Err(e.into()),
             Ok((revision, CommandResult::Restored { keys })) => {
                 Ok(Response::new(SnapshotRestoreReply { revision, keys }))
             }
-            Ok((_, other)) => Err(ApiError::Internal(format!("unexpected result {other:?}")).into()),
+            Ok((_, other)) => {
+                Err(ApiError::Internal(format!("unexpected result {other:?}")).into())
+            }
         }
     }
 }

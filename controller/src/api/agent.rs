@@ -20,7 +20,10 @@ impl AgentControlService {
 
 #[tonic::async_trait]
 impl AgentControl for AgentControlService {
-    async fn leader_hint(&self, _request: Request<LeaderHintRequest>) -> Result<Response<LeaderHintReply>, Status> {
+    async fn leader_hint(
+        &self,
+        _request: Request<LeaderHintRequest>,
+    ) -> Result<Response<LeaderHintReply>, Status> {
         let (leader, term) = {
             let m = self.ctx.raft.metrics();
             let m = m.borrow();
@@ -28,7 +31,9 @@ impl AgentControl for AgentControlService {
         };
         Ok(Response::new(LeaderHintReply {
             leader_id: leader,
-            leader_api_addr: leader.and_then(|l| self.ctx.api_addr_of(l)).unwrap_or_default(),
+            leader_api_addr: leader
+                .and_then(|l| self.ctx.api_addr_of(l))
+                .unwrap_or_default(),
             term,
         }))
     }

@@ -94,7 +94,11 @@ impl ApiContext {
     }
 
     /// An admin client for the leader, to forward a call that arrived with `hops` hops.
-    pub fn leader_client(&self, leader: Option<NodeId>, hops: u32) -> Result<(AdminClient<Channel>, u32), ApiError> {
+    pub fn leader_client(
+        &self,
+        leader: Option<NodeId>,
+        hops: u32,
+    ) -> Result<(AdminClient<Channel>, u32), ApiError> {
         let leader = leader.ok_or(ApiError::NoLeader)?;
         if hops >= MAX_FORWARD_HOPS {
             return Err(ApiError::TooManyHops(hops));
@@ -102,16 +106,21 @@ impl ApiContext {
         if leader == self.id {
             return Err(ApiError::NoLeader);
         }
-        let addr = self.api_addr_of(leader).ok_or_else(|| ApiError::LeaderUnreachable {
-            leader,
-            addr: "?".into(),
-            message: "its API address is not registered yet".into(),
-        })?;
-        let ch = self.peers.channel(&addr).map_err(|e| ApiError::LeaderUnreachable {
-            leader,
-            addr: addr.clone(),
-            message: e.to_string(),
-        })?;
+        let addr = self
+            .api_addr_of(leader)
+            .ok_or_else(|| ApiError::LeaderUnreachable {
+                leader,
+                addr: "?".into(),
+                message: "its API address is not registered yet".into(),
+            })?;
+        let ch = self
+            .peers
+            .channel(&addr)
+            .map_err(|e| ApiError::LeaderUnreachable {
+                leader,
+                addr: addr.clone(),
+                message: e.to_string(),
+            })?;
         let client = AdminClient::new(ch)
             .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_API_MESSAGE_BYTES);

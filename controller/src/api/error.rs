@@ -18,7 +18,9 @@ pub enum ApiError {
     NoLeader,
     #[error("quorum lost: {0}; at least a majority of voters must be up")]
     QuorumLost(String),
-    #[error("not committed within {0:?}: a quorum may be lost; the write may still be applied later")]
+    #[error(
+        "not committed within {0:?}: a quorum may be lost; the write may still be applied later"
+    )]
     Timeout(Duration),
     #[error("{0}")]
     InvalidArgument(String),

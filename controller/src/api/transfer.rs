@@ -44,7 +44,9 @@ pub async fn transfer_leadership(ctx: &ApiContext, to: NodeId) -> Result<(NodeId
     let membership = metrics.membership_config.membership().clone();
     let voters: Vec<NodeId> = membership.voter_ids().collect();
     if !voters.contains(&to) {
-        return Err(ApiError::NotFound(format!("controller {to} is not a voter")));
+        return Err(ApiError::NotFound(format!(
+            "controller {to} is not a voter"
+        )));
     }
     if ctx.transferring.swap(true, Ordering::AcqRel) {
         return Err(ApiError::Transferring);
@@ -56,7 +58,11 @@ pub async fn transfer_leadership(ctx: &ApiContext, to: NodeId) -> Result<(NodeId
     let caught_up = tokio::time::timeout(CATCH_UP_TIMEOUT, async {
         loop {
             let m = rx.borrow_and_update().clone();
-            let matched = m.replication.as_ref().and_then(|r| r.get(&to).cloned()).flatten();
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&to).cloned())
+                .flatten();
             if matched.map(|l| l.index) == m.last_log_index && m.last_log_index.is_some() {
                 return true;
             }
@@ -97,18 +103,26 @@ pub async fn transfer_leadership(ctx: &ApiContext, to: NodeId) -> Result<(NodeId
     let target = membership
         .get_node(&to)
         .ok_or_else(|| ApiError::NotFound(format!("controller {to} has no address")))?;
-    let ch = ctx.peers.channel(&target.raft_addr).map_err(|e| ApiError::LeaderUnreachable {
-        leader: to,
-        addr: target.raft_addr.clone(),
-        message: e.to_string(),
-    })?;
+    let ch = ctx
+        .peers
+        .channel(&target.raft_addr)
+        .map_err(|e| ApiError::LeaderUnreachable {
+            leader: to,
+            addr: target.raft_addr.clone(),
+            message: e.to_string(),
+        })?;
     let mut client = RaftServiceClient::new(ch);
     let req = CampaignRequest {
         from: Some(ctx.peers.identity()),
     };
     match tokio::time::timeout(RPC_TIMEOUT, client.campaign(req)).await {
         Ok(Ok(_)) => {}
-        Ok(Err(status)) => return Err(ApiError::Internal(format!("controller {to} refused to campaign: {}", status.message()))),
+        Ok(Err(status)) => {
+            return Err(ApiError::Internal(format!(
+                "controller {to} refused to campaign: {}",
+                status.message()
+            )))
+        }
         Err(_) => return Err(ApiError::Timeout(RPC_TIMEOUT)),
     }
 

@@ -101,10 +101,12 @@ impl Network {
         };
         let reply: RaftReply = match tokio::time::timeout(ttl, fut).await {
             Err(_elapsed) => {
-                return Err(RpcError::Network(NetworkError::new(&AnyError::error(format!(
-                    "raft rpc to controller {} at {} timed out after {ttl:?}",
-                    self.target, self.addr
-                )))))
+                return Err(RpcError::Network(NetworkError::new(&AnyError::error(
+                    format!(
+                        "raft rpc to controller {} at {} timed out after {ttl:?}",
+                        self.target, self.addr
+                    ),
+                ))))
             }
             Ok(Err(status)) => return Err(self.status_error(status)),
             Ok(Ok(resp)) => resp.into_inner(),
@@ -173,7 +175,11 @@ impl RaftNetwork<TypeConfig> for Network {
         self.call(Rpc::InstallSnapshot, &rpc, &option).await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> Result<VoteResponse, RpcError> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest,
+        option: RPCOption,
+    ) -> Result<VoteResponse, RpcError> {
         self.call(Rpc::Vote, &rpc, &option).await
     }
 }

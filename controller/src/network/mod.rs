@@ -43,7 +43,12 @@ pub struct PeerShared {
 }
 
 impl PeerShared {
-    pub fn new(id: NodeId, incarnation: u64, view: StateView, fatal: watch::Sender<Option<String>>) -> Arc<Self> {
+    pub fn new(
+        id: NodeId,
+        incarnation: u64,
+        view: StateView,
+        fatal: watch::Sender<Option<String>>,
+    ) -> Arc<Self> {
         Arc::new(PeerShared {
             id,
             incarnation,

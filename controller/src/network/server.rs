@@ -34,7 +34,8 @@ impl RaftServer {
 
     /// The incarnation fence. See the module docs of `network`.
     fn check_sender(&self, from: Option<&PeerIdentity>) -> Result<NodeId, Status> {
-        let from = from.ok_or_else(|| Status::invalid_argument("raft request without sender identity"))?;
+        let from =
+            from.ok_or_else(|| Status::invalid_argument("raft request without sender identity"))?;
         let recorded = self.shared.recorded_incarnation(from.controller_id);
         if recorded != 0 && recorded != from.incarnation {
             let mut status = Status::permission_denied(wiped_message(
@@ -71,7 +72,9 @@ fn decode<T: DeserializeOwned>(req: &RaftRequest) -> Result<T, Status> {
     codec::decode("raft request", &req.payload).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-fn reply<T: Serialize, E: Serialize>(result: Result<T, RaftError<E>>) -> Result<Response<RaftReply>, Status> {
+fn reply<T: Serialize, E: Serialize>(
+    result: Result<T, RaftError<E>>,
+) -> Result<Response<RaftReply>, Status> {
     let encoded = match result {
         Ok(v) => codec::encode("raft response", &v).map(ReplyResult::Ok),
         Err(e) => codec::encode("raft error", &e).map(ReplyResult::RaftError),
@@ -84,7 +87,10 @@ fn reply<T: Serialize, E: Serialize>(result: Result<T, RaftError<E>>) -> Result<
 
 #[tonic::async_trait]
 impl RaftService for RaftServer {
-    async fn append_entries(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
         let req = request.into_inner();
         self.check_request(&req)?;
         reply(self.raft.append_entries(decode(&req)?).await)
@@ -96,7 +102,10 @@ impl RaftService for RaftServer {
         reply(self.raft.vote(decode(&req)?).await)
     }
 
-    async fn install_snapshot(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
         let req = request.into_inner();
         self.check_request(&req)?;
         reply(self.raft.install_snapshot(decode(&req)?).await)
@@ -118,7 +127,10 @@ impl RaftService for RaftServer {
         Ok(Response::new(PauseElectionReply {}))
     }
 
-    async fn campaign(&self, request: Request<CampaignRequest>) -> Result<Response<CampaignReply>, Status> {
+    async fn campaign(
+        &self,
+        request: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignReply>, Status> {
         let req = request.into_inner();
         self.check_sender(req.from.as_ref())?;
         self.raft.runtime_config().elect(true);
@@ -155,7 +167,9 @@ impl RaftService for RaftServer {
                 }
                 other => Err(Status::internal(format!("unexpected result {other:?}"))),
             },
-            Err(e) => Err(Status::failed_precondition(format!("cannot register here: {e}"))),
+            Err(e) => Err(Status::failed_precondition(format!(
+                "cannot register here: {e}"
+            ))),
         }
     }
 }

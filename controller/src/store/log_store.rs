@@ -49,7 +49,10 @@ impl LogStore {
     }
 
     fn last_entry(&self) -> Result<Option<Entry>, StoreError> {
-        let mut it = self.db.raw().iterator_cf(self.db.cf(CF_LOG), IteratorMode::End);
+        let mut it = self
+            .db
+            .raw()
+            .iterator_cf(self.db.cf(CF_LOG), IteratorMode::End);
         match it.next() {
             None => Ok(None),
             Some(item) => {
@@ -104,7 +107,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState, StorageError> {
         let last_purged: Option<LogId> = self.db.get_meta(MetaKey::LastPurged).map_err(read_err)?;
-        let last = self.last_entry().map_err(read_err)?.map(|e| *e.get_log_id());
+        let last = self
+            .last_entry()
+            .map_err(read_err)?
+            .map(|e| *e.get_log_id());
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last.or(last_purged),
@@ -154,9 +160,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let db = self.db.clone();
         // The synced write blocks on fsync: keep it off the async workers.
-        let result = tokio::task::spawn_blocking(move || db.raw().write_opt(batch, &Db::sync_opts()))
-            .await
-            .map_err(write_err)?;
+        let result =
+            tokio::task::spawn_blocking(move || db.raw().write_opt(batch, &Db::sync_opts()))
+                .await
+                .map_err(write_err)?;
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

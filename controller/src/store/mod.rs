@@ -113,7 +113,10 @@ impl Db {
         w
     }
 
-    pub(crate) fn get_meta<T: DeserializeOwned>(&self, key: MetaKey) -> Result<Option<T>, StoreError> {
+    pub(crate) fn get_meta<T: DeserializeOwned>(
+        &self,
+        key: MetaKey,
+    ) -> Result<Option<T>, StoreError> {
         match self.inner.get_cf(self.cf(CF_META), key.as_bytes())? {
             None => Ok(None),
             Some(bytes) => Ok(Some(codec::decode(meta_name(key), &bytes)?)),
@@ -137,11 +140,11 @@ impl Db {
                 expected: controller_id,
             }),
             Some(_) => {
-                let inc = self
-                    .get_meta::<u64>(MetaKey::Incarnation)?
-                    .ok_or_else(|| StoreError::MissingIncarnation {
+                let inc = self.get_meta::<u64>(MetaKey::Incarnation)?.ok_or_else(|| {
+                    StoreError::MissingIncarnation {
                         dir: dir.display().to_string(),
-                    })?;
+                    }
+                })?;
                 Ok((inc, false))
             }
             None => {

@@ -9,7 +9,9 @@ use crate::typ::{StorageError, TypeConfig};
 struct RocksBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for RocksBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = Db::open(dir.path()).expect("open db");
         let (log, sm) = open_stores(&db).await.expect("open stores");
@@ -18,6 +20,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 }
 
 #[test]
+#[allow(clippy::result_large_err)] // openraft's StorageError, as the suite returns it
 fn openraft_storage_suite() -> Result<(), StorageError> {
     Suite::test_all(RocksBuilder)
 }
@@ -30,14 +33,23 @@ async fn garbage_vote_is_a_storage_error_not_absent() {
         .put_cf(db.cf(CF_META), b"vote", b"\x01\xff\xff\xff garbage")
         .expect("write garbage");
     let (mut log, _sm) = open_stores(&db).await.expect("open stores");
-    let err = log.read_vote().await.expect_err("garbage vote must not read as Ok");
-    assert!(err.to_string().contains("vote"), "error names the vote: {err}");
+    let err = log
+        .read_vote()
+        .await
+        .expect_err("garbage vote must not read as Ok");
+    assert!(
+        err.to_string().contains("vote"),
+        "error names the vote: {err}"
+    );
 
     // A record from an unknown (future) format version is refused too.
     db.raw()
         .put_cf(db.cf(CF_META), b"vote", b"\x09\x00")
         .expect("write future version");
-    let err = log.read_vote().await.expect_err("future version must not read as Ok");
+    let err = log
+        .read_vote()
+        .await
+        .expect_err("future version must not read as Ok");
     assert!(format!("{err:?}").contains("version"), "{err:?}");
 }
 

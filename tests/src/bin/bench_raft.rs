@@ -44,7 +44,11 @@ fn fsync_reference(dir: &std::path::Path) -> anyhow::Result<Duration> {
     Ok(samples[samples.len() / 2])
 }
 
-async fn throughput(addr: &str, clients: usize, round: usize) -> anyhow::Result<(f64, Histogram<u64>)> {
+async fn throughput(
+    addr: &str,
+    clients: usize,
+    round: usize,
+) -> anyhow::Result<(f64, Histogram<u64>)> {
     let mut channels = Vec::new();
     for _ in 0..CHANNELS.min(clients) {
         channels.push(channel(addr).await?);
@@ -99,7 +103,11 @@ async fn first_write(addrs: &[String]) -> Duration {
         for a in addrs {
             if let Ok(ch) = channel(a).await {
                 let mut c = AdminClient::new(ch);
-                let req = KvPutRequest { key: "bench/failover".into(), value: b"1".to_vec(), expected_revision: None };
+                let req = KvPutRequest {
+                    key: "bench/failover".into(),
+                    value: b"1".to_vec(),
+                    expected_revision: None,
+                };
                 if c.kv_put(req).await.is_ok() {
                     return start.elapsed();
                 }
@@ -115,8 +123,14 @@ async fn main() -> anyhow::Result<()> {
     let (leader, _) = cluster.wait_leader(Duration::from_secs(30)).await?;
     let fsync = fsync_reference(cluster.dir.path())?;
     println!("bench-raft: 3 controllers on loopback, fsync on, 100-byte values, {RUN:?} per level");
-    println!("reference: raw 4 KiB write+fdatasync on the same disk, median {:.0} us", fsync.as_secs_f64() * 1e6);
-    println!("{:>8} {:>12} {:>10} {:>10}", "clients", "writes/s", "p50 ms", "p99 ms");
+    println!(
+        "reference: raw 4 KiB write+fdatasync on the same disk, median {:.0} us",
+        fsync.as_secs_f64() * 1e6
+    );
+    println!(
+        "{:>8} {:>12} {:>10} {:>10}",
+        "clients", "writes/s", "p50 ms", "p99 ms"
+    );
     let leader_addr = cluster.node(leader).api_addr.clone();
     for (round, clients) in [1usize, 16, 256].into_iter().enumerate() {
         let (rate, h) = throughput(&leader_addr, clients, round).await?;
@@ -130,7 +144,10 @@ async fn main() -> anyhow::Result<()> {
     let mut times = Vec::new();
     for _ in 0..FAILOVERS {
         let (leader, _) = cluster.wait_leader(Duration::from_secs(30)).await?;
-        let survivors: Vec<String> = (1..=3).filter(|id| *id != leader).map(|id| cluster.node(id).api_addr.clone()).collect();
+        let survivors: Vec<String> = (1..=3)
+            .filter(|id| *id != leader)
+            .map(|id| cluster.node(id).api_addr.clone())
+            .collect();
         cluster.kill(leader);
         let t = first_write(&survivors).await;
         times.push(t);
