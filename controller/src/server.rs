@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{AdminService, AgentControlService, ApiContext};
+use crate::api::{AdminService, AgentControlService, ApiContext, Proposer};
 use crate::config::ControllerConfig;
 use crate::network::{wiped_message, NetworkFactory, PeerShared, RaftServer};
 use crate::store::{open_stores, Db, StoreError};
@@ -159,12 +159,14 @@ impl Controller {
         }
 
         let shutdown = CancellationToken::new();
+        let (proposer, proposer_task) = Proposer::start(config.id, raft.clone(), shutdown.clone());
         let ctx = ApiContext::new(
             raft.clone(),
             view.clone(),
             peers.clone(),
             config.cluster_name.clone(),
             config.raft.clone(),
+            proposer,
         );
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -232,6 +234,7 @@ impl Controller {
         }));
 
         let workers = vec![
+            proposer_task,
             tokio::spawn(log_leadership(raft.clone(), shutdown.clone())),
             tokio::spawn(register_self(
                 raft.clone(),

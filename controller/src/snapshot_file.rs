@@ -100,14 +100,11 @@ mod tests {
     #[test]
     fn round_trip_and_corruption_detected() {
         let mut state = ClusterState::default();
-        state.apply(
-            3,
-            Command::KvPut {
-                key: "k".into(),
-                value: b"v".to_vec(),
-                expected_revision: None,
-            },
-        );
+        state.apply(Command::KvPut {
+            key: "k".into(),
+            value: b"v".to_vec(),
+            expected_revision: None,
+        });
         let header = SnapshotHeader {
             cluster_name: "t".into(),
             taken_by: 1,

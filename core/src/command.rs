@@ -35,8 +35,13 @@ pub enum Command {
     /// Drop the incarnation record of a controller removed from the group, so that its id
     /// could be reused deliberately.
     ForgetController { controller: ControllerId },
-    /// Replace the whole state with a restored snapshot (operator snapshot restore).
+    /// Replace the cluster's data with a restored snapshot (operator snapshot restore). The
+    /// live controllers' incarnation records are kept, and the revision keeps growing.
     RestoreState { state: Box<ClusterState> },
+    /// Several commands proposed together as one log entry (the controller batches
+    /// concurrent proposals so that they share one Raft round and one fsync). Applied in
+    /// order; each gets its own result and revision.
+    Batch(Vec<Command>),
 }
 
 impl Command {
@@ -48,7 +53,22 @@ impl Command {
             Command::RegisterController { .. } => "register_controller",
             Command::ForgetController { .. } => "forget_controller",
             Command::RestoreState { .. } => "restore_state",
+            Command::Batch(_) => "batch",
         }
+    }
+
+    /// Approximate encoded size in bytes, for bounding batches and messages.
+    pub fn approx_size(&self) -> usize {
+        const OVERHEAD: usize = 32;
+        OVERHEAD
+            + match self {
+                Command::KvPut { key, value, .. } => key.len() + value.len(),
+                Command::KvDelete { key, .. } => key.len(),
+                Command::RegisterController { api_addr, .. } => api_addr.len(),
+                Command::ForgetController { .. } => 0,
+                Command::RestoreState { state } => state.approx_size(),
+                Command::Batch(commands) => commands.iter().map(Command::approx_size).sum(),
+            }
     }
 }
 
@@ -83,5 +103,8 @@ pub enum CommandResult {
     ControllerForgotten,
     Restored {
         keys: u64,
+        revision: u64,
     },
+    /// Results of a [`Command::Batch`], in order.
+    Batch(Vec<CommandResult>),
 }

@@ -21,21 +21,50 @@ pub struct ControllerRecord {
     pub incarnation: u64,
     /// Address of its admin/agent API, as it last registered.
     pub api_addr: String,
-    /// Revision (log index) at which it was first recorded.
+    /// Cluster revision at which it was first recorded.
     pub recorded_at: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
+    /// Revision of the last change; grows by one with every change, like etcd's revision.
+    pub revision: u64,
     /// The metadata key-value namespace.
     pub kv: BTreeMap<String, KvEntry>,
     /// Incarnation of each controller's data dir, used to refuse a wiped member.
     pub controllers: BTreeMap<ControllerId, ControllerRecord>,
 }
 
+/// Whether applying produced a change that takes a revision.
+fn result_changes(result: &CommandResult) -> bool {
+    match result {
+        CommandResult::KvPut { .. }
+        | CommandResult::KvDeleted { .. }
+        | CommandResult::ControllerRegistered
+        | CommandResult::ControllerForgotten
+        | CommandResult::Restored { .. } => true,
+        CommandResult::Nothing
+        | CommandResult::RevisionMismatch { .. }
+        | CommandResult::IncarnationConflict { .. }
+        | CommandResult::Batch(_) => false,
+    }
+}
+
 impl ClusterState {
-    /// Applies one committed command at log index `revision`. Pure and deterministic.
-    pub fn apply(&mut self, revision: u64, command: Command) -> CommandResult {
+    /// Applies one committed command. Pure and deterministic: every change takes the next
+    /// revision; a refused compare-and-set changes nothing.
+    pub fn apply(&mut self, command: Command) -> CommandResult {
+        let revision = self.revision + 1;
+        let result = self.apply_at(revision, command);
+        match &result {
+            CommandResult::Restored { revision, .. } => self.revision = *revision,
+            r if result_changes(r) => self.revision = revision,
+            _ => {}
+        }
+        result
+    }
+
+    fn apply_at(&mut self, revision: u64, command: Command) -> CommandResult {
         match command {
             Command::KvPut {
                 key,
@@ -119,10 +148,32 @@ impl ClusterState {
             }
             Command::RestoreState { state } => {
                 let keys = state.kv.len() as u64;
+                let controllers = std::mem::take(&mut self.controllers);
                 *self = *state;
-                CommandResult::Restored { keys }
+                self.controllers = controllers;
+                // The restored revision may be older: never let revisions go back.
+                let revision = revision.max(self.revision + 1);
+                CommandResult::Restored { keys, revision }
+            }
+            Command::Batch(commands) => {
+                // Each inner command takes its own revision through `apply`; the outer
+                // `apply` sees `Batch` as "no change" and leaves the revision alone.
+                CommandResult::Batch(commands.into_iter().map(|c| self.apply(c)).collect())
             }
         }
+    }
+
+    /// Approximate encoded size in bytes.
+    pub fn approx_size(&self) -> usize {
+        self.kv
+            .iter()
+            .map(|(k, e)| k.len() + e.value.len() + 32)
+            .sum::<usize>()
+            + self
+                .controllers
+                .values()
+                .map(|r| r.api_addr.len() + 32)
+                .sum::<usize>()
     }
 
     /// Entries whose key starts with `prefix`, strictly after `start_after`, at most `limit`.
@@ -171,57 +222,86 @@ mod tests {
         }
     }
 
+    fn del(key: &str, cas: Option<u64>) -> Command {
+        Command::KvDelete {
+            key: key.into(),
+            expected_revision: cas,
+        }
+    }
+
     #[test]
     fn revisions_and_compare_and_set() {
         let mut s = ClusterState::default();
         assert_eq!(
-            s.apply(5, put("a", "1", Some(0))),
-            CommandResult::KvPut { revision: 5 }
+            s.apply(put("a", "1", Some(0))),
+            CommandResult::KvPut { revision: 1 }
         );
-        // Creating again with cas=0 fails: the key exists.
+        // Creating again with cas=0 fails: the key exists. Nothing changes, not even the revision.
         assert_eq!(
-            s.apply(6, put("a", "2", Some(0))),
+            s.apply(put("a", "2", Some(0))),
             CommandResult::RevisionMismatch {
                 key: "a".into(),
                 expected: 0,
-                actual: 5
+                actual: 1
             }
         );
+        assert_eq!(s.revision, 1);
         assert_eq!(
-            s.apply(7, put("a", "3", Some(5))),
-            CommandResult::KvPut { revision: 7 }
+            s.apply(put("b", "x", None)),
+            CommandResult::KvPut { revision: 2 }
+        );
+        assert_eq!(
+            s.apply(put("a", "3", Some(1))),
+            CommandResult::KvPut { revision: 3 }
         );
         let e = &s.kv["a"];
-        assert_eq!((e.create_revision, e.mod_revision, e.version), (5, 7, 2));
+        assert_eq!((e.create_revision, e.mod_revision, e.version), (1, 3, 2));
         assert_eq!(e.value, b"3");
         assert_eq!(
-            s.apply(
-                8,
-                Command::KvDelete {
-                    key: "a".into(),
-                    expected_revision: Some(5)
-                }
-            ),
+            s.apply(del("a", Some(1))),
             CommandResult::RevisionMismatch {
                 key: "a".into(),
-                expected: 5,
-                actual: 7
+                expected: 1,
+                actual: 3
             }
         );
         assert_eq!(
-            s.apply(
-                9,
-                Command::KvDelete {
-                    key: "a".into(),
-                    expected_revision: Some(7)
-                }
-            ),
+            s.apply(del("a", Some(3))),
             CommandResult::KvDeleted {
                 existed: true,
-                revision: 9
+                revision: 4
             }
         );
-        assert!(s.kv.is_empty());
+        assert!(!s.kv.contains_key("a"));
+    }
+
+    #[test]
+    fn batch_gives_each_command_its_own_revision() {
+        let mut s = ClusterState::default();
+        let r = s.apply(Command::Batch(vec![
+            put("k", "1", None),
+            put("k", "2", Some(1)),
+            put("k", "3", Some(1)),
+            del("nope", None),
+        ]));
+        assert_eq!(
+            r,
+            CommandResult::Batch(vec![
+                CommandResult::KvPut { revision: 1 },
+                CommandResult::KvPut { revision: 2 },
+                CommandResult::RevisionMismatch {
+                    key: "k".into(),
+                    expected: 1,
+                    actual: 2
+                },
+                CommandResult::KvDeleted {
+                    existed: false,
+                    revision: 3
+                },
+            ])
+        );
+        assert_eq!(s.revision, 3);
+        assert_eq!(s.kv["k"].value, b"2");
     }
 
     #[test]
@@ -232,18 +312,18 @@ mod tests {
             incarnation: i,
             api_addr: format!("127.0.0.1:{i}"),
         };
-        assert_eq!(s.apply(1, rec(11)), CommandResult::ControllerRegistered);
-        assert_eq!(s.apply(2, rec(11)), CommandResult::ControllerRegistered);
+        assert_eq!(s.apply(rec(11)), CommandResult::ControllerRegistered);
+        assert_eq!(s.apply(rec(11)), CommandResult::ControllerRegistered);
         assert_eq!(
-            s.apply(3, rec(12)),
+            s.apply(rec(12)),
             CommandResult::IncarnationConflict {
                 controller: 2,
                 recorded: 11,
                 reported: 12
             }
         );
-        s.apply(4, Command::ForgetController { controller: 2 });
-        assert_eq!(s.apply(5, rec(12)), CommandResult::ControllerRegistered);
+        s.apply(Command::ForgetController { controller: 2 });
+        assert_eq!(s.apply(rec(12)), CommandResult::ControllerRegistered);
         assert_eq!(s.controllers[&2].incarnation, 12);
         assert_eq!(s.controllers[&2].api_addr, "127.0.0.1:12");
     }
@@ -251,8 +331,8 @@ mod tests {
     #[test]
     fn list_by_prefix_pages() {
         let mut s = ClusterState::default();
-        for (i, k) in ["a/1", "a/2", "a/3", "b/1"].iter().enumerate() {
-            s.apply(i as u64 + 1, put(k, "v", None));
+        for k in ["a/1", "a/2", "a/3", "b/1"] {
+            s.apply(put(k, "v", None));
         }
         let keys: Vec<_> = s.kv_list("a/", None, 10).map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["a/1", "a/2", "a/3"]);
@@ -268,31 +348,52 @@ mod tests {
         let mut a = ClusterState::default();
         let mut b = ClusterState::default();
         for s in [&mut a, &mut b] {
-            s.apply(1, put("x", "1", None));
-            s.apply(
-                2,
-                Command::RegisterController {
-                    controller: 1,
-                    incarnation: 9,
-                    api_addr: "a".into(),
-                },
-            );
+            s.apply(put("x", "1", None));
+            s.apply(Command::RegisterController {
+                controller: 1,
+                incarnation: 9,
+                api_addr: "a".into(),
+            });
         }
         assert_eq!(a.digest().expect("digest"), b.digest().expect("digest"));
-        b.apply(3, put("y", "2", None));
+        b.apply(put("y", "2", None));
         assert_ne!(a.digest().expect("digest"), b.digest().expect("digest"));
         let back = ClusterState::decode(&b.encode().expect("encode")).expect("decode");
         assert_eq!(back, b);
-        let restored = CommandResult::Restored { keys: 2 };
+    }
+
+    #[test]
+    fn restore_keeps_live_controllers_and_revisions_grow() {
+        let mut old = ClusterState::default();
+        old.apply(put("from-snapshot", "1", None));
+        let mut live = ClusterState::default();
+        for i in 0..5 {
+            live.apply(put(&format!("live{i}"), "v", None));
+        }
+        live.apply(Command::RegisterController {
+            controller: 1,
+            incarnation: 7,
+            api_addr: "x".into(),
+        });
+        let before = live.revision;
+        let r = live.apply(Command::RestoreState {
+            state: Box::new(old),
+        });
         assert_eq!(
-            a.apply(
-                4,
-                Command::RestoreState {
-                    state: Box::new(b.clone())
-                }
-            ),
-            restored
+            r,
+            CommandResult::Restored {
+                keys: 1,
+                revision: before + 1
+            }
         );
-        assert_eq!(a, b);
+        assert_eq!(live.revision, before + 1);
+        assert!(live.kv.contains_key("from-snapshot") && !live.kv.contains_key("live0"));
+        assert_eq!(live.controllers[&1].incarnation, 7);
+        assert_eq!(
+            live.apply(put("after", "1", None)),
+            CommandResult::KvPut {
+                revision: before + 2
+            }
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use openraft::{ChangeMembers, ServerState};
 use steward_core::kv::{self, MAX_LIST_LIMIT};
-use steward_core::{ClusterState, Command, CommandResult};
+use steward_core::{Command, CommandResult};
 use steward_proto::conv::kv_entry_to_pb;
 use steward_proto::v1::admin_server::Admin;
 use steward_proto::v1::*;
@@ -518,10 +518,7 @@ impl Admin for AdminService {
             tracing::warn!(from = %header.cluster_name, to = %self.ctx.cluster_name, "restoring a snapshot taken on another cluster");
         }
         let command = Command::RestoreState {
-            state: Box::new(restore_keeping_controllers(
-                state,
-                &self.ctx.view.read().state,
-            )),
+            state: Box::new(state),
         };
         match self.ctx.write(command).await {
             Err(ApiError::NotLeader { leader, .. }) => {
@@ -535,7 +532,7 @@ impl Admin for AdminService {
                     .await
             }
             Err(e) => Err(e.into()),
-            Ok((revision, CommandResult::Restored { keys })) => {
+            Ok((_, CommandResult::Restored { keys, revision })) => {
                 Ok(Response::new(SnapshotRestoreReply { revision, keys }))
             }
             Ok((_, other)) => {
@@ -543,11 +540,4 @@ impl Admin for AdminService {
             }
         }
     }
-}
-
-/// A restore replaces the cluster's data, but never the live controllers' incarnation
-/// records: those describe the running group, not the snapshot's.
-fn restore_keeping_controllers(mut restored: ClusterState, live: &ClusterState) -> ClusterState {
-    restored.controllers = live.controllers.clone();
-    restored
 }

@@ -11,6 +11,7 @@ use steward_proto::MAX_API_MESSAGE_BYTES;
 use tonic::transport::Channel;
 
 use super::error::ApiError;
+use super::proposer::Proposer;
 use super::{FORWARD_HOPS_HEADER, MAX_FORWARD_HOPS};
 use crate::config::RaftTuning;
 use crate::network::PeerShared;
@@ -30,6 +31,7 @@ pub struct ApiContext {
     pub cluster_name: String,
     pub tuning: RaftTuning,
     pub(crate) transferring: AtomicBool,
+    proposer: Proposer,
 }
 
 impl ApiContext {
@@ -39,6 +41,7 @@ impl ApiContext {
         peers: Arc<PeerShared>,
         cluster_name: String,
         tuning: RaftTuning,
+        proposer: Proposer,
     ) -> Arc<Self> {
         Arc::new(ApiContext {
             id: peers.id,
@@ -48,19 +51,17 @@ impl ApiContext {
             cluster_name,
             tuning,
             transferring: AtomicBool::new(false),
+            proposer,
         })
     }
 
-    /// Proposes `command` here; `NotLeader` tells the caller to forward.
+    /// Proposes `command` here (batched with concurrent writes); `NotLeader` tells the
+    /// caller to forward.
     pub async fn write(&self, command: Command) -> Result<(u64, CommandResult), ApiError> {
         if self.transferring.load(Ordering::Acquire) {
             return Err(ApiError::Transferring);
         }
-        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(command)).await {
-            Err(_) => Err(ApiError::Timeout(WRITE_TIMEOUT)),
-            Ok(Ok(resp)) => Ok((resp.log_id.index, resp.data)),
-            Ok(Err(e)) => Err(ApiError::from_write(self.id, e)),
-        }
+        self.proposer.propose(command).await
     }
 
     /// Waits until the local state may be read linearizably (this controller is leader,

@@ -6,7 +6,7 @@ use tonic::Status;
 
 use crate::typ::{CheckIsLeaderError, ClientWriteError, NodeId, RaftError};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     /// This controller is not the leader; the caller forwards to `leader`.
     #[error("controller {responder} is not the leader")]

@@ -10,11 +10,13 @@ mod admin;
 mod agent;
 mod context;
 pub mod error;
+mod proposer;
 mod transfer;
 
 pub use admin::AdminService;
 pub use agent::AgentControlService;
 pub use context::ApiContext;
+pub use proposer::Proposer;
 
 /// Most times one call is forwarded between controllers looking for the leader.
 pub const MAX_FORWARD_HOPS: u32 = 2;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use openraft::error::{NetworkError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::AnyError;
+use openraft::{AnyError, RaftLogId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use steward_core::codec;
@@ -16,10 +16,27 @@ use tonic::transport::Channel;
 
 use super::{wiped_message, PeerShared, WIPED_CONTROLLER_HEADER};
 use crate::typ::{
-    AppendEntriesRequest, AppendEntriesResponse, ControllerNode, InstallSnapshotError,
-    InstallSnapshotRequest, InstallSnapshotResponse, NodeId, RaftError, RpcError, TypeConfig,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, ControllerNode, Entry, EntryPayload,
+    InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse, NodeId, RaftError,
+    RpcError, TypeConfig, VoteRequest, VoteResponse,
 };
+
+/// Most bytes (approximately) of entries in one AppendEntries message; well under
+/// `MAX_RAFT_MESSAGE_BYTES` so that one oversized entry still fits alone.
+pub const MAX_APPEND_BYTES: usize = 16 * 1024 * 1024;
+
+fn entry_size(entry: &Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Blank => 32,
+        EntryPayload::Normal(command) => command.approx_size(),
+        EntryPayload::Membership(m) => {
+            64 + m
+                .nodes()
+                .map(|(_, n)| n.raft_addr.len() + n.api_addr.len() + 16)
+                .sum::<usize>()
+        }
+    }
+}
 
 /// Creates one [`Network`] per peer; all share the channel cache in [`PeerShared`].
 #[derive(Clone)]
@@ -161,10 +178,30 @@ impl Network {
 impl RaftNetwork<TypeConfig> for Network {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest,
+        mut rpc: AppendEntriesRequest,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse, RpcError> {
-        self.call(Rpc::AppendEntries, &rpc, &option).await
+        // Bound the message by bytes too: send the longest prefix under the limit (at least
+        // one entry) and report a partial success, so openraft sends the rest next.
+        let mut bytes = 0;
+        let mut keep = 0;
+        for entry in &rpc.entries {
+            let size = entry_size(entry);
+            if keep > 0 && bytes + size > MAX_APPEND_BYTES {
+                break;
+            }
+            bytes += size;
+            keep += 1;
+        }
+        let partial = keep < rpc.entries.len();
+        rpc.entries.truncate(keep);
+        let last = rpc.entries.last().map(|e| *e.get_log_id());
+        match self.call(Rpc::AppendEntries, &rpc, &option).await? {
+            AppendEntriesResponse::Success if partial => {
+                Ok(AppendEntriesResponse::PartialSuccess(last))
+            }
+            other => Ok(other),
+        }
     }
 
     async fn install_snapshot(

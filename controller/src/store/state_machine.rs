@@ -170,7 +170,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             applied.last_applied = Some(log_id);
             let result = match entry.payload {
                 EntryPayload::Blank => CommandResult::Nothing,
-                EntryPayload::Normal(command) => applied.state.apply(log_id.index, command),
+                EntryPayload::Normal(command) => applied.state.apply(command),
                 EntryPayload::Membership(m) => {
                     applied.last_membership = StoredMembership::new(Some(log_id), m);
                     CommandResult::Nothing

@@ -120,11 +120,16 @@ async fn first_write(addrs: &[String]) -> Duration {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // BENCH_RAFT_NODES=1 measures a single controller (no replication), for comparison.
-    let nodes: u64 = std::env::var("BENCH_RAFT_NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let nodes: u64 = std::env::var("BENCH_RAFT_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let mut cluster = ProcCluster::start(nodes, "")?;
     let (leader, _) = cluster.wait_leader(Duration::from_secs(30)).await?;
     let fsync = fsync_reference(cluster.dir.path())?;
-    println!("bench-raft: {nodes} controllers on loopback, fsync on, 100-byte values, {RUN:?} per level");
+    println!(
+        "bench-raft: {nodes} controllers on loopback, fsync on, 100-byte values, {RUN:?} per level"
+    );
     println!(
         "reference: raw 4 KiB write+fdatasync on the same disk, median {:.0} us",
         fsync.as_secs_f64() * 1e6
