@@ -1,9 +1,9 @@
 //! The replicated key-value namespace for cluster metadata (like Consul KV or Nomad
 //! Variables): its entry type, limits and validation rules.
 //!
-//! Revisions are the Raft log index of the write that produced them, so they increase
-//! across the whole namespace (as in etcd), and compare-and-set compares a key's
-//! `mod_revision`, with 0 meaning "the key must not exist".
+//! Revisions come from the cluster revision, which grows by one with every change (as in
+//! etcd), and compare-and-set compares a key's `mod_revision`, with 0 meaning "the key must
+//! not exist".
 
 use serde::{Deserialize, Serialize};
 

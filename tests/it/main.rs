@@ -2,6 +2,7 @@
 
 mod common;
 
+mod cli_operator;
 mod config_examples;
 mod dev_cluster;
 mod raft_chaos;
