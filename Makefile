@@ -7,7 +7,7 @@ CARGO ?= cargo
 # small machines.
 IT_THREADS ?= 1
 
-.PHONY: all deps dev test build fmt-check lint unit it bench-raft clean-dev
+.PHONY: all deps dev test build fmt-check lint unit bench-raft clean-dev
 
 all: build
 
@@ -43,14 +43,14 @@ fmt-check:
 lint: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# Unit tests only (fast).
 unit: build
-	$(CARGO) test --workspace --exclude steward-tests
+	$(CARGO) test --workspace --lib --bins
 
-it: build
-	$(CARGO) test -p steward-tests -- --test-threads=$(IT_THREADS)
-
-# Everything CI runs.
-test: fmt-check lint unit it
+# Everything CI runs. One `cargo test --workspace` so that features resolve as in `build`
+# and nothing is compiled twice.
+test: fmt-check lint build
+	$(CARGO) test --workspace -- --test-threads=$(IT_THREADS)
 
 # Raft throughput, latency and failover on three local controllers (prints figures).
 bench-raft: build

@@ -11,6 +11,8 @@
 pub mod codec;
 pub mod command;
 pub mod kv;
+pub mod scheduler;
+pub mod sim;
 pub mod state;
 
 pub use command::{Command, CommandResult};

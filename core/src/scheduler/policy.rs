@@ -1,0 +1,441 @@
+//! Placement policies and GPU selection.
+//!
+//! A [`Scheduler`] places one task at a time on a slice of [`NodeState`]s: it filters the
+//! feasible nodes, scores them with its policy, takes the best (ties: the node with the
+//! lowest tie-break rank, a fixed random priority per run), and picks the GPUs. The paper's
+//! policies follow `PROTOCOL.md` (the FGD simulator) exactly, integer truncations included.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::frag::{FragCache, TypicalTasks};
+use super::model::{NodeState, TaskShape, GPU_MILLI, MAX_GPUS_PER_NODE};
+
+/// Largest node CPU (milli) and GPU (milli) the paper's scores normalise by.
+const MAX_SPEC_CPU: f64 = 128_000.0;
+const MAX_SPEC_GPU: f64 = 8_000.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Policy {
+    Random,
+    BestFit,
+    DotProduct,
+    GpuPacking,
+    GpuClustering,
+    Fgd,
+    /// Steward's default: see [`Scheduler::steward_score`].
+    Steward,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 7] = [
+        Policy::Random,
+        Policy::BestFit,
+        Policy::DotProduct,
+        Policy::GpuPacking,
+        Policy::GpuClustering,
+        Policy::Fgd,
+        Policy::Steward,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Random => "random",
+            Policy::BestFit => "best-fit",
+            Policy::DotProduct => "dot-product",
+            Policy::GpuPacking => "gpu-packing",
+            Policy::GpuClustering => "gpu-clustering",
+            Policy::Fgd => "fgd",
+            Policy::Steward => "steward",
+        }
+    }
+
+    /// Whether scoring needs the fragmentation measure.
+    fn uses_fragmentation(self) -> bool {
+        matches!(self, Policy::Fgd | Policy::Steward)
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Policy::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown policy `{s}`; choose from {}", names.join(", "))
+            })
+    }
+}
+
+/// Where a task goes: a node and the GPUs (indexes on that node) it uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub node: usize,
+    pub gpus: Vec<usize>,
+}
+
+/// Whether `task` fits on `node` (CPU, memory, GPU model and GPU capacity).
+pub fn fits(node: &NodeState, task: &TaskShape) -> bool {
+    if node.cpu_free < task.cpu || node.mem_free < task.mem {
+        return false;
+    }
+    if !task.wants_gpu() {
+        return true;
+    }
+    if node.gpus == 0 || !task.model_allowed(node.model) {
+        return false;
+    }
+    let need = if task.num_gpu > 1 {
+        GPU_MILLI
+    } else {
+        task.gpu_milli
+    };
+    node.gpu_free().iter().filter(|&&g| g >= need).count() >= task.num_gpu as usize
+}
+
+/// GPU selection "best": a sharing task takes the GPU with the least free milli that fits
+/// (lowest index on ties); whole-GPU tasks take the lowest-index fully free GPUs.
+fn select_best(node: &NodeState, task: &TaskShape) -> Vec<usize> {
+    if !task.wants_gpu() {
+        return Vec::new();
+    }
+    if task.is_sharing() {
+        let free = node.gpu_free();
+        let mut best: Option<usize> = None;
+        for (i, &g) in free.iter().enumerate() {
+            if g >= task.gpu_milli && best.is_none_or(|b| g < free[b]) {
+                best = Some(i);
+            }
+        }
+        return best.into_iter().collect();
+    }
+    lowest_free(node, task.num_gpu as usize)
+}
+
+fn lowest_free(node: &NodeState, k: usize) -> Vec<usize> {
+    node.gpu_free()
+        .iter()
+        .enumerate()
+        .filter(|(_, &g)| g == GPU_MILLI)
+        .map(|(i, _)| i)
+        .take(k)
+        .collect()
+}
+
+fn sigmoid_score(delta_f: f64) -> i64 {
+    // int64(100 · sigmoid((F0 − F')/1000))
+    (100.0 / (1.0 + (delta_f / 1000.0).exp())) as i64
+}
+
+/// A stateful scheduler for one run: policy, typical tasks, fragmentation memo, random
+/// source and tie-break ranks.
+pub struct Scheduler {
+    pub policy: Policy,
+    typical: TypicalTasks,
+    cache: FragCache,
+    rng: ChaCha8Rng,
+    /// Tie-break rank of each node (lower wins).
+    rank: Vec<u32>,
+    /// F_n(M) of each node, until it changes.
+    node_frag: Vec<Option<f64>>,
+}
+
+/// A candidate's score: larger is better.
+type Score = f64;
+
+impl Scheduler {
+    /// `rank[i]` is node i's tie-break rank; `seed` drives the random policy.
+    pub fn new(policy: Policy, typical: TypicalTasks, rank: Vec<u32>, seed: u64) -> Self {
+        Scheduler {
+            policy,
+            typical,
+            cache: FragCache::default(),
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5c4e_d01e),
+            rank,
+            node_frag: Vec::new(),
+        }
+    }
+
+    pub fn typical(&self) -> &TypicalTasks {
+        &self.typical
+    }
+
+    /// Tells the scheduler that node `i` changed (a task was placed or removed).
+    pub fn node_changed(&mut self, i: usize) {
+        if let Some(f) = self.node_frag.get_mut(i) {
+            *f = None;
+        }
+    }
+
+    fn node_fragment(&mut self, i: usize, node: &NodeState) -> f64 {
+        if self.node_frag.len() <= i {
+            self.node_frag.resize(i + 1, None);
+        }
+        if let Some(f) = self.node_frag[i] {
+            return f;
+        }
+        let f = self.cache.node(&self.typical, node);
+        self.node_frag[i] = Some(f);
+        f
+    }
+
+    /// Chooses a node and GPUs for `task`, or `None` when no node can host it.
+    pub fn place(&mut self, nodes: &[NodeState], task: &TaskShape) -> Option<Placement> {
+        let feasible: Vec<usize> = (0..nodes.len())
+            .filter(|&i| fits(&nodes[i], task))
+            .collect();
+        let node = match feasible.len() {
+            0 => return None,
+            1 => feasible[0],
+            n if self.policy == Policy::Random => feasible[self.rng.random_range(0..n)],
+            _ => {
+                let mut best: Option<(Score, u32, usize)> = None;
+                for &i in &feasible {
+                    let s = self.score(i, &nodes[i], task);
+                    let r = self.rank.get(i).copied().unwrap_or(u32::MAX);
+                    if best.is_none_or(|(bs, br, _)| s > bs || (s == bs && r < br)) {
+                        best = Some((s, r, i));
+                    }
+                }
+                best?.2
+            }
+        };
+        let gpus = self.select_gpus(node, &nodes[node], task);
+        Some(Placement { node, gpus })
+    }
+
+    fn score(&mut self, i: usize, node: &NodeState, task: &TaskShape) -> Score {
+        match self.policy {
+            Policy::Random => 0.0,
+            Policy::BestFit => best_fit_score(node, task) as f64,
+            Policy::DotProduct => dot_product_score(node, task) as f64,
+            Policy::GpuPacking => packing_score(node, task) as f64,
+            Policy::GpuClustering => clustering_score(node, task) as f64,
+            Policy::Fgd => self.fgd(i, node, task).0 as f64,
+            Policy::Steward => self.steward_score(i, node, task),
+        }
+    }
+
+    fn select_gpus(&mut self, i: usize, node: &NodeState, task: &TaskShape) -> Vec<usize> {
+        match self.policy {
+            Policy::Random if task.is_sharing() => {
+                let fitting: Vec<usize> = node
+                    .gpu_free()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &g)| g >= task.gpu_milli)
+                    .map(|(i, _)| i)
+                    .collect();
+                match fitting.len() {
+                    0 => Vec::new(),
+                    n => vec![fitting[self.rng.random_range(0..n)]],
+                }
+            }
+            p if p.uses_fragmentation() && task.is_sharing() => self.fgd(i, node, task).1,
+            _ => select_best(node, task),
+        }
+    }
+
+    /// Fragmentation after hypothetically placing `task` on `gpu` (sharing) or on the
+    /// lowest fully free GPUs (whole), with the node's CPU reduced.
+    fn frag_after(&mut self, node: &NodeState, task: &TaskShape, gpu: Option<usize>) -> f64 {
+        let mut free = [0u16; MAX_GPUS_PER_NODE];
+        let n = node.gpus as usize;
+        free[..n].copy_from_slice(node.gpu_free());
+        match gpu {
+            Some(i) => free[i] -= task.gpu_milli,
+            None if task.wants_gpu() => {
+                for i in lowest_free(node, task.num_gpu as usize) {
+                    free[i] -= task.gpu_milli;
+                }
+            }
+            None => {}
+        }
+        self.cache.fragment(
+            &self.typical,
+            node.model,
+            node.cpu_free - task.cpu,
+            &free[..n],
+        )
+    }
+
+    /// FGD's node score and GPU choice (PROTOCOL.md §3.6).
+    fn fgd(&mut self, i: usize, node: &NodeState, task: &TaskShape) -> (i64, Vec<usize>) {
+        let f0 = self.node_fragment(i, node);
+        if task.is_sharing() {
+            let mut best: Option<(i64, usize)> = None;
+            for g in 0..node.gpus as usize {
+                if node.gpu_free[g] >= task.gpu_milli {
+                    let s = sigmoid_score(self.frag_after(node, task, Some(g)) - f0);
+                    if best.is_none_or(|(bs, _)| s > bs) {
+                        best = Some((s, g));
+                    }
+                }
+            }
+            return best.map_or((0, Vec::new()), |(s, g)| (s, vec![g]));
+        }
+        let s = sigmoid_score(self.frag_after(node, task, None) - f0);
+        (s, lowest_free(node, task.num_gpu as usize))
+    }
+
+    /// Steward's default score, to maximise:
+    /// 1. the exact fragmentation increase ΔF (milli-GPU), not FGD's integer sigmoid, whose
+    ///    ~40-milli steps leave most decisions to the random tie-break;
+    /// 2. then, among equal ΔF, the tightest fit on GPU then CPU (best-fit), which keeps
+    ///    untouched nodes whole for the multi-GPU tasks still to come.
+    pub fn steward_score(&mut self, i: usize, node: &NodeState, task: &TaskShape) -> Score {
+        let f0 = self.node_fragment(i, node);
+        let delta = if task.is_sharing() {
+            let mut best = f64::INFINITY;
+            for g in 0..node.gpus as usize {
+                if node.gpu_free[g] >= task.gpu_milli {
+                    best = best.min(self.frag_after(node, task, Some(g)) - f0);
+                }
+            }
+            best
+        } else {
+            self.frag_after(node, task, None) - f0
+        };
+        let leftover_gpu = (node.gpu_free_total() - task.gpu_total()) as f64 / MAX_SPEC_GPU;
+        let leftover_cpu = (node.cpu_free - task.cpu) as f64 / MAX_SPEC_CPU;
+        -delta - 1e-3 * (leftover_gpu + leftover_cpu)
+    }
+}
+
+/// Best-fit (PROTOCOL.md §3.2).
+pub fn best_fit_score(node: &NodeState, task: &TaskShape) -> i64 {
+    let s = 0.5 * (node.cpu_free - task.cpu) as f64 / MAX_SPEC_CPU
+        + 0.5 * (node.gpu_free_total() - task.gpu_total()) as f64 / MAX_SPEC_GPU;
+    ((1.0 - s) * 100.0) as i64
+}
+
+/// Dot-product (PROTOCOL.md §3.3): the smallest dot product wins.
+pub fn dot_product_score(node: &NodeState, task: &TaskShape) -> i64 {
+    if node.cpu_free < task.cpu {
+        return 0;
+    }
+    let dot = (node.cpu_free as f64 / MAX_SPEC_CPU) * (task.cpu as f64 / MAX_SPEC_CPU)
+        + (node.gpu_free_total() as f64 / MAX_SPEC_GPU) * (task.gpu_total() as f64 / MAX_SPEC_GPU);
+    (100.0 * (1.0 - dot / 2.0)) as i64
+}
+
+/// GPU packing (PROTOCOL.md §3.4).
+pub fn packing_score(node: &NodeState, task: &TaskShape) -> i64 {
+    if !task.wants_gpu() {
+        return 0;
+    }
+    let k = node.gpus as i64;
+    let ff = node.fully_free_gpus() as i64;
+    if ff == k {
+        return (33 - ff).max(ff);
+    }
+    let mut order: Vec<usize> = (0..node.gpus as usize).collect();
+    order.sort_by_key(|&i| node.gpu_free[i]);
+    let need = task.gpu_milli;
+    let picked: Vec<u16> = order
+        .into_iter()
+        .map(|i| node.gpu_free[i])
+        .filter(|&g| g >= need)
+        .take(task.num_gpu as usize)
+        .collect();
+    let untouched = picked.iter().filter(|&&g| g == GPU_MILLI).count() as i64;
+    if untouched > 0 {
+        (50 - untouched).max(33)
+    } else {
+        let used: i64 = picked.iter().map(|&g| g as i64 * 100 / 1000).sum();
+        (100 - used / 10).max(50)
+    }
+}
+
+/// GPU clustering (PROTOCOL.md §3.5).
+pub fn clustering_score(node: &NodeState, task: &TaskShape) -> i64 {
+    let Some(tag) = task.affinity_bit() else {
+        return 0;
+    };
+    let base = 25 * (8000 - node.gpu_free_total()) / 8000;
+    let tags = node.affinity.count_ones();
+    if node.affinity & tag != 0 {
+        if tags == 1 {
+            75 + base
+        } else {
+            50 + base
+        }
+    } else if tags == 0 {
+        25 + base
+    } else {
+        base
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(free: &[u16]) -> NodeState {
+        let mut n = NodeState::new("n".into(), 0, free.len() as u8, 64_000, 256_000).expect("node");
+        n.gpu_free[..free.len()].copy_from_slice(free);
+        n
+    }
+
+    fn task(num_gpu: u8, milli: u16) -> TaskShape {
+        TaskShape {
+            cpu: 1000,
+            mem: 1000,
+            num_gpu,
+            gpu_milli: milli,
+            models: 0,
+        }
+    }
+
+    #[test]
+    fn packing_unit_tests_from_the_paper() {
+        assert_eq!(
+            packing_score(&node(&[200, 1000, 1000, 500]), &task(2, 1000)),
+            48
+        );
+        assert_eq!(packing_score(&node(&[1000; 4]), &task(1, 500)), 29);
+        assert_eq!(packing_score(&node(&[1000; 8]), &task(1, 500)), 25);
+        assert_eq!(
+            packing_score(&node(&[200, 1000, 1000, 500]), &task(2, 200)),
+            93
+        );
+    }
+
+    #[test]
+    fn feasibility_and_gpu_selection() {
+        let n = node(&[200, 1000, 1000, 500]);
+        assert!(fits(&n, &task(2, 1000)));
+        assert!(!fits(&n, &task(3, 1000)));
+        assert!(fits(&n, &task(1, 450)));
+        assert_eq!(
+            select_best(&n, &task(1, 450)),
+            vec![3],
+            "tightest GPU that fits"
+        );
+        assert_eq!(select_best(&n, &task(2, 1000)), vec![1, 2]);
+        let mut typed = task(1, 100);
+        typed.models = 1 << 3;
+        assert!(!fits(&n, &typed), "model 0 is not allowed");
+        let mut hungry = task(0, 0);
+        hungry.cpu = 65_000;
+        assert!(!fits(&n, &hungry));
+    }
+
+    #[test]
+    fn ties_go_to_the_lowest_rank() {
+        let nodes = vec![node(&[1000; 2]), node(&[1000; 2]), node(&[1000; 2])];
+        let mut s = Scheduler::new(Policy::BestFit, TypicalTasks::default(), vec![2, 0, 1], 1);
+        assert_eq!(s.place(&nodes, &task(1, 1000)).map(|p| p.node), Some(1));
+    }
+}
