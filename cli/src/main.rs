@@ -46,6 +46,8 @@ enum Command {
     /// Operate the controller group: Raft membership and snapshots.
     #[command(subcommand)]
     Operator(cmd::operator::OperatorCommand),
+    /// Replay a GPU-cluster trace through the scheduler's policies (FGD paper's experiment).
+    Sim(cmd::sim::SimArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
             Command::Status(args) => cmd::status::run(&cli.addr, cli.output, args).await,
             Command::Kv(c) => cmd::kv::run(&cli.addr, cli.output, c).await,
             Command::Operator(c) => cmd::operator::run(&cli.addr, cli.output, c).await,
+            Command::Sim(args) => cmd::sim::run(cli.output, args),
         }
     });
     match result {

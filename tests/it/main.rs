@@ -11,3 +11,4 @@ mod raft_membership;
 mod raft_snapshot;
 mod raft_wiped;
 mod reflection_health;
+mod sim_trace;

@@ -4,4 +4,5 @@ pub mod controller;
 pub mod dev;
 pub mod kv;
 pub mod operator;
+pub mod sim;
 pub mod status;

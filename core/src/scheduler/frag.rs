@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use super::model::{NodeState, TaskShape, MAX_GPUS_PER_NODE};
 
 /// Share of the workload the typical tasks cover.
@@ -82,6 +84,25 @@ impl TypicalTasks {
         )
     }
 
+    /// Expected CPU milli per milli-GPU of the typical GPU tasks.
+    pub fn cpu_per_gpu_milli(&self) -> f64 {
+        let (cpu, gpu) =
+            self.tasks
+                .iter()
+                .filter(|t| t.shape.wants_gpu())
+                .fold((0.0, 0.0), |(c, g), t| {
+                    (
+                        c + t.p * t.shape.cpu as f64,
+                        g + t.p * t.shape.gpu_total() as f64,
+                    )
+                });
+        if gpu > 0.0 {
+            cpu / gpu
+        } else {
+            0.0
+        }
+    }
+
     fn cpu_class(&self, cpu_free: i64) -> u16 {
         self.cpu_steps.partition_point(|&c| c <= cpu_free) as u16
     }
@@ -114,7 +135,7 @@ pub fn node_fragment(model: u8, cpu_free: i64, gpu_free: &[u16], typical: &Typic
 /// Memo of F_n(M) by node state: identical states (fresh nodes of one model, say) share it.
 #[derive(Debug, Default)]
 pub struct FragCache {
-    map: HashMap<(u8, u16, u8, [u16; MAX_GPUS_PER_NODE]), f64>,
+    map: FxHashMap<(u8, u16, u8, [u16; MAX_GPUS_PER_NODE]), f64>,
 }
 
 /// Entries the cache holds before it starts over.

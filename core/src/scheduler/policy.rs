@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rustc_hash::FxHashMap;
 
 use super::frag::{FragCache, TypicalTasks};
 use super::model::{NodeState, TaskShape, GPU_MILLI, MAX_GPUS_PER_NODE};
@@ -149,7 +150,15 @@ pub struct Scheduler {
     rank: Vec<u32>,
     /// F_n(M) of each node, until it changes.
     node_frag: Vec<Option<f64>>,
+    /// Change counter of each node (starts at 1; 0 marks "not memoised").
+    version: Vec<u32>,
+    /// Score of each node for a task shape, valid while the node's version matches: task
+    /// shapes repeat, and one placement changes one node.
+    score_memo: FxHashMap<TaskShape, Vec<(u32, Score)>>,
 }
+
+/// Task shapes whose scores are memoised before the memo starts over.
+const SCORE_MEMO_SHAPES: usize = 4096;
 
 /// A candidate's score: larger is better.
 type Score = f64;
@@ -164,6 +173,8 @@ impl Scheduler {
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5c4e_d01e),
             rank,
             node_frag: Vec::new(),
+            version: Vec::new(),
+            score_memo: FxHashMap::default(),
         }
     }
 
@@ -176,6 +187,32 @@ impl Scheduler {
         if let Some(f) = self.node_frag.get_mut(i) {
             *f = None;
         }
+        if let Some(v) = self.version.get_mut(i) {
+            *v = v.wrapping_add(1).max(1);
+        }
+    }
+
+    /// The policy's score of node `i` for `task`, memoised per task shape.
+    fn memo_score(&mut self, i: usize, node: &NodeState, task: &TaskShape) -> Score {
+        if self.version.len() <= i {
+            self.version.resize(i + 1, 1);
+        }
+        let version = self.version[i];
+        if let Some(&(v, s)) = self.score_memo.get(task).and_then(|m| m.get(i)) {
+            if v == version {
+                return s;
+            }
+        }
+        let s = self.score(i, node, task);
+        if self.score_memo.len() >= SCORE_MEMO_SHAPES && !self.score_memo.contains_key(task) {
+            self.score_memo.clear();
+        }
+        let memo = self.score_memo.entry(*task).or_default();
+        if memo.len() <= i {
+            memo.resize(i + 1, (0, 0.0));
+        }
+        memo[i] = (version, s);
+        s
     }
 
     fn node_fragment(&mut self, i: usize, node: &NodeState) -> f64 {
@@ -202,7 +239,7 @@ impl Scheduler {
             _ => {
                 let mut best: Option<(Score, u32, usize)> = None;
                 for &i in &feasible {
-                    let s = self.score(i, &nodes[i], task);
+                    let s = self.memo_score(i, &nodes[i], task);
                     let r = self.rank.get(i).copied().unwrap_or(u32::MAX);
                     if best.is_none_or(|(bs, br, _)| s > bs || (s == bs && r < br)) {
                         best = Some((s, r, i));
@@ -289,14 +326,41 @@ impl Scheduler {
         (s, lowest_free(node, task.num_gpu as usize))
     }
 
-    /// Steward's default score, to maximise:
-    /// 1. the exact fragmentation increase ΔF (milli-GPU), not FGD's integer sigmoid, whose
-    ///    ~40-milli steps leave most decisions to the random tie-break;
-    /// 2. then, among equal ΔF, the tightest fit on GPU then CPU (best-fit), which keeps
-    ///    untouched nodes whole for the multi-GPU tasks still to come.
+    /// Steward's default score, to maximise: FGD's gradient step on an extended measure,
+    /// fragmentation F plus the GPU capacity *stranded for lack of CPU* S (free GPU milli
+    /// the node's free CPU cannot feed at the typical tasks' CPU-per-GPU ratio):
+    /// `int(100 · sigmoid(−(ΔF + ΔS)/1000))`.
+    ///
+    /// FGD's F already counts a node's GPUs as lost to a typical task that lacks CPU there,
+    /// but only task by task; as CPU-heavy tasks land on GPU nodes, S grows smoothly before
+    /// any typical task flips class, and that is the fragmentation FGD leaves behind (its
+    /// final state is mostly nodes with idle GPUs and no CPU). Keeping FGD's coarse integer
+    /// score (ties go to the random per-run node rank) spreads load the way FGD does; exact
+    /// ΔF ordering packs too eagerly and does worse.
     pub fn steward_score(&mut self, i: usize, node: &NodeState, task: &TaskShape) -> Score {
+        let delta_f = self.steward_best(i, node, task);
+        let stranded_before = self.stranded(node.cpu_free, node.gpu_free_total());
+        let stranded_after = self.stranded(
+            node.cpu_free - task.cpu,
+            node.gpu_free_total() - task.gpu_total(),
+        );
+        sigmoid_score(delta_f + stranded_after - stranded_before) as f64
+    }
+
+    /// GPU milli a node with `cpu` free CPU and `gpu` free milli-GPU cannot use for lack of
+    /// CPU, at the typical tasks' CPU-per-GPU ratio.
+    fn stranded(&self, cpu: i64, gpu: i64) -> f64 {
+        let r = self.typical.cpu_per_gpu_milli();
+        if r <= 0.0 {
+            return 0.0;
+        }
+        (gpu as f64 - cpu.max(0) as f64 / r).max(0.0)
+    }
+
+    /// Fragmentation increase of the best GPU choice for `task` on node `i`.
+    fn steward_best(&mut self, i: usize, node: &NodeState, task: &TaskShape) -> f64 {
         let f0 = self.node_fragment(i, node);
-        let delta = if task.is_sharing() {
+        if task.is_sharing() {
             let mut best = f64::INFINITY;
             for g in 0..node.gpus as usize {
                 if node.gpu_free[g] >= task.gpu_milli {
@@ -306,10 +370,7 @@ impl Scheduler {
             best
         } else {
             self.frag_after(node, task, None) - f0
-        };
-        let leftover_gpu = (node.gpu_free_total() - task.gpu_total()) as f64 / MAX_SPEC_GPU;
-        let leftover_cpu = (node.cpu_free - task.cpu) as f64 / MAX_SPEC_CPU;
-        -delta - 1e-3 * (leftover_gpu + leftover_cpu)
+        }
     }
 }
 

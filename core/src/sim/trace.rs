@@ -167,7 +167,7 @@ pub fn parse_tasks(text: &str, models: &mut GpuModels) -> Result<Vec<TraceTask>,
         t.column("memory_mib")?,
         t.column("num_gpu")?,
         t.column("gpu_milli")?,
-        t.column("gpu_spec")?,
+        t.column("gpu_spec").ok(),
     );
     let mut tasks = Vec::new();
     for rec in t.reader.records() {
@@ -182,7 +182,12 @@ pub fn parse_tasks(text: &str, models: &mut GpuModels) -> Result<Vec<TraceTask>,
                 message: format!("{num_gpu} GPUs of {gpu_milli} milli is out of range"),
             });
         }
-        let spec_text = rec.get(spec).unwrap_or("").trim().to_string();
+        // Some traces have no gpu_spec column: any model.
+        let spec_text = spec
+            .and_then(|c| rec.get(c))
+            .unwrap_or("")
+            .trim()
+            .to_string();
         let shape = TaskShape {
             cpu: num(what, line, &rec, cpu, "cpu_milli")?,
             mem: num(what, line, &rec, mem, "memory_mib")?,
