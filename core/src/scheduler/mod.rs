@@ -8,6 +8,7 @@
 //! - `policy`: the placement policies (random, best-fit, dot-product, gpu-packing,
 //!   gpu-clustering, FGD, and Steward's own) and GPU selection.
 
+pub mod admission;
 pub mod frag;
 pub mod model;
 pub mod policy;
