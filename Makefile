@@ -7,7 +7,7 @@ CARGO ?= cargo
 # small machines.
 IT_THREADS ?= 1
 
-.PHONY: all deps dev test build fmt-check lint unit bench-raft clean-dev
+.PHONY: all deps dev test build fmt-check lint unit bench-raft bench-scheduler clean-dev
 
 all: build
 
@@ -55,6 +55,10 @@ test: fmt-check lint build
 # Raft throughput, latency and failover on three local controllers (prints figures).
 bench-raft: build
 	$(CARGO) run --bin bench-raft
+
+# Scheduler placements/s per policy on the trace's cluster, and admission solve times.
+bench-scheduler: build
+	$(CARGO) run --bin bench-scheduler
 
 clean-dev:
 	rm -rf .steward-dev

@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod job;
 pub mod kv;
 pub mod scheduler;
 pub mod sim;

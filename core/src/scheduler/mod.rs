@@ -11,6 +11,7 @@
 pub mod admission;
 pub mod frag;
 pub mod model;
+pub mod plan;
 pub mod policy;
 
 pub use model::{GpuModels, NodeState, TaskShape, MAX_GPUS_PER_NODE};

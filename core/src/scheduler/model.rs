@@ -62,6 +62,12 @@ pub struct NodeState {
     /// Affinity tags of the GPU tasks placed here (GPU-clustering): bit 0 = sharing task,
     /// bit k = task of k whole GPUs.
     pub affinity: u16,
+    /// Cordoned by an operator: nothing new is placed here.
+    pub cordoned: bool,
+    /// GPUs marked unhealthy (bit i = GPU i); their capacity is withdrawn.
+    pub unhealthy: u8,
+    /// Topology group (NUMA node or NVLink island) of each GPU; multi-GPU tasks prefer one group.
+    pub gpu_group: [u8; MAX_GPUS_PER_NODE],
 }
 
 impl NodeState {
@@ -83,7 +89,29 @@ impl NodeState {
             mem_free: mem,
             gpu_free,
             affinity: 0,
+            cordoned: false,
+            unhealthy: 0,
+            gpu_group: [0; MAX_GPUS_PER_NODE],
         })
+    }
+
+    /// Withdraws GPU `i` from scheduling (XID error, ECC, fell off the bus...).
+    pub fn mark_unhealthy(&mut self, i: usize) {
+        if i < self.gpus as usize {
+            self.unhealthy |= 1 << i;
+            self.gpu_free[i] = 0;
+        }
+    }
+
+    /// Gives back what `task` held on `gpus` (eviction or completion).
+    pub fn remove(&mut self, task: &TaskShape, gpus: &[usize]) {
+        self.cpu_free += task.cpu;
+        self.mem_free += task.mem;
+        for &i in gpus {
+            if self.unhealthy & (1 << i) == 0 {
+                self.gpu_free[i] = (self.gpu_free[i] + task.gpu_milli).min(GPU_MILLI);
+            }
+        }
     }
 
     pub fn gpu_free(&self) -> &[u16] {
@@ -104,7 +132,9 @@ impl NodeState {
         self.cpu_free -= task.cpu;
         self.mem_free -= task.mem;
         for &i in gpus {
-            self.gpu_free[i] -= task.gpu_milli;
+            self.gpu_free[i] = self.gpu_free[i]
+                .checked_sub(task.gpu_milli)
+                .expect("placement fits the GPU");
         }
         if let Some(tag) = task.affinity_bit() {
             self.affinity |= tag;

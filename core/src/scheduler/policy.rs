@@ -88,7 +88,7 @@ pub struct Placement {
 
 /// Whether `task` fits on `node` (CPU, memory, GPU model and GPU capacity).
 pub fn fits(node: &NodeState, task: &TaskShape) -> bool {
-    if node.cpu_free < task.cpu || node.mem_free < task.mem {
+    if node.cordoned || node.cpu_free < task.cpu || node.mem_free < task.mem {
         return false;
     }
     if !task.wants_gpu() {
@@ -121,7 +121,30 @@ fn select_best(node: &NodeState, task: &TaskShape) -> Vec<usize> {
         }
         return best.into_iter().collect();
     }
-    lowest_free(node, task.num_gpu as usize)
+    topology_aware_free(node, task.num_gpu as usize)
+}
+
+/// `k` fully free GPUs, inside one topology group when some group has enough (the group
+/// with the fewest free GPUs that fits, to keep large groups whole); else the lowest indexes.
+fn topology_aware_free(node: &NodeState, k: usize) -> Vec<usize> {
+    if k > 1 {
+        let mut best: Option<(usize, u8)> = None;
+        for group in node.gpu_group[..node.gpus as usize].iter().copied() {
+            let free = (0..node.gpus as usize)
+                .filter(|&i| node.gpu_group[i] == group && node.gpu_free[i] == GPU_MILLI)
+                .count();
+            if free >= k && best.is_none_or(|(bf, _)| free < bf) {
+                best = Some((free, group));
+            }
+        }
+        if let Some((_, group)) = best {
+            return (0..node.gpus as usize)
+                .filter(|&i| node.gpu_group[i] == group && node.gpu_free[i] == GPU_MILLI)
+                .take(k)
+                .collect();
+        }
+    }
+    lowest_free(node, k)
 }
 
 fn lowest_free(node: &NodeState, k: usize) -> Vec<usize> {
@@ -159,6 +182,9 @@ pub struct Scheduler {
 
 /// Task shapes whose scores are memoised before the memo starts over.
 const SCORE_MEMO_SHAPES: usize = 4096;
+
+/// Most score a node gains for holding all of a task's inputs (below one point).
+const LOCALITY_BONUS: f64 = 0.99;
 
 /// A candidate's score: larger is better.
 type Score = f64;
@@ -229,6 +255,18 @@ impl Scheduler {
 
     /// Chooses a node and GPUs for `task`, or `None` when no node can host it.
     pub fn place(&mut self, nodes: &[NodeState], task: &TaskShape) -> Option<Placement> {
+        self.place_near(nodes, task, &[])
+    }
+
+    /// Like [`Scheduler::place`], preferring nodes that hold the task's input data:
+    /// `locality[i]` in [0, 1] is the share of the inputs node i holds. It adds under one
+    /// score point, so it decides between otherwise equal nodes and never overrides the policy.
+    pub fn place_near(
+        &mut self,
+        nodes: &[NodeState],
+        task: &TaskShape,
+        locality: &[f64],
+    ) -> Option<Placement> {
         let feasible: Vec<usize> = (0..nodes.len())
             .filter(|&i| fits(&nodes[i], task))
             .collect();
@@ -239,7 +277,8 @@ impl Scheduler {
             _ => {
                 let mut best: Option<(Score, u32, usize)> = None;
                 for &i in &feasible {
-                    let s = self.memo_score(i, &nodes[i], task);
+                    let near = locality.get(i).copied().unwrap_or(0.0).clamp(0.0, 1.0);
+                    let s = self.memo_score(i, &nodes[i], task) + LOCALITY_BONUS * near;
                     let r = self.rank.get(i).copied().unwrap_or(u32::MAX);
                     if best.is_none_or(|(bs, br, _)| s > bs || (s == bs && r < br)) {
                         best = Some((s, r, i));
@@ -323,7 +362,7 @@ impl Scheduler {
             return best.map_or((0, Vec::new()), |(s, g)| (s, vec![g]));
         }
         let s = sigmoid_score(self.frag_after(node, task, None) - f0);
-        (s, lowest_free(node, task.num_gpu as usize))
+        (s, topology_aware_free(node, task.num_gpu as usize))
     }
 
     /// Steward's default score, to maximise: FGD's gradient step on an extended measure,
