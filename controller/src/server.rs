@@ -235,6 +235,11 @@ impl Controller {
 
         let workers = vec![
             proposer_task,
+            tokio::spawn(break_split_votes(
+                raft.clone(),
+                config.raft.clone(),
+                shutdown.clone(),
+            )),
             tokio::spawn(log_leadership(raft.clone(), shutdown.clone())),
             tokio::spawn(register_self(
                 raft.clone(),
@@ -304,6 +309,54 @@ async fn log_leadership(raft: Raft, shutdown: CancellationToken) {
                 logged_term = Some(m.current_term);
                 tracing::info!(term = m.current_term, id = m.id, "became leader");
             }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Randomised back-off for repeated split votes. openraft 0.9 draws a controller's
+/// election timeout once per process, so two candidates whose timeouts happen to be close
+/// can split the vote round after round (seen in tests: 10 rounds, 4 s). From the second
+/// consecutive candidacy without a leader in between, this controller sits out one more
+/// election_timeout_max plus a random share of election_timeout_min before it may campaign
+/// again, which desynchronises the candidates as the Raft paper's randomised timeouts intend.
+/// The first retry is left alone: it is usually a vote refused under the old leader's lease.
+async fn break_split_votes(
+    raft: Raft,
+    tuning: crate::config::RaftTuning,
+    shutdown: CancellationToken,
+) {
+    let mut rx = raft.metrics();
+    let mut last_term = 0;
+    let mut streak = 0u32;
+    loop {
+        let backoff = {
+            let m = rx.borrow_and_update();
+            if m.current_leader.is_some() {
+                streak = 0;
+            }
+            if m.state == ServerState::Candidate && m.current_term != last_term {
+                last_term = m.current_term;
+                streak += 1;
+                streak >= 2
+            } else {
+                false
+            }
+        };
+        if backoff {
+            let jitter =
+                rand::random_range(0..tuning.election_timeout_min.as_millis().max(1) as u64);
+            let pause = tuning.election_timeout_max + Duration::from_millis(jitter);
+            raft.runtime_config().elect(false);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            raft.runtime_config().elect(true);
+            continue;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
