@@ -203,6 +203,38 @@ impl JobSpec {
     }
 }
 
+impl JobSpec {
+    /// The scheduler's view of one task of this job.
+    pub fn task_shape(
+        &self,
+        models: &mut crate::scheduler::GpuModels,
+    ) -> Result<crate::scheduler::TaskShape, JobSpecError> {
+        let r = &self.resources;
+        let mut mask = 0u64;
+        for name in &r.gpu_models {
+            mask |= 1u64
+                << models
+                    .intern(name)
+                    .map_err(|m| invalid("resources.gpu_models", m))?;
+        }
+        let (num_gpu, gpu_milli) = if r.gpus > 0 {
+            (r.gpus as u8, 1000)
+        } else if r.gpu_milli > 0 {
+            (1, r.gpu_milli as u16)
+        } else {
+            (0, 0)
+        };
+        Ok(crate::scheduler::TaskShape {
+            cpu: r.cpu_millicores as i64,
+            mem: r.memory_mib as i64,
+            num_gpu,
+            gpu_milli,
+            models: mask,
+            min_gpu_mem_mib: r.min_gpu_memory_mib.min(u32::MAX as u64) as u32,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +265,20 @@ memory_mib = 512000
         assert_eq!(t.restart, RestartPolicy::OnFailure { max_retries: 3 });
         let json = serde_json::to_string(&t).expect("to json");
         assert_eq!(JobSpec::from_json(&json).expect("json"), t);
+    }
+
+    #[test]
+    fn converts_to_the_scheduler_shape() {
+        let t = JobSpec::from_toml(TOML).expect("toml");
+        let mut models = crate::scheduler::GpuModels::default();
+        let shape = t.task_shape(&mut models).expect("shape");
+        assert_eq!(
+            (shape.num_gpu, shape.gpu_milli, shape.cpu),
+            (8, 1000, 64_000)
+        );
+        let a100 = models.intern("A100").expect("model");
+        assert!(shape.model_allowed(a100));
+        assert!(!shape.model_allowed(models.intern("T4").expect("model")));
     }
 
     #[test]

@@ -188,6 +188,7 @@ mod tests {
             rows.iter()
                 .map(|&(cpu, milli, n, spec, p)| TypicalTask {
                     shape: TaskShape {
+                        min_gpu_mem_mib: 0,
                         cpu,
                         mem: 0,
                         num_gpu: n,
@@ -314,6 +315,7 @@ mod tests {
     #[test]
     fn fragment_of_one_task() {
         let two_whole = TaskShape {
+            min_gpu_mem_mib: 0,
             cpu: 100,
             mem: 0,
             num_gpu: 2,

@@ -68,6 +68,8 @@ pub struct NodeState {
     pub unhealthy: u8,
     /// Topology group (NUMA node or NVLink island) of each GPU; multi-GPU tasks prefer one group.
     pub gpu_group: [u8; MAX_GPUS_PER_NODE],
+    /// Memory of each GPU, MiB (0: unknown, which satisfies no minimum).
+    pub gpu_mem_mib: u32,
 }
 
 impl NodeState {
@@ -92,6 +94,7 @@ impl NodeState {
             cordoned: false,
             unhealthy: 0,
             gpu_group: [0; MAX_GPUS_PER_NODE],
+            gpu_mem_mib: 0,
         })
     }
 
@@ -143,7 +146,7 @@ impl NodeState {
 }
 
 /// What one task asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct TaskShape {
     pub cpu: i64,
     pub mem: i64,
@@ -153,6 +156,8 @@ pub struct TaskShape {
     pub gpu_milli: u16,
     /// Allowed GPU models as a bit mask over [`GpuModels`] ids; 0 = any.
     pub models: u64,
+    /// Minimum memory of each GPU, MiB (0: any).
+    pub min_gpu_mem_mib: u32,
 }
 
 impl TaskShape {

@@ -143,6 +143,12 @@ pub fn explain(node: &NodeState, task: &TaskShape, models: &GpuModels) -> Option
                 allowed.join(", ")
             ));
         }
+        if node.gpu_mem_mib < task.min_gpu_mem_mib {
+            return Some(format!(
+                "needs GPUs with {} MiB memory, node's have {} MiB",
+                task.min_gpu_mem_mib, node.gpu_mem_mib
+            ));
+        }
         let unhealthy = node.unhealthy.count_ones();
         let sick = if unhealthy > 0 {
             format!(" ({unhealthy} unhealthy)")

@@ -94,7 +94,8 @@ pub fn fits(node: &NodeState, task: &TaskShape) -> bool {
     if !task.wants_gpu() {
         return true;
     }
-    if node.gpus == 0 || !task.model_allowed(node.model) {
+    if node.gpus == 0 || !task.model_allowed(node.model) || node.gpu_mem_mib < task.min_gpu_mem_mib
+    {
         return false;
     }
     let need = if task.num_gpu > 1 {
@@ -490,6 +491,7 @@ mod tests {
 
     fn task(num_gpu: u8, milli: u16) -> TaskShape {
         TaskShape {
+            min_gpu_mem_mib: 0,
             cpu: 1000,
             mem: 1000,
             num_gpu,

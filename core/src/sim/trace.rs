@@ -189,6 +189,7 @@ pub fn parse_tasks(text: &str, models: &mut GpuModels) -> Result<Vec<TraceTask>,
             .trim()
             .to_string();
         let shape = TaskShape {
+            min_gpu_mem_mib: 0,
             cpu: num(what, line, &rec, cpu, "cpu_milli")?,
             mem: num(what, line, &rec, mem, "memory_mib")?,
             num_gpu: num_gpu as u8,

@@ -20,6 +20,7 @@ fn node(name: &str, model: u8, gpus: u8) -> NodeState {
 
 fn whole(k: u8) -> TaskShape {
     TaskShape {
+        min_gpu_mem_mib: 0,
         cpu: 2000,
         mem: 4000,
         num_gpu: k,
@@ -175,6 +176,7 @@ fn arb_task() -> impl Strategy<Value = TaskShape> {
     prop_oneof![
         (1u8..=4).prop_map(whole),
         (100u16..=900).prop_map(|m| TaskShape {
+            min_gpu_mem_mib: 0,
             cpu: 1000,
             mem: 1000,
             num_gpu: 1,
@@ -182,6 +184,7 @@ fn arb_task() -> impl Strategy<Value = TaskShape> {
             models: 0
         }),
         (500i64..=8000).prop_map(|c| TaskShape {
+            min_gpu_mem_mib: 0,
             cpu: c,
             mem: 1000,
             num_gpu: 0,
