@@ -67,16 +67,14 @@ pub fn schedule(
         let mut explanation = Vec::new();
         let mut failed_at = None;
         for t in 0..job.count {
+            let feasible = tentative.iter().filter(|n| fits(n, &job.task)).count();
             match sched.place_near(&tentative, &job.task, &job.locality) {
                 Some(p) => {
                     tentative[p.node].place(&job.task, &p.gpus);
                     sched.node_changed(p.node);
                     explanation.push(format!(
-                        "task {t} -> {} GPUs {:?}: best {} score among {} feasible nodes",
-                        tentative[p.node].name,
-                        p.gpus,
-                        sched.policy,
-                        tentative.iter().filter(|n| fits(n, &job.task)).count() + 1
+                        "task {t} -> {} GPUs {:?}: highest {} score of {feasible} feasible nodes",
+                        tentative[p.node].name, p.gpus, sched.policy
                     ));
                     placements.push(p);
                 }
