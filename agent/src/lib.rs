@@ -1,6 +1,10 @@
-//! steward-agent: the per-machine agent (hardware inventory through NVML behind a trait,
-//! telemetry, chunk store, replication, job runner).
+//! steward-agent: the per-machine agent.
 //!
-//! Not built yet: this crate holds the place in the layout so that the dependency
-//! direction (`core <- proto <- agent`, never agent <-> controller) is fixed from the start.
-//! The agent issue fills it in.
+//! This slice holds the hardware inventory: host facts from procfs/sysfs (`hardware::host`)
+//! and GPUs through a narrow [`hardware::GpuProbe`] trait, with NVML (nvml-wrapper) for real
+//! GPUs and simulated GPUs for development and tests. Registration, heartbeats, telemetry
+//! streaming and metrics come with the rest of the agent issue.
+//!
+//! Must not depend on: steward-controller, rocksdb. NVML appears only in `hardware::nvml`.
+
+pub mod hardware;

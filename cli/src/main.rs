@@ -34,6 +34,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The per-machine agent (this build: `--print-inventory`).
+    Agent(cmd::agent::AgentArgs),
     /// Run one controller of the Raft group.
     Controller(cmd::controller::ControllerArgs),
     /// Run a local three-controller cluster on 127.0.0.1 until Ctrl-C.
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Agent(args) => cmd::agent::run(args),
             Command::Controller(args) => cmd::controller::run(args).await,
             Command::Dev(args) => cmd::dev::run(args).await,
             Command::Status(args) => cmd::status::run(&cli.addr, cli.output, args).await,

@@ -2,6 +2,7 @@
 
 mod common;
 
+mod agent_inventory;
 mod cli_operator;
 mod config_examples;
 mod dev_cluster;
