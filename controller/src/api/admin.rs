@@ -190,6 +190,22 @@ impl AdminService {
     }
 }
 
+/// The error for a KV write whose result is not a success: a failed compare-and-set, or
+/// something that cannot happen.
+fn kv_write_error(result: CommandResult) -> Status {
+    match result {
+        CommandResult::RevisionMismatch {
+            key,
+            expected,
+            actual,
+        } => ApiError::FailedPrecondition(format!(
+            "revision mismatch on `{key}`: expected {expected}, current {actual}"
+        ))
+        .into(),
+        other => ApiError::Internal(format!("unexpected result {other:?}")).into(),
+    }
+}
+
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -225,15 +241,7 @@ impl Admin for AdminService {
         let (_, result) = on_leader!(self, hops, req, kv_put, self.ctx.write(command).await);
         match result {
             CommandResult::KvPut { revision } => Ok(Response::new(KvPutReply { revision })),
-            CommandResult::RevisionMismatch {
-                key,
-                expected,
-                actual,
-            } => Err(ApiError::FailedPrecondition(format!(
-                "revision mismatch on `{key}`: expected {expected}, current {actual}"
-            ))
-            .into()),
-            other => Err(ApiError::Internal(format!("unexpected result {other:?}")).into()),
+            other => Err(kv_write_error(other)),
         }
     }
 
@@ -308,15 +316,7 @@ impl Admin for AdminService {
             CommandResult::KvDeleted { existed, revision } => {
                 Ok(Response::new(KvDeleteReply { existed, revision }))
             }
-            CommandResult::RevisionMismatch {
-                key,
-                expected,
-                actual,
-            } => Err(ApiError::FailedPrecondition(format!(
-                "revision mismatch on `{key}`: expected {expected}, current {actual}"
-            ))
-            .into()),
-            other => Err(ApiError::Internal(format!("unexpected result {other:?}")).into()),
+            other => Err(kv_write_error(other)),
         }
     }
 

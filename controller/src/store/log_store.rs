@@ -31,7 +31,7 @@ fn index_key(index: u64) -> [u8; 8] {
 fn key_index(key: &[u8]) -> Result<u64, StoreError> {
     let arr: [u8; 8] = key
         .try_into()
-        .map_err(|_| StoreError::Codec(codec::CodecError::Empty))?;
+        .map_err(|_| StoreError::CorruptKey { len: key.len() })?;
     Ok(u64::from_be_bytes(arr))
 }
 

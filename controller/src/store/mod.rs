@@ -61,6 +61,8 @@ pub enum StoreError {
     Rocks(#[from] rocksdb::Error),
     #[error(transparent)]
     Codec(#[from] codec::CodecError),
+    #[error("raft log key of {len} bytes, expected 8: the log is damaged")]
+    CorruptKey { len: usize },
     #[error("data dir {dir} has a controller id but no incarnation record: it is damaged")]
     MissingIncarnation { dir: String },
     #[error(
