@@ -38,6 +38,21 @@ pub enum Command {
     /// Replace the cluster's data with a restored snapshot (operator snapshot restore). The
     /// live controllers' incarnation records are kept, and the revision keeps growing.
     RestoreState { state: Box<ClusterState> },
+    /// An agent registers its machine, or re-registers it after its inventory changed.
+    /// A new node starts `Ready`.
+    RegisterNode {
+        node: String,
+        hostname: String,
+        labels: std::collections::BTreeMap<String, String>,
+        inventory: Vec<u8>,
+        inventory_digest: String,
+    },
+    /// The leader's failure detector changes a node's health, with the reason.
+    SetNodeHealth {
+        node: String,
+        health: crate::node::NodeHealth,
+        reason: String,
+    },
     /// Several commands proposed together as one log entry (the controller batches
     /// concurrent proposals so that they share one Raft round and one fsync). Applied in
     /// order; each gets its own result and revision.
@@ -53,6 +68,8 @@ impl Command {
             Command::RegisterController { .. } => "register_controller",
             Command::ForgetController { .. } => "forget_controller",
             Command::RestoreState { .. } => "restore_state",
+            Command::RegisterNode { .. } => "register_node",
+            Command::SetNodeHealth { .. } => "set_node_health",
             Command::Batch(_) => "batch",
         }
     }
@@ -67,6 +84,20 @@ impl Command {
                 Command::RegisterController { api_addr, .. } => api_addr.len(),
                 Command::ForgetController { .. } => 0,
                 Command::RestoreState { state } => state.approx_size(),
+                Command::RegisterNode {
+                    node,
+                    hostname,
+                    labels,
+                    inventory,
+                    inventory_digest,
+                } => {
+                    node.len()
+                        + hostname.len()
+                        + inventory.len()
+                        + inventory_digest.len()
+                        + labels.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                }
+                Command::SetNodeHealth { node, reason, .. } => node.len() + reason.len(),
                 Command::Batch(commands) => commands.iter().map(Command::approx_size).sum(),
             }
     }
@@ -104,6 +135,17 @@ pub enum CommandResult {
     Restored {
         keys: u64,
         revision: u64,
+    },
+    NodeRegistered {
+        revision: u64,
+    },
+    /// Health recorded; `changed` is false when it already was that.
+    NodeHealthSet {
+        changed: bool,
+        revision: u64,
+    },
+    UnknownNode {
+        node: String,
     },
     /// Results of a [`Command::Batch`], in order.
     Batch(Vec<CommandResult>),

@@ -12,6 +12,8 @@ pub mod codec;
 pub mod command;
 pub mod job;
 pub mod kv;
+pub mod liveness;
+pub mod node;
 pub mod scheduler;
 pub mod sim;
 pub mod state;

@@ -5,13 +5,14 @@
 //! is identical on every controller that applied the same log prefix. Later issues add
 //! agents, jobs, placements and objects as new fields (bumping the codec version).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
 use crate::command::{Command, CommandResult};
 use crate::kv::KvEntry;
+use crate::node::{NodeEvent, NodeHealth, NodeRecord, MAX_NODE_EVENTS};
 use crate::ControllerId;
 
 /// What the cluster remembers about one controller's data directory.
@@ -33,6 +34,10 @@ pub struct ClusterState {
     pub kv: BTreeMap<String, KvEntry>,
     /// Incarnation of each controller's data dir, used to refuse a wiped member.
     pub controllers: BTreeMap<ControllerId, ControllerRecord>,
+    /// Agents' machines by node id.
+    pub nodes: BTreeMap<String, NodeRecord>,
+    /// Health changes, oldest first, at most [`MAX_NODE_EVENTS`].
+    pub node_events: VecDeque<NodeEvent>,
 }
 
 /// Whether applying produced a change that takes a revision.
@@ -42,10 +47,14 @@ fn result_changes(result: &CommandResult) -> bool {
         | CommandResult::KvDeleted { .. }
         | CommandResult::ControllerRegistered
         | CommandResult::ControllerForgotten
-        | CommandResult::Restored { .. } => true,
+        | CommandResult::Restored { .. }
+        | CommandResult::NodeRegistered { .. }
+        | CommandResult::NodeHealthSet { changed: true, .. } => true,
         CommandResult::Nothing
         | CommandResult::RevisionMismatch { .. }
         | CommandResult::IncarnationConflict { .. }
+        | CommandResult::NodeHealthSet { changed: false, .. }
+        | CommandResult::UnknownNode { .. }
         | CommandResult::Batch(_) => false,
     }
 }
@@ -155,12 +164,84 @@ impl ClusterState {
                 let revision = revision.max(self.revision + 1);
                 CommandResult::Restored { keys, revision }
             }
+            Command::RegisterNode {
+                node,
+                hostname,
+                labels,
+                inventory,
+                inventory_digest,
+            } => {
+                match self.nodes.get_mut(&node) {
+                    Some(rec) => {
+                        rec.hostname = hostname;
+                        rec.labels = labels;
+                        rec.inventory = inventory;
+                        rec.inventory_digest = inventory_digest;
+                    }
+                    None => {
+                        self.nodes.insert(
+                            node.clone(),
+                            NodeRecord {
+                                hostname,
+                                labels,
+                                inventory,
+                                inventory_digest,
+                                health: NodeHealth::Ready,
+                                health_since: revision,
+                                registered_at: revision,
+                            },
+                        );
+                        self.push_event(NodeEvent {
+                            revision,
+                            node,
+                            from: None,
+                            to: NodeHealth::Ready,
+                            reason: "registered".into(),
+                        });
+                    }
+                }
+                CommandResult::NodeRegistered { revision }
+            }
+            Command::SetNodeHealth {
+                node,
+                health,
+                reason,
+            } => match self.nodes.get_mut(&node) {
+                None => CommandResult::UnknownNode { node },
+                Some(rec) if rec.health == health => CommandResult::NodeHealthSet {
+                    changed: false,
+                    revision,
+                },
+                Some(rec) => {
+                    let from = rec.health;
+                    rec.health = health;
+                    rec.health_since = revision;
+                    self.push_event(NodeEvent {
+                        revision,
+                        node,
+                        from: Some(from),
+                        to: health,
+                        reason,
+                    });
+                    CommandResult::NodeHealthSet {
+                        changed: true,
+                        revision,
+                    }
+                }
+            },
             Command::Batch(commands) => {
                 // Each inner command takes its own revision through `apply`; the outer
                 // `apply` sees `Batch` as "no change" and leaves the revision alone.
                 CommandResult::Batch(commands.into_iter().map(|c| self.apply(c)).collect())
             }
         }
+    }
+
+    fn push_event(&mut self, event: NodeEvent) {
+        if self.node_events.len() >= MAX_NODE_EVENTS {
+            self.node_events.pop_front();
+        }
+        self.node_events.push_back(event);
     }
 
     /// Approximate encoded size in bytes.
@@ -360,6 +441,69 @@ mod tests {
         assert_ne!(a.digest().expect("digest"), b.digest().expect("digest"));
         let back = ClusterState::decode(&b.encode().expect("encode")).expect("decode");
         assert_eq!(back, b);
+    }
+
+    #[test]
+    fn nodes_register_and_change_health_with_events() {
+        let mut s = ClusterState::default();
+        let reg = || Command::RegisterNode {
+            node: "n1".into(),
+            hostname: "gpu-1".into(),
+            labels: Default::default(),
+            inventory: b"{}".to_vec(),
+            inventory_digest: "d".into(),
+        };
+        assert_eq!(
+            s.apply(reg()),
+            CommandResult::NodeRegistered { revision: 1 }
+        );
+        let set = |h| Command::SetNodeHealth {
+            node: "n1".into(),
+            health: h,
+            reason: "no heartbeat for 5000 ms".into(),
+        };
+        assert_eq!(
+            s.apply(set(NodeHealth::Down)),
+            CommandResult::NodeHealthSet {
+                changed: true,
+                revision: 2
+            }
+        );
+        assert_eq!(
+            s.apply(set(NodeHealth::Down)),
+            CommandResult::NodeHealthSet {
+                changed: false,
+                revision: 3
+            }
+        );
+        assert_eq!(s.revision, 2, "a no-op takes no revision");
+        assert_eq!(
+            s.apply(reg()),
+            CommandResult::NodeRegistered { revision: 3 }
+        );
+        assert_eq!(
+            s.nodes["n1"].health,
+            NodeHealth::Down,
+            "re-registration keeps health"
+        );
+        let events: Vec<_> = s.node_events.iter().map(|e| (e.from, e.to)).collect();
+        assert_eq!(
+            events,
+            [
+                (None, NodeHealth::Ready),
+                (Some(NodeHealth::Ready), NodeHealth::Down)
+            ]
+        );
+        assert_eq!(
+            s.apply(Command::SetNodeHealth {
+                node: "nope".into(),
+                health: NodeHealth::Ready,
+                reason: String::new()
+            }),
+            CommandResult::UnknownNode {
+                node: "nope".into()
+            }
+        );
     }
 
     #[test]

@@ -1,0 +1,76 @@
+//! Agents' machines ("nodes") as the cluster state records them: identity, labels, the last
+//! inventory the agent reported, and health as the leader's failure detector decided it,
+//! with a bounded event history. Heartbeats are *not* here: they stay in the leader's memory
+//! (`crate::liveness`); only registrations and health transitions are replicated.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Events kept in the cluster state; older ones are dropped first.
+pub const MAX_NODE_EVENTS: usize = 10_000;
+/// Largest inventory document an agent may register, in bytes.
+pub const MAX_INVENTORY_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeHealth {
+    Ready,
+    Suspect,
+    Down,
+}
+
+impl NodeHealth {
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeHealth::Ready => "ready",
+            NodeHealth::Suspect => "suspect",
+            NodeHealth::Down => "down",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub hostname: String,
+    pub labels: BTreeMap<String, String>,
+    /// The agent's inventory document (JSON), opaque to the state machine.
+    pub inventory: Vec<u8>,
+    /// BLAKE3 of `inventory`, hex: agents re-register only when it changes.
+    pub inventory_digest: String,
+    pub health: NodeHealth,
+    /// Revision of the last health change.
+    pub health_since: u64,
+    pub registered_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEvent {
+    pub revision: u64,
+    pub node: String,
+    pub from: Option<NodeHealth>,
+    pub to: NodeHealth,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeValidationError {
+    #[error("node id must be 1-64 characters of a-z, 0-9, '-'")]
+    BadId,
+    #[error("inventory is {0} bytes, the limit is {MAX_INVENTORY_BYTES}")]
+    InventoryTooLarge(usize),
+}
+
+pub fn validate_registration(id: &str, inventory: &[u8]) -> Result<(), NodeValidationError> {
+    let id_ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !id_ok {
+        return Err(NodeValidationError::BadId);
+    }
+    if inventory.len() > MAX_INVENTORY_BYTES {
+        return Err(NodeValidationError::InventoryTooLarge(inventory.len()));
+    }
+    Ok(())
+}
