@@ -208,9 +208,10 @@ impl ClusterState {
                 reason,
             } => match self.nodes.get_mut(&node) {
                 None => CommandResult::UnknownNode { node },
+                // Nothing changes: report the current revision, take none.
                 Some(rec) if rec.health == health => CommandResult::NodeHealthSet {
                     changed: false,
-                    revision,
+                    revision: revision - 1,
                 },
                 Some(rec) => {
                     let from = rec.health;
@@ -473,7 +474,7 @@ mod tests {
             s.apply(set(NodeHealth::Down)),
             CommandResult::NodeHealthSet {
                 changed: false,
-                revision: 3
+                revision: 2
             }
         );
         assert_eq!(s.revision, 2, "a no-op takes no revision");
