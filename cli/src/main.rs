@@ -34,8 +34,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The per-machine agent (this build: `--print-inventory`).
+    /// Run the per-machine agent, or print this machine's inventory.
     Agent(cmd::agent::AgentArgs),
+    /// The agents' machines: list, show, health events.
+    #[command(subcommand)]
+    Node(cmd::node::NodeCommand),
     /// Run one controller of the Raft group.
     Controller(cmd::controller::ControllerArgs),
     /// Run a local three-controller cluster on 127.0.0.1 until Ctrl-C.
@@ -66,7 +69,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Agent(args) => cmd::agent::run(args),
+            Command::Agent(args) => cmd::agent::run(args).await,
+            Command::Node(c) => cmd::node::run(&cli.addr, cli.output, c).await,
             Command::Controller(args) => cmd::controller::run(args).await,
             Command::Dev(args) => cmd::dev::run(args).await,
             Command::Status(args) => cmd::status::run(&cli.addr, cli.output, args).await,

@@ -26,6 +26,48 @@ pub struct ControllerConfigFile {
     pub cluster_name: Option<String>,
     #[serde(default)]
     pub raft: RaftTuning,
+    #[serde(default)]
+    pub liveness: LivenessTuning,
+}
+
+/// Failure detection of agents (the leader's, from heartbeats).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LivenessTuning {
+    /// A node silent this long is `suspect`.
+    #[serde(with = "humantime_serde")]
+    pub suspect_after: Duration,
+    /// A node silent this long is `down`.
+    #[serde(with = "humantime_serde")]
+    pub down_after: Duration,
+}
+
+impl Default for LivenessTuning {
+    fn default() -> Self {
+        let d = steward_core::liveness::LivenessConfig::default();
+        LivenessTuning {
+            suspect_after: Duration::from_millis(d.suspect_after_ms),
+            down_after: Duration::from_millis(d.down_after_ms),
+        }
+    }
+}
+
+impl LivenessTuning {
+    fn resolve(&self) -> Result<steward_core::liveness::LivenessConfig, ConfigError> {
+        if self.suspect_after.is_zero() || self.down_after <= self.suspect_after {
+            return Err(invalid(
+                "liveness.down_after",
+                format!(
+                    "({:?}) must be above liveness.suspect_after ({:?}), which must be above 0",
+                    self.down_after, self.suspect_after
+                ),
+            ));
+        }
+        Ok(steward_core::liveness::LivenessConfig {
+            suspect_after_ms: self.suspect_after.as_millis() as u64,
+            down_after_ms: self.down_after.as_millis() as u64,
+        })
+    }
 }
 
 /// Raft timing, batching and snapshot settings.
@@ -80,6 +122,7 @@ pub struct ControllerConfig {
     pub initial_cluster: BTreeMap<NodeId, String>,
     pub cluster_name: String,
     pub raft: RaftTuning,
+    pub liveness: steward_core::liveness::LivenessConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,7 +226,9 @@ impl ControllerConfigFile {
         }
         let cluster_name = self.cluster_name.unwrap_or_else(|| "steward".to_string());
         self.raft.validate()?;
+        let liveness = self.liveness.resolve()?;
         Ok(ControllerConfig {
+            liveness,
             id,
             data_dir,
             raft_addr,

@@ -167,6 +167,7 @@ impl Controller {
             config.cluster_name.clone(),
             config.raft.clone(),
             proposer,
+            crate::api::liveness::LivenessTracker::new(config.liveness),
         );
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -235,6 +236,7 @@ impl Controller {
 
         let workers = vec![
             proposer_task,
+            tokio::spawn(crate::api::liveness::run(ctx.clone(), shutdown.clone())),
             tokio::spawn(break_split_votes(
                 raft.clone(),
                 config.raft.clone(),

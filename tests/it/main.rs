@@ -3,6 +3,7 @@
 mod common;
 
 mod agent_inventory;
+mod agent_liveness;
 mod cli_operator;
 mod config_examples;
 mod dev_cluster;

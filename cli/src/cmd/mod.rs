@@ -4,6 +4,7 @@ pub mod agent;
 pub mod controller;
 pub mod dev;
 pub mod kv;
+pub mod node;
 pub mod operator;
 pub mod sim;
 pub mod status;

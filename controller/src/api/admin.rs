@@ -190,6 +190,31 @@ impl AdminService {
     }
 }
 
+/// GPU identities from an agent's inventory document (unknown shapes give none).
+fn gpus_of(inventory: &[u8]) -> Vec<NodeGpu> {
+    #[derive(serde::Deserialize)]
+    struct Inv {
+        #[serde(default)]
+        gpus: Vec<Gpu>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Gpu {
+        uuid: String,
+        name: String,
+    }
+    serde_json::from_slice::<Inv>(inventory)
+        .map(|inv| {
+            inv.gpus
+                .into_iter()
+                .map(|g| NodeGpu {
+                    uuid: g.uuid,
+                    model: g.name,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The error for a KV write whose result is not a success: a failed compare-and-set, or
 /// something that cannot happen.
 fn kv_write_error(result: CommandResult) -> Status {
@@ -446,6 +471,72 @@ impl Admin for AdminService {
         on_leader!(self, hops, req, transfer_leader, self.require_leader());
         let (leader_id, term) = super::transfer::transfer_leadership(&self.ctx, req.to).await?;
         Ok(Response::new(TransferLeaderReply { leader_id, term }))
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesReply>, Status> {
+        let hops = hops_of(&request);
+        let req = request.into_inner();
+        on_leader!(
+            self,
+            hops,
+            req,
+            list_nodes,
+            self.ctx.linearizable_barrier().await
+        );
+        let applied = self.ctx.view.read();
+        let nodes = applied
+            .state
+            .nodes
+            .iter()
+            .filter(|(id, _)| req.node_id.is_empty() || **id == req.node_id)
+            .map(|(id, n)| NodeSummary {
+                id: id.clone(),
+                hostname: n.hostname.clone(),
+                health: n.health.name().to_string(),
+                labels: n.labels.clone().into_iter().collect(),
+                gpus: gpus_of(&n.inventory),
+                last_heartbeat_age_ms: self.ctx.liveness.age_ms(id),
+                inventory_json: if req.with_inventory {
+                    n.inventory.clone()
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect();
+        Ok(Response::new(ListNodesReply { nodes }))
+    }
+
+    async fn node_events(
+        &self,
+        request: Request<NodeEventsRequest>,
+    ) -> Result<Response<NodeEventsReply>, Status> {
+        let hops = hops_of(&request);
+        let req = request.into_inner();
+        on_leader!(
+            self,
+            hops,
+            req,
+            node_events,
+            self.ctx.linearizable_barrier().await
+        );
+        let applied = self.ctx.view.read();
+        let events = applied
+            .state
+            .node_events
+            .iter()
+            .filter(|e| req.node_id.is_empty() || e.node == req.node_id)
+            .map(|e| NodeEventPb {
+                revision: e.revision,
+                node_id: e.node.clone(),
+                from: e.from.map(|h| h.name().to_string()).unwrap_or_default(),
+                to: e.to.name().to_string(),
+                reason: e.reason.clone(),
+            })
+            .collect();
+        Ok(Response::new(NodeEventsReply { events }))
     }
 
     type SnapshotSaveStream = ChunkStream;

@@ -32,6 +32,8 @@ pub struct ApiContext {
     pub tuning: RaftTuning,
     pub(crate) transferring: AtomicBool,
     proposer: Proposer,
+    /// Agents' heartbeats (leader only).
+    pub liveness: Arc<super::liveness::LivenessTracker>,
 }
 
 impl ApiContext {
@@ -42,6 +44,7 @@ impl ApiContext {
         cluster_name: String,
         tuning: RaftTuning,
         proposer: Proposer,
+        liveness: Arc<super::liveness::LivenessTracker>,
     ) -> Arc<Self> {
         Arc::new(ApiContext {
             id: peers.id,
@@ -52,6 +55,7 @@ impl ApiContext {
             tuning,
             transferring: AtomicBool::new(false),
             proposer,
+            liveness,
         })
     }
 

@@ -10,6 +10,7 @@ mod admin;
 mod agent;
 mod context;
 pub mod error;
+pub mod liveness;
 mod proposer;
 mod transfer;
 

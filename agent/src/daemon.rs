@@ -1,0 +1,214 @@
+//! The long-running agent: a persistent node id, registration of the machine's inventory,
+//! and a heartbeat to the leader every interval. It finds the leader through any
+//! controller's `LeaderHint`, follows it when leadership moves, and backs off (bounded)
+//! while no controller answers.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use steward_proto::v1::agent_control_client::AgentControlClient;
+use steward_proto::v1::{HeartbeatRequest, LeaderHintRequest, RegisterNodeRequest};
+use steward_proto::MAX_API_MESSAGE_BYTES;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::hardware::{self, GpuProbe};
+
+/// Connect timeout to a controller.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Deadline of one call to a controller.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest pause between attempts while no leader answers.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    /// Controllers' API addresses; any one is enough to find the leader.
+    pub controllers: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub heartbeat_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("node id file {path} is damaged: {content:?}; remove it to get a new id")]
+    BadNodeId { path: String, content: String },
+    #[error(transparent)]
+    Probe(#[from] hardware::ProbeError),
+    #[error("inventory: {0}")]
+    Inventory(#[from] serde_json::Error),
+}
+
+/// This machine's node id, made once and kept in the data dir.
+pub fn node_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
+    let io = |source| AgentError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim().to_string();
+            steward_core::node::validate_registration(&id, &[]).map_err(|_| {
+                AgentError::BadNodeId {
+                    path: path.display().to_string(),
+                    content: id.clone(),
+                }
+            })?;
+            Ok(id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = format!("node-{:016x}", rand::random::<u64>());
+            let tmp = data_dir.join("node-id.tmp");
+            std::fs::write(&tmp, format!("{id}\n")).map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            Ok(id)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+async fn client(addr: &str) -> Option<AgentControlClient<Channel>> {
+    let ep = Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .tcp_nodelay(true);
+    let ch = ep.connect().await.ok()?;
+    Some(
+        AgentControlClient::new(ch)
+            .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_API_MESSAGE_BYTES),
+    )
+}
+
+/// Asks the controllers, in turn, where the leader is.
+async fn find_leader(controllers: &[String]) -> Option<AgentControlClient<Channel>> {
+    for addr in controllers {
+        let Some(mut c) = client(addr).await else {
+            continue;
+        };
+        if let Ok(hint) = c.leader_hint(LeaderHintRequest {}).await {
+            let hint = hint.into_inner();
+            if !hint.leader_api_addr.is_empty() {
+                if hint.leader_api_addr == *addr {
+                    return Some(c);
+                }
+                if let Some(leader) = client(&hint.leader_api_addr).await {
+                    return Some(leader);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(
+    config: AgentConfig,
+    probe: Box<dyn GpuProbe>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let id = node_id(&config.data_dir)?;
+    let inventory = hardware::inventory(std::path::Path::new("/"), probe.as_ref())?;
+    let hostname = inventory
+        .host
+        .hostname
+        .clone()
+        .unwrap_or_else(|| id.clone());
+    let inventory_json = serde_json::to_vec(&inventory)?;
+    let digest = blake3::hash(&inventory_json).to_hex().to_string();
+    tracing::info!(node = %id, gpus = inventory.gpus.len(), "agent started");
+    let register = RegisterNodeRequest {
+        node_id: id.clone(),
+        hostname,
+        labels: config.labels.clone().into_iter().collect(),
+        inventory_json,
+        inventory_digest: digest.clone(),
+    };
+    tokio::pin!(shutdown);
+    let mut leader: Option<AgentControlClient<Channel>> = None;
+    let mut registered = false;
+    let mut backoff = Duration::from_millis(100);
+    let mut seq = 0u64;
+    let mut ticker = tokio::time::interval(config.heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!(node = %id, "agent stopping");
+                return Ok(());
+            }
+            _ = ticker.tick() => {}
+        }
+        if leader.is_none() {
+            leader = find_leader(&config.controllers).await;
+            if leader.is_none() {
+                tracing::debug!("no leader found; backing off {backoff:?}");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        }
+        let Some(c) = leader.as_mut() else { continue };
+        if !registered {
+            match c.register_node(register.clone()).await {
+                Ok(r) => {
+                    registered = true;
+                    tracing::info!(node = %id, revision = r.into_inner().revision, "registered");
+                }
+                Err(status) => {
+                    tracing::debug!(%status, "registration failed; looking for the leader again");
+                    leader = None;
+                    continue;
+                }
+            }
+        }
+        seq += 1;
+        let hb = HeartbeatRequest {
+            node_id: id.clone(),
+            seq,
+            inventory_digest: digest.clone(),
+        };
+        match c.heartbeat(hb).await {
+            Ok(reply) => {
+                backoff = Duration::from_millis(100);
+                if reply.into_inner().register_again {
+                    registered = false;
+                }
+            }
+            Err(status) => {
+                tracing::debug!(%status, "heartbeat failed; looking for the leader again");
+                leader = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_id_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let a = node_id(dir.path()).expect("id");
+        assert_eq!(node_id(dir.path()).expect("id"), a);
+        std::fs::write(dir.path().join("node-id"), "Not Valid!").expect("write");
+        assert!(node_id(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("remove it"));
+    }
+}

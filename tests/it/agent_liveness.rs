@@ -1,0 +1,176 @@
+//! Real processes: 3 controllers and 3 agents with simulated GPUs. A SIGKILLed agent is
+//! `down` within 6 s and `ready` again soon after it restarts; an agent SIGSTOPped for 1 s
+//! is never marked down; killing the leader marks no agent down.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use steward_proto::v1::{ListNodesRequest, NodeEventsRequest};
+use steward_tests::{steward_bin, wait_for, ProcCluster};
+
+struct Agent {
+    data_dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+fn spawn_agent(dir: &std::path::Path, i: usize, controllers: &str) -> anyhow::Result<Agent> {
+    let data_dir = dir.join(format!("agent-{i}"));
+    let log = std::fs::File::create(dir.join(format!("agent-{i}.log")))?;
+    let child = Command::new(steward_bin())
+        .args(["agent", "--data-dir"])
+        .arg(&data_dir)
+        .args([
+            "--controllers",
+            controllers,
+            "--simulate-gpus",
+            "H100:8",
+            "--label",
+            &format!("rack=r{i}"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    Ok(Agent {
+        data_dir,
+        child: Some(child),
+    })
+}
+
+fn node_id(agent: &Agent) -> Option<String> {
+    std::fs::read_to_string(agent.data_dir.join("node-id"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// node id -> health, from the leader.
+async fn health(cluster: &ProcCluster) -> Option<BTreeMap<String, String>> {
+    for id in cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| cluster.is_running(*id))
+    {
+        if let Ok(mut c) = cluster.client(id).await {
+            if let Ok(r) = c
+                .list_nodes(ListNodesRequest {
+                    node_id: String::new(),
+                    with_inventory: false,
+                })
+                .await
+            {
+                return Some(
+                    r.into_inner()
+                        .nodes
+                        .into_iter()
+                        .map(|n| (n.id, n.health))
+                        .collect(),
+                );
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_fail_and_return_and_survive_leader_loss() -> anyhow::Result<()> {
+    let mut cluster = ProcCluster::start(3, "")?;
+    cluster.wait_leader(Duration::from_secs(20)).await?;
+    let dir = tempfile::tempdir()?;
+    let controllers = cluster.addrs();
+    let mut agents: Vec<Agent> = (0..3)
+        .map(|i| spawn_agent(dir.path(), i, &controllers))
+        .collect::<anyhow::Result<_>>()?;
+    let result = async {
+        let ids: Vec<String> = wait_for(
+            "agents to write their ids",
+            Duration::from_secs(10),
+            || async { agents.iter().map(node_id).collect::<Option<Vec<_>>>() },
+        )
+        .await?;
+        wait_for("3 ready nodes", Duration::from_secs(20), || async {
+            let h = health(&cluster).await?;
+            (ids.iter()
+                .all(|id| h.get(id).map(String::as_str) == Some("ready")))
+            .then_some(())
+        })
+        .await?;
+
+        // SIGKILL agent 0: down within 6 s (5 s threshold + detection), measured loosely here.
+        let killed = Instant::now();
+        if let Some(mut c) = agents[0].child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        wait_for("agent 0 down", Duration::from_secs(15), || async {
+            (health(&cluster).await?.get(&ids[0]).map(String::as_str) == Some("down")).then_some(())
+        })
+        .await?;
+        let took = killed.elapsed();
+        eprintln!("agent SIGKILL -> down: {took:?}");
+        assert!(took < Duration::from_secs(8), "down after {took:?}");
+
+        // Restart it with the same data dir: same node, ready again.
+        let restarted = Instant::now();
+        agents[0] = spawn_agent(dir.path(), 0, &controllers)?;
+        wait_for("agent 0 ready", Duration::from_secs(15), || async {
+            (health(&cluster).await?.get(&ids[0]).map(String::as_str) == Some("ready"))
+                .then_some(())
+        })
+        .await?;
+        let took = restarted.elapsed();
+        eprintln!("agent restart -> ready: {took:?}");
+        assert!(took < Duration::from_secs(5), "ready after {took:?}");
+
+        // SIGSTOP agent 1 for 1 s, and kill the leader: watch 7 s, nobody may go down.
+        let pid = Pid::from_raw(agents[1].child.as_ref().expect("running").id() as i32);
+        kill(pid, Signal::SIGSTOP)?;
+        let stopped = Instant::now();
+        let (leader, _) = cluster.wait_leader(Duration::from_secs(10)).await?;
+        cluster.kill(leader);
+        let watch_until = Instant::now() + Duration::from_secs(7);
+        let mut resumed = false;
+        while Instant::now() < watch_until {
+            if !resumed && stopped.elapsed() >= Duration::from_secs(1) {
+                kill(pid, Signal::SIGCONT)?;
+                resumed = true;
+            }
+            if let Some(h) = health(&cluster).await {
+                let down: Vec<_> = h.iter().filter(|(_, s)| s.as_str() == "down").collect();
+                assert!(down.is_empty(), "marked down: {down:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !resumed {
+            kill(pid, Signal::SIGCONT)?;
+        }
+        // The only down event in the history is agent 0's.
+        let (new_leader, _) = cluster.wait_leader(Duration::from_secs(10)).await?;
+        let mut c = cluster.client(new_leader).await?;
+        let events = c
+            .node_events(NodeEventsRequest {
+                node_id: String::new(),
+            })
+            .await?
+            .into_inner()
+            .events;
+        let downs: Vec<_> = events
+            .iter()
+            .filter(|e| e.to == "down")
+            .map(|e| e.node_id.clone())
+            .collect();
+        assert_eq!(downs, vec![ids[0].clone()], "events: {events:?}");
+        anyhow::Ok(())
+    }
+    .await;
+    for a in &mut agents {
+        if let Some(mut c) = a.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    result
+}
