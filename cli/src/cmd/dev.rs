@@ -5,7 +5,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use steward_agent::daemon::{self, AgentConfig};
+use steward_agent::hardware::simulated::SimulatedGpus;
 use steward_controller::{Controller, ControllerConfigFile};
+
+/// Agents `steward dev` runs, and the GPUs each simulates.
+const DEV_AGENTS: usize = 3;
+const DEV_GPUS: &str = "H100:8";
 
 /// Offset from the first API port to the first Raft port.
 const RAFT_PORT_OFFSET: u16 = 10;
@@ -46,6 +52,26 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         controllers.push(c);
     }
     let addrs = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", p, p + 1, p + 2);
+    // Three agents with simulated GPUs, each with its own data dir (and so its own node id).
+    let agent_stop = tokio_util::sync::CancellationToken::new();
+    let mut agents = Vec::new();
+    for i in 1..=DEV_AGENTS {
+        let data_dir = args.data_dir.join(format!("agent-{i}"));
+        let gpus =
+            SimulatedGpus::parse(DEV_GPUS, &format!("dev-agent-{i}:{}", data_dir.display()))?;
+        let config = AgentConfig {
+            data_dir,
+            controllers: addrs.split(',').map(str::to_string).collect(),
+            labels: [("dev".to_string(), format!("agent-{i}"))].into(),
+            heartbeat_interval: std::time::Duration::from_secs(1),
+        };
+        let stop = agent_stop.clone();
+        agents.push(tokio::spawn(async move {
+            if let Err(e) = daemon::run(config, Box::new(gpus), stop.cancelled_owned()).await {
+                tracing::error!(error = %e, "dev agent {i} stopped");
+            }
+        }));
+    }
     let addr_flag = if p == 7700 {
         String::new()
     } else {
@@ -62,6 +88,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     println!("  steward kv put greeting hello{addr_flag}");
     println!("  steward kv get greeting{addr_flag} -o json");
     println!("  steward operator raft list-peers{addr_flag}");
+    println!("  steward node list{addr_flag}");
     println!();
     println!("Ctrl-C stops the cluster; running `steward dev` again resumes on the same data.");
 
@@ -75,6 +102,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             eprintln!("error: {reason}");
             code = ExitCode::from(2);
         }
+    }
+    agent_stop.cancel();
+    for a in agents {
+        let _ = a.await;
     }
     for c in controllers {
         c.shutdown().await;
