@@ -70,13 +70,19 @@ pub fn commit(ctx: &Arc<ApiContext>, t: Transition) {
     let ctx = ctx.clone();
     tokio::spawn(async move {
         tracing::info!(node = %t.node, to = t.to.name(), reason = %t.reason, "node health change");
+        let node = t.node.clone();
         let command = Command::SetNodeHealth {
             node: t.node,
             health: t.to,
             reason: t.reason,
         };
         if let Err(e) = ctx.write(command).await {
-            tracing::warn!(error = %e, "could not commit a node health change");
+            tracing::warn!(error = %e, node = %node, "could not commit a node health change; will retry");
+            // Forget the belief: the detector proposes the change again on its next tick.
+            let committed = ctx.view.read().state.nodes.get(&node).map(|r| r.health);
+            if let Some(h) = committed {
+                ctx.liveness.inner().detector.committed(&node, h);
+            }
         }
     });
 }
