@@ -28,6 +28,8 @@ pub struct AgentConfig {
     pub controllers: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub heartbeat_interval: Duration,
+    /// Prometheus `/metrics` listen address (none: no endpoint).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,12 @@ pub enum AgentError {
     BadNodeId { path: String, content: String },
     #[error(transparent)]
     Probe(#[from] hardware::ProbeError),
+    #[error("cannot listen on metrics address {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("inventory: {0}")]
     Inventory(#[from] serde_json::Error),
 }
@@ -118,12 +126,29 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let id = node_id(&config.data_dir)?;
+    let probe: std::sync::Arc<dyn GpuProbe> = std::sync::Arc::from(probe);
     let inventory = hardware::inventory(std::path::Path::new("/"), probe.as_ref())?;
     let hostname = inventory
         .host
         .hostname
         .clone()
         .unwrap_or_else(|| id.clone());
+    // The metrics server stops when this sender is dropped, i.e. when `run` returns.
+    let (_metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = config.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AgentError::Metrics { addr, source })?;
+        let stopped = async move {
+            let _ = metrics_stopped.await;
+        };
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            probe.clone(),
+            hostname.clone(),
+            stopped,
+        ));
+    }
     let inventory_json = serde_json::to_vec(&inventory)?;
     let digest = blake3::hash(&inventory_json).to_hex().to_string();
     tracing::info!(node = %id, gpus = inventory.gpus.len(), "agent started");

@@ -21,6 +21,8 @@ pub struct ControllerConfigFile {
     pub data_dir: Option<PathBuf>,
     pub raft_addr: Option<SocketAddr>,
     pub api_addr: Option<SocketAddr>,
+    /// Prometheus `/metrics` listen address (none: no metrics endpoint).
+    pub metrics_addr: Option<SocketAddr>,
     /// `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`: raft addresses of the founding members.
     pub initial_cluster: Option<String>,
     pub cluster_name: Option<String>,
@@ -118,6 +120,7 @@ pub struct ControllerConfig {
     pub data_dir: PathBuf,
     pub raft_addr: SocketAddr,
     pub api_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
     /// Founding members' raft addresses; empty when joining an existing cluster.
     pub initial_cluster: BTreeMap<NodeId, String>,
     pub cluster_name: String,
@@ -228,6 +231,7 @@ impl ControllerConfigFile {
         self.raft.validate()?;
         let liveness = self.liveness.resolve()?;
         Ok(ControllerConfig {
+            metrics_addr: self.metrics_addr,
             liveness,
             id,
             data_dir,

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod config;
+pub mod metrics;
 pub mod network;
 pub mod server;
 pub mod snapshot_file;

@@ -107,6 +107,17 @@ impl Controller {
                 source,
             })?;
 
+        let metrics_listener =
+            match config.metrics_addr {
+                None => None,
+                Some(addr) => Some(crate::metrics::bind(addr).await.map_err(|source| {
+                    ControllerError::Bind {
+                        what: "metrics address",
+                        addr,
+                        source,
+                    }
+                })?),
+            };
         let db = Db::open(&config.data_dir.join("raft"))?;
         let (incarnation, fresh) = db.identity(&config.data_dir, config.id)?;
         tracing::info!(
@@ -234,6 +245,13 @@ impl Controller {
             }
         }));
 
+        if let Some(listener) = metrics_listener {
+            servers.push(tokio::spawn(crate::metrics::serve(
+                listener,
+                ctx.clone(),
+                shutdown.clone(),
+            )));
+        }
         let workers = vec![
             proposer_task,
             tokio::spawn(crate::api::liveness::run(ctx.clone(), shutdown.clone())),

@@ -7,6 +7,7 @@ mod agent_liveness;
 mod cli_operator;
 mod config_examples;
 mod dev_cluster;
+mod metrics_promtool;
 mod raft_chaos;
 mod raft_failover;
 mod raft_membership;

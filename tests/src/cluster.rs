@@ -41,6 +41,22 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// `GET http://addr/path` over plain HTTP/1.1; the body, if the status is 200.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
 where
@@ -63,6 +79,7 @@ pub struct ProcNode {
     pub id: u64,
     pub raft_addr: String,
     pub api_addr: String,
+    pub metrics_addr: String,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     config_path: PathBuf,
@@ -110,6 +127,7 @@ impl ProcCluster {
             id,
             raft_addr: format!("127.0.0.1:{}", free_port()),
             api_addr: format!("127.0.0.1:{}", free_port()),
+            metrics_addr: format!("127.0.0.1:{}", free_port()),
             data_dir: dir.join(format!("controller-{id}")),
             log_path: dir.join(format!("controller-{id}.log")),
             config_path: dir.join(format!("controller-{id}.toml")),
@@ -136,8 +154,8 @@ impl ProcCluster {
             .get_mut(&id)
             .ok_or_else(|| anyhow!("no controller {id}"))?;
         let mut cfg = format!(
-            "id = {}\ndata_dir = {:?}\nraft_addr = {:?}\napi_addr = {:?}\ncluster_name = \"it\"\n",
-            node.id, node.data_dir, node.raft_addr, node.api_addr
+            "id = {}\ndata_dir = {:?}\nraft_addr = {:?}\napi_addr = {:?}\nmetrics_addr = {:?}\ncluster_name = \"it\"\n",
+            node.id, node.data_dir, node.raft_addr, node.api_addr, node.metrics_addr
         );
         if node.founding {
             cfg.push_str(&format!("initial_cluster = {initial:?}\n"));

@@ -8,4 +8,4 @@
 
 pub mod cluster;
 
-pub use cluster::{steward_bin, wait_for, ProcCluster};
+pub use cluster::{free_port, http_get, steward_bin, wait_for, ProcCluster};

@@ -27,6 +27,9 @@ pub struct AgentArgs {
     /// Heartbeat period.
     #[arg(long, env = "STEWARD_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
+    /// Prometheus /metrics listen address.
+    #[arg(long, env = "STEWARD_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Simulate GPUs instead of reading NVML: "MODEL:COUNT", e.g. "H100:8".
     #[arg(long, env = "STEWARD_SIMULATE_GPUS")]
     pub simulate_gpus: Option<String>,
@@ -79,6 +82,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         controllers,
         labels,
         heartbeat_interval: args.heartbeat_interval,
+        metrics_addr: args.metrics_addr,
     };
     daemon::run(config, gpus, async {
         if let Err(e) = super::controller::shutdown_signal().await {

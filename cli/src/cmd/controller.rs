@@ -24,6 +24,9 @@ pub struct ControllerArgs {
     /// Listen address of the admin and agent APIs.
     #[arg(long, env = "STEWARD_API_ADDR")]
     pub api_addr: Option<SocketAddr>,
+    /// Prometheus /metrics listen address.
+    #[arg(long, env = "STEWARD_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Founding members' raft addresses: 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT. Omit when
     /// joining an existing group (after `steward operator raft add-learner`).
     #[arg(long, env = "STEWARD_INITIAL_CLUSTER")]
@@ -44,6 +47,7 @@ impl ControllerArgs {
         file.data_dir = self.data_dir.or(file.data_dir);
         file.raft_addr = self.raft_addr.or(file.raft_addr);
         file.api_addr = self.api_addr.or(file.api_addr);
+        file.metrics_addr = self.metrics_addr.or(file.metrics_addr);
         file.initial_cluster = self.initial_cluster.or(file.initial_cluster);
         file.cluster_name = self.cluster_name.or(file.cluster_name);
         Ok(file)

@@ -64,6 +64,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             controllers: addrs.split(',').map(str::to_string).collect(),
             labels: [("dev".to_string(), format!("agent-{i}"))].into(),
             heartbeat_interval: std::time::Duration::from_secs(1),
+            metrics_addr: None,
         };
         let stop = agent_stop.clone();
         agents.push(tokio::spawn(async move {

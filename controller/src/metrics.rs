@@ -1,0 +1,128 @@
+//! Prometheus `/metrics` of a controller (`steward_<subsystem>_<name>_<unit>`), rendered
+//! fresh on each scrape from Raft metrics and the liveness tracker.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use openraft::ServerState;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ApiContext;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(v);
+    reg.register(name, help, g);
+}
+
+/// The exposition text (OpenMetrics, which `promtool check metrics` accepts for gauges
+/// and histograms).
+pub fn render(ctx: &ApiContext) -> String {
+    let mut reg = Registry::default();
+    let m = ctx.raft.metrics().borrow().clone();
+    gauge(
+        &mut reg,
+        "steward_raft_term",
+        "Current Raft term",
+        m.current_term as i64,
+    );
+    gauge(
+        &mut reg,
+        "steward_raft_is_leader",
+        "1 if this controller leads.",
+        i64::from(m.state == ServerState::Leader),
+    );
+    gauge(
+        &mut reg,
+        "steward_raft_last_log_index",
+        "Index of the last log entry",
+        m.last_log_index.unwrap_or(0) as i64,
+    );
+    gauge(
+        &mut reg,
+        "steward_raft_applied_index",
+        "Index of the last applied entry",
+        m.last_applied.map_or(0, |l| l.index) as i64,
+    );
+    let applied = ctx.view.read();
+    let nodes: Family<StateLabel, Gauge> = Family::default();
+    for state in ["ready", "suspect", "down"] {
+        let n = applied
+            .state
+            .nodes
+            .values()
+            .filter(|r| r.health.name() == state)
+            .count();
+        nodes
+            .get_or_create(&StateLabel {
+                state: state.into(),
+            })
+            .set(n as i64);
+    }
+    reg.register("steward_nodes", "Agents' nodes by health", nodes);
+    let ages = Histogram::new([0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]);
+    if m.state == ServerState::Leader {
+        for id in applied.state.nodes.keys() {
+            if let Some(ms) = ctx.liveness.age_ms(id) {
+                ages.observe(ms as f64 / 1000.0);
+            }
+        }
+    }
+    drop(applied);
+    reg.register(
+        "steward_liveness_heartbeat_age_seconds",
+        "Age of each node's last heartbeat (leader only)",
+        ages,
+    );
+    let mut out = String::new();
+    if encode(&mut out, &reg).is_err() {
+        tracing::warn!("metrics encoding failed");
+    }
+    out
+}
+
+/// Serves `/metrics` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<ApiContext>,
+    shutdown: CancellationToken,
+) {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let ctx = ctx.clone();
+            async move {
+                (
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    render(&ctx),
+                )
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "metrics server stopped");
+    }
+}
+
+/// Binds the metrics address (errors are start-up errors).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
