@@ -88,6 +88,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// Tells systemd (Type=notify units) how the service is doing; a no-op outside systemd.
+pub fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
+}
+
 /// Logs to stderr, filtered by RUST_LOG (default: `default`).
 pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

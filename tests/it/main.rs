@@ -6,6 +6,7 @@ mod agent_inventory;
 mod agent_liveness;
 mod cli_operator;
 mod config_examples;
+mod deploy_units;
 mod dev_cluster;
 mod metrics_promtool;
 mod raft_chaos;

@@ -84,10 +84,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         heartbeat_interval: args.heartbeat_interval,
         metrics_addr: args.metrics_addr,
     };
+    crate::notify_systemd(sd_notify::NotifyState::Ready);
     daemon::run(config, gpus, async {
         if let Err(e) = super::controller::shutdown_signal().await {
             tracing::error!(error = %e, "signal handling");
         }
+        crate::notify_systemd(sd_notify::NotifyState::Stopping);
     })
     .await?;
     Ok(ExitCode::SUCCESS)

@@ -60,6 +60,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let controller = Controller::start(config)
         .await
         .context("starting the controller")?;
+    crate::notify_systemd(sd_notify::NotifyState::Ready);
     let code = tokio::select! {
         reason = controller.fatal() => {
             eprintln!("error: {reason}");
@@ -70,6 +71,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         }
     };
+    crate::notify_systemd(sd_notify::NotifyState::Stopping);
     controller.shutdown().await;
     Ok(code)
 }
