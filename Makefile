@@ -7,7 +7,7 @@ CARGO ?= cargo
 # small machines.
 IT_THREADS ?= 1
 
-.PHONY: all deps dev test build fmt-check lint unit bench-raft bench-scheduler clean-dev
+.PHONY: all deps dev test build fmt-check lint unit bench-raft bench-scheduler bench-agent clean-dev
 
 all: build
 
@@ -59,6 +59,10 @@ bench-raft: build
 # Scheduler placements/s per policy on the trace's cluster, and admission solve times.
 bench-scheduler: build
 	$(CARGO) run --bin bench-scheduler
+
+# Agent CPU and RSS at 1 s heartbeats; the leader's heartbeat capacity.
+bench-agent: build
+	$(CARGO) run --bin bench-agent
 
 clean-dev:
 	rm -rf .steward-dev

@@ -1,0 +1,130 @@
+//! `make bench-agent`: (1) one agent process with 8 simulated GPUs at 1 s heartbeats: CPU %
+//! of one core and RSS, over 20 s, read from /proc; (2) the leader's heartbeat capacity:
+//! many simulated agents (in this process) registered, then heartbeating as fast as they
+//! can over loopback: heartbeats/s absorbed and p50/p99 latency.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use steward_proto::v1::agent_control_client::AgentControlClient;
+use steward_proto::v1::{HeartbeatRequest, RegisterNodeRequest};
+use steward_tests::{steward_bin, ProcCluster};
+use tonic::transport::Endpoint;
+
+const AGENT_WINDOW: Duration = Duration::from_secs(20);
+const SIM_AGENTS: usize = 2_000;
+const CONCURRENCY: usize = 64;
+const LOAD_WINDOW: Duration = Duration::from_secs(5);
+
+fn proc_cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 (1-based) of /proc/PID/stat; after ")" they are 12 and 13.
+    Ok(f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+}
+
+fn proc_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok(status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cluster = ProcCluster::start(3, "")?;
+    let (leader, _) = cluster.wait_leader(Duration::from_secs(30)).await?;
+    let dir = tempfile::tempdir()?;
+    let mut agent = std::process::Command::new(steward_bin())
+        .args(["agent", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--controllers",
+            &cluster.addrs(),
+            "--simulate-gpus",
+            "H100:8",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let pid = agent.id();
+    tokio::time::sleep(Duration::from_secs(2)).await; // start-up excluded from the window
+    let ticks_hz = 100.0; // USER_HZ on Linux
+    let t0 = proc_cpu_ticks(pid)?;
+    let started = Instant::now();
+    tokio::time::sleep(AGENT_WINDOW).await;
+    let cpu_pct =
+        (proc_cpu_ticks(pid)? - t0) as f64 / ticks_hz / started.elapsed().as_secs_f64() * 100.0;
+    let rss = proc_rss_kib(pid)?;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    println!("bench-agent: one agent, 8 simulated GPUs, 1 s heartbeats, {AGENT_WINDOW:?}");
+    println!(
+        "  agent CPU: {cpu_pct:.2} % of one core; RSS: {:.1} MiB",
+        rss as f64 / 1024.0
+    );
+
+    let addr = cluster.node(leader).api_addr.clone();
+    let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let mut c = AgentControlClient::new(ch.clone());
+    for i in 0..SIM_AGENTS {
+        c.register_node(RegisterNodeRequest {
+            node_id: format!("sim-{i:05}"),
+            hostname: format!("sim-{i}"),
+            labels: Default::default(),
+            inventory_json: b"{\"gpus\":[]}".to_vec(),
+            inventory_digest: "d".into(),
+        })
+        .await?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for t in 0..CONCURRENCY {
+        let mut c = AgentControlClient::new(ch.clone());
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3).expect("histogram");
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let node = format!("sim-{:05}", (t + CONCURRENCY * seq as usize) % SIM_AGENTS);
+                seq += 1;
+                let t0 = Instant::now();
+                if c.heartbeat(HeartbeatRequest {
+                    node_id: node,
+                    seq,
+                    inventory_digest: "d".into(),
+                })
+                .await
+                .is_ok()
+                {
+                    let _ = h.record(t0.elapsed().as_micros() as u64);
+                }
+            }
+            h
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(LOAD_WINDOW).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        total.add(t.await?)?;
+    }
+    let rate = total.len() as f64 / started.elapsed().as_secs_f64();
+    println!("leader heartbeat capacity: {SIM_AGENTS} registered nodes, {CONCURRENCY} concurrent senders over loopback, {LOAD_WINDOW:?}");
+    println!(
+        "  {rate:.0} heartbeats/s; latency p50 {:.2} ms, p99 {:.2} ms (a 1 s interval fleet of {rate:.0} nodes)",
+        total.value_at_quantile(0.5) as f64 / 1000.0,
+        total.value_at_quantile(0.99) as f64 / 1000.0
+    );
+    Ok(())
+}
