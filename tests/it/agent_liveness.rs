@@ -3,37 +3,27 @@
 //! is never marked down; killing the leader marks no agent down.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use steward_proto::v1::{ListNodesRequest, NodeEventsRequest};
-use steward_tests::{steward_bin, wait_for, ProcCluster};
+use steward_tests::{spawn_agent, wait_for, ProcCluster};
 
 struct Agent {
     data_dir: std::path::PathBuf,
     child: Option<Child>,
 }
 
-fn spawn_agent(dir: &std::path::Path, i: usize, controllers: &str) -> anyhow::Result<Agent> {
+fn start_agent(dir: &std::path::Path, i: usize, controllers: &str) -> anyhow::Result<Agent> {
     let data_dir = dir.join(format!("agent-{i}"));
-    let log = std::fs::File::create(dir.join(format!("agent-{i}.log")))?;
-    let child = Command::new(steward_bin())
-        .args(["agent", "--data-dir"])
-        .arg(&data_dir)
-        .args([
-            "--controllers",
-            controllers,
-            "--simulate-gpus",
-            "H100:8",
-            "--label",
-            &format!("rack=r{i}"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
+    let child = spawn_agent(
+        &data_dir,
+        controllers,
+        &["--label", &format!("rack=r{i}")],
+        Some(&dir.join(format!("agent-{i}.log"))),
+    )?;
     Ok(Agent {
         data_dir,
         child: Some(child),
@@ -82,7 +72,7 @@ async fn agents_fail_and_return_and_survive_leader_loss() -> anyhow::Result<()> 
     let dir = tempfile::tempdir()?;
     let controllers = cluster.addrs();
     let mut agents: Vec<Agent> = (0..3)
-        .map(|i| spawn_agent(dir.path(), i, &controllers))
+        .map(|i| start_agent(dir.path(), i, &controllers))
         .collect::<anyhow::Result<_>>()?;
     let result = async {
         let ids: Vec<String> = wait_for(
@@ -115,7 +105,7 @@ async fn agents_fail_and_return_and_survive_leader_loss() -> anyhow::Result<()> 
 
         // Restart it with the same data dir: same node, ready again.
         let restarted = Instant::now();
-        agents[0] = spawn_agent(dir.path(), 0, &controllers)?;
+        agents[0] = start_agent(dir.path(), 0, &controllers)?;
         wait_for("agent 0 ready", Duration::from_secs(15), || async {
             (health(&cluster).await?.get(&ids[0]).map(String::as_str) == Some("ready"))
                 .then_some(())

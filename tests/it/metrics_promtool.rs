@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use steward_tests::{free_port, http_get, steward_bin, wait_for, ProcCluster};
+use steward_tests::{free_port, http_get, spawn_agent, wait_for, ProcCluster};
 
 /// Runs promtool on `text`: (exit code, report); `None` when promtool is not installed.
 /// promtool 2.42 exits 1 on a parse error and 3 on lint findings.
@@ -64,21 +64,12 @@ async fn agent_and_controller_metrics_pass_promtool() -> anyhow::Result<()> {
     cluster.wait_leader(Duration::from_secs(20)).await?;
     let dir = tempfile::tempdir()?;
     let metrics = format!("127.0.0.1:{}", free_port());
-    let mut agent = Command::new(steward_bin())
-        .args(["agent", "--data-dir"])
-        .arg(dir.path())
-        .args([
-            "--controllers",
-            &cluster.addrs(),
-            "--simulate-gpus",
-            "H100:8",
-            "--metrics-addr",
-            &metrics,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut agent = spawn_agent(
+        dir.path(),
+        &cluster.addrs(),
+        &["--metrics-addr", &metrics],
+        None,
+    )?;
     let result = async {
         let text = wait_for("agent metrics", Duration::from_secs(15), || async {
             http_get(&metrics, "/metrics")

@@ -41,6 +41,34 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// Starts `steward agent` with 8 simulated H100s, its data in `data_dir`, reporting to
+/// `controllers`, plus `extra` flags; output goes to `log` (or nowhere).
+pub fn spawn_agent(
+    data_dir: &Path,
+    controllers: &str,
+    extra: &[&str],
+    log: Option<&Path>,
+) -> anyhow::Result<Child> {
+    let (out, err) = match log {
+        Some(path) => {
+            let f = File::create(path)?;
+            (Stdio::from(f.try_clone()?), Stdio::from(f))
+        }
+        None => (Stdio::null(), Stdio::null()),
+    };
+    Command::new(steward_bin())
+        .args(["agent", "--data-dir"])
+        .arg(data_dir)
+        .args(["--controllers", controllers, "--simulate-gpus", "H100:8"])
+        .args(extra)
+        .env_remove("STEWARD_SIMULATE_GPUS")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .context("spawning steward agent")
+}
+
 /// `GET http://addr/path` over plain HTTP/1.1; the body, if the status is 200.
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
     use std::io::{Read, Write};

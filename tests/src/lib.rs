@@ -8,4 +8,4 @@
 
 pub mod cluster;
 
-pub use cluster::{free_port, http_get, steward_bin, wait_for, ProcCluster};
+pub use cluster::{free_port, http_get, spawn_agent, steward_bin, wait_for, ProcCluster};

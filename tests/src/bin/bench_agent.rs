@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use steward_proto::v1::agent_control_client::AgentControlClient;
 use steward_proto::v1::{HeartbeatRequest, RegisterNodeRequest};
-use steward_tests::{steward_bin, ProcCluster};
+use steward_tests::{spawn_agent, ProcCluster};
 use tonic::transport::Endpoint;
 
 const AGENT_WINDOW: Duration = Duration::from_secs(20);
@@ -41,18 +41,7 @@ async fn main() -> anyhow::Result<()> {
     let cluster = ProcCluster::start(3, "")?;
     let (leader, _) = cluster.wait_leader(Duration::from_secs(30)).await?;
     let dir = tempfile::tempdir()?;
-    let mut agent = std::process::Command::new(steward_bin())
-        .args(["agent", "--data-dir"])
-        .arg(dir.path())
-        .args([
-            "--controllers",
-            &cluster.addrs(),
-            "--simulate-gpus",
-            "H100:8",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
+    let mut agent = spawn_agent(dir.path(), &cluster.addrs(), &[], None)?;
     let pid = agent.id();
     tokio::time::sleep(Duration::from_secs(2)).await; // start-up excluded from the window
     let ticks_hz = 100.0; // USER_HZ on Linux
