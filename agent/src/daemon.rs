@@ -1,18 +1,24 @@
-//! The long-running agent: a persistent node id, registration of the machine's inventory,
-//! and a heartbeat to the leader every interval. It finds the leader through any
-//! controller's `LeaderHint`, follows it when leadership moves, and backs off (bounded)
-//! while no controller answers.
+//! The long-running agent: a persistent node id; the static inventory, registered through
+//! the leader when it changes; the telemetry threads; the agent API and `/metrics`; and a
+//! heartbeat to the leader every interval carrying the latest telemetry summary. It finds
+//! the leader through any controller's `LeaderHint`, follows it when leadership moves, and
+//! backs off (bounded) while no controller answers.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use steward_proto::v1::agent_control_client::AgentControlClient;
 use steward_proto::v1::{HeartbeatRequest, LeaderHintRequest, RegisterNodeRequest};
 use steward_proto::MAX_API_MESSAGE_BYTES;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::hardware::{self, GpuProbe};
+pub use crate::config::AgentConfig;
+use crate::hardware::{self, GpuProbe, Inventory};
+use crate::metrics::AgentStats;
+use crate::telemetry::{SamplerConfig, Telemetry};
 
 /// Connect timeout to a controller.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -20,17 +26,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest pause between attempts while no leader answers.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-#[derive(Debug, Clone)]
-pub struct AgentConfig {
-    pub data_dir: PathBuf,
-    /// Controllers' API addresses; any one is enough to find the leader.
-    pub controllers: Vec<String>,
-    pub labels: BTreeMap<String, String>,
-    pub heartbeat_interval: Duration,
-    /// Prometheus `/metrics` listen address (none: no endpoint).
-    pub metrics_addr: Option<std::net::SocketAddr>,
-}
+/// How often the static inventory is read again (a GPU gone, MIG reconfigured).
+pub const INVENTORY_REFRESH: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -50,8 +47,35 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot listen on agent API address {addr}: {source}")]
+    Api {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("inventory: {0}")]
     Inventory(#[from] serde_json::Error),
+    #[error("cannot start the telemetry threads: {0}")]
+    Telemetry(#[source] std::io::Error),
+    #[error("inventory task failed: {0}")]
+    Task(String),
+}
+
+/// Reads the inventory off the runtime (NVML calls block).
+async fn read_inventory(
+    probe: Arc<dyn GpuProbe>,
+    config: &AgentConfig,
+) -> Result<(Inventory, Vec<u8>, String), AgentError> {
+    let data_dir = config.data_dir.clone();
+    let mut inventory = tokio::task::spawn_blocking(move || {
+        hardware::inventory(Path::new("/"), probe.as_ref(), Some(&data_dir))
+    })
+    .await
+    .map_err(|e| AgentError::Task(e.to_string()))??;
+    inventory.agent.api_addr = Some(config.advertise_addr.clone());
+    let json = serde_json::to_vec(&inventory)?;
+    let digest = blake3::hash(&json).to_hex().to_string();
+    Ok((inventory, json, digest))
 }
 
 /// This machine's node id, made once and kept in the data dir.
@@ -126,33 +150,59 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let id = node_id(&config.data_dir)?;
-    let probe: std::sync::Arc<dyn GpuProbe> = std::sync::Arc::from(probe);
-    let inventory = hardware::inventory(std::path::Path::new("/"), probe.as_ref())?;
+    let probe: Arc<dyn GpuProbe> = Arc::from(probe);
+    let (inventory, inventory_json, mut digest) = read_inventory(probe.clone(), &config).await?;
     let hostname = inventory
         .host
         .hostname
         .clone()
         .unwrap_or_else(|| id.clone());
-    // The metrics server stops when this sender is dropped, i.e. when `run` returns.
-    let (_metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let telemetry = Arc::new(
+        Telemetry::start(
+            probe.clone(),
+            inventory.gpus.clone(),
+            SamplerConfig {
+                root: "/".into(),
+                data_dir: Some(config.data_dir.clone()),
+                interval: config.telemetry_interval,
+            },
+        )
+        .map_err(AgentError::Telemetry)?,
+    );
+    let stats = Arc::new(AgentStats::default());
+    // Servers stop when `run` returns (the guard cancels the token).
+    let stop = CancellationToken::new();
+    let _stop_guard = stop.clone().drop_guard();
+    let api = tokio::net::TcpListener::bind(config.api_addr)
+        .await
+        .map_err(|source| AgentError::Api {
+            addr: config.api_addr,
+            source,
+        })?;
+    tokio::spawn(crate::api::serve(
+        api,
+        telemetry.clone(),
+        stop.clone().cancelled_owned(),
+    ));
     if let Some(addr) = config.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| AgentError::Metrics { addr, source })?;
-        let stopped = async move {
-            let _ = metrics_stopped.await;
-        };
         tokio::spawn(crate::metrics::serve(
             listener,
-            probe.clone(),
+            telemetry.clone(),
             hostname.clone(),
-            stopped,
+            stats.clone(),
+            stop.clone().cancelled_owned(),
         ));
     }
-    let inventory_json = serde_json::to_vec(&inventory)?;
-    let digest = blake3::hash(&inventory_json).to_hex().to_string();
-    tracing::info!(node = %id, gpus = inventory.gpus.len(), "agent started");
-    let register = RegisterNodeRequest {
+    tracing::info!(
+        node = %id,
+        gpus = inventory.gpus.len(),
+        api = %config.advertise_addr,
+        "agent started"
+    );
+    let mut register = RegisterNodeRequest {
         node_id: id.clone(),
         hostname,
         labels: config.labels.clone().into_iter().collect(),
@@ -166,17 +216,34 @@ pub async fn run(
     let mut seq = 0u64;
     let mut ticker = tokio::time::interval(config.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refresh = tokio::time::interval(INVENTORY_REFRESH);
+    refresh.reset();
     loop {
         tokio::select! {
             _ = &mut shutdown => {
                 tracing::info!(node = %id, "agent stopping");
                 return Ok(());
             }
+            _ = refresh.tick() => {
+                match read_inventory(probe.clone(), &config).await {
+                    Ok((_, json, d)) if d != digest => {
+                        tracing::info!(node = %id, "inventory changed; registering again");
+                        digest = d;
+                        register.inventory_json = json;
+                        register.inventory_digest = digest.clone();
+                        registered = false;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "reading the inventory again failed"),
+                }
+                continue;
+            }
             _ = ticker.tick() => {}
         }
         if leader.is_none() {
             leader = find_leader(&config.controllers).await;
             if leader.is_none() {
+                stats.heartbeat_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("no leader found; backing off {backoff:?}");
                 tokio::select! {
                     _ = &mut shutdown => return Ok(()),
@@ -191,6 +258,7 @@ pub async fn run(
             match c.register_node(register.clone()).await {
                 Ok(r) => {
                     registered = true;
+                    stats.registrations.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(node = %id, revision = r.into_inner().revision, "registered");
                 }
                 Err(status) => {
@@ -205,15 +273,18 @@ pub async fn run(
             node_id: id.clone(),
             seq,
             inventory_digest: digest.clone(),
+            telemetry: Some(telemetry.latest().to_proto()),
         };
         match c.heartbeat(hb).await {
             Ok(reply) => {
                 backoff = Duration::from_millis(100);
+                stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
                 if reply.into_inner().register_again {
                     registered = false;
                 }
             }
             Err(status) => {
+                stats.heartbeat_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%status, "heartbeat failed; looking for the leader again");
                 leader = None;
             }

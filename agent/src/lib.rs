@@ -1,13 +1,17 @@
 //! steward-agent: the per-machine agent.
 //!
-//! This slice holds the hardware inventory: host facts from procfs/sysfs (`hardware::host`)
-//! and GPUs through a narrow [`hardware::GpuProbe`] trait, with NVML (nvml-wrapper) for real
-//! GPUs and simulated GPUs for development and tests; and the daemon (`daemon`): persistent
-//! node id, registration and heartbeats to the leader. Telemetry streaming, fault injection
-//! and metrics come with the rest of the agent issue.
+//! - `hardware`: the static inventory. Host facts come from procfs/sysfs (`hardware::host`),
+//!   and GPUs come through the narrow [`hardware::GpuProbe`] trait: NVML (`hardware::nvml`)
+//!   for real GPUs, or simulated ones (`hardware::simulated`) with load and fault injection.
+//! - `telemetry`: the sampler thread, the GPU event thread, the event log, and GPU health.
+//! - `daemon`: node id, registration, heartbeats carrying telemetry summaries.
+//! - `api`: the agent's own gRPC API. `metrics`: Prometheus `/metrics`. `config`: settings.
 //!
 //! Must not depend on: steward-controller, rocksdb. NVML appears only in `hardware::nvml`.
 
+pub mod api;
+pub mod config;
 pub mod daemon;
 pub mod hardware;
 pub mod metrics;
+pub mod telemetry;

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use openraft::ServerState;
-use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -20,15 +19,20 @@ struct StateLabel {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthLabel {
+    health: String,
+}
+
 fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
     let g: Gauge = Gauge::default();
     g.set(v);
     reg.register(name, help, g);
 }
 
-/// The exposition text (OpenMetrics, which `promtool check metrics` accepts for gauges
-/// and histograms).
-pub fn render(ctx: &ApiContext) -> String {
+/// The exposition text: OpenMetrics, or the classic text format 0.0.4 (what
+/// `promtool check metrics` reads).
+pub fn render(ctx: &ApiContext, openmetrics: bool) -> String {
     let mut reg = Registry::default();
     let m = ctx.raft.metrics().borrow().clone();
     gauge(
@@ -79,6 +83,31 @@ pub fn render(ctx: &ApiContext) -> String {
             }
         }
     }
+    // GPUs by the health their agents last reported (leader only: telemetry rides on
+    // heartbeats).
+    let gpus: Family<HealthLabel, Gauge> = Family::default();
+    if m.state == ServerState::Leader {
+        for id in applied.state.nodes.keys() {
+            if let Some(t) = ctx.liveness.telemetry(id) {
+                for g in &t.gpus {
+                    gpus.get_or_create(&HealthLabel {
+                        health: g.health.clone(),
+                    })
+                    .inc();
+                }
+            }
+        }
+        for health in ["healthy", "degraded", "failed"] {
+            let _ = gpus.get_or_create(&HealthLabel {
+                health: health.into(),
+            });
+        }
+        reg.register(
+            "steward_gpus",
+            "GPUs by the health their agents report (leader only)",
+            gpus,
+        );
+    }
     drop(applied);
     reg.register(
         "steward_liveness_heartbeat_age_seconds",
@@ -86,7 +115,12 @@ pub fn render(ctx: &ApiContext) -> String {
         ages,
     );
     let mut out = String::new();
-    if encode(&mut out, &reg).is_err() {
+    let result = if openmetrics {
+        prometheus_client::encoding::text::encode(&mut out, &reg)
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &reg)
+    };
+    if result.is_err() {
         tracing::warn!("metrics encoding failed");
     }
     out
@@ -101,15 +135,18 @@ pub async fn serve(
     use axum::routing::get;
     let app = axum::Router::new().route(
         "/metrics",
-        get(move || {
+        get(move |headers: axum::http::HeaderMap| {
             let ctx = ctx.clone();
             async move {
+                let om = steward_core::exposition::wants_openmetrics(
+                    headers
+                        .get_all(axum::http::header::ACCEPT)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok()),
+                );
                 (
-                    [(
-                        "content-type",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    render(&ctx),
+                    [("content-type", steward_core::exposition::content_type(om))],
+                    render(&ctx, om),
                 )
             }
         }),

@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod exposition;
 pub mod job;
 pub mod kv;
 pub mod liveness;

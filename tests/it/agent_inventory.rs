@@ -1,5 +1,6 @@
-//! `steward agent --print-inventory`: one JSON document with host facts and GPUs; the
-//! NVML-absent path lists no GPUs; simulated GPUs are listed with their facts.
+//! `steward agent --print-inventory`: one JSON document with host facts, GPUs and one
+//! telemetry reading; the NVML-absent path lists no GPUs; simulated GPUs are listed with
+//! their facts.
 
 use std::process::Command;
 
@@ -28,7 +29,15 @@ fn prints_host_and_simulated_gpus() {
     assert_eq!(gpus.len(), 8);
     assert_eq!(gpus[0]["name"], "NVIDIA H100 80GB HBM3");
     assert_eq!(gpus[0]["memory_total_mib"], 81559);
-    assert_eq!(inv["gpu_samples"].as_array().map(Vec::len), Some(8));
+    assert_eq!(gpus[0]["nvlink_peers"].as_array().map(Vec::len), Some(7));
+    assert_eq!(gpus[7]["numa_node"], 1);
+    assert!(gpus[0]["mig_instances"].is_null(), "MIG off: no instances");
+    // One telemetry reading rides along: host counters and every GPU with its health.
+    let t = &inv["telemetry"];
+    assert_eq!(t["gpus"].as_array().map(Vec::len), Some(8));
+    assert_eq!(t["gpus"][0]["health"]["status"], "healthy");
+    assert!(t["gpus"][0]["sample"]["temperature_c"].as_u64().is_some());
+    assert!(!t["host"]["cpus"].as_array().expect("cpus").is_empty());
 }
 
 #[test]
@@ -47,6 +56,8 @@ fn without_nvml_no_gpus_and_one_info_line() {
     assert!(out.status.success());
     let inv: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(inv["gpus"].as_array().map(Vec::len), Some(0));
+    assert_eq!(inv["telemetry"]["gpus"].as_array().map(Vec::len), Some(0));
+    assert!(inv["gpu_driver"].is_null());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         err.lines().filter(|l| l.contains("no NVIDIA GPUs")).count(),

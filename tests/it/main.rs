@@ -2,6 +2,7 @@
 
 mod common;
 
+mod agent_gpu_faults;
 mod agent_inventory;
 mod agent_liveness;
 mod cli_operator;

@@ -42,7 +42,8 @@ pub fn free_port() -> u16 {
 }
 
 /// Starts `steward agent` with 8 simulated H100s, its data in `data_dir`, reporting to
-/// `controllers`, plus `extra` flags; output goes to `log` (or nowhere).
+/// `controllers`, plus `extra` flags; output goes to `log` (or nowhere). Its API listens on
+/// a free loopback port unless `extra` names `--api-addr`.
 pub fn spawn_agent(
     data_dir: &Path,
     controllers: &str,
@@ -56,11 +57,17 @@ pub fn spawn_agent(
         }
         None => (Stdio::null(), Stdio::null()),
     };
-    Command::new(steward_bin())
-        .args(["agent", "--data-dir"])
-        .arg(data_dir)
-        .args(["--controllers", controllers, "--simulate-gpus", "H100:8"])
-        .args(extra)
+    let mut cmd = Command::new(steward_bin());
+    cmd.args(["agent", "--data-dir"]).arg(data_dir).args([
+        "--controllers",
+        controllers,
+        "--simulate-gpus",
+        "H100:8",
+    ]);
+    if !extra.contains(&"--api-addr") {
+        cmd.args(["--api-addr", &format!("127.0.0.1:{}", free_port())]);
+    }
+    cmd.args(extra)
         .env_remove("STEWARD_SIMULATE_GPUS")
         .stdin(Stdio::null())
         .stdout(out)

@@ -13,9 +13,98 @@ pub struct HostInventory {
     pub kernel: Option<String>,
     pub cpu: CpuInfo,
     pub memory_total_bytes: Option<u64>,
-    pub memory_available_bytes: Option<u64>,
     pub disks: Vec<DiskInfo>,
     pub nics: Vec<NicInfo>,
+    /// The filesystem holding the agent's data dir (where chunks will live).
+    pub data_dir_filesystem: Option<FilesystemInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FilesystemInfo {
+    pub mountpoint: String,
+    pub device: String,
+    pub fstype: String,
+    /// Capacity, from statvfs; `None` when the mount cannot be stat'ed.
+    pub size_bytes: Option<u64>,
+}
+
+/// One line of `/proc/self/mounts`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mount {
+    pub device: String,
+    pub mountpoint: String,
+    pub fstype: String,
+}
+
+/// Parses `/proc/self/mounts` (octal escapes such as `\040` for a space are decoded).
+pub fn parse_mounts(text: &str) -> Vec<Mount> {
+    let unescape = |s: &str| {
+        let mut out = String::new();
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                let code: String = chars.by_ref().take(3).collect();
+                match u8::from_str_radix(&code, 8) {
+                    Ok(b) => out.push(b as char),
+                    Err(_) => {
+                        out.push('\\');
+                        out.push_str(&code);
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some(Mount {
+                device: unescape(f.next()?),
+                mountpoint: unescape(f.next()?),
+                fstype: f.next()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The mount holding `path` (the longest mountpoint that is a prefix of it).
+pub fn mount_of<'a>(mounts: &'a [Mount], path: &Path) -> Option<&'a Mount> {
+    mounts
+        .iter()
+        .filter(|m| path.starts_with(&m.mountpoint))
+        .max_by_key(|m| m.mountpoint.len())
+}
+
+/// Size and free space of the filesystem holding `path`: (size, available to
+/// unprivileged users, free), in bytes.
+pub fn statvfs_bytes(path: &Path) -> Option<(u64, u64, u64)> {
+    let s = nix::sys::statvfs::statvfs(path).ok()?;
+    let unit = s.fragment_size() as u64;
+    Some((
+        s.blocks() as u64 * unit,
+        s.blocks_available() as u64 * unit,
+        s.blocks_free() as u64 * unit,
+    ))
+}
+
+/// NUMA node and local CPU list of a PCI device, from sysfs. `bus_id` may be NVML's
+/// 8-digit-domain spelling (`00000000:18:00.0`) or sysfs's (`0000:18:00.0`).
+pub fn pci_affinity(root: &Path, bus_id: &str) -> (Option<u32>, Option<String>) {
+    let sysfs_id = match bus_id.split_once(':') {
+        Some((domain, rest)) if domain.len() > 4 => {
+            format!("{}:{rest}", &domain[domain.len() - 4..])
+        }
+        _ => bus_id.to_string(),
+    }
+    .to_ascii_lowercase();
+    let base = format!("sys/bus/pci/devices/{sysfs_id}");
+    let numa = read(root, &format!("{base}/numa_node"))
+        .and_then(|s| s.parse::<i64>().ok())
+        .filter(|n| *n >= 0)
+        .map(|n| n as u32);
+    (numa, read(root, &format!("{base}/local_cpulist")))
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -65,8 +154,9 @@ fn list(root: &Path, rel: &str) -> Vec<String> {
     names
 }
 
-/// Reads everything under `root`.
-pub fn probe(root: &Path) -> HostInventory {
+/// Reads everything under `root`; `data_dir`, when given, names the directory whose
+/// filesystem is reported.
+pub fn probe(root: &Path, data_dir: Option<&Path>) -> HostInventory {
     let meminfo = read(root, "proc/meminfo").unwrap_or_default();
     let mem_kib = |key: &str| {
         meminfo.lines().find_map(|l| {
@@ -89,10 +179,24 @@ pub fn probe(root: &Path) -> HostInventory {
         kernel: read(root, "proc/sys/kernel/osrelease"),
         cpu: cpu(root),
         memory_total_bytes: mem_kib("MemTotal"),
-        memory_available_bytes: mem_kib("MemAvailable"),
         disks: disks(root),
         nics: nics(root),
+        data_dir_filesystem: data_dir.and_then(|d| data_dir_filesystem(root, d)),
     }
+}
+
+fn data_dir_filesystem(root: &Path, data_dir: &Path) -> Option<FilesystemInfo> {
+    let mounts = parse_mounts(&read(root, "proc/self/mounts")?);
+    let path = data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.to_path_buf());
+    let m = mount_of(&mounts, &path)?;
+    Some(FilesystemInfo {
+        mountpoint: m.mountpoint.clone(),
+        device: m.device.clone(),
+        fstype: m.fstype.clone(),
+        size_bytes: statvfs_bytes(&path).map(|(size, _, _)| size),
+    })
 }
 
 fn cpu(root: &Path) -> CpuInfo {
@@ -245,8 +349,21 @@ mod tests {
         write(r, "sys/class/net/eth1/speed", "-1");
         write(r, "sys/class/net/eth1/operstate", "down");
         write(r, "sys/class/net/lo/mtu", "65536");
+        write(
+            r,
+            "proc/self/mounts",
+            "proc /proc proc rw 0 0\n/dev/nvme0n1p2 / ext4 rw,relatime 0 0\n/dev/md0 /var/lib/steward\\040data xfs rw 0 0\n",
+        );
+        write(r, "sys/bus/pci/devices/0000:18:00.0/numa_node", "1");
+        write(
+            r,
+            "sys/bus/pci/devices/0000:18:00.0/local_cpulist",
+            "48-95,144-191",
+        );
+        write(r, "sys/bus/pci/devices/0000:2a:00.0/numa_node", "-1");
 
-        let h = probe(r);
+        let data_dir = tempfile::tempdir().expect("data dir");
+        let h = probe(r, Some(data_dir.path()));
         assert_eq!(h.hostname.as_deref(), Some("gpu-node-17"));
         assert_eq!(h.os.as_deref(), Some("Debian GNU/Linux 12 (bookworm)"));
         assert_eq!(
@@ -278,18 +395,51 @@ mod tests {
         assert_eq!(h.nics.len(), 2, "lo is skipped");
         assert_eq!(h.nics[0].speed_mbps, Some(100_000));
         assert_eq!(h.nics[1].speed_mbps, None, "a down link has no speed");
+        let fs = h.data_dir_filesystem.expect("the data dir's filesystem");
+        assert_eq!(
+            (
+                fs.mountpoint.as_str(),
+                fs.device.as_str(),
+                fs.fstype.as_str()
+            ),
+            ("/", "/dev/nvme0n1p2", "ext4"),
+            "a temp dir lies under / in the fixture's mount table"
+        );
+        assert!(
+            fs.size_bytes.unwrap_or(0) > 0,
+            "statvfs of the real directory"
+        );
+        let mounts = parse_mounts(&read(r, "proc/self/mounts").expect("mounts"));
+        assert_eq!(
+            mounts[2].mountpoint, "/var/lib/steward data",
+            "octal escapes"
+        );
+        assert_eq!(
+            mount_of(&mounts, Path::new("/var/lib/steward data/chunks")).map(|m| m.fstype.as_str()),
+            Some("xfs")
+        );
+        assert_eq!(
+            pci_affinity(r, "00000000:18:00.0"),
+            (Some(1), Some("48-95,144-191".to_string())),
+            "NVML's 8-digit domain maps to sysfs's 4"
+        );
+        assert_eq!(
+            pci_affinity(r, "0000:2A:00.0"),
+            (None, None),
+            "-1: no NUMA node"
+        );
     }
 
     #[test]
     fn empty_root_gives_empty_facts_not_errors() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let h = probe(dir.path());
+        let h = probe(dir.path(), Some(dir.path()));
         assert_eq!(h, HostInventory::default());
     }
 
     #[test]
     fn this_machine_has_a_cpu() {
-        let h = probe(Path::new("/"));
+        let h = probe(Path::new("/"), Some(Path::new("/")));
         assert!(h.cpu.threads >= 1 && h.memory_total_bytes.unwrap_or(0) > 0);
     }
 }

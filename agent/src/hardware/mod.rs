@@ -1,15 +1,22 @@
 //! Hardware inventory behind narrow seams: host facts read from a root directory (the real
 //! `/`, or a fixture tree in tests) and GPUs through [`GpuProbe`].
+//!
+//! The inventory holds *static* facts only (what the machine has), so that its digest changes
+//! only when the hardware does and the agent re-registers through Raft only then. Readings
+//! that move (utilisation, temperature, free space) are telemetry (`crate::telemetry`).
 
 pub mod host;
 pub mod nvml;
 pub mod simulated;
 
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 
 pub use host::HostInventory;
+
+use crate::telemetry::events::GpuEventLog;
 
 /// Static facts of one GPU. Fields the GPU does not support are `None`, not errors.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -19,6 +26,7 @@ pub struct GpuInfo {
     pub name: String,
     pub serial: Option<String>,
     pub vbios: Option<String>,
+    /// NVML's spelling: `00000000:18:00.0`.
     pub pci_bus_id: Option<String>,
     pub pcie_gen: Option<u32>,
     pub pcie_width: Option<u32>,
@@ -26,12 +34,33 @@ pub struct GpuInfo {
     pub power_limit_w: Option<f64>,
     pub ecc_enabled: Option<bool>,
     pub mig_enabled: Option<bool>,
+    /// MIG instances, when MIG is on.
+    pub mig_instances: Option<Vec<MigInstance>>,
     pub compute_capability: Option<String>,
+    /// Temperature at which the GPU starts to slow itself down.
+    pub slowdown_temp_c: Option<u32>,
+    pub shutdown_temp_c: Option<u32>,
+    /// NUMA node of the GPU's PCI device (sysfs).
+    pub numa_node: Option<u32>,
+    /// CPUs close to the GPU, as a Linux cpulist ("0-47,96-143").
+    pub cpu_affinity: Option<String>,
+    /// PCI bus ids at the far end of each active NVLink; `None` where NVLink is not
+    /// supported, empty where it is but no link is up.
+    pub nvlink_peers: Option<Vec<String>>,
     pub simulated: bool,
 }
 
-/// One telemetry reading of one GPU.
+/// One MIG instance of a GPU.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MigInstance {
+    pub index: u32,
+    pub uuid: Option<String>,
+    pub name: Option<String>,
+    pub memory_total_mib: Option<u64>,
+}
+
+/// One telemetry reading of one GPU. A field the GPU does not support is `None`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct GpuSample {
     pub index: u32,
     pub sm_util_pct: Option<u32>,
@@ -39,9 +68,33 @@ pub struct GpuSample {
     pub memory_used_mib: Option<u64>,
     pub temperature_c: Option<u32>,
     pub power_w: Option<f64>,
+    /// Energy since the driver loaded, in millijoules.
     pub energy_mj: Option<u64>,
     pub sm_clock_mhz: Option<u32>,
     pub mem_clock_mhz: Option<u32>,
+    /// Why the clocks are held down ("sw_power_cap", "hw_thermal_slowdown", ...); empty
+    /// when they are not, `None` when unknown.
+    pub throttle_reasons: Option<Vec<String>>,
+    /// Raw NVML clock-throttle bitmask (dcgm-exporter's DCGM_FI_DEV_CLOCK_THROTTLE_REASONS).
+    pub throttle_mask: Option<u64>,
+    pub ecc_sbe_volatile: Option<u64>,
+    pub ecc_dbe_volatile: Option<u64>,
+    pub ecc_sbe_aggregate: Option<u64>,
+    pub ecc_dbe_aggregate: Option<u64>,
+    pub pcie_replay: Option<u64>,
+    /// NVML answers "GPU lost" for this device: it has fallen off the bus.
+    pub lost: bool,
+}
+
+impl GpuSample {
+    /// The reading of a GPU that has fallen off the bus: nothing but the fact.
+    pub fn lost(index: u32) -> Self {
+        GpuSample {
+            index,
+            lost: true,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,11 +106,26 @@ pub enum ProbeError {
 }
 
 /// Where GPU facts come from: NVML, a simulation, or nothing.
+///
+/// Every method may block (NVML calls are synchronous): callers on the async runtime use
+/// `spawn_blocking` or a thread of their own.
 pub trait GpuProbe: Send + Sync {
     /// Driver version, when there is a driver.
     fn driver_version(&self) -> Option<String>;
     fn gpus(&self) -> Result<Vec<GpuInfo>, ProbeError>;
     fn sample(&self, index: u32) -> Result<GpuSample, ProbeError>;
+    /// Delivers XID and ECC events to `sink` until `stop` is set. Blocks: it runs on a
+    /// dedicated thread, and returns within about a second of `stop`.
+    fn watch_events(&self, sink: &GpuEventLog, stop: &AtomicBool) {
+        let _ = sink;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
+    /// The controls of simulated GPUs (load, fault injection); `None` for real ones.
+    fn simulation(&self) -> Option<&simulated::SimulatedGpus> {
+        None
+    }
 }
 
 /// A machine without GPUs (or without the NVIDIA driver).
@@ -78,29 +146,49 @@ impl GpuProbe for NoGpus {
     }
 }
 
-/// The whole inventory of a machine.
+/// Facts about the agent itself that the cluster needs: where to reach it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct AgentFacts {
+    pub version: String,
+    /// Address of the agent's own API (telemetry, fault injection), as others reach it.
+    pub api_addr: Option<String>,
+    pub data_dir: Option<String>,
+}
+
+/// The whole static inventory of a machine.
 #[derive(Debug, Clone, Serialize)]
 pub struct Inventory {
+    pub agent: AgentFacts,
     pub host: HostInventory,
     pub gpu_driver: Option<String>,
     pub gpus: Vec<GpuInfo>,
-    /// One telemetry sample per GPU, taken with the inventory.
-    pub gpu_samples: Vec<GpuSample>,
 }
 
-/// Reads the host under `root` and the GPUs through `gpus`.
-pub fn inventory(root: &Path, gpus: &dyn GpuProbe) -> Result<Inventory, ProbeError> {
-    let host = host::probe(root);
-    let list = gpus.gpus()?;
-    let gpu_samples = list
-        .iter()
-        .filter_map(|g| gpus.sample(g.index).ok())
-        .collect();
+/// Reads the host under `root` and the GPUs through `gpus`; `data_dir` is the agent's data
+/// directory, whose filesystem is reported.
+pub fn inventory(
+    root: &Path,
+    gpus: &dyn GpuProbe,
+    data_dir: Option<&Path>,
+) -> Result<Inventory, ProbeError> {
+    let host = host::probe(root, data_dir);
+    let mut list = gpus.gpus()?;
+    for g in &mut list {
+        if let Some(bus) = &g.pci_bus_id {
+            let (numa, cpus) = host::pci_affinity(root, bus);
+            g.numa_node = g.numa_node.or(numa);
+            g.cpu_affinity = g.cpu_affinity.take().or(cpus);
+        }
+    }
     Ok(Inventory {
+        agent: AgentFacts {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            api_addr: None,
+            data_dir: data_dir.map(|d| d.display().to_string()),
+        },
         host,
         gpu_driver: gpus.driver_version(),
         gpus: list,
-        gpu_samples,
     })
 }
 

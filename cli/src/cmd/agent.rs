@@ -1,47 +1,100 @@
-//! `steward agent`: the per-machine agent (registration and heartbeats to the leader), or
-//! `--print-inventory` for a one-shot look at the hardware.
+//! `steward agent`: the per-machine agent (inventory, telemetry, registration, heartbeats,
+//! its own API and `/metrics`), or `--print-inventory` for a one-shot look at the hardware.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use steward_agent::daemon::{self, AgentConfig};
+use anyhow::Context;
+use steward_agent::config::AgentConfigFile;
+use steward_agent::daemon;
 use steward_agent::hardware::{self, simulated::SimulatedGpus, GpuProbe};
+use steward_agent::telemetry::{SamplerConfig, Telemetry};
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Default)]
 pub struct AgentArgs {
-    /// Print this machine's hardware inventory (host, GPUs, one telemetry sample) as JSON and exit.
+    /// Print this machine's hardware inventory and one telemetry reading as JSON, and exit.
     #[arg(long)]
     pub print_inventory: bool,
+    /// TOML config file; flags and STEWARD_* variables override its keys.
+    #[arg(long, env = "STEWARD_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Where the agent keeps its node id.
     #[arg(long, env = "STEWARD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Controllers' API addresses, comma separated (any one is enough).
     #[arg(long, env = "STEWARD_CONTROLLERS")]
     pub controllers: Option<String>,
-    /// A label of this node, KEY=VALUE (repeatable).
-    #[arg(long = "label", value_name = "KEY=VALUE")]
+    /// Listen address of the agent API [default: 0.0.0.0:7800].
+    #[arg(long, env = "STEWARD_API_ADDR")]
+    pub api_addr: Option<SocketAddr>,
+    /// Address others reach the agent API at [default: the listen address, with this
+    /// machine's hostname when listening on all interfaces].
+    #[arg(long, env = "STEWARD_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// A label of this node, KEY=VALUE (repeatable; env: comma separated).
+    #[arg(
+        long = "label",
+        value_name = "KEY=VALUE",
+        env = "STEWARD_LABELS",
+        value_delimiter = ','
+    )]
     pub labels: Vec<String>,
-    /// Heartbeat period.
-    #[arg(long, env = "STEWARD_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub heartbeat_interval: Duration,
+    /// Heartbeat period [default: 1s].
+    #[arg(long, env = "STEWARD_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
+    /// Telemetry sampling period [default: the heartbeat period].
+    #[arg(long, env = "STEWARD_TELEMETRY_INTERVAL", value_parser = humantime::parse_duration)]
+    pub telemetry_interval: Option<Duration>,
     /// Prometheus /metrics listen address.
     #[arg(long, env = "STEWARD_METRICS_ADDR")]
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
     /// Simulate GPUs instead of reading NVML: "MODEL:COUNT", e.g. "H100:8".
     #[arg(long, env = "STEWARD_SIMULATE_GPUS")]
     pub simulate_gpus: Option<String>,
 }
 
-fn probe(args: &AgentArgs) -> anyhow::Result<Box<dyn GpuProbe>> {
-    Ok(match &args.simulate_gpus {
+impl AgentArgs {
+    /// File, then env and flags (clap already put env under flags).
+    fn layered(&self) -> anyhow::Result<AgentConfigFile> {
+        let mut file = match &self.config {
+            Some(path) => AgentConfigFile::load(path)?,
+            None => AgentConfigFile::default(),
+        };
+        if self.data_dir.is_some() {
+            file.data_dir = self.data_dir.clone();
+        }
+        if let Some(c) = &self.controllers {
+            file.controllers = Some(crate::client::parse_addrs(c).context(
+                "--controllers (or STEWARD_CONTROLLERS) lists the controllers' API addresses",
+            )?);
+        }
+        file.api_addr = self.api_addr.or(file.api_addr);
+        file.advertise_addr = self.advertise_addr.clone().or(file.advertise_addr);
+        file.metrics_addr = self.metrics_addr.or(file.metrics_addr);
+        file.heartbeat_interval = self.heartbeat_interval.or(file.heartbeat_interval);
+        file.telemetry_interval = self.telemetry_interval.or(file.telemetry_interval);
+        file.simulate_gpus = self.simulate_gpus.clone().or(file.simulate_gpus);
+        for l in self.labels.iter().filter(|l| !l.trim().is_empty()) {
+            let (k, v) = l
+                .split_once('=')
+                .with_context(|| format!("--label `{l}` is not KEY=VALUE"))?;
+            file.labels
+                .insert(k.trim().to_string(), v.trim().to_string());
+        }
+        Ok(file)
+    }
+}
+
+fn probe(simulate: Option<&str>, data_dir: Option<&Path>) -> anyhow::Result<Box<dyn GpuProbe>> {
+    Ok(match simulate {
         Some(spec) => {
-            let host = hardware::host::probe(std::path::Path::new("/"))
+            let host = hardware::host::probe(Path::new("/"), None)
                 .hostname
                 .unwrap_or_default();
-            let seed = match &args.data_dir {
+            let seed = match data_dir {
                 Some(d) => format!("{host}:{}", d.display()),
                 None => host,
             };
@@ -51,39 +104,40 @@ fn probe(args: &AgentArgs) -> anyhow::Result<Box<dyn GpuProbe>> {
     })
 }
 
+/// The inventory with one telemetry reading, as `--print-inventory` shows it.
+fn print_inventory(gpus: Box<dyn GpuProbe>, data_dir: Option<&Path>) -> anyhow::Result<()> {
+    let gpus: Arc<dyn GpuProbe> = Arc::from(gpus);
+    let inventory = hardware::inventory(Path::new("/"), gpus.as_ref(), data_dir)
+        .context("reading the inventory")?;
+    let telemetry = Telemetry::start(
+        gpus,
+        inventory.gpus.clone(),
+        SamplerConfig {
+            root: "/".into(),
+            data_dir: data_dir.map(Path::to_path_buf),
+            interval: steward_agent::telemetry::MAX_INTERVAL,
+        },
+    )
+    .context("starting the telemetry sampler")?;
+    let mut doc = serde_json::to_value(&inventory)?;
+    doc["telemetry"] = serde_json::to_value(&*telemetry.latest())?;
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}
+
 pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     crate::init_tracing("info");
-    let gpus = probe(&args)?;
+    let file = args.layered()?;
+    let gpus = probe(file.simulate_gpus.as_deref(), file.data_dir.as_deref())?;
     if args.print_inventory {
-        let inventory = hardware::inventory(std::path::Path::new("/"), gpus.as_ref())
-            .context("reading the inventory")?;
-        println!("{}", serde_json::to_string_pretty(&inventory)?);
+        let data_dir = file.data_dir.clone();
+        tokio::task::spawn_blocking(move || print_inventory(gpus, data_dir.as_deref())).await??;
         return Ok(ExitCode::SUCCESS);
     }
-    let Some(data_dir) = args.data_dir.clone() else {
-        bail!("--data-dir (or STEWARD_DATA_DIR) is required to run the agent");
-    };
-    let controllers = crate::client::parse_addrs(args.controllers.as_deref().unwrap_or(""))
-        .context("--controllers (or STEWARD_CONTROLLERS) lists the controllers' API addresses")?;
-    if args.heartbeat_interval < Duration::from_millis(50)
-        || args.heartbeat_interval > Duration::from_secs(60)
-    {
-        bail!("--heartbeat-interval must be between 50ms and 60s");
-    }
-    let mut labels = BTreeMap::new();
-    for l in &args.labels {
-        let (k, v) = l
-            .split_once('=')
-            .with_context(|| format!("--label `{l}` is not KEY=VALUE"))?;
-        labels.insert(k.trim().to_string(), v.trim().to_string());
-    }
-    let config = AgentConfig {
-        data_dir,
-        controllers,
-        labels,
-        heartbeat_interval: args.heartbeat_interval,
-        metrics_addr: args.metrics_addr,
-    };
+    let hostname = hardware::host::probe(Path::new("/"), None)
+        .hostname
+        .unwrap_or_else(|| "localhost".into());
+    let config = file.resolve(&hostname)?;
     crate::notify_systemd(sd_notify::NotifyState::Ready);
     daemon::run(config, gpus, async {
         if let Err(e) = super::controller::shutdown_signal().await {

@@ -15,13 +15,16 @@ const DEV_GPUS: &str = "H100:8";
 
 /// Offset from the first API port to the first Raft port.
 const RAFT_PORT_OFFSET: u16 = 10;
+/// Offset from the first API port to the first agent's API port.
+const AGENT_PORT_OFFSET: u16 = 20;
 
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
     /// Where the three controllers keep their data.
     #[arg(long, default_value = ".steward-dev")]
     pub data_dir: PathBuf,
-    /// First admin API port; the controllers use P, P+1, P+2 (Raft: P+10..P+12).
+    /// First admin API port; the controllers use P, P+1, P+2 (Raft: P+10..P+12), the
+    /// agents' APIs P+20..P+22.
     #[arg(long, default_value_t = 7700)]
     pub api_port: u16,
 }
@@ -29,8 +32,10 @@ pub struct DevArgs {
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     crate::init_tracing("warn,openraft=off");
     let p = args.api_port;
-    if p.checked_add(RAFT_PORT_OFFSET + 2).is_none() {
-        anyhow::bail!("--api-port {p} is too high: the dev cluster needs ports up to P+12");
+    if p.checked_add(AGENT_PORT_OFFSET + DEV_AGENTS as u16)
+        .is_none()
+    {
+        anyhow::bail!("--api-port {p} is too high: the dev cluster needs ports up to P+22");
     }
     let initial: Vec<String> = (0..3)
         .map(|i| format!("{}=127.0.0.1:{}", i + 1, p + RAFT_PORT_OFFSET + i))
@@ -59,11 +64,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         let data_dir = args.data_dir.join(format!("agent-{i}"));
         let gpus =
             SimulatedGpus::parse(DEV_GPUS, &format!("dev-agent-{i}:{}", data_dir.display()))?;
+        let api = format!("127.0.0.1:{}", p + AGENT_PORT_OFFSET + i as u16 - 1);
         let config = AgentConfig {
             data_dir,
             controllers: addrs.split(',').map(str::to_string).collect(),
             labels: [("dev".to_string(), format!("agent-{i}"))].into(),
             heartbeat_interval: std::time::Duration::from_secs(1),
+            telemetry_interval: std::time::Duration::from_secs(1),
+            api_addr: api.parse()?,
+            advertise_addr: api,
             metrics_addr: None,
         };
         let stop = agent_stop.clone();
@@ -79,7 +88,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         format!(" --addr {addrs}")
     };
     println!(
-        "steward dev cluster: 3 controllers, data in {}",
+        "steward dev cluster: 3 controllers and {DEV_AGENTS} agents ({DEV_GPUS} simulated GPUs each), data in {}",
         args.data_dir.display()
     );
     println!("admin API: {addrs}");
@@ -90,6 +99,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     println!("  steward kv get greeting{addr_flag} -o json");
     println!("  steward operator raft list-peers{addr_flag}");
     println!("  steward node list{addr_flag}");
+    println!("  steward node show NODE{addr_flag}");
+    println!("  steward node load NODE --gpu 0 --util 90{addr_flag}");
+    println!("  steward node fault NODE --gpu 1 xid 79{addr_flag}");
     println!();
     println!("Ctrl-C stops the cluster; running `steward dev` again resumes on the same data.");
 

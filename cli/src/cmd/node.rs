@@ -1,21 +1,74 @@
-//! `steward node`: the agents' machines as the cluster sees them.
+//! `steward node`: the agents' machines as the cluster sees them, and the controls of their
+//! simulated GPUs (load, faults), which go straight to the node's agent API.
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use serde_json::json;
-use steward_proto::v1::{ListNodesRequest, NodeEventsRequest, NodeSummary};
+use steward_proto::v1::agent_api_client::AgentApiClient;
+use steward_proto::v1::{
+    GpuFault, GpuTelemetry, InjectGpuFaultRequest, ListNodesRequest, NodeEventsRequest,
+    NodeSummary, NodeTelemetry, SetGpuLoadRequest,
+};
+use steward_proto::MAX_API_MESSAGE_BYTES;
 
-use crate::client::with_retry;
+use crate::client::{status_error, with_retry, CALL_TIMEOUT, CONNECT_TIMEOUT};
 use crate::output::{opt, print_json, table, Output};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum NodeCommand {
-    /// Every node: id, hostname, health, GPUs, last heartbeat age.
+    /// Every node: id, hostname, health, GPUs (with how many are unhealthy), last heartbeat age.
     List,
-    /// One node with its inventory.
+    /// One node: inventory, latest telemetry, GPU health and recent GPU events.
     Show { id: String },
     /// Health changes with their reasons, oldest first.
     Events { id: Option<String> },
+    /// Assign load to a node's simulated GPU; its telemetry follows (development, tests).
+    Load {
+        id: String,
+        /// GPU index, or "all".
+        #[arg(long)]
+        gpu: String,
+        /// Utilisation, 0-100.
+        #[arg(long)]
+        util: u32,
+        /// Memory in use; by default it follows the load.
+        #[arg(long)]
+        memory_mib: Option<u64>,
+        /// The agent's API address (default: from the node's registration).
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// Inject a fault into a node's simulated GPU (development, tests, chaos).
+    Fault {
+        id: String,
+        #[arg(long)]
+        gpu: u32,
+        /// What goes wrong.
+        #[arg(value_enum)]
+        fault: FaultKind,
+        /// The XID, for `xid`.
+        code: Option<u64>,
+        /// The agent's API address (default: from the node's registration).
+        #[arg(long)]
+        agent: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FaultKind {
+    /// The driver reports XID CODE.
+    Xid,
+    /// An uncorrectable ECC error (also XID 48).
+    EccDoubleBit,
+    /// A corrected ECC error.
+    EccSingleBit,
+    /// Cooling fails: 95 C with thermal slowdown.
+    OverTemperature,
+    /// The GPU disappears from the bus (also XID 79).
+    FellOffBus,
+    /// Repair: clear faults, volatile ECC counts and the GPU's events.
+    Clear,
 }
 
 fn node_json(n: &NodeSummary) -> serde_json::Value {
@@ -24,9 +77,226 @@ fn node_json(n: &NodeSummary) -> serde_json::Value {
         "hostname": n.hostname,
         "state": n.health,
         "labels": n.labels,
-        "gpus": n.gpus.iter().map(|g| json!({"uuid": g.uuid, "model": g.model})).collect::<Vec<_>>(),
+        "gpus": n.gpus.iter().map(|g| json!({"uuid": g.uuid, "model": g.model, "health": g.health})).collect::<Vec<_>>(),
         "last_heartbeat_age_ms": n.last_heartbeat_age_ms,
+        "agent_api_addr": n.agent_api_addr,
     })
+}
+
+fn gpu_json(g: &GpuTelemetry) -> serde_json::Value {
+    json!({
+        "index": g.index,
+        "uuid": g.uuid,
+        "health": g.health,
+        "health_reasons": g.health_reasons,
+        "sm_util_pct": g.sm_util_pct,
+        "mem_util_pct": g.mem_util_pct,
+        "memory_used_mib": g.memory_used_mib,
+        "temperature_c": g.temperature_c,
+        "power_w": g.power_w,
+        "energy_mj": g.energy_mj,
+        "sm_clock_mhz": g.sm_clock_mhz,
+        "mem_clock_mhz": g.mem_clock_mhz,
+        "throttle_reasons": g.throttle_reasons,
+        "ecc_sbe_volatile": g.ecc_sbe_volatile,
+        "ecc_dbe_volatile": g.ecc_dbe_volatile,
+        "ecc_sbe_aggregate": g.ecc_sbe_aggregate,
+        "ecc_dbe_aggregate": g.ecc_dbe_aggregate,
+        "pcie_replay": g.pcie_replay,
+        "last_xid": g.last_xid,
+        "xid_count": g.xid_count,
+        "lost": g.lost,
+    })
+}
+
+pub fn telemetry_json(t: &NodeTelemetry) -> serde_json::Value {
+    json!({
+        "sampled_at_unix_ms": t.sampled_at_unix_ms,
+        "cpu_util_pct": t.cpu_util_pct,
+        "load1": t.load1,
+        "memory_total_bytes": t.memory_total_bytes,
+        "memory_available_bytes": t.memory_available_bytes,
+        "data_fs_size_bytes": t.data_fs_size_bytes,
+        "data_fs_avail_bytes": t.data_fs_avail_bytes,
+        "net_rx_bytes": t.net_rx_bytes,
+        "net_tx_bytes": t.net_tx_bytes,
+        "net_errors": t.net_errors,
+        "gpus": t.gpus.iter().map(gpu_json).collect::<Vec<_>>(),
+        "recent_gpu_events": t.recent_gpu_events.iter().map(|e| json!({
+            "at_unix_ms": e.at_unix_ms, "gpu": e.gpu_index, "kind": e.kind, "xid": e.xid, "description": e.description,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn gib(bytes: Option<u64>) -> String {
+    opt(bytes.map(|b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)))
+}
+
+/// `steward node show` for people: a summary, the GPU table, and recent GPU events.
+fn print_node(n: &NodeSummary, inventory: &serde_json::Value) {
+    let host = &inventory["host"];
+    let mut t = table(["FIELD", "VALUE"]);
+    let cpu = &host["cpu"];
+    for (k, v) in [
+        ("id", n.id.clone()),
+        ("hostname", n.hostname.clone()),
+        ("state", n.health.clone()),
+        (
+            "last heartbeat",
+            opt(n.last_heartbeat_age_ms.map(|ms| format!("{ms}ms ago"))),
+        ),
+        ("agent api", n.agent_api_addr.clone()),
+        (
+            "labels",
+            n.labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        ("os", host["os"].as_str().unwrap_or("-").to_string()),
+        ("kernel", host["kernel"].as_str().unwrap_or("-").to_string()),
+        (
+            "cpu",
+            format!(
+                "{} ({} sockets, {} cores, {} threads, {} NUMA nodes)",
+                cpu["model"].as_str().unwrap_or("-"),
+                cpu["sockets"],
+                cpu["cores"],
+                cpu["threads"],
+                cpu["numa_nodes"]
+            ),
+        ),
+        ("memory", gib(host["memory_total_bytes"].as_u64())),
+        (
+            "gpu driver",
+            inventory["gpu_driver"].as_str().unwrap_or("-").to_string(),
+        ),
+    ] {
+        t.add_row(vec![k.to_string(), v]);
+    }
+    if let Some(tel) = &n.telemetry {
+        for (k, v) in [
+            (
+                "cpu busy",
+                opt(tel.cpu_util_pct.map(|p| format!("{p:.1}%"))),
+            ),
+            ("load (1m)", opt(tel.load1.map(|l| format!("{l:.2}")))),
+            ("memory available", gib(tel.memory_available_bytes)),
+            (
+                "data dir filesystem",
+                format!(
+                    "{} free of {}",
+                    gib(tel.data_fs_avail_bytes),
+                    gib(tel.data_fs_size_bytes)
+                ),
+            ),
+        ] {
+            t.add_row(vec![k.to_string(), v]);
+        }
+    }
+    println!("{t}");
+    let Some(tel) = &n.telemetry else {
+        println!("no telemetry yet (the leader keeps it from heartbeats; wait a second)");
+        return;
+    };
+    if !tel.gpus.is_empty() {
+        let models: Vec<&str> = inventory["gpus"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|g| g["name"].as_str().unwrap_or("-"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut g = table([
+            "GPU",
+            "MODEL",
+            "HEALTH",
+            "UTIL",
+            "MEMORY",
+            "TEMP",
+            "POWER",
+            "SM CLOCK",
+            "XID",
+            "ECC SBE/DBE",
+            "WHY",
+        ]);
+        for x in &tel.gpus {
+            g.add_row(vec![
+                x.index.to_string(),
+                models
+                    .get(x.index as usize)
+                    .copied()
+                    .unwrap_or("-")
+                    .to_string(),
+                x.health.clone(),
+                opt(x.sm_util_pct.map(|u| format!("{u}%"))),
+                opt(x.memory_used_mib.map(|m| format!("{m} MiB"))),
+                opt(x.temperature_c.map(|c| format!("{c} C"))),
+                opt(x.power_w.map(|w| format!("{w:.0} W"))),
+                opt(x.sm_clock_mhz.map(|c| format!("{c} MHz"))),
+                opt(x.last_xid),
+                format!("{}/{}", opt(x.ecc_sbe_volatile), opt(x.ecc_dbe_volatile)),
+                x.health_reasons.join("; "),
+            ]);
+        }
+        println!("{g}");
+    }
+    if !tel.recent_gpu_events.is_empty() {
+        let mut e = table(["AT (UNIX MS)", "GPU", "EVENT"]);
+        for ev in &tel.recent_gpu_events {
+            e.add_row(vec![
+                ev.at_unix_ms.to_string(),
+                ev.gpu_index.to_string(),
+                ev.description.clone(),
+            ]);
+        }
+        println!("{e}");
+    }
+}
+
+/// The agent API of a node: `--agent`, or the address the node registered.
+async fn agent_client(
+    addrs: &str,
+    id: &str,
+    agent: Option<String>,
+) -> anyhow::Result<AgentApiClient<tonic::transport::Channel>> {
+    let addr = match agent {
+        Some(a) => a,
+        None => {
+            let req = ListNodesRequest {
+                node_id: id.to_string(),
+                with_inventory: false,
+            };
+            let reply = with_retry(addrs, |mut c| {
+                let req = req.clone();
+                async move { c.list_nodes(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+            let n =
+                reply.nodes.into_iter().next().with_context(|| {
+                    format!("not found: no node `{id}` (see `steward node list`)")
+                })?;
+            if n.agent_api_addr.is_empty() {
+                anyhow::bail!(
+                    "node `{id}` registered no agent API address; give --agent HOST:PORT"
+                );
+            }
+            n.agent_api_addr
+        }
+    };
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .with_context(|| format!("`{addr}` is not HOST:PORT"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT);
+    let ch = ep
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the agent of `{id}` at {addr}"))?;
+    Ok(AgentApiClient::new(ch)
+        .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_API_MESSAGE_BYTES))
 }
 
 pub async fn run(addrs: &str, output: Output, command: NodeCommand) -> anyhow::Result<ExitCode> {
@@ -51,11 +321,17 @@ pub async fn run(addrs: &str, output: Output, command: NodeCommand) -> anyhow::R
                 };
                 let inventory: serde_json::Value =
                     serde_json::from_slice(&n.inventory_json).unwrap_or(serde_json::Value::Null);
-                let mut doc = node_json(n);
-                doc["inventory"] = inventory;
                 match output {
-                    Output::Json => print_json(&doc)?,
-                    Output::Table => println!("{}", serde_json::to_string_pretty(&doc)?),
+                    Output::Json => {
+                        let mut doc = node_json(n);
+                        doc["inventory"] = inventory;
+                        doc["telemetry"] = n
+                            .telemetry
+                            .as_ref()
+                            .map_or(serde_json::Value::Null, telemetry_json);
+                        print_json(&doc)?
+                    }
+                    Output::Table => print_node(n, &inventory),
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -66,9 +342,23 @@ pub async fn run(addrs: &str, output: Output, command: NodeCommand) -> anyhow::R
                     .map(node_json)
                     .collect::<Vec<_>>()))?,
                 Output::Table => {
-                    let mut t = table(["ID", "HOSTNAME", "STATE", "GPUS", "LAST HEARTBEAT"]);
+                    let mut t = table([
+                        "ID",
+                        "HOSTNAME",
+                        "STATE",
+                        "GPUS",
+                        "UNHEALTHY GPUS",
+                        "LAST HEARTBEAT",
+                    ]);
                     for n in &reply.nodes {
                         let model = n.gpus.first().map(|g| g.model.clone()).unwrap_or_default();
+                        let unhealthy: Vec<String> = n
+                            .gpus
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, g)| g.health == "degraded" || g.health == "failed")
+                            .map(|(i, g)| format!("{i}: {}", g.health))
+                            .collect();
                         t.add_row(vec![
                             n.id.clone(),
                             n.hostname.clone(),
@@ -78,10 +368,89 @@ pub async fn run(addrs: &str, output: Output, command: NodeCommand) -> anyhow::R
                             } else {
                                 format!("{} x {model}", n.gpus.len())
                             },
+                            if unhealthy.is_empty() {
+                                "-".into()
+                            } else {
+                                unhealthy.join(", ")
+                            },
                             opt(n.last_heartbeat_age_ms.map(|ms| format!("{ms}ms ago"))),
                         ]);
                     }
                     println!("{t}");
+                }
+            }
+        }
+        NodeCommand::Load {
+            id,
+            gpu,
+            util,
+            memory_mib,
+            agent,
+        } => {
+            let mut client = agent_client(addrs, &id, agent).await?;
+            let indices: Vec<u32> = if gpu == "all" {
+                let t = client
+                    .get_telemetry(steward_proto::v1::GetTelemetryRequest {})
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                t.gpus.iter().map(|g| g.index).collect()
+            } else {
+                vec![gpu
+                    .parse()
+                    .with_context(|| format!("--gpu `{gpu}` is neither an index nor `all`"))?]
+            };
+            for gpu_index in &indices {
+                client
+                    .set_gpu_load(SetGpuLoadRequest {
+                        gpu_index: *gpu_index,
+                        util_pct: util,
+                        memory_used_mib: memory_mib,
+                    })
+                    .await
+                    .map_err(status_error)?;
+            }
+            match output {
+                Output::Json => {
+                    print_json(&json!({"node": id, "gpus": indices, "util_pct": util}))?
+                }
+                Output::Table => println!("node {id}: GPUs {indices:?} now at {util}% load"),
+            }
+        }
+        NodeCommand::Fault {
+            id,
+            gpu,
+            fault,
+            code,
+            agent,
+        } => {
+            let (kind, xid) = match (fault, code) {
+                (FaultKind::Xid, Some(c)) if c > 0 => (GpuFault::Xid, c),
+                (FaultKind::Xid, _) => anyhow::bail!(
+                    "`xid` needs the XID code, e.g. `steward node fault {id} --gpu {gpu} xid 79`"
+                ),
+                (_, Some(_)) => anyhow::bail!("only `xid` takes a code"),
+                (FaultKind::EccDoubleBit, None) => (GpuFault::EccDoubleBit, 0),
+                (FaultKind::EccSingleBit, None) => (GpuFault::EccSingleBit, 0),
+                (FaultKind::OverTemperature, None) => (GpuFault::OverTemperature, 0),
+                (FaultKind::FellOffBus, None) => (GpuFault::FellOffBus, 0),
+                (FaultKind::Clear, None) => (GpuFault::Clear, 0),
+            };
+            let mut client = agent_client(addrs, &id, agent).await?;
+            client
+                .inject_gpu_fault(InjectGpuFaultRequest {
+                    gpu_index: gpu,
+                    fault: kind as i32,
+                    xid,
+                })
+                .await
+                .map_err(status_error)?;
+            match output {
+                Output::Json => print_json(
+                    &json!({"node": id, "gpu": gpu, "fault": kind.as_str_name(), "xid": xid}),
+                )?,
+                Output::Table => {
+                    println!("node {id}: injected {} into GPU {gpu}", kind.as_str_name())
                 }
             }
         }

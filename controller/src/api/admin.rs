@@ -190,29 +190,41 @@ impl AdminService {
     }
 }
 
-/// GPU identities from an agent's inventory document (unknown shapes give none).
-fn gpus_of(inventory: &[u8]) -> Vec<NodeGpu> {
-    #[derive(serde::Deserialize)]
-    struct Inv {
-        #[serde(default)]
-        gpus: Vec<Gpu>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Gpu {
-        uuid: String,
-        name: String,
-    }
-    serde_json::from_slice::<Inv>(inventory)
-        .map(|inv| {
-            inv.gpus
-                .into_iter()
-                .map(|g| NodeGpu {
-                    uuid: g.uuid,
-                    model: g.name,
-                })
-                .collect()
+/// What the controller reads of an agent's inventory document (unknown shapes give none).
+#[derive(serde::Deserialize, Default)]
+struct InventoryView {
+    #[serde(default)]
+    agent: AgentView,
+    #[serde(default)]
+    gpus: Vec<GpuView>,
+}
+#[derive(serde::Deserialize, Default)]
+struct AgentView {
+    #[serde(default)]
+    api_addr: Option<String>,
+}
+#[derive(serde::Deserialize)]
+struct GpuView {
+    uuid: String,
+    name: String,
+}
+
+/// GPU identities (with health from the latest telemetry) and the agent's API address.
+fn inventory_view(inventory: &[u8], telemetry: Option<&NodeTelemetry>) -> (Vec<NodeGpu>, String) {
+    let inv: InventoryView = serde_json::from_slice(inventory).unwrap_or_default();
+    let gpus = inv
+        .gpus
+        .into_iter()
+        .map(|g| NodeGpu {
+            health: telemetry
+                .and_then(|t| t.gpus.iter().find(|x| x.uuid == g.uuid))
+                .map(|x| x.health.clone())
+                .unwrap_or_default(),
+            uuid: g.uuid,
+            model: g.name,
         })
-        .unwrap_or_default()
+        .collect();
+    (gpus, inv.agent.api_addr.unwrap_or_default())
 }
 
 /// The error for a KV write whose result is not a success: a failed compare-and-set, or
@@ -492,18 +504,28 @@ impl Admin for AdminService {
             .nodes
             .iter()
             .filter(|(id, _)| req.node_id.is_empty() || **id == req.node_id)
-            .map(|(id, n)| NodeSummary {
-                id: id.clone(),
-                hostname: n.hostname.clone(),
-                health: n.health.name().to_string(),
-                labels: n.labels.clone().into_iter().collect(),
-                gpus: gpus_of(&n.inventory),
-                last_heartbeat_age_ms: self.ctx.liveness.age_ms(id),
-                inventory_json: if req.with_inventory {
-                    n.inventory.clone()
-                } else {
-                    Vec::new()
-                },
+            .map(|(id, n)| {
+                let telemetry = self.ctx.liveness.telemetry(id);
+                let (gpus, agent_api_addr) = inventory_view(&n.inventory, telemetry.as_deref());
+                NodeSummary {
+                    id: id.clone(),
+                    hostname: n.hostname.clone(),
+                    health: n.health.name().to_string(),
+                    labels: n.labels.clone().into_iter().collect(),
+                    gpus,
+                    last_heartbeat_age_ms: self.ctx.liveness.age_ms(id),
+                    inventory_json: if req.with_inventory {
+                        n.inventory.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    agent_api_addr,
+                    telemetry: if req.with_inventory {
+                        telemetry.map(|t| (*t).clone())
+                    } else {
+                        None
+                    },
+                }
             })
             .collect();
         Ok(Response::new(ListNodesReply { nodes }))

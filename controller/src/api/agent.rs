@@ -1,4 +1,5 @@
-//! The agent-facing control API (`steward.v1.AgentControl`); minimal until the agent issue.
+//! The agent-facing control API (`steward.v1.AgentControl`): leader hints, registration
+//! (a Raft write, only when the inventory changes) and heartbeats (leader memory only).
 
 use std::sync::Arc;
 
@@ -62,7 +63,7 @@ impl AgentControl for AgentControlService {
         };
         match self.ctx.write(command).await? {
             (_, CommandResult::NodeRegistered { revision }) => {
-                if let Some(t) = self.ctx.liveness.heartbeat(&node) {
+                if let Some(t) = self.ctx.liveness.heartbeat(&node, None) {
                     super::liveness::commit(&self.ctx, t);
                 }
                 tracing::info!(node = %node, revision, "node registered");
@@ -91,7 +92,7 @@ impl AgentControl for AgentControlService {
                 register_again: true,
             })),
             Some(digest) => {
-                if let Some(t) = self.ctx.liveness.heartbeat(&req.node_id) {
+                if let Some(t) = self.ctx.liveness.heartbeat(&req.node_id, req.telemetry) {
                     super::liveness::commit(&self.ctx, t);
                 }
                 Ok(Response::new(HeartbeatReply {

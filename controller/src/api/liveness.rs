@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 use steward_core::liveness::{Detector, LivenessConfig, Transition};
 use steward_core::Command;
+use steward_proto::v1::NodeTelemetry;
 use tokio_util::sync::CancellationToken;
 
 use super::ApiContext;
@@ -26,7 +27,13 @@ struct Inner {
     /// The term this controller leads and has given grace in.
     led_term: Option<u64>,
     last_seen: HashMap<String, Instant>,
+    /// The latest telemetry summary of each node (leader memory only, like heartbeats).
+    telemetry: HashMap<String, Arc<NodeTelemetry>>,
 }
+
+/// Largest telemetry summary kept per node; a larger one is dropped (the heartbeat still
+/// counts). 16 GPUs and the event backlog take about 8 KiB.
+pub const MAX_TELEMETRY_BYTES: usize = 64 * 1024;
 
 impl LivenessTracker {
     pub fn new(config: LivenessConfig) -> Arc<Self> {
@@ -36,6 +43,7 @@ impl LivenessTracker {
                 detector: Detector::new(config),
                 led_term: None,
                 last_seen: HashMap::new(),
+                telemetry: HashMap::new(),
             }),
         })
     }
@@ -48,12 +56,33 @@ impl LivenessTracker {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a heartbeat (or a registration); the transition back to ready, if any.
-    pub fn heartbeat(&self, node: &str) -> Option<Transition> {
+    /// Records a heartbeat (or a registration), with the node's telemetry summary when it
+    /// carries one; the transition back to ready, if any.
+    pub fn heartbeat(&self, node: &str, telemetry: Option<NodeTelemetry>) -> Option<Transition> {
         let now = self.now_ms();
+        let telemetry = telemetry.filter(|t| {
+            let size = prost::Message::encoded_len(t);
+            if size > MAX_TELEMETRY_BYTES {
+                tracing::warn!(
+                    node,
+                    size,
+                    limit = MAX_TELEMETRY_BYTES,
+                    "telemetry summary too large; dropped"
+                );
+            }
+            size <= MAX_TELEMETRY_BYTES
+        });
         let mut inner = self.inner();
         inner.last_seen.insert(node.to_string(), Instant::now());
+        if let Some(t) = telemetry {
+            inner.telemetry.insert(node.to_string(), Arc::new(t));
+        }
         inner.detector.heartbeat(node, now)
+    }
+
+    /// The latest telemetry summary this controller received from `node`.
+    pub fn telemetry(&self, node: &str) -> Option<Arc<NodeTelemetry>> {
+        self.inner().telemetry.get(node).cloned()
     }
 
     /// Milliseconds since the last heartbeat this controller received from `node`.

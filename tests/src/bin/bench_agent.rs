@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use steward_proto::v1::agent_api_client::AgentApiClient;
 use steward_proto::v1::agent_control_client::AgentControlClient;
-use steward_proto::v1::{HeartbeatRequest, RegisterNodeRequest};
-use steward_tests::{spawn_agent, ProcCluster};
+use steward_proto::v1::{GetTelemetryRequest, HeartbeatRequest, RegisterNodeRequest};
+use steward_tests::{free_port, spawn_agent, wait_for, ProcCluster};
 use tonic::transport::Endpoint;
 
 const AGENT_WINDOW: Duration = Duration::from_secs(20);
@@ -41,8 +42,20 @@ async fn main() -> anyhow::Result<()> {
     let cluster = ProcCluster::start(3, "")?;
     let (leader, _) = cluster.wait_leader(Duration::from_secs(30)).await?;
     let dir = tempfile::tempdir()?;
-    let mut agent = spawn_agent(dir.path(), &cluster.addrs(), &[], None)?;
+    let api = format!("127.0.0.1:{}", free_port());
+    let mut agent = spawn_agent(dir.path(), &cluster.addrs(), &["--api-addr", &api], None)?;
     let pid = agent.id();
+    // A real agent's telemetry summary (8 GPUs): the simulated fleet below sends it.
+    let telemetry = wait_for("the agent's telemetry", Duration::from_secs(30), || async {
+        let mut c = AgentApiClient::connect(format!("http://{api}"))
+            .await
+            .ok()?;
+        c.get_telemetry(GetTelemetryRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    })
+    .await?;
     tokio::time::sleep(Duration::from_secs(2)).await; // start-up excluded from the window
     let ticks_hz = 100.0; // USER_HZ on Linux
     let t0 = proc_cpu_ticks(pid)?;
@@ -77,9 +90,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
+    let summary_bytes = prost::Message::encoded_len(&telemetry);
     for t in 0..CONCURRENCY {
         let mut c = AgentControlClient::new(ch.clone());
         let stop = stop.clone();
+        let telemetry = telemetry.clone();
         tasks.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new(3).expect("histogram");
             let mut seq = 0u64;
@@ -91,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
                     node_id: node,
                     seq,
                     inventory_digest: "d".into(),
+                    telemetry: Some(telemetry.clone()),
                 })
                 .await
                 .is_ok()
@@ -109,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
         total.add(t.await?)?;
     }
     let rate = total.len() as f64 / started.elapsed().as_secs_f64();
-    println!("leader heartbeat capacity: {SIM_AGENTS} registered nodes, {CONCURRENCY} concurrent senders over loopback, {LOAD_WINDOW:?}");
+    println!("leader heartbeat capacity: {SIM_AGENTS} registered nodes, {CONCURRENCY} concurrent senders over loopback, {LOAD_WINDOW:?}, each heartbeat carrying an 8-GPU telemetry summary of {summary_bytes} bytes");
     println!(
         "  {rate:.0} heartbeats/s; latency p50 {:.2} ms, p99 {:.2} ms (a 1 s interval fleet of {rate:.0} nodes)",
         total.value_at_quantile(0.5) as f64 / 1000.0,

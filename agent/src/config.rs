@@ -1,0 +1,229 @@
+//! Agent configuration: a TOML file (unknown keys refused), under `STEWARD_*` variables and
+//! flags (the CLI layers them), validated with messages that name the key. The annotated
+//! example is `deploy/config/agent.toml`; a test parses it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default port of the agent API.
+pub const DEFAULT_API_PORT: u16 = 7800;
+
+/// The file's shape; every key optional here, [`AgentConfigFile::resolve`] checks.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfigFile {
+    /// Node id and (later) chunks live here.
+    pub data_dir: Option<PathBuf>,
+    /// Controllers' API addresses; any one finds the leader.
+    pub controllers: Option<Vec<String>>,
+    /// Listen address of the agent API.
+    pub api_addr: Option<SocketAddr>,
+    /// Address others use to reach the agent API (default: the listen address, with this
+    /// machine's hostname when it listens on all interfaces).
+    pub advertise_addr: Option<String>,
+    /// Prometheus `/metrics` listen address (none: no endpoint).
+    pub metrics_addr: Option<SocketAddr>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub telemetry_interval: Option<Duration>,
+    /// "MODEL:COUNT": simulated GPUs instead of NVML.
+    pub simulate_gpus: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("`{key}` {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// The agent's settings, checked.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    pub controllers: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub heartbeat_interval: Duration,
+    pub telemetry_interval: Duration,
+    pub api_addr: SocketAddr,
+    pub advertise_addr: String,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Shortest and longest heartbeat period.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(60);
+/// Most labels per node, and their sizes.
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_BYTES: usize = 256;
+
+impl AgentConfigFile {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks the settings and fills defaults. `hostname` is used in the advertised address
+    /// when the API listens on all interfaces.
+    pub fn resolve(self, hostname: &str) -> Result<AgentConfig, ConfigError> {
+        let data_dir = self.data_dir.ok_or_else(|| {
+            invalid(
+                "data_dir",
+                "is required (flag --data-dir, env STEWARD_DATA_DIR)",
+            )
+        })?;
+        let controllers = self.controllers.unwrap_or_default();
+        if controllers.is_empty() {
+            return Err(invalid(
+                "controllers",
+                "is required: the controllers' API addresses (flag --controllers, env STEWARD_CONTROLLERS)",
+            ));
+        }
+        for c in &controllers {
+            if c.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(invalid(
+                    "controllers",
+                    format!("entry `{c}` is not HOST:PORT"),
+                ));
+            }
+        }
+        let heartbeat_interval = self.heartbeat_interval.unwrap_or(Duration::from_secs(1));
+        if !(MIN_HEARTBEAT..=MAX_HEARTBEAT).contains(&heartbeat_interval) {
+            return Err(invalid(
+                "heartbeat_interval",
+                format!("must be between {MIN_HEARTBEAT:?} and {MAX_HEARTBEAT:?}, got {heartbeat_interval:?}"),
+            ));
+        }
+        let telemetry_interval = self.telemetry_interval.unwrap_or(heartbeat_interval);
+        if !(crate::telemetry::MIN_INTERVAL..=crate::telemetry::MAX_INTERVAL)
+            .contains(&telemetry_interval)
+        {
+            return Err(invalid(
+                "telemetry_interval",
+                format!(
+                    "must be between {:?} and {:?}, got {telemetry_interval:?}",
+                    crate::telemetry::MIN_INTERVAL,
+                    crate::telemetry::MAX_INTERVAL
+                ),
+            ));
+        }
+        if self.labels.len() > MAX_LABELS {
+            return Err(invalid(
+                "labels",
+                format!(
+                    "has {} entries, the limit is {MAX_LABELS}",
+                    self.labels.len()
+                ),
+            ));
+        }
+        for (k, v) in &self.labels {
+            let key_ok = !k.is_empty()
+                && k.len() <= MAX_LABEL_BYTES
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+            if !key_ok || v.len() > MAX_LABEL_BYTES {
+                return Err(invalid(
+                    "labels",
+                    format!("`{k}={v}`: keys are 1-{MAX_LABEL_BYTES} characters of a-z, A-Z, 0-9, - _ . /; values at most {MAX_LABEL_BYTES} bytes"),
+                ));
+            }
+        }
+        let api_addr = self
+            .api_addr
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_API_PORT)));
+        let advertise_addr = match self.advertise_addr {
+            Some(a) => a,
+            None if api_addr.ip().is_unspecified() => format!("{hostname}:{}", api_addr.port()),
+            None => api_addr.to_string(),
+        };
+        Ok(AgentConfig {
+            data_dir,
+            controllers,
+            labels: self.labels,
+            heartbeat_interval,
+            telemetry_interval,
+            api_addr,
+            advertise_addr,
+            metrics_addr: self.metrics_addr,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors_name_the_key() {
+        let base = AgentConfigFile {
+            data_dir: Some("/var/lib/steward-agent".into()),
+            controllers: Some(vec!["10.0.0.1:7700".into()]),
+            ..Default::default()
+        };
+        let c = base.clone().resolve("gpu-7").expect("valid");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(c.advertise_addr, "gpu-7:7800");
+        let e = AgentConfigFile {
+            controllers: None,
+            ..base.clone()
+        }
+        .resolve("h")
+        .unwrap_err();
+        assert!(e.to_string().contains("`controllers` is required"), "{e}");
+        let e = AgentConfigFile {
+            controllers: Some(vec!["nohost".into()]),
+            ..base.clone()
+        }
+        .resolve("h")
+        .unwrap_err();
+        assert!(e.to_string().contains("not HOST:PORT"), "{e}");
+        let e = AgentConfigFile {
+            heartbeat_interval: Some(Duration::from_millis(1)),
+            ..base.clone()
+        }
+        .resolve("h")
+        .unwrap_err();
+        assert!(e.to_string().starts_with("`heartbeat_interval`"), "{e}");
+        let mut labels = BTreeMap::new();
+        labels.insert("bad key".into(), "v".into());
+        let e = AgentConfigFile {
+            labels,
+            ..base.clone()
+        }
+        .resolve("h")
+        .unwrap_err();
+        assert!(e.to_string().starts_with("`labels`"), "{e}");
+        let e = toml::from_str::<AgentConfigFile>("data_dirr = \"/x\"").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+}

@@ -1,0 +1,38 @@
+//! Which Prometheus exposition format a scraper asked for. Prometheus asks for OpenMetrics in
+//! its `Accept` header; `curl` and `promtool check metrics` read the classic text format
+//! 0.0.4. Both agents and controllers serve either.
+
+/// `Content-Type` of OpenMetrics text.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// `Content-Type` of the classic Prometheus text format.
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether any of the `Accept` header values asks for OpenMetrics.
+pub fn wants_openmetrics<'a>(accept: impl IntoIterator<Item = &'a str>) -> bool {
+    accept
+        .into_iter()
+        .any(|v| v.contains("application/openmetrics-text"))
+}
+
+pub fn content_type(openmetrics: bool) -> &'static str {
+    if openmetrics {
+        OPENMETRICS_CONTENT_TYPE
+    } else {
+        PROMETHEUS_TEXT_CONTENT_TYPE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation() {
+        let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1";
+        assert!(wants_openmetrics([prometheus]));
+        assert!(!wants_openmetrics(["*/*"]));
+        assert!(!wants_openmetrics([]));
+        assert_eq!(content_type(false), PROMETHEUS_TEXT_CONTENT_TYPE);
+    }
+}
