@@ -143,10 +143,12 @@ async fn find_leader(controllers: &[String]) -> Option<AgentControlClient<Channe
     None
 }
 
-/// Runs until `shutdown` resolves.
+/// Runs until `shutdown` resolves. `on_ready` is called once the API and metrics listeners
+/// are bound and telemetry runs (systemd's READY=1).
 pub async fn run(
     config: AgentConfig,
     probe: Box<dyn GpuProbe>,
+    on_ready: impl FnOnce(),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let id = node_id(&config.data_dir)?;
@@ -202,6 +204,7 @@ pub async fn run(
         api = %config.advertise_addr,
         "agent started"
     );
+    on_ready();
     let mut register = RegisterNodeRequest {
         node_id: id.clone(),
         hostname,

@@ -138,8 +138,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .hostname
         .unwrap_or_else(|| "localhost".into());
     let config = file.resolve(&hostname)?;
-    crate::notify_systemd(sd_notify::NotifyState::Ready);
-    daemon::run(config, gpus, async {
+    let ready = || crate::notify_systemd(sd_notify::NotifyState::Ready);
+    daemon::run(config, gpus, ready, async {
         if let Err(e) = super::controller::shutdown_signal().await {
             tracing::error!(error = %e, "signal handling");
         }

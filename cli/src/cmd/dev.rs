@@ -77,7 +77,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         };
         let stop = agent_stop.clone();
         agents.push(tokio::spawn(async move {
-            if let Err(e) = daemon::run(config, Box::new(gpus), stop.cancelled_owned()).await {
+            if let Err(e) = daemon::run(config, Box::new(gpus), || {}, stop.cancelled_owned()).await
+            {
                 tracing::error!(error = %e, "dev agent {i} stopped");
             }
         }));
