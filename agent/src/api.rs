@@ -107,7 +107,8 @@ pub async fn serve(
     health
         .set_serving::<AgentApiServer<AgentApiService>>()
         .await;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // `Server::tcp_nodelay` applies only to listeners tonic binds itself.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(AgentApiService::new(telemetry).into_server())

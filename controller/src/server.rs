@@ -21,8 +21,8 @@ use steward_proto::{MAX_API_MESSAGE_BYTES, MAX_RAFT_MESSAGE_BYTES};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::{AdminService, AgentControlService, ApiContext, Proposer};
 use crate::config::ControllerConfig;
@@ -218,7 +218,8 @@ impl Controller {
                 .add_service(raft_service)
                 .add_service(health)
                 .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(raft_listener),
+                    // `Server::tcp_nodelay` applies only to listeners tonic binds itself.
+                    TcpIncoming::from(raft_listener).with_nodelay(Some(true)),
                     token.cancelled(),
                 )
                 .await;
@@ -236,7 +237,7 @@ impl Controller {
                 .add_service(reflection)
                 .add_service(reflection_alpha)
                 .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(api_listener),
+                    TcpIncoming::from(api_listener).with_nodelay(Some(true)),
                     token.cancelled(),
                 )
                 .await;

@@ -10,7 +10,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use steward_tests::{steward_bin, wait_for};
 
-/// A base port P with P..P+2 and P+10..P+12 free.
+/// A base port P with P..P+2, P+10..P+12 (Raft) and P+20..P+22 (agents) free.
 fn free_dev_base() -> u16 {
     for _ in 0..50 {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -19,7 +19,7 @@ fn free_dev_base() -> u16 {
         if p > 60000 {
             continue;
         }
-        let ok = [0, 1, 2, 10, 11, 12]
+        let ok = [0, 1, 2, 10, 11, 12, 20, 21, 22]
             .iter()
             .all(|o| TcpListener::bind(("127.0.0.1", p + o)).is_ok());
         if ok {
@@ -112,6 +112,45 @@ async fn dev_cluster_then_status_and_restart() -> anyhow::Result<()> {
     );
     let rev: serde_json::Value = serde_json::from_slice(&put.stdout)?;
     assert!(rev["revision"].as_u64().unwrap_or(0) > 0);
+    // Three agents with 8 simulated GPUs each, ready, with telemetry at the leader.
+    let nodes = wait_for(
+        "3 ready agents with telemetry",
+        Duration::from_secs(20),
+        || async {
+            let out = steward(&["node", "list", "--addr", &addrs, "-o", "json"]);
+            let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let nodes = list.as_array()?.clone();
+            let ok = nodes.len() == 3
+                && nodes.iter().all(|n| {
+                    n["state"] == "ready"
+                        && n["gpus"].as_array().is_some_and(|g| {
+                            g.len() == 8 && g.iter().all(|g| g["health"] == "healthy")
+                        })
+                });
+            ok.then_some(nodes)
+        },
+    )
+    .await;
+    let nodes = match nodes {
+        Ok(n) => n,
+        Err(e) => {
+            stop(dev);
+            return Err(e);
+        }
+    };
+    let agent_ports: std::collections::BTreeSet<String> = nodes
+        .iter()
+        .filter_map(|n| {
+            n["agent_api_addr"]
+                .as_str()?
+                .rsplit(':')
+                .next()
+                .map(str::to_string)
+        })
+        .collect();
+    let want: std::collections::BTreeSet<String> =
+        (20..23).map(|o| (base + o).to_string()).collect();
+    assert_eq!(agent_ports, want, "the agents' APIs are on P+20..P+22");
     // Unknown member: a clear error.
     let bad = steward(&["operator", "raft", "promote", "99", "--addr", &addrs]);
     assert!(!bad.status.success());
