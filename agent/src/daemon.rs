@@ -159,18 +159,21 @@ pub async fn run(
         .hostname
         .clone()
         .unwrap_or_else(|| id.clone());
-    let telemetry = Arc::new(
-        Telemetry::start(
-            probe.clone(),
-            inventory.gpus.clone(),
-            SamplerConfig {
-                root: "/".into(),
-                data_dir: Some(config.data_dir.clone()),
-                interval: config.telemetry_interval,
-            },
+    // The first reading is taken before `start` returns: off the runtime, like every NVML call.
+    let telemetry = {
+        let (probe, gpus) = (probe.clone(), inventory.gpus.clone());
+        let sampler = SamplerConfig {
+            root: "/".into(),
+            data_dir: Some(config.data_dir.clone()),
+            interval: config.telemetry_interval,
+        };
+        Arc::new(
+            tokio::task::spawn_blocking(move || Telemetry::start(probe, gpus, sampler))
+                .await
+                .map_err(|e| AgentError::Task(e.to_string()))?
+                .map_err(AgentError::Telemetry)?,
         )
-        .map_err(AgentError::Telemetry)?,
-    );
+    };
     let stats = Arc::new(AgentStats::default());
     // Servers stop when `run` returns (the guard cancels the token).
     let stop = CancellationToken::new();

@@ -145,8 +145,14 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, value: Option<f64>) {
     }
 }
 
-/// A labelled family, registered only when it has at least one series.
-fn family<
+/// A labelled family from `(labels, value)` pairs, registered only when it has a series.
+fn family<M>(
+    reg: &mut Registry,
+    name: &str,
+    help: &str,
+    series: Vec<(Labels, f64)>,
+    set: fn(&M, f64),
+) where
     M: prometheus_client::metrics::TypedMetric
         + prometheus_client::encoding::EncodeMetric
         + Default
@@ -155,50 +161,28 @@ fn family<
         + Send
         + Sync
         + 'static,
->(
-    reg: &mut Registry,
-    name: &str,
-    help: &str,
-    series: impl IntoIterator<Item = (Labels, Box<dyn FnOnce(&M)>)>,
-) {
+{
+    if series.is_empty() {
+        return;
+    }
     let f: Family<Labels, M> = Family::default();
-    let mut any = false;
-    for (labels, set) in series {
-        set(&f.get_or_create(&labels));
-        any = true;
+    for (labels, v) in series {
+        set(&f.get_or_create(&labels), v);
     }
-    if any {
-        reg.register(name, help, f);
-    }
+    reg.register(name, help, f);
 }
 
 /// Counters from absolute readings (`name` without `_total`: the encoder adds it).
 fn counters(reg: &mut Registry, name: &str, help: &str, series: Vec<(Labels, f64)>) {
-    family::<F64Counter>(
-        reg,
-        name,
-        help,
-        series.into_iter().map(|(l, v)| {
-            let set: Box<dyn FnOnce(&F64Counter)> = Box::new(move |c| {
-                c.inc_by(v.max(0.0));
-            });
-            (l, set)
-        }),
-    );
+    family::<F64Counter>(reg, name, help, series, |c, v| {
+        c.inc_by(v.max(0.0));
+    });
 }
 
 fn gauges(reg: &mut Registry, name: &str, help: &str, series: Vec<(Labels, f64)>) {
-    family::<F64Gauge>(
-        reg,
-        name,
-        help,
-        series.into_iter().map(|(l, v)| {
-            let set: Box<dyn FnOnce(&F64Gauge)> = Box::new(move |g| {
-                g.set(v);
-            });
-            (l, set)
-        }),
-    );
+    family::<F64Gauge>(reg, name, help, series, |g, v| {
+        g.set(v);
+    });
 }
 
 /// The registry for one scrape.

@@ -158,16 +158,6 @@ fn list(root: &Path, rel: &str) -> Vec<String> {
 /// filesystem is reported.
 pub fn probe(root: &Path, data_dir: Option<&Path>) -> HostInventory {
     let meminfo = read(root, "proc/meminfo").unwrap_or_default();
-    let mem_kib = |key: &str| {
-        meminfo.lines().find_map(|l| {
-            let rest = l.strip_prefix(key)?.strip_prefix(':')?;
-            rest.split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-                .map(|k| k * 1024)
-        })
-    };
     HostInventory {
         hostname: read(root, "proc/sys/kernel/hostname"),
         os: read(root, "etc/os-release").and_then(|t| {
@@ -178,7 +168,7 @@ pub fn probe(root: &Path, data_dir: Option<&Path>) -> HostInventory {
         }),
         kernel: read(root, "proc/sys/kernel/osrelease"),
         cpu: cpu(root),
-        memory_total_bytes: mem_kib("MemTotal"),
+        memory_total_bytes: crate::telemetry::host::meminfo_bytes(&meminfo, "MemTotal"),
         disks: disks(root),
         nics: nics(root),
         data_dir_filesystem: data_dir.and_then(|d| data_dir_filesystem(root, d)),

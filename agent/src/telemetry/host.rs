@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::hardware::host::{mount_of, parse_mounts, statvfs_bytes};
+use crate::hardware::host::{mount_of, parse_mounts, statvfs_bytes, Mount};
 
 /// `/proc/stat` counts in USER_HZ, which Linux fixes at 100 for user space on every
 /// architecture it exposes `/proc/stat` on.
@@ -212,6 +212,19 @@ pub fn cpu_util_pct(before: &[CpuTimes], after: &[CpuTimes]) -> Option<f64> {
     (dt > 0.0).then(|| ((dt - (i1 - i0)) / dt * 100.0).clamp(0.0, 100.0))
 }
 
+/// Sizes of the filesystem mounted as `m`, stat'ed through `path`.
+fn fs_sample(m: &Mount, path: &Path) -> Option<FilesystemSample> {
+    let (size_bytes, avail_bytes, free_bytes) = statvfs_bytes(path)?;
+    Some(FilesystemSample {
+        device: m.device.clone(),
+        mountpoint: m.mountpoint.clone(),
+        fstype: m.fstype.clone(),
+        size_bytes,
+        avail_bytes,
+        free_bytes,
+    })
+}
+
 fn read(root: &Path, rel: &str) -> String {
     std::fs::read_to_string(root.join(rel)).unwrap_or_default()
 }
@@ -232,17 +245,8 @@ pub fn sample(root: &Path, previous: Option<&HostSample>, data_dir: Option<&Path
         {
             continue;
         }
-        if let Some((size, avail, free)) =
-            statvfs_bytes(&root.join(m.mountpoint.trim_start_matches('/')))
-        {
-            filesystems.push(FilesystemSample {
-                device: m.device.clone(),
-                mountpoint: m.mountpoint.clone(),
-                fstype: m.fstype.clone(),
-                size_bytes: size,
-                avail_bytes: avail,
-                free_bytes: free,
-            });
+        if let Some(f) = fs_sample(m, &root.join(m.mountpoint.trim_start_matches('/'))) {
+            filesystems.push(f);
         }
     }
     let data_dir_filesystem = data_dir.and_then(|d| {
@@ -255,15 +259,7 @@ pub fn sample(root: &Path, previous: Option<&HostSample>, data_dir: Option<&Path
             return Some(i);
         }
         // A filesystem type not in the list above: report it anyway, it holds our data.
-        let (size, avail, free) = statvfs_bytes(&path)?;
-        filesystems.push(FilesystemSample {
-            device: m.device.clone(),
-            mountpoint: m.mountpoint.clone(),
-            fstype: m.fstype.clone(),
-            size_bytes: size,
-            avail_bytes: avail,
-            free_bytes: free,
-        });
+        filesystems.push(fs_sample(m, &path)?);
         Some(filesystems.len() - 1)
     });
     let mut disks = parse_diskstats(&read(root, "proc/diskstats"));
