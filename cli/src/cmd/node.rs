@@ -176,7 +176,14 @@ fn print_node(n: &NodeSummary, inventory: &serde_json::Value) {
         t.add_row(vec![k.to_string(), v]);
     }
     if let Some(tel) = &n.telemetry {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         for (k, v) in [
+            (
+                "telemetry sampled",
+                format!("{}ms ago", now_ms.saturating_sub(tel.sampled_at_unix_ms)),
+            ),
             (
                 "cpu busy",
                 opt(tel.cpu_util_pct.map(|p| format!("{p:.1}%"))),
