@@ -65,7 +65,7 @@ pub enum AgentError {
 async fn read_inventory(
     probe: Arc<dyn GpuProbe>,
     config: &AgentConfig,
-) -> Result<(Inventory, Vec<u8>, String), AgentError> {
+) -> Result<(Inventory, Vec<u8>), AgentError> {
     let data_dir = config.data_dir.clone();
     let mut inventory = tokio::task::spawn_blocking(move || {
         hardware::inventory(Path::new("/"), probe.as_ref(), Some(&data_dir))
@@ -74,8 +74,26 @@ async fn read_inventory(
     .map_err(|e| AgentError::Task(e.to_string()))??;
     inventory.agent.api_addr = Some(config.advertise_addr.clone());
     let json = serde_json::to_vec(&inventory)?;
-    let digest = blake3::hash(&json).to_hex().to_string();
-    Ok((inventory, json, digest))
+    Ok((inventory, json))
+}
+
+/// BLAKE3 (hex) of everything a registration records: hostname, labels and inventory. The
+/// leader compares it on every heartbeat and asks for a registration only when it differs,
+/// so a restarted agent on unchanged hardware costs no Raft write.
+pub fn registration_digest(req: &RegisterNodeRequest) -> String {
+    let mut h = blake3::Hasher::new();
+    let mut field = |bytes: &[u8]| {
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(req.hostname.as_bytes());
+    let labels: std::collections::BTreeMap<&String, &String> = req.labels.iter().collect();
+    for (k, v) in labels {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    field(&req.inventory_json);
+    h.finalize().to_hex().to_string()
 }
 
 /// This machine's node id, made once and kept in the data dir.
@@ -153,7 +171,7 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let id = node_id(&config.data_dir)?;
     let probe: Arc<dyn GpuProbe> = Arc::from(probe);
-    let (inventory, inventory_json, mut digest) = read_inventory(probe.clone(), &config).await?;
+    let (inventory, inventory_json) = read_inventory(probe.clone(), &config).await?;
     let hostname = inventory
         .host
         .hostname
@@ -213,11 +231,14 @@ pub async fn run(
         hostname,
         labels: config.labels.clone().into_iter().collect(),
         inventory_json,
-        inventory_digest: digest.clone(),
+        inventory_digest: String::new(),
     };
+    register.inventory_digest = registration_digest(&register);
     tokio::pin!(shutdown);
     let mut leader: Option<AgentControlClient<Channel>> = None;
-    let mut registered = false;
+    // Heartbeat first: the leader answers `register_again` when it does not hold this
+    // registration (new node, changed hardware or labels).
+    let mut registered = true;
     let mut backoff = Duration::from_millis(100);
     let mut seq = 0u64;
     let mut ticker = tokio::time::interval(config.heartbeat_interval);
@@ -232,11 +253,10 @@ pub async fn run(
             }
             _ = refresh.tick() => {
                 match read_inventory(probe.clone(), &config).await {
-                    Ok((_, json, d)) if d != digest => {
+                    Ok((_, json)) if json != register.inventory_json => {
                         tracing::info!(node = %id, "inventory changed; registering again");
-                        digest = d;
                         register.inventory_json = json;
-                        register.inventory_digest = digest.clone();
+                        register.inventory_digest = registration_digest(&register);
                         registered = false;
                     }
                     Ok(_) => {}
@@ -278,7 +298,7 @@ pub async fn run(
         let hb = HeartbeatRequest {
             node_id: id.clone(),
             seq,
-            inventory_digest: digest.clone(),
+            inventory_digest: register.inventory_digest.clone(),
             telemetry: Some(telemetry.latest().to_proto()),
         };
         match c.heartbeat(hb).await {

@@ -35,7 +35,8 @@ pub struct NodeRecord {
     pub labels: BTreeMap<String, String>,
     /// The agent's inventory document (JSON), opaque to the state machine.
     pub inventory: Vec<u8>,
-    /// BLAKE3 of `inventory`, hex: agents re-register only when it changes.
+    /// BLAKE3, hex, of the registration (hostname, labels, inventory): agents re-register
+    /// only when it changes.
     pub inventory_digest: String,
     pub health: NodeHealth,
     /// Revision of the last health change.

@@ -5,6 +5,7 @@ mod common;
 mod agent_gpu_faults;
 mod agent_inventory;
 mod agent_liveness;
+mod agent_registration;
 mod cli_operator;
 mod config_examples;
 mod deploy_units;
