@@ -438,17 +438,7 @@ pub fn render(
     stats: &AgentStats,
     openmetrics: bool,
 ) -> String {
-    let reg = registry(snapshot, hostname, stats);
-    let mut out = String::new();
-    let result = if openmetrics {
-        prometheus_client::encoding::text::encode(&mut out, &reg)
-    } else {
-        prometheus_client::encoding::prometheus_text::encode(&mut out, &reg)
-    };
-    if result.is_err() {
-        tracing::warn!("metrics encoding failed");
-    }
-    out
+    steward_core::exposition::encode(&registry(snapshot, hostname, stats), openmetrics)
 }
 
 /// Whether the scraper's `Accept` header asks for OpenMetrics (Prometheus does).

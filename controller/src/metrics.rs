@@ -114,16 +114,7 @@ pub fn render(ctx: &ApiContext, openmetrics: bool) -> String {
         "Age of each node's last heartbeat (leader only)",
         ages,
     );
-    let mut out = String::new();
-    let result = if openmetrics {
-        prometheus_client::encoding::text::encode(&mut out, &reg)
-    } else {
-        prometheus_client::encoding::prometheus_text::encode(&mut out, &reg)
-    };
-    if result.is_err() {
-        tracing::warn!("metrics encoding failed");
-    }
-    out
+    steward_core::exposition::encode(&reg, openmetrics)
 }
 
 /// Serves `/metrics` on `listener` until `shutdown`.

@@ -1,6 +1,7 @@
 //! Which Prometheus exposition format a scraper asked for. Prometheus asks for OpenMetrics in
 //! its `Accept` header; `curl` and `promtool check metrics` read the classic text format
-//! 0.0.4. Both agents and controllers serve either.
+//! 0.0.4. Both agents and controllers serve either. (prometheus-client only encodes; it does
+//! no I/O.)
 
 /// `Content-Type` of OpenMetrics text.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -13,6 +14,21 @@ pub fn wants_openmetrics<'a>(accept: impl IntoIterator<Item = &'a str>) -> bool 
     accept
         .into_iter()
         .any(|v| v.contains("application/openmetrics-text"))
+}
+
+/// Encodes `registry` in the chosen format. Encoding into a `String` cannot fail short of a
+/// bug in a metric's encoder; that is logged and what was written is returned.
+pub fn encode(registry: &prometheus_client::registry::Registry, openmetrics: bool) -> String {
+    let mut out = String::new();
+    let result = if openmetrics {
+        prometheus_client::encoding::text::encode(&mut out, registry)
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut out, registry)
+    };
+    if result.is_err() {
+        tracing::warn!("metrics encoding failed");
+    }
+    out
 }
 
 pub fn content_type(openmetrics: bool) -> &'static str {

@@ -209,7 +209,7 @@ impl GpuProbe for NvmlProbe {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "NVML event set unavailable: no XID/ECC events");
-                return idle_until(stop);
+                return;
             }
         };
         let mut uuids = Vec::new();
@@ -230,7 +230,7 @@ impl GpuProbe for NvmlProbe {
                     tracing::warn!(gpu = index, error = %e.error, "cannot register GPU events");
                     match self.nvml.create_event_set() {
                         Ok(s) => s,
-                        Err(_) => return idle_until(stop),
+                        Err(_) => return,
                     }
                 }
             };
@@ -269,12 +269,6 @@ impl GpuProbe for NvmlProbe {
                 }
             }
         }
-    }
-}
-
-fn idle_until(stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(std::time::Duration::from_millis(250));
     }
 }
 
