@@ -83,6 +83,29 @@ impl LogStore {
     }
 }
 
+impl LogStore {
+    /// The write batch that stores `entries`.
+    fn entries_batch(
+        &self,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Result<WriteBatch, StoreError> {
+        let mut batch = WriteBatch::default();
+        let cf = self.db.cf(CF_LOG);
+        for entry in entries {
+            let bytes = codec::encode("log entry", &entry)?;
+            batch.put_cf(cf, index_key(entry.get_log_id().index), bytes);
+        }
+        Ok(batch)
+    }
+
+    /// Appends `entries` with a synced write, outside openraft (golden-file generation).
+    #[cfg(test)]
+    pub(crate) fn append_now(&self, entries: Vec<Entry>) -> Result<(), StoreError> {
+        let batch = self.entries_batch(entries)?;
+        Ok(self.db.raw().write_opt(batch, &Db::sync_opts())?)
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -152,12 +175,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = WriteBatch::default();
-        let cf = self.db.cf(CF_LOG);
-        for entry in entries {
-            let bytes = codec::encode("log entry", &entry).map_err(write_err)?;
-            batch.put_cf(cf, index_key(entry.get_log_id().index), bytes);
-        }
+        let batch = self.entries_batch(entries).map_err(write_err)?;
         let db = self.db.clone();
         // The synced write blocks on fsync: keep it off the async workers.
         let result =

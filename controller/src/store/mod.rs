@@ -186,4 +186,6 @@ pub async fn open_stores(db: &Db) -> Result<(LogStore, StateMachineStore), Store
 }
 
 #[cfg(test)]
+mod golden;
+#[cfg(test)]
 mod tests;

@@ -74,3 +74,206 @@ fn data_dir_is_bound_to_its_controller_id() {
     let err = db.identity(dir.path(), 4).expect_err("other id refused");
     assert!(err.to_string().contains("belongs to controller 3"), "{err}");
 }
+
+/// The stored format of an earlier release: a RocksDB dump written by that release's code
+/// (`golden.rs`), with the state it must produce. Every later build must open it.
+mod previous_formats {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use openraft::storage::{RaftLogReader, RaftLogStorage, RaftStateMachine};
+
+    use super::*;
+
+    fn data_dir(format: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/data")
+            .join(format)
+    }
+
+    /// Recreates the dumped database in `dir`.
+    fn restore_dump(dump: &[u8], dir: &std::path::Path) -> Db {
+        let db = Db::open(dir).expect("open db");
+        let mut fields = Vec::new();
+        let mut rest = dump;
+        while rest.len() >= 4 {
+            let (len, tail) = rest.split_at(4);
+            let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+            let (field, tail) = tail.split_at(len);
+            fields.push(field.to_vec());
+            rest = tail;
+        }
+        assert!(rest.is_empty() && fields.len() % 3 == 0, "dump is damaged");
+        let records: Vec<(String, Vec<u8>, Vec<u8>)> = fields
+            .chunks(3)
+            .map(|r| {
+                (
+                    String::from_utf8(r[0].clone()).expect("cf name"),
+                    r[1].clone(),
+                    r[2].clone(),
+                )
+            })
+            .collect();
+        for (cf, key, value) in records {
+            db.raw()
+                .put_cf(db.cf(&cf), key, value)
+                .expect("restore record");
+        }
+        db
+    }
+
+    #[tokio::test]
+    async fn format_v1_snapshot_and_log_load() {
+        let dir = data_dir("format-v1");
+        let dump = std::fs::read(dir.join("raft-db.dump")).expect("dump");
+        let expected: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("expected.json")).expect("expected"))
+                .expect("expected json");
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let db = restore_dump(&dump, tmp.path());
+        assert_eq!(
+            db.identity(tmp.path(), 1).expect("identity").1,
+            false,
+            "the dump carries its identity"
+        );
+        let (mut log, mut sm) = open_stores(&db).await.expect("open stores");
+        assert!(log.read_vote().await.expect("vote").is_some());
+        let state = log.get_log_state().await.expect("log state");
+        assert_eq!(
+            state.last_purged_log_id.map(|l| l.index),
+            expected["last_purged_index"].as_u64()
+        );
+        let (applied, _) = sm.applied_state().await.expect("applied");
+        assert_eq!(
+            applied.map(|l| l.index),
+            expected["snapshot_index"].as_u64()
+        );
+        // Replay the committed log after the snapshot, as openraft does at start.
+        let committed = log
+            .read_committed()
+            .await
+            .expect("committed")
+            .expect("some");
+        let entries = log
+            .try_get_log_entries(applied.map_or(0, |l| l.index + 1)..=committed.index)
+            .await
+            .expect("entries");
+        assert!(!entries.is_empty());
+        sm.apply(entries).await.expect("apply");
+        let view = sm.view();
+        let applied = view.read();
+        let s = &applied.state;
+        assert_eq!(Some(s.revision), expected["revision"].as_u64());
+        let kv: BTreeMap<String, (String, u64, u64, u64)> =
+            s.kv.iter()
+                .map(|(k, e)| {
+                    (
+                        k.clone(),
+                        (
+                            String::from_utf8_lossy(&e.value).into_owned(),
+                            e.create_revision,
+                            e.mod_revision,
+                            e.version,
+                        ),
+                    )
+                })
+                .collect();
+        let want_kv: BTreeMap<String, (String, u64, u64, u64)> = expected["kv"]
+            .as_object()
+            .expect("kv")
+            .iter()
+            .map(|(k, e)| {
+                let n = |f: &str| e[f].as_u64().expect("number");
+                (
+                    k.clone(),
+                    (
+                        e["value"].as_str().expect("value").to_string(),
+                        n("create_revision"),
+                        n("mod_revision"),
+                        n("version"),
+                    ),
+                )
+            })
+            .collect();
+        assert_eq!(kv, want_kv);
+        let controllers: BTreeMap<String, (u64, String)> = s
+            .controllers
+            .iter()
+            .map(|(id, r)| (id.to_string(), (r.incarnation, r.api_addr.clone())))
+            .collect();
+        let want_controllers: BTreeMap<String, (u64, String)> = expected["controllers"]
+            .as_object()
+            .expect("controllers")
+            .iter()
+            .map(|(id, r)| {
+                (
+                    id.clone(),
+                    (
+                        r["incarnation"].as_u64().expect("incarnation"),
+                        r["api_addr"].as_str().expect("addr").to_string(),
+                    ),
+                )
+            })
+            .collect();
+        assert_eq!(controllers, want_controllers);
+        let nodes: BTreeMap<String, (String, String)> = s
+            .nodes
+            .iter()
+            .map(|(id, n)| {
+                (
+                    id.clone(),
+                    (n.hostname.clone(), n.health.name().to_string()),
+                )
+            })
+            .collect();
+        let want_nodes: BTreeMap<String, (String, String)> = expected["nodes"]
+            .as_object()
+            .expect("nodes")
+            .iter()
+            .map(|(id, n)| {
+                (
+                    id.clone(),
+                    (
+                        n["hostname"].as_str().expect("hostname").to_string(),
+                        n["health"].as_str().expect("health").to_string(),
+                    ),
+                )
+            })
+            .collect();
+        assert_eq!(nodes, want_nodes);
+        let events: Vec<(u64, String, String)> = s
+            .node_events
+            .iter()
+            .map(|e| (e.revision, e.node.clone(), e.to.name().to_string()))
+            .collect();
+        let want_events: Vec<(u64, String, String)> = expected["node_events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| {
+                (
+                    e["revision"].as_u64().expect("revision"),
+                    e["node"].as_str().expect("node").to_string(),
+                    e["to"].as_str().expect("to").to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(events, want_events);
+    }
+
+    #[test]
+    fn format_v1_operator_snapshot_file_loads() {
+        let dir = data_dir("format-v1");
+        let bytes = std::fs::read(dir.join("operator.snap")).expect("operator.snap");
+        let expected: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("expected.json")).expect("expected"))
+                .expect("expected json");
+        let (header, state) = crate::snapshot_file::decode(&bytes).expect("decode");
+        assert_eq!(header.cluster_name, "golden");
+        assert_eq!(Some(state.revision), expected["revision"].as_u64());
+        assert_eq!(
+            state.kv.len(),
+            expected["kv"].as_object().expect("kv").len()
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! Writes the golden files of the stored format: a RocksDB dump of a controller that applied
+//! one of every command kind, with a stored snapshot and a purged log. Run by hand, once per
+//! format, with the code of that format:
+//!
+//! ```sh
+//! STEWARD_WRITE_GOLDEN=tests/data/format-v1 cargo test -p steward-controller write_golden -- --ignored
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
+use steward_core::node::NodeHealth;
+use steward_core::{ClusterState, Command};
+
+use super::*;
+use crate::typ::{ControllerNode, Entry, Vote};
+
+fn log_id(term: u64, index: u64) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn put(key: &str, value: &str, cas: Option<u64>) -> Command {
+    Command::KvPut {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+        expected_revision: cas,
+    }
+}
+
+#[tokio::test]
+#[ignore = "writes golden files; run by hand with STEWARD_WRITE_GOLDEN=DIR"]
+async fn write_golden() {
+    let out = std::path::PathBuf::from(
+        std::env::var("STEWARD_WRITE_GOLDEN").expect("STEWARD_WRITE_GOLDEN=DIR"),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = Db::open(dir.path()).expect("open db");
+    db.identity(dir.path(), 1).expect("identity");
+    let (mut log, mut sm) = open_stores(&db).await.expect("open stores");
+    log.save_vote(&Vote::new_committed(2, 1))
+        .await
+        .expect("vote");
+
+    let inventory = std::fs::read(out.join("inventory.json")).expect("inventory.json");
+    let members: BTreeMap<u64, ControllerNode> = (1..=3)
+        .map(|id| {
+            (
+                id,
+                ControllerNode {
+                    raft_addr: format!("127.0.0.1:{}", 7710 + id - 1),
+                    api_addr: String::new(),
+                },
+            )
+        })
+        .collect();
+    let mut restored = ClusterState::default();
+    restored.apply(put("restored/a", "from a snapshot file", None));
+    restored.apply(put("restored/b", "second", None));
+
+    let register = |c: u64| Command::RegisterController {
+        controller: c,
+        incarnation: 0x1000 + c,
+        api_addr: format!("127.0.0.1:{}", 7700 + c - 1),
+    };
+    let node = |id: &str, host: &str| Command::RegisterNode {
+        node: id.into(),
+        hostname: host.into(),
+        labels: [("rack".to_string(), "r1".to_string())].into(),
+        inventory: inventory.clone(),
+        inventory_digest: format!("digest-of-{id}"),
+    };
+    let health = |id: &str, h: NodeHealth, why: &str| Command::SetNodeHealth {
+        node: id.into(),
+        health: h,
+        reason: why.into(),
+    };
+    let payloads: Vec<(u64, EntryPayload<crate::typ::TypeConfig>)> = vec![
+        (
+            0,
+            EntryPayload::Membership(Membership::new(vec![(1..=3).collect()], members)),
+        ),
+        (1, EntryPayload::Blank),
+        (1, EntryPayload::Normal(register(1))),
+        (
+            1,
+            EntryPayload::Normal(Command::Batch(vec![register(2), register(3)])),
+        ),
+        (1, EntryPayload::Normal(put("jobs/a", "1", None))),
+        (1, EntryPayload::Normal(put("jobs/a", "2", Some(4)))),
+        (1, EntryPayload::Normal(put("jobs/a", "refused", Some(1)))),
+        (1, EntryPayload::Normal(put("jobs/b", "created", Some(0)))),
+        (
+            1,
+            EntryPayload::Normal(Command::KvDelete {
+                key: "jobs/b".into(),
+                expected_revision: None,
+            }),
+        ),
+        (
+            1,
+            EntryPayload::Normal(node("node-00000000000000a1", "gpu-1")),
+        ),
+        (
+            1,
+            EntryPayload::Normal(node("node-00000000000000a2", "gpu-2")),
+        ),
+        (2, EntryPayload::Blank),
+        (
+            2,
+            EntryPayload::Normal(health(
+                "node-00000000000000a2",
+                NodeHealth::Suspect,
+                "no heartbeat for 2000 ms",
+            )),
+        ),
+        (
+            2,
+            EntryPayload::Normal(health(
+                "node-00000000000000a2",
+                NodeHealth::Down,
+                "no heartbeat for 5000 ms",
+            )),
+        ),
+        // The snapshot is taken here (index 14).
+        (
+            2,
+            EntryPayload::Normal(Command::RestoreState {
+                state: Box::new(restored),
+            }),
+        ),
+        (
+            2,
+            EntryPayload::Normal(Command::Batch(vec![
+                put("after/1", "x", None),
+                put("after/2", "y", None),
+                Command::KvDelete {
+                    key: "after/1".into(),
+                    expected_revision: Some(1),
+                },
+            ])),
+        ),
+        (
+            2,
+            EntryPayload::Normal(node("node-00000000000000a3", "gpu-3")),
+        ),
+        (
+            2,
+            EntryPayload::Normal(health(
+                "node-00000000000000a3",
+                NodeHealth::Down,
+                "no heartbeat for 5000 ms",
+            )),
+        ),
+        (
+            2,
+            EntryPayload::Normal(health(
+                "node-00000000000000a3",
+                NodeHealth::Ready,
+                "heartbeat received while down",
+            )),
+        ),
+        (
+            2,
+            EntryPayload::Normal(Command::ForgetController { controller: 3 }),
+        ),
+        (2, EntryPayload::Normal(put("after/3", "last", None))),
+    ];
+    let entries: Vec<Entry> = payloads
+        .into_iter()
+        .enumerate()
+        .map(|(i, (term, payload))| Entry {
+            log_id: log_id(term, i as u64),
+            payload,
+        })
+        .collect();
+    let last = entries.last().expect("entries").log_id;
+    log.append_now(entries.clone()).expect("append");
+
+    const SNAPSHOT_AT: usize = 14;
+    sm.apply(entries[..=SNAPSHOT_AT].to_vec())
+        .await
+        .expect("apply");
+    let mut builder = sm.get_snapshot_builder().await;
+    builder.build_snapshot().await.expect("snapshot");
+    sm.apply(entries[SNAPSHOT_AT + 1..].to_vec())
+        .await
+        .expect("apply");
+    log.save_committed(Some(last)).await.expect("committed");
+    // Keep a few entries behind the snapshot, as keep_entries_after_snapshot does.
+    log.purge(entries[10].log_id).await.expect("purge");
+
+    std::fs::create_dir_all(&out).expect("out dir");
+    let mut dump = std::fs::File::create(out.join("raft-db.dump")).expect("dump file");
+    for cf in [CF_META, CF_LOG, CF_SNAPSHOT] {
+        for item in db
+            .raw()
+            .iterator_cf(db.cf(cf), rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item.expect("read");
+            for field in [cf.as_bytes(), &k[..], &v[..]] {
+                dump.write_all(&(field.len() as u32).to_be_bytes())
+                    .expect("write");
+                dump.write_all(field).expect("write");
+            }
+        }
+    }
+    let state = sm.view().read().state.clone();
+    let summary = serde_json::json!({
+        "applied_index": last.index,
+        "snapshot_index": SNAPSHOT_AT,
+        "last_purged_index": 10,
+        "revision": state.revision,
+        "digest": state.digest().expect("digest"),
+        "kv": state.kv.iter().map(|(k, e)| (k.clone(), serde_json::json!({
+            "value": String::from_utf8_lossy(&e.value),
+            "create_revision": e.create_revision,
+            "mod_revision": e.mod_revision,
+            "version": e.version,
+        }))).collect::<BTreeMap<_, _>>(),
+        "controllers": state.controllers.iter().map(|(id, r)| (id.to_string(), serde_json::json!({
+            "incarnation": r.incarnation, "api_addr": r.api_addr, "recorded_at": r.recorded_at,
+        }))).collect::<BTreeMap<_, _>>(),
+        "nodes": state.nodes.iter().map(|(id, n)| (id.clone(), serde_json::json!({
+            "hostname": n.hostname, "labels": n.labels, "health": n.health.name(),
+            "health_since": n.health_since, "registered_at": n.registered_at,
+            "inventory_digest": n.inventory_digest,
+        }))).collect::<BTreeMap<_, _>>(),
+        "node_events": state.node_events.iter().map(|e| serde_json::json!({
+            "revision": e.revision, "node": e.node, "from": e.from.map(|h| h.name()),
+            "to": e.to.name(), "reason": e.reason,
+        })).collect::<Vec<_>>(),
+    });
+    std::fs::write(
+        out.join("expected.json"),
+        serde_json::to_string_pretty(&summary).expect("json") + "\n",
+    )
+    .expect("write expected");
+
+    // An operator snapshot file of the same state.
+    let header = crate::snapshot_file::SnapshotHeader {
+        cluster_name: "golden".into(),
+        taken_by: 1,
+        applied_index: last.index,
+        applied_term: 2,
+        voters: vec![1, 2, 3],
+        learners: vec![],
+        keys: state.kv.len() as u64,
+        state_digest: state.digest().expect("digest"),
+    };
+    let file = crate::snapshot_file::encode(header, &state).expect("snapshot file");
+    std::fs::write(out.join("operator.snap"), file).expect("write snapshot file");
+}
