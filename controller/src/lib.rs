@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod config;
+pub mod elections;
 pub mod metrics;
 pub mod network;
 pub mod server;

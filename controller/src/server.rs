@@ -26,6 +26,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::api::{AdminService, AgentControlService, ApiContext, Proposer};
 use crate::config::ControllerConfig;
+use crate::elections::{ElectionHolds, HoldReason};
 use crate::network::{wiped_message, NetworkFactory, PeerShared, RaftServer};
 use crate::store::{open_stores, Db, StoreError};
 use crate::typ::{ControllerNode, Raft};
@@ -170,6 +171,7 @@ impl Controller {
         }
 
         let shutdown = CancellationToken::new();
+        let holds = ElectionHolds::new(raft.clone());
         let (proposer, proposer_task) = Proposer::start(config.id, raft.clone(), shutdown.clone());
         let ctx = ApiContext::new(
             raft.clone(),
@@ -179,6 +181,7 @@ impl Controller {
             config.raft.clone(),
             proposer,
             crate::api::liveness::LivenessTracker::new(config.liveness),
+            holds.clone(),
         );
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -199,9 +202,14 @@ impl Controller {
             .build_v1alpha()
             .map_err(|e| ControllerError::Raft(format!("reflection: {e}")))?;
 
-        let raft_service = RaftServiceServer::new(RaftServer::new(raft.clone(), peers.clone()))
-            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+        let raft_service = RaftServiceServer::new(RaftServer::new(
+            raft.clone(),
+            peers.clone(),
+            holds.clone(),
+            config.raft.election_timeout_max,
+        ))
+        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
         let admin = AdminServer::new(AdminService::new(ctx.clone()))
             .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_API_MESSAGE_BYTES);
@@ -256,8 +264,10 @@ impl Controller {
         let workers = vec![
             proposer_task,
             tokio::spawn(crate::api::liveness::run(ctx.clone(), shutdown.clone())),
+            tokio::spawn(holds.clone().run(shutdown.clone())),
             tokio::spawn(break_split_votes(
                 raft.clone(),
+                holds.clone(),
                 config.raft.clone(),
                 shutdown.clone(),
             )),
@@ -347,6 +357,7 @@ async fn log_leadership(raft: Raft, shutdown: CancellationToken) {
 /// The first retry is left alone: it is usually a vote refused under the old leader's lease.
 async fn break_split_votes(
     raft: Raft,
+    holds: Arc<ElectionHolds>,
     tuning: crate::config::RaftTuning,
     shutdown: CancellationToken,
 ) {
@@ -371,12 +382,11 @@ async fn break_split_votes(
             let jitter =
                 rand::random_range(0..tuning.election_timeout_min.as_millis().max(1) as u64);
             let pause = tuning.election_timeout_max + Duration::from_millis(jitter);
-            raft.runtime_config().elect(false);
+            holds.hold(HoldReason::SplitVoteBackoff, pause);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
             }
-            raft.runtime_config().elect(true);
             continue;
         }
         tokio::select! {

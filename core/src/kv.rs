@@ -13,6 +13,9 @@ pub const MAX_KEY_BYTES: usize = 1024;
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// Most entries one `list` returns; callers page with `start_after`.
 pub const MAX_LIST_LIMIT: usize = 10_000;
+/// Most key and value bytes one `list` returns (but always at least one entry): a page
+/// fits in gRPC's default 4 MiB receive limit, so any client can read it.
+pub const MAX_LIST_BYTES: usize = 3 * 1024 * 1024;
 
 /// One key's value and its revision history markers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

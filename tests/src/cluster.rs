@@ -206,7 +206,12 @@ impl ProcCluster {
             .arg("controller")
             .arg("--config")
             .arg(&node.config_path)
-            .env("RUST_LOG", "info,openraft=warn")
+            .env(
+                "RUST_LOG",
+                // STEWARD_IT_RUST_LOG turns up the controllers' logging when debugging a test.
+                std::env::var("STEWARD_IT_RUST_LOG")
+                    .unwrap_or_else(|_| "info,openraft=warn".to_string()),
+            )
             .env_remove("STEWARD_ADDR")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use openraft::{ChangeMembers, ServerState};
-use steward_core::kv::{self, MAX_LIST_LIMIT};
+use steward_core::kv::{self, MAX_LIST_BYTES, MAX_LIST_LIMIT};
 use steward_core::{Command, CommandResult};
 use steward_proto::conv::kv_entry_to_pb;
 use steward_proto::v1::admin_server::Admin;
@@ -323,13 +323,18 @@ impl Admin for AdminService {
         };
         let applied = self.ctx.view.read();
         let start_after = (!req.start_after.is_empty()).then_some(req.start_after.as_str());
-        let mut entries: Vec<KvEntry> = applied
-            .state
-            .kv_list(&req.prefix, start_after, limit + 1)
-            .map(|(k, e)| kv_entry_to_pb(k, e))
-            .collect();
-        let more = entries.len() > limit;
-        entries.truncate(limit);
+        let mut entries: Vec<KvEntry> = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        for (k, e) in applied.state.kv_list(&req.prefix, start_after, limit + 1) {
+            let size = k.len() + e.value.len();
+            if entries.len() == limit || (!entries.is_empty() && bytes + size > MAX_LIST_BYTES) {
+                more = true;
+                break;
+            }
+            bytes += size;
+            entries.push(kv_entry_to_pb(k, e));
+        }
         Ok(Response::new(KvListReply {
             entries,
             more,

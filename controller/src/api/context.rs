@@ -31,12 +31,14 @@ pub struct ApiContext {
     pub cluster_name: String,
     pub tuning: RaftTuning,
     pub(crate) transferring: AtomicBool,
+    pub(crate) holds: Arc<crate::elections::ElectionHolds>,
     proposer: Proposer,
     /// Agents' heartbeats (leader only).
     pub liveness: Arc<super::liveness::LivenessTracker>,
 }
 
 impl ApiContext {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         raft: Raft,
         view: StateView,
@@ -45,6 +47,7 @@ impl ApiContext {
         tuning: RaftTuning,
         proposer: Proposer,
         liveness: Arc<super::liveness::LivenessTracker>,
+        holds: Arc<crate::elections::ElectionHolds>,
     ) -> Arc<Self> {
         Arc::new(ApiContext {
             id: peers.id,
@@ -54,6 +57,7 @@ impl ApiContext {
             cluster_name,
             tuning,
             transferring: AtomicBool::new(false),
+            holds,
             proposer,
             liveness,
         })

@@ -16,6 +16,7 @@ use steward_proto::v1::{CampaignRequest, PauseElectionRequest};
 
 use super::error::ApiError;
 use super::ApiContext;
+use crate::elections::HoldReason;
 use crate::typ::NodeId;
 
 /// How long the target may take to catch up before the transfer is refused.
@@ -31,7 +32,7 @@ struct Restore<'a>(&'a ApiContext);
 impl Drop for Restore<'_> {
     fn drop(&mut self) {
         self.0.raft.runtime_config().heartbeat(true);
-        self.0.raft.runtime_config().elect(true);
+        self.0.holds.release(HoldReason::TransferringLeadership);
         self.0.transferring.store(false, Ordering::Release);
     }
 }
@@ -96,7 +97,10 @@ pub async fn transfer_leadership(ctx: &ApiContext, to: NodeId) -> Result<(NodeId
 
     // 3. Let the followers' leases lapse.
     ctx.raft.runtime_config().heartbeat(false);
-    ctx.raft.runtime_config().elect(false);
+    ctx.holds.hold(
+        HoldReason::TransferringLeadership,
+        CATCH_UP_TIMEOUT + ELECTION_TIMEOUT + lease,
+    );
     tokio::time::sleep(lease + ctx.tuning.heartbeat_interval).await;
 
     // 4. Ask the target to campaign.

@@ -17,7 +17,8 @@ use steward_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::{wiped_message, PeerShared, WIPED_CONTROLLER_HEADER};
-use crate::typ::{NodeId, Raft, RaftError};
+use crate::elections::{ElectionHolds, HoldReason};
+use crate::typ::{InstallSnapshotRequest, NodeId, Raft, RaftError};
 
 /// Longest election pause a peer may ask for.
 pub const MAX_ELECTION_PAUSE: Duration = Duration::from_secs(10);
@@ -25,11 +26,24 @@ pub const MAX_ELECTION_PAUSE: Duration = Duration::from_secs(10);
 pub struct RaftServer {
     raft: Raft,
     shared: Arc<PeerShared>,
+    holds: Arc<ElectionHolds>,
+    /// How long after a snapshot chunk this controller keeps from campaigning.
+    snapshot_hold: Duration,
 }
 
 impl RaftServer {
-    pub fn new(raft: Raft, shared: Arc<PeerShared>) -> Self {
-        RaftServer { raft, shared }
+    pub fn new(
+        raft: Raft,
+        shared: Arc<PeerShared>,
+        holds: Arc<ElectionHolds>,
+        snapshot_hold: Duration,
+    ) -> Self {
+        RaftServer {
+            raft,
+            shared,
+            holds,
+            snapshot_hold,
+        }
     }
 
     /// The incarnation fence. See the module docs of `network`.
@@ -108,7 +122,18 @@ impl RaftService for RaftServer {
     ) -> Result<Response<RaftReply>, Status> {
         let req = request.into_inner();
         self.check_request(&req)?;
-        reply(self.raft.install_snapshot(decode(&req)?).await)
+        let chunk: InstallSnapshotRequest = decode(&req)?;
+        let done = chunk.done;
+        let result = self.raft.install_snapshot(chunk).await;
+        // openraft does not count chunks as contact with the leader: without a hold, a
+        // transfer longer than the election timeout makes this follower campaign mid-way.
+        match (&result, done) {
+            (Ok(_), false) => self
+                .holds
+                .hold(HoldReason::ReceivingSnapshot, self.snapshot_hold),
+            _ => self.holds.release(HoldReason::ReceivingSnapshot),
+        }
+        reply(result)
     }
 
     async fn pause_election(
@@ -118,12 +143,7 @@ impl RaftService for RaftServer {
         let req = request.into_inner();
         self.check_sender(req.from.as_ref())?;
         let pause = Duration::from_millis(req.pause_ms).min(MAX_ELECTION_PAUSE);
-        self.raft.runtime_config().elect(false);
-        let raft = self.raft.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(pause).await;
-            raft.runtime_config().elect(true);
-        });
+        self.holds.hold(HoldReason::PausedForTransfer, pause);
         Ok(Response::new(PauseElectionReply {}))
     }
 
@@ -133,7 +153,7 @@ impl RaftService for RaftServer {
     ) -> Result<Response<CampaignReply>, Status> {
         let req = request.into_inner();
         self.check_sender(req.from.as_ref())?;
-        self.raft.runtime_config().elect(true);
+        self.holds.release_all();
         self.raft
             .trigger()
             .elect()

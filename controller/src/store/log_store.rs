@@ -3,7 +3,8 @@
 //! Invariants: the append callback fires only after the batch is written with
 //! `sync = true`; `read_vote` and log reads fail with a storage error on a record that does
 //! not decode; purge records `last_purged` before deleting entries, so a crash between the
-//! two leaves extra entries, never a hole.
+//! two leaves extra entries, never a hole; purge never goes past the newest stored snapshot
+//! (the rest waits in the [`super::SnapshotFence`] until a snapshot covers it).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -136,7 +137,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| *e.get_log_id());
         Ok(LogState {
             last_purged_log_id: last_purged,
-            last_log_id: last.or(last_purged),
+            // The later of the two: after a snapshot install the purge point may be ahead of
+            // every entry left.
+            last_log_id: last.max(last_purged),
         })
     }
 
@@ -207,15 +210,38 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.db
-            .put_meta(MetaKey::LastPurged, &log_id)
-            .map_err(write_err)?;
-        let cf = self.db.cf(CF_LOG);
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf, index_key(0), index_key(log_id.index + 1));
-        self.db
-            .raw()
-            .write_opt(batch, &Db::sync_opts())
-            .map_err(write_err)
+        let mut fence = self.db.fence();
+        let allowed = if fence.disabled {
+            Some(log_id)
+        } else {
+            fence.stored.min(Some(log_id))
+        };
+        if allowed < Some(log_id) {
+            tracing::debug!(
+                requested = %log_id,
+                stored_snapshot = ?fence.stored,
+                "purge deferred until a stored snapshot covers it"
+            );
+            fence.deferred_purge = fence.deferred_purge.max(Some(log_id));
+        }
+        match allowed {
+            Some(upto) => purge_upto(&self.db, upto).map_err(write_err),
+            None => Ok(()),
+        }
     }
+}
+
+/// Deletes the log up to and including `upto`, unless it is purged that far already.
+/// Records `last_purged` first, so a crash in between leaves extra entries, never a hole.
+pub(crate) fn purge_upto(db: &Db, upto: LogId) -> Result<(), StoreError> {
+    let current: Option<LogId> = db.get_meta(MetaKey::LastPurged)?;
+    if current >= Some(upto) {
+        return Ok(());
+    }
+    db.put_meta(MetaKey::LastPurged, &upto)?;
+    let cf = db.cf(CF_LOG);
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(cf, index_key(0), index_key(upto.index + 1));
+    db.raw().write_opt(batch, &Db::sync_opts())?;
+    Ok(())
 }

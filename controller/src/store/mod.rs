@@ -3,7 +3,8 @@
 //! - `meta`: typed metadata keys (vote, committed log id, last purged log id, this data
 //!   dir's controller id and incarnation);
 //! - `log`: Raft log entries keyed by big-endian index;
-//! - `snapshot`: the latest state-machine snapshot (meta + encoded state).
+//! - `snapshot`: state-machine snapshots (meta + encoded state), keyed by their last log
+//!   index; the newest one is current.
 //!
 //! Every value is in steward-core's versioned codec. Writes that Raft relies on (vote, log
 //! append, truncate, purge, snapshot) are written with `sync = true`: they are on disk
@@ -12,18 +13,26 @@
 //!
 //! The state machine itself lives in memory (`state_machine.rs`) and is rebuilt on start
 //! from the latest snapshot plus the committed log.
+//!
+//! Two rules keep that rebuild possible (the [`SnapshotFence`]):
+//! - a snapshot never moves backwards: each is stored under its own key, the newest is
+//!   current, so a build that finishes after a newer install cannot replace it;
+//! - the log is never purged past the newest stored snapshot: openraft asks for a purge as
+//!   soon as it hands a snapshot to the state machine, before the install is durable, so a
+//!   purge beyond the stored snapshot is deferred until a snapshot covers it.
 
 mod log_store;
 mod state_machine;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use steward_core::codec;
 
+use crate::typ::LogId;
 pub use log_store::LogStore;
 pub use state_machine::{StateMachineStore, StateView};
 
@@ -75,10 +84,25 @@ pub enum StoreError {
     },
 }
 
+/// Where the newest stored snapshot is, and the purge waiting for a snapshot to cover it.
+/// Shared by the log store and the state machine; its lock is held only for small writes
+/// (never while a snapshot is written).
+#[derive(Debug, Default)]
+pub(crate) struct SnapshotFence {
+    /// Last log id of the newest durable snapshot.
+    pub(crate) stored: Option<LogId>,
+    /// A purge openraft asked for beyond `stored`: done once a snapshot covers it.
+    pub(crate) deferred_purge: Option<LogId>,
+    /// Off only for openraft's storage conformance suite, whose purge tests purge a log
+    /// that no snapshot covers (see `tests.rs`).
+    pub(crate) disabled: bool,
+}
+
 /// The shared RocksDB handle behind the log store and the state machine.
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<DB>,
+    fence: Arc<Mutex<SnapshotFence>>,
 }
 
 impl Db {
@@ -96,7 +120,12 @@ impl Db {
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         Ok(Db {
             inner: Arc::new(db),
+            fence: Arc::default(),
         })
+    }
+
+    pub(crate) fn fence(&self) -> MutexGuard<'_, SnapshotFence> {
+        self.fence.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -178,10 +207,11 @@ fn meta_name(key: MetaKey) -> &'static str {
     }
 }
 
-/// Opens the log store and state machine over one database.
+/// Opens the log store and state machine over one database. The state machine opens first:
+/// it finds the newest stored snapshot, which bounds the log store's purges.
 pub async fn open_stores(db: &Db) -> Result<(LogStore, StateMachineStore), StoreError> {
-    let log = LogStore::new(db.clone());
     let sm = StateMachineStore::open(db.clone())?;
+    let log = LogStore::new(db.clone());
     Ok((log, sm))
 }
 

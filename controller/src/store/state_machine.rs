@@ -1,8 +1,12 @@
 //! The replicated state machine (`RaftStateMachine`): an in-memory [`ClusterState`] fed by
 //! committed entries, plus durable snapshots in the `snapshot` column family.
 //!
-//! On start it restores the latest snapshot; openraft then re-applies committed entries
-//! after it. Readers (the admin API) see the state through [`StateView`].
+//! On start it restores the newest stored snapshot; openraft then re-applies committed
+//! entries after it. Readers (the admin API) see the state through [`StateView`].
+//!
+//! Snapshots are stored under their own key (the last log index, big-endian), so a build
+//! that finishes after a newer snapshot was installed cannot replace it: the newest stored
+//! snapshot is the current one, and older records are deleted once a newer one is durable.
 
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -12,13 +16,23 @@ use openraft::{AnyError, EntryPayload, OptionalSend, RaftLogId};
 use serde::{Deserialize, Serialize};
 use steward_core::{codec, ClusterState, CommandResult};
 
+use super::log_store::purge_upto;
 use super::{Db, StoreError, CF_SNAPSHOT};
 use crate::typ::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
     TypeConfig,
 };
 
-const SNAPSHOT_KEY: &[u8] = b"current";
+/// Where format 1 kept its only snapshot; moved to a keyed record on open.
+const LEGACY_SNAPSHOT_KEY: &[u8] = b"current";
+/// Prefix of keyed snapshot records: `s` + (last log index + 1, big-endian; 0: none).
+const SNAPSHOT_PREFIX: u8 = b's';
+
+fn snapshot_key(last: Option<LogId>) -> [u8; 9] {
+    let mut key = [SNAPSHOT_PREFIX; 9];
+    key[1..].copy_from_slice(&last.map_or(0, |l| l.index + 1).to_be_bytes());
+    key
+}
 
 /// What `snapshot` holds: openraft's metadata and the encoded cluster state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,8 +97,9 @@ fn snap_read_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl StateMachineStore {
-    /// Opens the state machine, restoring the latest durable snapshot if there is one.
+    /// Opens the state machine, restoring the newest durable snapshot if there is one.
     pub fn open(db: Db) -> Result<Self, StoreError> {
+        move_legacy_snapshot(&db)?;
         let view = StateView::default();
         if let Some(snap) = read_stored_snapshot(&db)? {
             let state = ClusterState::decode(&snap.data)?;
@@ -92,6 +107,7 @@ impl StateMachineStore {
             applied.state = state;
             applied.last_applied = snap.meta.last_log_id;
             applied.last_membership = snap.meta.last_membership.clone();
+            db.fence().stored = snap.meta.last_log_id;
         }
         Ok(StateMachineStore {
             db,
@@ -105,18 +121,66 @@ impl StateMachineStore {
     }
 }
 
+/// Format 1 kept one snapshot under a fixed key; give it its keyed record.
+fn move_legacy_snapshot(db: &Db) -> Result<(), StoreError> {
+    let cf = db.cf(CF_SNAPSHOT);
+    let Some(bytes) = db.raw().get_cf(cf, LEGACY_SNAPSHOT_KEY)? else {
+        return Ok(());
+    };
+    let snap: StoredSnapshot = codec::decode("snapshot", &bytes)?;
+    let mut batch = rocksdb::WriteBatch::default();
+    batch.put_cf(cf, snapshot_key(snap.meta.last_log_id), &bytes);
+    batch.delete_cf(cf, LEGACY_SNAPSHOT_KEY);
+    db.raw().write_opt(batch, &Db::sync_opts())?;
+    Ok(())
+}
+
+/// The newest stored snapshot.
 fn read_stored_snapshot(db: &Db) -> Result<Option<StoredSnapshot>, StoreError> {
-    match db.raw().get_cf(db.cf(CF_SNAPSHOT), SNAPSHOT_KEY)? {
+    let mut it = db.raw().iterator_cf(
+        db.cf(CF_SNAPSHOT),
+        rocksdb::IteratorMode::From(&[SNAPSHOT_PREFIX + 1], rocksdb::Direction::Reverse),
+    );
+    match it.next() {
+        Some(item) => {
+            let (key, bytes) = item?;
+            if key.first() != Some(&SNAPSHOT_PREFIX) {
+                return Ok(None);
+            }
+            Ok(Some(codec::decode("snapshot", &bytes)?))
+        }
         None => Ok(None),
-        Some(bytes) => Ok(Some(codec::decode("snapshot", &bytes)?)),
     }
 }
 
-fn write_stored_snapshot(db: &Db, snap: &StoredSnapshot) -> Result<(), StoreError> {
-    let bytes = codec::encode("snapshot", snap)?;
+/// Stores `snap` unless a newer snapshot is stored already; returns whether it is now the
+/// current one. Written without holding the fence (snapshots can be large); the fence then
+/// records the new position, deletes older records, and completes a deferred purge.
+fn store_snapshot(db: &Db, snap: &StoredSnapshot) -> Result<bool, StoreError> {
+    let last = snap.meta.last_log_id;
+    let newer = |stored: Option<LogId>| stored.is_none() || last > stored;
+    if !newer(db.fence().stored) {
+        return Ok(false);
+    }
+    let cf = db.cf(CF_SNAPSHOT);
+    let key = snapshot_key(last);
     db.raw()
-        .put_cf_opt(db.cf(CF_SNAPSHOT), SNAPSHOT_KEY, bytes, &Db::sync_opts())?;
-    Ok(())
+        .put_cf_opt(cf, key, codec::encode("snapshot", snap)?, &Db::sync_opts())?;
+    let mut fence = db.fence();
+    if !newer(fence.stored) {
+        // A newer snapshot became durable while this one was written: drop this one.
+        db.raw().delete_cf(cf, key)?;
+        return Ok(false);
+    }
+    fence.stored = last;
+    db.raw().delete_range_cf(cf, snapshot_key(None), key)?;
+    if let (Some(target), Some(last)) = (fence.deferred_purge, last) {
+        purge_upto(db, target.min(last))?;
+        if target <= last {
+            fence.deferred_purge = None;
+        }
+    }
+    Ok(true)
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -136,13 +200,20 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             data,
         };
         let db = self.db.clone();
-        let stored = tokio::task::spawn_blocking(move || {
-            write_stored_snapshot(&db, &stored).map(|()| stored)
+        let (stored, current) = tokio::task::spawn_blocking(move || {
+            store_snapshot(&db, &stored).map(|current| (stored, current))
         })
         .await
         .map_err(snap_write_err)?
         .map_err(snap_write_err)?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), "built snapshot");
+        if current {
+            tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), "built snapshot");
+        } else {
+            tracing::info!(
+                snapshot = %meta.snapshot_id,
+                "built snapshot discarded: a newer snapshot was stored meanwhile"
+            );
+        }
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(stored.data)),
@@ -208,7 +279,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: meta.clone(),
             data,
         };
-        write_stored_snapshot(&self.db, &stored).map_err(snap_write_err)?;
+        if !store_snapshot(&self.db, &stored).map_err(snap_write_err)? {
+            // openraft installs only snapshots newer than what it committed, so a newer
+            // stored one means a bug; keep the stored one durable, follow openraft in memory.
+            tracing::warn!(snapshot = %meta.snapshot_id, "installed snapshot is not newer than the stored one; not stored");
+        }
         let mut applied = self.view.write();
         applied.state = state;
         applied.last_applied = meta.last_log_id;

@@ -14,6 +14,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = Db::open(dir.path()).expect("open db");
+        // The suite's purge tests purge logs that no snapshot covers, which the snapshot
+        // fence defers by design; the fence has its own tests (`snapshot_order`).
+        db.fence().disabled = true;
         let (log, sm) = open_stores(&db).await.expect("open stores");
         Ok((dir, log, sm))
     }
@@ -275,5 +278,151 @@ mod previous_formats {
             state.kv.len(),
             expected["kv"].as_object().expect("kv").len()
         );
+    }
+}
+
+/// Snapshots never move backwards, and the log is never purged past the stored snapshot.
+mod snapshot_order {
+    use openraft::storage::{RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+    use steward_core::Command;
+
+    use super::*;
+    use crate::typ::Entry;
+
+    fn entries(range: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        range
+            .map(|i| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                payload: EntryPayload::Normal(Command::KvPut {
+                    key: format!("k{i}"),
+                    value: b"v".to_vec(),
+                    expected_revision: None,
+                }),
+            })
+            .collect()
+    }
+
+    /// A snapshot built at 10 that finishes after a snapshot at 20 was installed must not
+    /// replace it: after a restart the state is at 20.
+    #[tokio::test]
+    async fn a_late_build_does_not_overwrite_a_newer_install() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Db::open(dir.path()).expect("open db");
+        let (_log, mut sm) = open_stores(&db).await.expect("open stores");
+        sm.apply(entries(1..=10)).await.expect("apply");
+        let mut builder = sm.get_snapshot_builder().await;
+
+        // A leader's snapshot at 20, made by another state machine.
+        let other_dir = tempfile::tempdir().expect("temp dir");
+        let other_db = Db::open(other_dir.path()).expect("open db");
+        let (_l, mut other) = open_stores(&other_db).await.expect("open stores");
+        other.apply(entries(1..=20)).await.expect("apply");
+        let snap20 = other
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build 20");
+        sm.install_snapshot(&snap20.meta, snap20.snapshot)
+            .await
+            .expect("install 20");
+
+        // The build started at 10 finishes now.
+        builder.build_snapshot().await.expect("build 10");
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .expect("current")
+            .expect("some");
+        assert_eq!(current.meta.last_log_id.map(|l| l.index), Some(20));
+        drop((_log, sm));
+
+        let (_log, mut sm) = open_stores(&db).await.expect("reopen");
+        let (applied, _) = sm.applied_state().await.expect("applied");
+        assert_eq!(
+            applied.map(|l| l.index),
+            Some(20),
+            "the snapshot moved backwards"
+        );
+    }
+
+    /// openraft purges the log right after it hands a snapshot to the state machine, before
+    /// the install is durable. A crash then must not leave a hole between the stored
+    /// snapshot and the log.
+    #[tokio::test]
+    async fn purge_is_clamped_to_the_stored_snapshot() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Db::open(dir.path()).expect("open db");
+        let (mut log, mut sm) = open_stores(&db).await.expect("open stores");
+        log.append_now(entries(1..=30)).expect("append");
+        sm.apply(entries(1..=10)).await.expect("apply");
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("snapshot at 10");
+        // openraft asks to purge to 25 (a snapshot at 25 is being installed, not yet stored).
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 25))
+            .await
+            .expect("purge");
+        // Crash and restart: the stored snapshot is at 10, so 11.. must still be there.
+        drop((log, sm));
+        let (mut log, mut sm) = open_stores(&db).await.expect("reopen");
+        let (applied, _) = sm.applied_state().await.expect("applied");
+        assert_eq!(applied.map(|l| l.index), Some(10));
+        let st = log.get_log_state().await.expect("log state");
+        assert!(
+            st.last_purged_log_id.map_or(0, |l| l.index) <= 10,
+            "purged past the stored snapshot: {st:?}"
+        );
+        let tail = log.try_get_log_entries(11..=30).await.expect("read");
+        assert_eq!(tail.len(), 20, "hole between the snapshot and the log");
+
+        // Once a snapshot at 25 is stored, the deferred purge completes.
+        let mut other = {
+            let other_dir = tempfile::tempdir().expect("temp dir");
+            let other_db = Db::open(other_dir.path()).expect("open db");
+            let (_l, mut other) = open_stores(&other_db).await.expect("open stores");
+            other.apply(entries(1..=25)).await.expect("apply");
+            let snap = other
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .expect("build 25");
+            (other_dir, snap)
+        };
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 25))
+            .await
+            .expect("purge again");
+        sm.install_snapshot(&other.1.meta, std::mem::take(&mut other.1.snapshot))
+            .await
+            .expect("install 25");
+        let st = log.get_log_state().await.expect("log state");
+        assert_eq!(st.last_purged_log_id.map(|l| l.index), Some(25));
+        assert_eq!(st.last_log_id.map(|l| l.index), Some(30));
+        assert!(log
+            .try_get_log_entries(20..=25)
+            .await
+            .expect("read")
+            .is_empty());
+    }
+
+    /// The log state's last log id is the later of the last entry and the last purged id.
+    #[tokio::test]
+    async fn last_log_id_is_never_behind_the_purge_point() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Db::open(dir.path()).expect("open db");
+        let (mut log, _sm) = open_stores(&db).await.expect("open stores");
+        log.append_now(entries(1..=5)).expect("append");
+        // A purge record ahead of the entries (a snapshot install replaced the whole log).
+        db.put_meta(
+            MetaKey::LastPurged,
+            &LogId::new(CommittedLeaderId::new(2, 1), 40),
+        )
+        .expect("meta");
+        let st = log.get_log_state().await.expect("log state");
+        assert_eq!(st.last_log_id.map(|l| l.index), Some(40));
     }
 }

@@ -97,6 +97,77 @@ async fn throughput(
     Ok((total.len() as f64 / secs, total))
 }
 
+/// Writes `keys` values of `value_bytes` through `clients` concurrent writers.
+async fn preload(addr: &str, keys: usize, value_bytes: usize) -> anyhow::Result<()> {
+    let ch = channel(addr).await?;
+    let clients = 16;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut client = AdminClient::new(ch.clone());
+        tasks.push(tokio::spawn(async move {
+            for n in (c..keys).step_by(clients) {
+                let req = KvPutRequest {
+                    key: format!("preload/{n:08}"),
+                    value: vec![b'p'; value_bytes],
+                    expected_revision: None,
+                };
+                client.kv_put(req).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+/// One client's write latency for `RUN`, with `status` polled every 100 ms meanwhile when
+/// `poll` is set; returns (write histogram, status histogram).
+async fn writes_while_polling(
+    addr: &str,
+    poll: bool,
+) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let stop = stop.clone();
+        let mut client = AdminClient::new(channel(addr).await?);
+        tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).expect("histogram");
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            while poll && !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let t = Instant::now();
+                if client
+                    .status(steward_proto::v1::StatusRequest::default())
+                    .await
+                    .is_ok()
+                {
+                    let _ = hist.record(t.elapsed().as_micros() as u64);
+                }
+            }
+            hist
+        })
+    };
+    let mut client = AdminClient::new(channel(addr).await?);
+    let mut hist = Histogram::<u64>::new(3)?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < RUN {
+        let req = KvPutRequest {
+            key: format!("poll/{poll}/{n}"),
+            value: vec![b'x'; 100],
+            expected_revision: None,
+        };
+        n += 1;
+        let t = Instant::now();
+        client.kv_put(req).await?;
+        hist.record(t.elapsed().as_micros() as u64)?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    Ok((hist, poller.await?))
+}
+
 async fn first_write(addrs: &[String]) -> Duration {
     let start = Instant::now();
     loop {
@@ -146,6 +217,39 @@ async fn main() -> anyhow::Result<()> {
             h.value_at_quantile(0.5) as f64 / 1000.0,
             h.value_at_quantile(0.99) as f64 / 1000.0
         );
+    }
+
+    // Apply latency while an operator polls `steward status` ten times a second, on a
+    // state of PRELOAD_KEYS x PRELOAD_VALUE bytes (status digests the whole state).
+    const PRELOAD_KEYS: usize = 20_000;
+    const PRELOAD_VALUE: usize = 2048;
+    preload(&leader_addr, PRELOAD_KEYS, PRELOAD_VALUE).await?;
+    println!(
+        "one client's writes on a {} MiB state, without and with `status` polled every 100 ms:",
+        (PRELOAD_KEYS * PRELOAD_VALUE) >> 20
+    );
+    for poll in [false, true] {
+        let (w, s) = writes_while_polling(&leader_addr, poll).await?;
+        let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        print!(
+            "  {:<16} write p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            if poll {
+                "status polled:"
+            } else {
+                "no polling:"
+            },
+            ms(&w, 0.5),
+            ms(&w, 0.99),
+            w.max() as f64 / 1000.0
+        );
+        if poll {
+            print!(
+                "; status p50 {:.2} ms, p99 {:.2} ms",
+                ms(&s, 0.5),
+                ms(&s, 0.99)
+            );
+        }
+        println!();
     }
 
     if nodes < 3 {
