@@ -134,9 +134,8 @@ mod previous_formats {
                 .expect("expected json");
         let tmp = tempfile::tempdir().expect("temp dir");
         let db = restore_dump(&dump, tmp.path());
-        assert_eq!(
-            db.identity(tmp.path(), 1).expect("identity").1,
-            false,
+        assert!(
+            !db.identity(tmp.path(), 1).expect("identity").1,
             "the dump carries its identity"
         );
         let (mut log, mut sm) = open_stores(&db).await.expect("open stores");
