@@ -9,7 +9,7 @@ use steward_proto::v1::{
     GetTelemetryRequest, GpuFault, InjectGpuFaultReply, InjectGpuFaultRequest, NodeTelemetry,
     SetGpuLoadReply, SetGpuLoadRequest,
 };
-use steward_proto::MAX_API_MESSAGE_BYTES;
+use steward_runtime::transport;
 use tonic::{Request, Response, Status};
 
 use crate::hardware::simulated::{Fault, SimulatedGpus};
@@ -23,12 +23,6 @@ pub struct AgentApiService {
 impl AgentApiService {
     pub fn new(telemetry: Arc<Telemetry>) -> Self {
         AgentApiService { telemetry }
-    }
-
-    pub fn into_server(self) -> AgentApiServer<Self> {
-        AgentApiServer::new(self)
-            .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_API_MESSAGE_BYTES)
     }
 
     fn simulation(&self) -> Result<&SimulatedGpus, Status> {
@@ -107,14 +101,10 @@ pub async fn serve(
     health
         .set_serving::<AgentApiServer<AgentApiService>>()
         .await;
-    // `Server::tcp_nodelay` applies only to listeners tonic binds itself.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let result = tonic::transport::Server::builder()
+    let router = transport::grpc_server()
         .add_service(health_service)
-        .add_service(AgentApiService::new(telemetry).into_server())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
-    if let Err(e) = result {
+        .add_service(transport::agent_api_server(AgentApiService::new(telemetry)));
+    if let Err(e) = transport::serve(router, listener, shutdown).await {
         tracing::error!(error = %e, "agent API stopped");
     }
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use steward_proto::v1::agent_control_client::AgentControlClient;
 use steward_proto::v1::{HeartbeatRequest, LeaderHintRequest, RegisterNodeRequest};
-use steward_proto::MAX_API_MESSAGE_BYTES;
+use steward_runtime::transport::{self, ClientOptions};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub use crate::config::AgentConfig;
 use crate::hardware::{self, GpuProbe, Inventory};
@@ -127,17 +127,9 @@ pub fn node_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
 }
 
 async fn client(addr: &str) -> Option<AgentControlClient<Channel>> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
-        .ok()?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
-        .tcp_nodelay(true);
-    let ch = ep.connect().await.ok()?;
-    Some(
-        AgentControlClient::new(ch)
-            .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_API_MESSAGE_BYTES),
-    )
+    let options = ClientOptions::new(CONNECT_TIMEOUT).call_timeout(CALL_TIMEOUT);
+    let ch = transport::connect(addr, &options).await.ok()?;
+    Some(transport::agent_control_client(ch))
 }
 
 /// Asks the controllers, in turn, where the leader is.

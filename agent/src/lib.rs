@@ -5,6 +5,7 @@
 //!   for real GPUs, or simulated ones (`hardware::simulated`) with load and fault injection.
 //! - `telemetry`: the sampler thread, the GPU event thread, the event log, and GPU health.
 //! - `daemon`: node id, registration, heartbeats carrying telemetry summaries.
+//! - `procfs`: procfs and filesystem readers shared by `hardware` and `telemetry`.
 //! - `api`: the agent's own gRPC API. `metrics`: Prometheus `/metrics`. `config`: settings.
 //!
 //! Must not depend on: steward-controller, rocksdb. NVML appears only in `hardware::nvml`.
@@ -14,4 +15,5 @@ pub mod config;
 pub mod daemon;
 pub mod hardware;
 pub mod metrics;
+pub mod procfs;
 pub mod telemetry;

@@ -438,17 +438,7 @@ pub fn render(
     stats: &AgentStats,
     openmetrics: bool,
 ) -> String {
-    steward_core::exposition::encode(&registry(snapshot, hostname, stats), openmetrics)
-}
-
-/// Whether the scraper's `Accept` header asks for OpenMetrics (Prometheus does).
-pub fn wants_openmetrics(headers: &axum::http::HeaderMap) -> bool {
-    steward_core::exposition::wants_openmetrics(
-        headers
-            .get_all(axum::http::header::ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-    )
+    steward_runtime::metrics_http::encode(&registry(snapshot, hostname, stats), openmetrics)
 }
 
 /// Serves `/metrics` on `listener` until `shutdown` resolves.
@@ -459,26 +449,12 @@ pub async fn serve(
     stats: Arc<AgentStats>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    use axum::routing::get;
-    let app = axum::Router::new().route(
-        "/metrics",
-        get(move |headers: axum::http::HeaderMap| {
-            let (telemetry, hostname, stats) = (telemetry.clone(), hostname.clone(), stats.clone());
-            async move {
-                let om = wants_openmetrics(&headers);
-                (
-                    [("content-type", steward_core::exposition::content_type(om))],
-                    render(&telemetry.latest(), &hostname, &stats, om),
-                )
-            }
-        }),
-    );
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "metrics server stopped");
-    }
+    steward_runtime::metrics_http::serve(
+        listener,
+        move |om| render(&telemetry.latest(), &hostname, &stats, om),
+        shutdown,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -4,10 +4,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use steward_proto::v1::admin_client::AdminClient;
-use steward_proto::MAX_API_MESSAGE_BYTES;
-use tonic::transport::{Channel, Endpoint};
+use steward_runtime::transport::{self, ClientOptions};
+use tonic::transport::Channel;
 use tonic::Code;
 
 /// Deadline of one admin call.
@@ -33,14 +33,10 @@ pub fn parse_addrs(addrs: &str) -> anyhow::Result<Vec<String>> {
 }
 
 async fn connect_one(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
-        .with_context(|| format!("`{addr}` is not HOST:PORT"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT);
-    let ch = ep.connect().await?;
-    Ok(AdminClient::new(ch)
-        .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_API_MESSAGE_BYTES))
+    let options = ClientOptions::new(CONNECT_TIMEOUT).call_timeout(CALL_TIMEOUT);
+    Ok(transport::admin_client(
+        transport::connect(addr, &options).await?,
+    ))
 }
 
 /// Connects to the first reachable address, starting at `start`.

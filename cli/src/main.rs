@@ -4,6 +4,7 @@
 mod client;
 mod cmd;
 mod output;
+mod process;
 
 use std::process::ExitCode;
 
@@ -86,22 +87,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Tells systemd (Type=notify units) how the service is doing; a no-op outside systemd.
-pub fn notify_systemd(state: sd_notify::NotifyState<'_>) {
-    if let Err(e) = sd_notify::notify(&[state]) {
-        tracing::warn!(error = %e, "could not notify systemd");
-    }
-}
-
-/// Logs to stderr, filtered by RUST_LOG (default: `default`).
-pub fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }

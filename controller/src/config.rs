@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::typ::NodeId;
+use crate::raft::typ::NodeId;
 
 /// The config file's shape. Every key is optional here; [`ControllerConfigFile::resolve`]
 /// checks that the required ones are set somewhere.

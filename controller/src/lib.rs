@@ -1,26 +1,25 @@
 //! steward-controller: one member of the Raft group that holds Steward's cluster state.
 //!
 //! Code map:
-//! - `typ`: the single openraft type declaration and aliases;
-//! - `store/`: RocksDB log store and state machine (`RaftLogStorage`, `RaftStateMachine`);
-//! - `network/`: Raft RPCs over tonic, with the incarnation fence;
-//! - `api/`: the admin and agent-facing gRPC services, forwarding, leadership transfer;
+//! - `raft/`: openraft on RocksDB, its transport, the proposer, leadership transfer, and
+//!   the [`raft::RaftHandle`] the rest of the controller uses;
+//! - `api/`: the admin and agent-facing gRPC services (thin adapters, one file per area);
+//! - `control/`: the leader's control loops (liveness first), as workers;
 //! - `snapshot_file`: the operator snapshot file format;
+//! - `metrics`: Prometheus `/metrics`;
 //! - `config`: typed, validated configuration;
 //! - `server`: assembly, workers and ordered shutdown.
 //!
-//! Decisions live in steward-core (`ClusterState::apply`); this crate is the runtime.
-//! Must not depend on: steward-agent, nvml.
+//! Decisions live in steward-core (`ClusterState::apply`, the failure detector); this crate
+//! is the runtime. Must not depend on: steward-agent, nvml.
 
 pub mod api;
 pub mod config;
-pub mod elections;
+pub mod control;
 pub mod metrics;
-pub mod network;
+pub mod raft;
 pub mod server;
 pub mod snapshot_file;
-pub mod store;
-pub mod typ;
 
 pub use config::{ControllerConfig, ControllerConfigFile, RaftTuning};
 pub use server::{Controller, ControllerError};

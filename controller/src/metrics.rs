@@ -1,18 +1,13 @@
 //! Prometheus `/metrics` of a controller (`steward_<subsystem>_<name>_<unit>`), rendered
 //! fresh on each scrape from Raft metrics and the liveness tracker.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
+use crate::api::ApiContext;
 use openraft::ServerState;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
-
-use crate::api::ApiContext;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
@@ -34,7 +29,7 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: i64) {
 /// `promtool check metrics` reads).
 pub fn render(ctx: &ApiContext, openmetrics: bool) -> String {
     let mut reg = Registry::default();
-    let m = ctx.raft.metrics().borrow().clone();
+    let m = ctx.raft.metrics();
     gauge(
         &mut reg,
         "steward_raft_term",
@@ -59,7 +54,7 @@ pub fn render(ctx: &ApiContext, openmetrics: bool) -> String {
         "Index of the last applied entry",
         m.last_applied.map_or(0, |l| l.index) as i64,
     );
-    let applied = ctx.view.read();
+    let applied = ctx.raft.view().read();
     let nodes: Family<StateLabel, Gauge> = Family::default();
     for state in ["ready", "suspect", "down"] {
         let n = applied
@@ -114,43 +109,5 @@ pub fn render(ctx: &ApiContext, openmetrics: bool) -> String {
         "Age of each node's last heartbeat (leader only)",
         ages,
     );
-    steward_core::exposition::encode(&reg, openmetrics)
-}
-
-/// Serves `/metrics` on `listener` until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    ctx: Arc<ApiContext>,
-    shutdown: CancellationToken,
-) {
-    use axum::routing::get;
-    let app = axum::Router::new().route(
-        "/metrics",
-        get(move |headers: axum::http::HeaderMap| {
-            let ctx = ctx.clone();
-            async move {
-                let om = steward_core::exposition::wants_openmetrics(
-                    headers
-                        .get_all(axum::http::header::ACCEPT)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok()),
-                );
-                (
-                    [("content-type", steward_core::exposition::content_type(om))],
-                    render(&ctx, om),
-                )
-            }
-        }),
-    );
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "metrics server stopped");
-    }
-}
-
-/// Binds the metrics address (errors are start-up errors).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
+    steward_runtime::metrics_http::encode(&reg, openmetrics)
 }

@@ -6,12 +6,10 @@
 //! controller persists. No async runtime, no network, no disk, no clock: the controller feeds
 //! this crate with committed log entries and executes what it returns.
 //!
-//! Must not depend on: tokio, tonic, rocksdb, nvml, or any other I/O crate (prometheus-client,
-//! which only encodes, is allowed for `exposition`).
+//! Must not depend on: tokio, tonic, rocksdb, nvml, or any other I/O crate.
 
 pub mod codec;
 pub mod command;
-pub mod exposition;
 pub mod job;
 pub mod kv;
 pub mod liveness;

@@ -6,6 +6,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::procfs::{meminfo_bytes, mount_of, parse_mounts, statvfs_bytes};
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct HostInventory {
     pub hostname: Option<String>,
@@ -26,67 +28,6 @@ pub struct FilesystemInfo {
     pub fstype: String,
     /// Capacity, from statvfs; `None` when the mount cannot be stat'ed.
     pub size_bytes: Option<u64>,
-}
-
-/// One line of `/proc/self/mounts`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Mount {
-    pub device: String,
-    pub mountpoint: String,
-    pub fstype: String,
-}
-
-/// Parses `/proc/self/mounts` (octal escapes such as `\040` for a space are decoded).
-pub fn parse_mounts(text: &str) -> Vec<Mount> {
-    let unescape = |s: &str| {
-        let mut out = String::new();
-        let mut chars = s.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == '\\' {
-                let code: String = chars.by_ref().take(3).collect();
-                match u8::from_str_radix(&code, 8) {
-                    Ok(b) => out.push(b as char),
-                    Err(_) => {
-                        out.push('\\');
-                        out.push_str(&code);
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    };
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            Some(Mount {
-                device: unescape(f.next()?),
-                mountpoint: unescape(f.next()?),
-                fstype: f.next()?.to_string(),
-            })
-        })
-        .collect()
-}
-
-/// The mount holding `path` (the longest mountpoint that is a prefix of it).
-pub fn mount_of<'a>(mounts: &'a [Mount], path: &Path) -> Option<&'a Mount> {
-    mounts
-        .iter()
-        .filter(|m| path.starts_with(&m.mountpoint))
-        .max_by_key(|m| m.mountpoint.len())
-}
-
-/// Size and free space of the filesystem holding `path`: (size, available to
-/// unprivileged users, free), in bytes.
-pub fn statvfs_bytes(path: &Path) -> Option<(u64, u64, u64)> {
-    let s = nix::sys::statvfs::statvfs(path).ok()?;
-    let unit = s.fragment_size() as u64;
-    Some((
-        s.blocks() as u64 * unit,
-        s.blocks_available() as u64 * unit,
-        s.blocks_free() as u64 * unit,
-    ))
 }
 
 /// NUMA node and local CPU list of a PCI device, from sysfs. `bus_id` may be NVML's
@@ -168,7 +109,7 @@ pub fn probe(root: &Path, data_dir: Option<&Path>) -> HostInventory {
         }),
         kernel: read(root, "proc/sys/kernel/osrelease"),
         cpu: cpu(root),
-        memory_total_bytes: crate::telemetry::host::meminfo_bytes(&meminfo, "MemTotal"),
+        memory_total_bytes: meminfo_bytes(&meminfo, "MemTotal"),
         disks: disks(root),
         nics: nics(root),
         data_dir_filesystem: data_dir.and_then(|d| data_dir_filesystem(root, d)),

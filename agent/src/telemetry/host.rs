@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::hardware::host::{mount_of, parse_mounts, statvfs_bytes, Mount};
+use crate::procfs::{meminfo_bytes, mount_of, parse_mounts, statvfs_bytes, Mount};
 
 /// `/proc/stat` counts in USER_HZ, which Linux fixes at 100 for user space on every
 /// architecture it exposes `/proc/stat` on.
@@ -114,18 +114,6 @@ pub fn parse_stat(text: &str) -> Vec<CpuTimes> {
 pub fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
     let mut f = text.split_whitespace().map(|v| v.parse::<f64>().ok());
     Some([f.next()??, f.next()??, f.next()??])
-}
-
-/// `/proc/meminfo`: a field in bytes.
-pub fn meminfo_bytes(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
-        rest.split_whitespace()
-            .next()?
-            .parse::<u64>()
-            .ok()
-            .map(|k| k * 1024)
-    })
 }
 
 /// `/proc/diskstats`, whole devices only (partitions and virtual devices are left out).

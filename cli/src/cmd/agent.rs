@@ -126,7 +126,7 @@ fn print_inventory(gpus: Box<dyn GpuProbe>, data_dir: Option<&Path>) -> anyhow::
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    crate::init_tracing("info");
+    crate::process::init_tracing("info");
     let file = args.layered()?;
     let gpus = probe(file.simulate_gpus.as_deref(), file.data_dir.as_deref())?;
     if args.print_inventory {
@@ -138,12 +138,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .hostname
         .unwrap_or_else(|| "localhost".into());
     let config = file.resolve(&hostname)?;
-    let ready = || crate::notify_systemd(sd_notify::NotifyState::Ready);
+    let ready = || crate::process::notify_systemd(sd_notify::NotifyState::Ready);
     daemon::run(config, gpus, ready, async {
-        if let Err(e) = super::controller::shutdown_signal().await {
+        if let Err(e) = crate::process::shutdown_signal().await {
             tracing::error!(error = %e, "signal handling");
         }
-        crate::notify_systemd(sd_notify::NotifyState::Stopping);
+        crate::process::notify_systemd(sd_notify::NotifyState::Stopping);
     })
     .await?;
     Ok(ExitCode::SUCCESS)

@@ -55,34 +55,23 @@ impl ControllerArgs {
 }
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
-    crate::init_tracing("info,openraft=warn");
+    crate::process::init_tracing("info,openraft=warn");
     let config = args.layered()?.resolve()?;
     let controller = Controller::start(config)
         .await
         .context("starting the controller")?;
-    crate::notify_systemd(sd_notify::NotifyState::Ready);
+    crate::process::notify_systemd(sd_notify::NotifyState::Ready);
     let code = tokio::select! {
         reason = controller.fatal() => {
             eprintln!("error: {reason}");
             ExitCode::from(2)
         }
-        signal = shutdown_signal() => {
+        signal = crate::process::shutdown_signal() => {
             signal?;
             ExitCode::SUCCESS
         }
     };
-    crate::notify_systemd(sd_notify::NotifyState::Stopping);
+    crate::process::notify_systemd(sd_notify::NotifyState::Stopping);
     controller.shutdown().await;
     Ok(code)
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r.context("installing the SIGINT handler")?,
-    }
-    Ok(())
 }

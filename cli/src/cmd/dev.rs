@@ -30,7 +30,7 @@ pub struct DevArgs {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
-    crate::init_tracing("warn,openraft=off");
+    crate::process::init_tracing("warn,openraft=off");
     let p = args.api_port;
     if p.checked_add(AGENT_PORT_OFFSET + DEV_AGENTS as u16)
         .is_none()
@@ -108,7 +108,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
 
     let mut code = ExitCode::SUCCESS;
     tokio::select! {
-        r = super::controller::shutdown_signal() => r?,
+        r = crate::process::shutdown_signal() => r?,
         reason = async {
             let futs: Vec<_> = controllers.iter().map(|c| Box::pin(c.fatal())).collect();
             futures::future::select_all(futs).await.0

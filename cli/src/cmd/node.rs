@@ -10,7 +10,7 @@ use steward_proto::v1::{
     GpuFault, GpuTelemetry, InjectGpuFaultRequest, ListNodesRequest, NodeEventsRequest,
     NodeSummary, NodeTelemetry, SetGpuLoadRequest,
 };
-use steward_proto::MAX_API_MESSAGE_BYTES;
+use steward_runtime::transport::{self, ClientOptions};
 
 use crate::client::{status_error, with_retry, CALL_TIMEOUT, CONNECT_TIMEOUT};
 use crate::output::{opt, print_json, table, Output};
@@ -293,17 +293,11 @@ async fn agent_client(
             n.agent_api_addr
         }
     };
-    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .with_context(|| format!("`{addr}` is not HOST:PORT"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT);
-    let ch = ep
-        .connect()
+    let options = ClientOptions::new(CONNECT_TIMEOUT).call_timeout(CALL_TIMEOUT);
+    let ch = transport::connect(&addr, &options)
         .await
         .with_context(|| format!("cannot reach the agent of `{id}` at {addr}"))?;
-    Ok(AgentApiClient::new(ch)
-        .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_API_MESSAGE_BYTES))
+    Ok(transport::agent_api_client(ch))
 }
 
 pub async fn run(addrs: &str, output: Output, command: NodeCommand) -> anyhow::Result<ExitCode> {

@@ -170,23 +170,7 @@ pub fn run(output: Output, args: SimArgs) -> anyhow::Result<ExitCode> {
     let mut summaries = Vec::new();
     for policy in policies {
         let started = Instant::now();
-        let mut runs: Vec<RunResult> = Vec::new();
-        for chunk in seeds.chunks(threads) {
-            let results: Vec<RunResult> = std::thread::scope(|s| {
-                let handles: Vec<_> = chunk
-                    .iter()
-                    .map(|&seed| {
-                        let (trace, typical) = (&trace, &typical);
-                        s.spawn(move || sim::run(trace, typical, policy, seed, args.ratio))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("simulation thread"))
-                    .collect()
-            });
-            runs.extend(results);
-        }
+        let runs = sim::run_seeds(&trace, &typical, policy, &seeds, args.ratio, threads);
         let cpu_secs = started.elapsed().as_secs_f64() * threads.min(seeds.len()) as f64;
         let tasks: usize = runs.iter().map(|r| r.tasks).sum();
         summaries.push(PolicySummary {

@@ -62,7 +62,38 @@ pub fn status_json(s: &StatusReply) -> serde_json::Value {
             "last_contact_ms": m.last_contact_ms,
             "incarnation": format!("{:#x}", m.incarnation),
         })).collect::<Vec<_>>(),
+        "workers": s.workers.iter().map(|w| json!({
+            "name": w.name,
+            "state": w.state,
+            "steps": w.steps,
+            "errors": w.errors,
+            "consecutive_errors": w.consecutive_errors,
+            "last_error": (!w.last_error.is_empty()).then_some(&w.last_error),
+            "last_error_age_ms": w.last_error_age_ms,
+            "detail": w.detail,
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// The answering controller's workers.
+pub fn print_workers(s: &StatusReply) {
+    let mut t = table(["WORKER", "STATE", "STEPS", "ERRORS", "LAST ERROR", "DETAIL"]);
+    for w in &s.workers {
+        let last_error = match (w.last_error.as_str(), w.last_error_age_ms) {
+            ("", _) => "-".to_string(),
+            (e, Some(ms)) => format!("{}s ago: {e}", ms / 1000),
+            (e, None) => e.to_string(),
+        };
+        t.add_row(vec![
+            w.name.clone(),
+            w.state.clone(),
+            w.steps.to_string(),
+            w.errors.to_string(),
+            last_error,
+            w.detail.clone(),
+        ]);
+    }
+    println!("{t}");
 }
 
 pub fn print_members(s: &StatusReply) {
@@ -122,5 +153,7 @@ pub async fn run(addrs: &str, output: Output, args: StatusArgs) -> anyhow::Resul
         &s.state_digest[..s.state_digest.len().min(16)]
     );
     print_members(&s);
+    println!("workers of controller {}:", s.responder_id);
+    print_workers(&s);
     Ok(ExitCode::SUCCESS)
 }

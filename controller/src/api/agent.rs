@@ -23,6 +23,35 @@ impl AgentControlService {
     pub fn new(ctx: Arc<ApiContext>) -> Self {
         AgentControlService { ctx }
     }
+
+    /// Agents talk to the leader only; a follower points them at it.
+    fn require_leader(&self) -> Result<(), Status> {
+        if self.ctx.raft.is_leader() {
+            return Ok(());
+        }
+        let addr = self
+            .ctx
+            .raft
+            .current_leader()
+            .and_then(|l| self.ctx.raft.api_addr_of(l))
+            .unwrap_or_default();
+        Err(ApiError::from(self.ctx.raft.not_leader())
+            .to_status()
+            .tap_message(format!(
+                "not the leader; ask LeaderHint (leader at `{addr}`)"
+            )))
+    }
+}
+
+/// Replaces a status's message, keeping its code and metadata.
+trait TapMessage {
+    fn tap_message(self, message: String) -> Status;
+}
+
+impl TapMessage for Status {
+    fn tap_message(self, message: String) -> Status {
+        Status::with_metadata(self.code(), message, self.metadata().clone())
+    }
 }
 
 #[tonic::async_trait]
@@ -31,17 +60,14 @@ impl AgentControl for AgentControlService {
         &self,
         _request: Request<LeaderHintRequest>,
     ) -> Result<Response<LeaderHintReply>, Status> {
-        let (leader, term) = {
-            let m = self.ctx.raft.metrics();
-            let m = m.borrow();
-            (m.current_leader, m.current_term)
-        };
+        let m = self.ctx.raft.metrics();
         Ok(Response::new(LeaderHintReply {
-            leader_id: leader,
-            leader_api_addr: leader
-                .and_then(|l| self.ctx.api_addr_of(l))
+            leader_id: m.current_leader,
+            leader_api_addr: m
+                .current_leader
+                .and_then(|l| self.ctx.raft.api_addr_of(l))
                 .unwrap_or_default(),
-            term,
+            term: m.current_term,
         }))
     }
 
@@ -61,11 +87,15 @@ impl AgentControl for AgentControlService {
             inventory: req.inventory_json,
             inventory_digest: req.inventory_digest,
         };
-        match self.ctx.write(command).await? {
+        match self
+            .ctx
+            .raft
+            .propose(command)
+            .await
+            .map_err(ApiError::from)?
+        {
             (_, CommandResult::NodeRegistered { revision }) => {
-                if let Some(t) = self.ctx.liveness.heartbeat(&node, None) {
-                    super::liveness::commit(&self.ctx, t);
-                }
+                self.ctx.liveness.heartbeat(&node, None);
                 tracing::info!(node = %node, revision, "node registered");
                 Ok(Response::new(RegisterNodeReply { revision }))
             }
@@ -81,7 +111,8 @@ impl AgentControl for AgentControlService {
         self.require_leader()?;
         let known_digest = self
             .ctx
-            .view
+            .raft
+            .view()
             .read()
             .state
             .nodes
@@ -92,29 +123,11 @@ impl AgentControl for AgentControlService {
                 register_again: true,
             })),
             Some(digest) => {
-                if let Some(t) = self.ctx.liveness.heartbeat(&req.node_id, req.telemetry) {
-                    super::liveness::commit(&self.ctx, t);
-                }
+                self.ctx.liveness.heartbeat(&req.node_id, req.telemetry);
                 Ok(Response::new(HeartbeatReply {
                     register_again: digest != req.inventory_digest,
                 }))
             }
         }
-    }
-}
-
-impl AgentControlService {
-    /// Agents talk to the leader only; a follower points them at it.
-    fn require_leader(&self) -> Result<(), Status> {
-        if self.ctx.is_leader() {
-            return Ok(());
-        }
-        let leader = self.ctx.raft.metrics().borrow().current_leader;
-        let addr = leader
-            .and_then(|l| self.ctx.api_addr_of(l))
-            .unwrap_or_default();
-        Err(Status::unavailable(format!(
-            "not the leader; ask LeaderHint (leader at `{addr}`)"
-        )))
     }
 }

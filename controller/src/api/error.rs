@@ -1,27 +1,25 @@
 //! Errors of the admin and agent APIs, and their exhaustive mapping to gRPC statuses.
+//!
+//! The status says whether a write may have been applied: UNAVAILABLE means it certainly
+//! was not (and carries [`NOT_APPLIED_HEADER`]), so a client may retry anywhere;
+//! DEADLINE_EXCEEDED means the outcome is unknown, and only a retry with the same request
+//! id is safe.
 
-use std::time::Duration;
-
+use tonic::metadata::MetadataValue;
 use tonic::Status;
 
-use crate::typ::{CheckIsLeaderError, ClientWriteError, NodeId, RaftError};
+use crate::raft::typ::NodeId;
+use crate::raft::Error as RaftError;
+
+/// Metadata on an UNAVAILABLE answer: nothing was applied, a retry is safe.
+pub const NOT_APPLIED_HEADER: &str = "x-steward-not-applied";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
-    /// This controller is not the leader; the caller forwards to `leader`.
-    #[error("controller {responder} is not the leader")]
-    NotLeader {
-        responder: NodeId,
-        leader: Option<NodeId>,
-    },
+    #[error(transparent)]
+    Raft(#[from] RaftError),
     #[error("no leader is elected right now (an election is running, or a quorum of controllers is down); retry")]
     NoLeader,
-    #[error("quorum lost: {0}; at least a majority of voters must be up")]
-    QuorumLost(String),
-    #[error(
-        "not committed within {0:?}: a quorum may be lost; the write may still be applied later"
-    )]
-    Timeout(Duration),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -30,80 +28,54 @@ pub enum ApiError {
     NotFound(String),
     #[error("forwarded {0} times without reaching the leader; leadership is changing, retry")]
     TooManyHops(u32),
+    /// The leader could not be reached; the call was not sent.
     #[error("leader {leader} at {addr} is unreachable: {message}")]
     LeaderUnreachable {
         leader: NodeId,
         addr: String,
         message: String,
     },
-    #[error("leadership transfer in progress; retry in a moment")]
-    Transferring,
-    #[error("controller is shutting down")]
-    ShuttingDown,
+    /// A write was forwarded to the leader and its answer was lost.
+    #[error("outcome unknown: the write was forwarded to leader {leader} at {addr} and no answer came back ({message}); it may or may not have been applied")]
+    ForwardedOutcomeUnknown {
+        leader: NodeId,
+        addr: String,
+        message: String,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl ApiError {
-    /// Whether a client may retry the same call (possibly on another controller).
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            ApiError::NotLeader { .. }
-            | ApiError::NoLeader
-            | ApiError::QuorumLost(_)
-            | ApiError::Timeout(_)
-            | ApiError::TooManyHops(_)
-            | ApiError::LeaderUnreachable { .. }
-            | ApiError::Transferring
-            | ApiError::ShuttingDown => true,
-            ApiError::InvalidArgument(_)
-            | ApiError::FailedPrecondition(_)
-            | ApiError::NotFound(_)
-            | ApiError::Internal(_) => false,
-        }
-    }
-
     pub fn to_status(&self) -> Status {
         let msg = self.to_string();
+        let not_applied = |msg: String| {
+            let mut s = Status::unavailable(msg);
+            s.metadata_mut()
+                .insert(NOT_APPLIED_HEADER, MetadataValue::from_static("1"));
+            s
+        };
         match self {
-            ApiError::NotLeader { .. }
-            | ApiError::NoLeader
-            | ApiError::QuorumLost(_)
-            | ApiError::TooManyHops(_)
-            | ApiError::LeaderUnreachable { .. }
-            | ApiError::Transferring
-            | ApiError::ShuttingDown => Status::unavailable(msg),
-            ApiError::Timeout(_) => Status::deadline_exceeded(msg),
+            ApiError::Raft(e) => match e {
+                RaftError::NotLeader { .. }
+                | RaftError::QuorumLost(_)
+                | RaftError::Transferring
+                | RaftError::ShuttingDown => not_applied(msg),
+                RaftError::Timeout(_) | RaftError::OutcomeUnknown(_) => {
+                    Status::deadline_exceeded(msg)
+                }
+                RaftError::Refused(_) => Status::failed_precondition(msg),
+                RaftError::NotFound(_) => Status::not_found(msg),
+                RaftError::Internal(_) => Status::internal(msg),
+            },
+            ApiError::NoLeader | ApiError::TooManyHops(_) | ApiError::LeaderUnreachable { .. } => {
+                not_applied(msg)
+            }
+            ApiError::ForwardedOutcomeUnknown { .. } => Status::deadline_exceeded(msg),
             ApiError::InvalidArgument(_) => Status::invalid_argument(msg),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
             ApiError::NotFound(_) => Status::not_found(msg),
             ApiError::Internal(_) => Status::internal(msg),
-        }
-    }
-
-    pub(crate) fn from_write(responder: NodeId, e: RaftError<ClientWriteError>) -> Self {
-        match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ApiError::NotLeader {
-                responder,
-                leader: f.leader_id,
-            },
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                ApiError::FailedPrecondition(e.to_string())
-            }
-            RaftError::Fatal(_) => ApiError::ShuttingDown,
-        }
-    }
-
-    pub(crate) fn from_read(responder: NodeId, e: RaftError<CheckIsLeaderError>) -> Self {
-        match e {
-            RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => ApiError::NotLeader {
-                responder,
-                leader: f.leader_id,
-            },
-            RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => {
-                ApiError::QuorumLost(q.to_string())
-            }
-            RaftError::Fatal(_) => ApiError::ShuttingDown,
         }
     }
 }
@@ -112,4 +84,9 @@ impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         e.to_status()
     }
+}
+
+/// Whether a status a client received says that nothing was applied.
+pub fn status_not_applied(status: &Status) -> bool {
+    status.metadata().get(NOT_APPLIED_HEADER).is_some()
 }

@@ -1,25 +1,44 @@
 //! The APIs a controller serves on its api address: `Admin` (operators), `AgentControl`
-//! (agents), plus gRPC health and reflection (wired in `server.rs`).
+//! (agents), plus gRPC health and reflection (wired in `server.rs`). Thin adapters: they
+//! validate, turn requests into commands or reads, and map results to replies.
 //!
-//! Data flow: a write becomes a [`steward_core::Command`] proposed to the local `Raft`; on a
-//! follower the call is forwarded to the leader's API (at most [`MAX_FORWARD_HOPS`] hops).
-//! A linearizable read asks the leader to confirm its leadership with a quorum
-//! (`ensure_linearizable`) and then reads the applied state; a stale read reads locally.
+//! - `admin.rs`: the `Admin` service, delegating to one file per area: `status.rs`,
+//!   `kv.rs`, `membership.rs`, `nodes.rs`, `snapshot.rs`;
+//! - `agent.rs`: the `AgentControl` service (leader hints, registration, heartbeats);
+//! - `forward.rs`: the one read path and the one write path, with forwarding to the leader;
+//! - `error.rs`: errors and their gRPC statuses.
+//!
+//! Data flow: a write on a follower is forwarded to the leader's API before anything is
+//! queued (at most [`forward::MAX_FORWARD_HOPS`] hops); on the leader it becomes a
+//! [`steward_core::Command`] proposed through the [`crate::raft::RaftHandle`]. A linearizable
+//! read asks the leader to confirm its leadership with a quorum and then reads the applied
+//! state; a stale read reads locally.
 
 mod admin;
 mod agent;
-mod context;
 pub mod error;
-pub mod liveness;
-mod proposer;
-mod transfer;
+pub mod forward;
+mod kv;
+mod membership;
+mod nodes;
+mod snapshot;
+mod status;
+
+use std::sync::Arc;
 
 pub use admin::AdminService;
 pub use agent::AgentControlService;
-pub use context::ApiContext;
-pub use proposer::Proposer;
+use steward_runtime::WorkerSet;
 
-/// Most times one call is forwarded between controllers looking for the leader.
-pub const MAX_FORWARD_HOPS: u32 = 2;
-/// Request metadata carrying how many times a call was forwarded.
-pub const FORWARD_HOPS_HEADER: &str = "x-steward-forward-hops";
+use crate::control::liveness::LivenessTracker;
+use crate::raft::RaftHandle;
+
+/// What every API handler reaches: the Raft handle, the leader's observations, and the
+/// controller's workers (for `status`).
+pub struct ApiContext {
+    pub raft: RaftHandle,
+    pub cluster_name: String,
+    /// Agents' heartbeats and telemetry (leader memory).
+    pub liveness: Arc<LivenessTracker>,
+    pub workers: WorkerSet,
+}

@@ -122,6 +122,33 @@ pub fn run(
     }
 }
 
+/// Replays the trace with `policy` once per seed, on up to `threads` threads (the runs
+/// are independent); results in seed order.
+pub fn run_seeds(
+    trace: &Trace,
+    typical: &TypicalTasks,
+    policy: Policy,
+    seeds: &[u64],
+    ratio: f64,
+    threads: usize,
+) -> Vec<RunResult> {
+    let mut runs = Vec::with_capacity(seeds.len());
+    for chunk in seeds.chunks(threads.max(1)) {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|&seed| s.spawn(move || run(trace, typical, policy, seed, ratio)))
+                .collect();
+            // A panicking run is a bug in the simulator: let it propagate.
+            runs.extend(handles.into_iter().map(|h| match h.join() {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }));
+        });
+    }
+    runs
+}
+
 /// The paper's discretisation: value(X) = mean allocation rate (%) over samples whose
 /// arrival level rounds to X; with none, over samples within X±1.
 pub fn discretise(samples: &[(i64, i64)], capacity_gpus: i64) -> Vec<f64> {

@@ -15,7 +15,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 use steward_core::codec;
 
 use super::{Db, MetaKey, StoreError, CF_LOG};
-use crate::typ::{
+use crate::raft::typ::{
     Entry, LogFlushed, LogId, LogState, StorageError, StorageIOError, TypeConfig, Vote,
 };
 

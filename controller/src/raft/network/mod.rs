@@ -17,14 +17,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use steward_runtime::transport::{ChannelPool, ClientOptions, TransportError};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub use client::{Network, NetworkFactory};
 pub use server::RaftServer;
 
-use crate::store::StateView;
-use crate::typ::NodeId;
+use crate::raft::store::StateView;
+use crate::raft::typ::NodeId;
 
 /// Metadata key on a PERMISSION_DENIED answer naming the controller whose incarnation is stale.
 pub(crate) const WIPED_CONTROLLER_HEADER: &str = "x-steward-wiped-controller";
@@ -37,7 +38,9 @@ pub struct PeerShared {
     pub id: NodeId,
     pub incarnation: u64,
     pub view: StateView,
-    channels: Mutex<HashMap<String, Channel>>,
+    /// Channels to other controllers (Raft and API addresses), sent from this controller's
+    /// Raft address.
+    channels: ChannelPool,
     last_contact: Mutex<HashMap<NodeId, Instant>>,
     fatal: watch::Sender<Option<String>>,
 }
@@ -47,32 +50,22 @@ impl PeerShared {
         id: NodeId,
         incarnation: u64,
         view: StateView,
+        source_ip: std::net::IpAddr,
         fatal: watch::Sender<Option<String>>,
     ) -> Arc<Self> {
         Arc::new(PeerShared {
             id,
             incarnation,
             view,
-            channels: Mutex::new(HashMap::new()),
+            channels: ChannelPool::new(ClientOptions::new(CONNECT_TIMEOUT).source_ip(source_ip)),
             last_contact: Mutex::new(HashMap::new()),
             fatal,
         })
     }
 
     /// A reused channel to `addr` (connected lazily, reconnects by itself).
-    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ch) = channels.get(addr) {
-            return Ok(ch.clone());
-        }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
-        channels.insert(addr.to_string(), ch.clone());
-        Ok(ch)
+    pub fn channel(&self, addr: &str) -> Result<Channel, TransportError> {
+        self.channels.get(addr)
     }
 
     pub(crate) fn touch(&self, peer: NodeId) {

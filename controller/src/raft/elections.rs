@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use steward_runtime::{Next, Worker, WorkerError};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
-use crate::typ::Raft;
+use super::typ::Raft;
 
 /// Why elections are held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,7 +35,7 @@ pub enum HoldReason {
 pub struct ElectionHolds {
     raft: Raft,
     holds: Mutex<HashMap<HoldReason, Instant>>,
-    changed: Notify,
+    changed: std::sync::Arc<Notify>,
 }
 
 impl ElectionHolds {
@@ -43,7 +43,7 @@ impl ElectionHolds {
         std::sync::Arc::new(ElectionHolds {
             raft,
             holds: Mutex::new(HashMap::new()),
-            changed: Notify::new(),
+            changed: std::sync::Arc::new(Notify::new()),
         })
     }
 
@@ -91,21 +91,39 @@ impl ElectionHolds {
         holds.values().min().copied()
     }
 
-    /// Lets holds lapse on time. Runs until `shutdown`.
-    pub async fn run(self: std::sync::Arc<Self>, shutdown: CancellationToken) {
-        loop {
-            let next = {
-                let mut holds = self.holds();
-                self.apply(&mut holds)
-            };
-            let sleep = next.map_or(Duration::from_secs(3600), |t| {
-                t.saturating_duration_since(Instant::now())
-            });
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(sleep) => {}
-                _ = self.changed.notified() => {}
-            }
+    /// Wakes the [`HoldsWorker`] when a hold is taken or released.
+    pub fn changed(&self) -> std::sync::Arc<Notify> {
+        self.changed.clone()
+    }
+}
+
+/// Lets holds lapse on time.
+pub struct HoldsWorker(pub std::sync::Arc<ElectionHolds>);
+
+impl Worker for HoldsWorker {
+    fn name(&self) -> String {
+        "election-holds".into()
+    }
+
+    async fn step(&mut self) -> Result<Next, WorkerError> {
+        let next = {
+            let mut holds = self.0.holds();
+            self.0.apply(&mut holds)
+        };
+        Ok(match next {
+            Some(t) => Next::Wait(t.saturating_duration_since(Instant::now())),
+            None => Next::Idle,
+        })
+    }
+
+    fn detail(&self) -> String {
+        let holds = self.0.holds();
+        let mut reasons: Vec<String> = holds.keys().map(|r| format!("{r:?}")).collect();
+        reasons.sort();
+        if reasons.is_empty() {
+            "elections allowed".into()
+        } else {
+            format!("elections held: {}", reasons.join(", "))
         }
     }
 }

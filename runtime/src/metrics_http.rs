@@ -1,7 +1,11 @@
-//! Which Prometheus exposition format a scraper asked for. Prometheus asks for OpenMetrics in
-//! its `Accept` header; `curl` and `promtool check metrics` read the classic text format
-//! 0.0.4. Both agents and controllers serve either. (prometheus-client only encodes; it does
-//! no I/O.)
+//! The `/metrics` endpoint of agents and controllers, and which Prometheus exposition
+//! format a scraper asked for. Prometheus asks for OpenMetrics in its `Accept` header;
+//! `curl` and `promtool check metrics` read the classic text format 0.0.4. Both are served.
+
+use std::future::Future;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
 
 /// `Content-Type` of OpenMetrics text.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -18,7 +22,7 @@ pub fn wants_openmetrics<'a>(accept: impl IntoIterator<Item = &'a str>) -> bool 
 
 /// Encodes `registry` in the chosen format. Encoding into a `String` cannot fail short of a
 /// bug in a metric's encoder; that is logged and what was written is returned.
-pub fn encode(registry: &prometheus_client::registry::Registry, openmetrics: bool) -> String {
+pub fn encode(registry: &Registry, openmetrics: bool) -> String {
     let mut out = String::new();
     let result = if openmetrics {
         prometheus_client::encoding::text::encode(&mut out, registry)
@@ -36,6 +40,39 @@ pub fn content_type(openmetrics: bool) -> &'static str {
         OPENMETRICS_CONTENT_TYPE
     } else {
         PROMETHEUS_TEXT_CONTENT_TYPE
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`, rendering each scrape with
+/// `render(openmetrics)`.
+pub async fn serve<R>(
+    listener: TcpListener,
+    render: R,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) where
+    R: Fn(bool) -> String + Clone + Send + Sync + 'static,
+{
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move |headers: axum::http::HeaderMap| {
+            let render = render.clone();
+            async move {
+                let om = wants_openmetrics(
+                    headers
+                        .get_all(axum::http::header::ACCEPT)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok()),
+                );
+                ([("content-type", content_type(om))], render(om))
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "metrics server stopped");
     }
 }
 

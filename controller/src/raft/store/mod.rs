@@ -32,9 +32,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use steward_core::codec;
 
-use crate::typ::LogId;
+use crate::raft::typ::LogId;
 pub use log_store::LogStore;
-pub use state_machine::{StateMachineStore, StateView};
+pub use state_machine::{Applied, StateMachineStore, StateView};
 
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_LOG: &str = "log";

@@ -11,11 +11,11 @@ use steward_core::codec;
 use steward_proto::v1::raft_reply::Result as ReplyResult;
 use steward_proto::v1::raft_service_client::RaftServiceClient;
 use steward_proto::v1::{RaftReply, RaftRequest};
-use steward_proto::MAX_RAFT_MESSAGE_BYTES;
+use steward_runtime::transport::{raft_client, TransportError};
 use tonic::transport::Channel;
 
 use super::{wiped_message, PeerShared, WIPED_CONTROLLER_HEADER};
-use crate::typ::{
+use crate::raft::typ::{
     AppendEntriesRequest, AppendEntriesResponse, ControllerNode, Entry, EntryPayload,
     InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse, NodeId, RaftError,
     RpcError, TypeConfig, VoteRequest, VoteResponse,
@@ -77,11 +77,8 @@ enum Rpc {
 }
 
 impl Network {
-    fn client(&self) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
-        let ch = self.shared.channel(&self.addr)?;
-        Ok(RaftServiceClient::new(ch)
-            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+    fn client(&self) -> Result<RaftServiceClient<Channel>, TransportError> {
+        Ok(raft_client(self.shared.channel(&self.addr)?))
     }
 
     /// Sends one request and decodes the reply. `Ok(Err(e))` is the peer's RaftError.

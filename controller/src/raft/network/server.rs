@@ -17,8 +17,8 @@ use steward_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::{wiped_message, PeerShared, WIPED_CONTROLLER_HEADER};
-use crate::elections::{ElectionHolds, HoldReason};
-use crate::typ::{InstallSnapshotRequest, NodeId, Raft, RaftError};
+use crate::raft::elections::{ElectionHolds, HoldReason};
+use crate::raft::typ::{InstallSnapshotRequest, NodeId, Raft, RaftError};
 
 /// Longest election pause a peer may ask for.
 pub const MAX_ELECTION_PAUSE: Duration = Duration::from_secs(10);

@@ -18,7 +18,7 @@ use steward_core::{codec, ClusterState, CommandResult};
 
 use super::log_store::purge_upto;
 use super::{Db, StoreError, CF_SNAPSHOT};
-use crate::typ::{
+use crate::raft::typ::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
     TypeConfig,
 };

@@ -15,7 +15,7 @@ use steward_core::node::NodeHealth;
 use steward_core::{ClusterState, Command};
 
 use super::*;
-use crate::typ::{ControllerNode, Entry, Vote};
+use crate::raft::typ::{ControllerNode, Entry, Vote};
 
 fn log_id(term: u64, index: u64) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(term, 1), index)
@@ -76,7 +76,7 @@ async fn write_golden() {
         health: h,
         reason: why.into(),
     };
-    let payloads: Vec<(u64, EntryPayload<crate::typ::TypeConfig>)> = vec![
+    let payloads: Vec<(u64, EntryPayload<crate::raft::typ::TypeConfig>)> = vec![
         (
             0,
             EntryPayload::Membership(Membership::new(vec![(1..=3).collect()], members)),

@@ -11,13 +11,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use openraft::ServerState;
-use steward_proto::v1::raft_service_client::RaftServiceClient;
 use steward_proto::v1::{CampaignRequest, PauseElectionRequest};
+use steward_runtime::transport::raft_client;
 
-use super::error::ApiError;
-use super::ApiContext;
-use crate::elections::HoldReason;
-use crate::typ::NodeId;
+use super::elections::HoldReason;
+use super::error::Error;
+use super::typ::NodeId;
+use super::RaftHandle;
 
 /// How long the target may take to catch up before the transfer is refused.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -27,32 +27,35 @@ const ELECTION_TIMEOUT: Duration = Duration::from_secs(5);
 const RPC_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Restores the leader's switches however the transfer ends.
-struct Restore<'a>(&'a ApiContext);
+struct Restore<'a>(&'a RaftHandle);
 
 impl Drop for Restore<'_> {
     fn drop(&mut self) {
-        self.0.raft.runtime_config().heartbeat(true);
-        self.0.holds.release(HoldReason::TransferringLeadership);
-        self.0.transferring.store(false, Ordering::Release);
+        let inner = &self.0.inner;
+        inner.raft.runtime_config().heartbeat(true);
+        inner.holds.release(HoldReason::TransferringLeadership);
+        inner.transferring.store(false, Ordering::Release);
     }
 }
 
-pub async fn transfer_leadership(ctx: &ApiContext, to: NodeId) -> Result<(NodeId, u64), ApiError> {
-    let metrics = ctx.raft.metrics().borrow().clone();
+pub(super) async fn transfer_leadership(
+    handle: &RaftHandle,
+    to: NodeId,
+) -> Result<(NodeId, u64), Error> {
+    let ctx = &handle.inner;
+    let metrics = handle.metrics();
     if to == ctx.id {
         return Ok((ctx.id, metrics.current_term));
     }
     let membership = metrics.membership_config.membership().clone();
     let voters: Vec<NodeId> = membership.voter_ids().collect();
     if !voters.contains(&to) {
-        return Err(ApiError::NotFound(format!(
-            "controller {to} is not a voter"
-        )));
+        return Err(Error::NotFound(format!("controller {to} is not a voter")));
     }
     if ctx.transferring.swap(true, Ordering::AcqRel) {
-        return Err(ApiError::Transferring);
+        return Err(Error::Transferring);
     }
-    let _restore = Restore(ctx);
+    let _restore = Restore(handle);
 
     // 1. Wait for the target to hold every entry.
     let mut rx = ctx.raft.metrics();
@@ -74,7 +77,7 @@ pub async fn transfer_leadership(ctx: &ApiContext, to: NodeId) -> Result<(NodeId
     })
     .await;
     if caught_up != Ok(true) {
-        return Err(ApiError::FailedPrecondition(format!(
+        return Err(Error::Refused(format!(
             "controller {to} has not caught up with the leader's log within {CATCH_UP_TIMEOUT:?}"
         )));
     }
@@ -89,7 +92,7 @@ pub async fn transfer_leadership(ctx: &ApiContext, to: NodeId) -> Result<(NodeId
                 pause_ms: pause.as_millis() as u64,
             };
             if let Ok(ch) = ctx.peers.channel(&node.raft_addr) {
-                let mut client = RaftServiceClient::new(ch);
+                let mut client = raft_client(ch);
                 let _ = tokio::time::timeout(RPC_TIMEOUT, client.pause_election(req)).await;
             }
         }
@@ -106,28 +109,30 @@ pub async fn transfer_leadership(ctx: &ApiContext, to: NodeId) -> Result<(NodeId
     // 4. Ask the target to campaign.
     let target = membership
         .get_node(&to)
-        .ok_or_else(|| ApiError::NotFound(format!("controller {to} has no address")))?;
-    let ch = ctx
-        .peers
-        .channel(&target.raft_addr)
-        .map_err(|e| ApiError::LeaderUnreachable {
-            leader: to,
-            addr: target.raft_addr.clone(),
-            message: e.to_string(),
-        })?;
-    let mut client = RaftServiceClient::new(ch);
+        .ok_or_else(|| Error::NotFound(format!("controller {to} has no address")))?;
+    let ch = ctx.peers.channel(&target.raft_addr).map_err(|e| {
+        Error::Refused(format!(
+            "controller {to} at {} is unreachable: {e}",
+            target.raft_addr
+        ))
+    })?;
+    let mut client = raft_client(ch);
     let req = CampaignRequest {
         from: Some(ctx.peers.identity()),
     };
     match tokio::time::timeout(RPC_TIMEOUT, client.campaign(req)).await {
         Ok(Ok(_)) => {}
         Ok(Err(status)) => {
-            return Err(ApiError::Internal(format!(
+            return Err(Error::Refused(format!(
                 "controller {to} refused to campaign: {}",
                 status.message()
             )))
         }
-        Err(_) => return Err(ApiError::Timeout(RPC_TIMEOUT)),
+        Err(_) => {
+            return Err(Error::Refused(format!(
+                "controller {to} did not answer the campaign request within {RPC_TIMEOUT:?}"
+            )))
+        }
     }
 
     // 5. Wait for the new leader.
@@ -149,7 +154,7 @@ pub async fn transfer_leadership(ctx: &ApiContext, to: NodeId) -> Result<(NodeId
             tracing::info!(from = ctx.id, to, term, "leadership transferred");
             Ok((to, term))
         }
-        _ => Err(ApiError::Internal(format!(
+        _ => Err(Error::Refused(format!(
             "controller {to} did not become leader within {ELECTION_TIMEOUT:?}; the group elects a leader by itself"
         ))),
     }

@@ -2,19 +2,21 @@
 //! concurrent writes are gathered here into one `Command::Batch` entry: they share one
 //! round, one fsync on each controller, and still get one result (and revision) each.
 //!
-//! Data flow: API handlers send `(Command, reply)` into a bounded queue; the proposer task
-//! takes whatever is queued (bounded by count and bytes) and proposes it as one entry, with
-//! at most [`MAX_IN_FLIGHT`] entries proposed and not yet applied.
+//! Data flow: callers send `(Command, reply)` into one bounded queue ([`QUEUE_DEPTH`]); the
+//! proposer worker takes whatever is queued (bounded by count and bytes) and proposes it as
+//! one entry, with at most [`MAX_IN_FLIGHT`] entries proposed and not yet applied. Every
+//! proposal is answered within [`WRITE_TIMEOUT`] of being proposed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use steward_core::{Command, CommandResult};
+use steward_runtime::{Next, Worker, WorkerError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio::task::JoinSet;
 
-use super::context::WRITE_TIMEOUT;
-use super::error::ApiError;
-use crate::typ::{NodeId, Raft};
+use super::error::Error;
+use super::typ::{NodeId, Raft};
 
 /// Writes waiting to be proposed; senders wait when it is full (backpressure).
 pub const QUEUE_DEPTH: usize = 16_384;
@@ -24,31 +26,50 @@ pub const MAX_BATCH_COMMANDS: usize = 2048;
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Batches proposed and not yet applied.
 pub const MAX_IN_FLIGHT: usize = 4;
+/// Longest a write waits to be committed and applied once proposed.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a proposal resolves to: the log index of its entry and its own result.
-pub type ProposalResult = Result<(u64, CommandResult), ApiError>;
+pub type ProposalResult = Result<(u64, CommandResult), Error>;
 
 struct Proposal {
     command: Command,
     reply: oneshot::Sender<ProposalResult>,
 }
 
-/// Handle to the proposer task.
+/// Handle to the proposer's queue.
 #[derive(Clone)]
 pub struct Proposer {
+    id: NodeId,
     queue: mpsc::Sender<Proposal>,
 }
 
+/// The worker that drains the queue into Raft.
+pub struct ProposerWorker {
+    id: NodeId,
+    raft: Raft,
+    rx: mpsc::Receiver<Proposal>,
+    slots: Arc<Semaphore>,
+    in_flight: JoinSet<()>,
+    /// A proposal taken from the queue that did not fit the previous batch.
+    carry: Option<Proposal>,
+}
+
 impl Proposer {
-    /// Starts the proposer task for `raft`; it stops on `shutdown`.
-    pub fn start(
-        id: NodeId,
-        raft: Raft,
-        shutdown: CancellationToken,
-    ) -> (Proposer, tokio::task::JoinHandle<()>) {
+    /// The queue and the worker that serves it (the caller runs the worker).
+    pub fn new(id: NodeId, raft: Raft) -> (Proposer, ProposerWorker) {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let task = tokio::spawn(run(id, raft, rx, shutdown));
-        (Proposer { queue: tx }, task)
+        (
+            Proposer { id, queue: tx },
+            ProposerWorker {
+                id,
+                raft,
+                rx,
+                slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+                in_flight: JoinSet::new(),
+                carry: None,
+            },
+        )
     }
 
     /// Proposes `command` and waits for its result.
@@ -57,39 +78,44 @@ impl Proposer {
         self.queue
             .send(Proposal { command, reply })
             .await
-            .map_err(|_| ApiError::ShuttingDown)?;
-        rx.await.map_err(|_| ApiError::ShuttingDown)?
+            .map_err(|_| Error::ShuttingDown)?;
+        // Dropped unanswered: the batch was proposed (or about to be) when the controller
+        // stopped, so whether it applied is unknown.
+        rx.await.map_err(|_| {
+            Error::OutcomeUnknown(format!(
+                "controller {} stopped while the write was being proposed",
+                self.id
+            ))
+        })?
     }
 }
 
-async fn run(
-    id: NodeId,
-    raft: Raft,
-    mut rx: mpsc::Receiver<Proposal>,
-    shutdown: CancellationToken,
-) {
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut carry: Option<Proposal> = None;
-    loop {
-        let first = match carry.take() {
+impl Worker for ProposerWorker {
+    fn name(&self) -> String {
+        "proposer".into()
+    }
+
+    async fn step(&mut self) -> Result<Next, WorkerError> {
+        while self.in_flight.try_join_next().is_some() {}
+        let first = match self.carry.take() {
             Some(p) => p,
-            None => tokio::select! {
-                _ = shutdown.cancelled() => return,
-                p = rx.recv() => match p { Some(p) => p, None => return },
+            None => match self.rx.recv().await {
+                Some(p) => p,
+                None => return Ok(Next::Done),
             },
         };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
+        let Ok(permit) = self.slots.clone().acquire_owned().await else {
+            return Ok(Next::Done);
         };
         // Gather what else is queued, within the batch limits.
         let mut bytes = first.command.approx_size();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_COMMANDS {
-            match rx.try_recv() {
+            match self.rx.try_recv() {
                 Ok(p) => {
                     let size = p.command.approx_size();
                     if bytes + size > MAX_BATCH_BYTES {
-                        carry = Some(p);
+                        self.carry = Some(p);
                         break;
                     }
                     bytes += size;
@@ -98,11 +124,20 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
-        tokio::spawn(async move {
+        let (id, raft) = (self.id, self.raft.clone());
+        self.in_flight.spawn(async move {
             let _permit = permit;
             propose_batch(id, &raft, batch).await;
         });
+        Ok(Next::Busy)
+    }
+
+    fn detail(&self) -> String {
+        format!(
+            "{} queued, {} batches in flight",
+            self.rx.len() + usize::from(self.carry.is_some()),
+            self.in_flight.len()
+        )
     }
 }
 
@@ -122,8 +157,7 @@ async fn propose_batch(id: NodeId, raft: &Raft, mut batch: Vec<Proposal>) {
             }
         }
         Ok((_, other)) => {
-            let err =
-                ApiError::Internal(format!("batch applied with an unexpected result {other:?}"));
+            let err = Error::Internal(format!("batch applied with an unexpected result {other:?}"));
             for reply in replies {
                 let _ = reply.send(Err(err.clone()));
             }
@@ -138,8 +172,8 @@ async fn propose_batch(id: NodeId, raft: &Raft, mut batch: Vec<Proposal>) {
 
 async fn write(id: NodeId, raft: &Raft, command: Command) -> ProposalResult {
     match tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(command)).await {
-        Err(_) => Err(ApiError::Timeout(WRITE_TIMEOUT)),
+        Err(_) => Err(Error::Timeout(WRITE_TIMEOUT)),
         Ok(Ok(resp)) => Ok((resp.log_id.index, resp.data)),
-        Ok(Err(e)) => Err(ApiError::from_write(id, e)),
+        Ok(Err(e)) => Err(Error::from_write(id, e)),
     }
 }

@@ -4,7 +4,7 @@ use openraft::storage::RaftLogStorage;
 use openraft::testing::{StoreBuilder, Suite};
 
 use super::*;
-use crate::typ::{StorageError, TypeConfig};
+use crate::raft::typ::{StorageError, TypeConfig};
 
 struct RocksBuilder;
 
@@ -287,7 +287,7 @@ mod snapshot_order {
     use steward_core::Command;
 
     use super::*;
-    use crate::typ::Entry;
+    use crate::raft::typ::Entry;
 
     fn entries(range: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
         range

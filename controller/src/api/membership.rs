@@ -1,0 +1,181 @@
+//! `Admin.AddLearner | Promote | RemovePeer | TransferLeader`: the controller group's
+//! membership. Leader-only actions: a follower forwards them.
+
+use std::collections::BTreeSet;
+
+use openraft::ChangeMembers;
+use steward_core::Command;
+use steward_proto::v1::*;
+use tonic::{Request, Response, Status};
+
+use super::error::ApiError;
+use super::forward::{forwarded, hops_of};
+use super::ApiContext;
+use crate::raft::typ::{ControllerNode, NodeId};
+
+fn membership_reply(ctx: &ApiContext, log_index: u64) -> MembershipReply {
+    let metrics = ctx.raft.metrics();
+    let m = metrics.membership_config.membership();
+    let voters: BTreeSet<NodeId> = m.voter_ids().collect();
+    let learners = m
+        .nodes()
+        .map(|(id, _)| *id)
+        .filter(|id| !voters.contains(id))
+        .collect();
+    MembershipReply {
+        log_index,
+        voters: voters.into_iter().collect(),
+        learners,
+    }
+}
+
+/// (voters, every member).
+fn member_ids(ctx: &ApiContext) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
+    let metrics = ctx.raft.metrics();
+    let m = metrics.membership_config.membership();
+    let voters: BTreeSet<NodeId> = m.voter_ids().collect();
+    let all: BTreeSet<NodeId> = m.nodes().map(|(id, _)| *id).collect();
+    (voters, all)
+}
+
+pub async fn add_learner(
+    ctx: &ApiContext,
+    request: Request<AddLearnerRequest>,
+) -> Result<Response<MembershipReply>, Status> {
+    let hops = hops_of(&request);
+    let req = request.into_inner();
+    if req.id == 0 {
+        return Err(ApiError::InvalidArgument("controller id must be at least 1".into()).into());
+    }
+    for (what, addr) in [
+        ("raft address", &req.raft_addr),
+        ("api address", &req.api_addr),
+    ] {
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(
+                ApiError::InvalidArgument(format!("{what} `{addr}` is not IP:PORT")).into(),
+            );
+        }
+    }
+    if let Some(mut l) = ctx.forward_to_leader(hops)? {
+        return l.client.add_learner(forwarded(req, l.hops)).await;
+    }
+    let (_, all) = member_ids(ctx);
+    if all.contains(&req.id) {
+        return Err(ApiError::FailedPrecondition(format!(
+            "controller {} is already a member; remove it first or pick another id",
+            req.id
+        ))
+        .into());
+    }
+    if ctx
+        .raft
+        .view()
+        .read()
+        .state
+        .controllers
+        .contains_key(&req.id)
+    {
+        return Err(ApiError::FailedPrecondition(format!(
+            "id {} was used by a controller before; pick a new id",
+            req.id
+        ))
+        .into());
+    }
+    let node = ControllerNode {
+        raft_addr: req.raft_addr.clone(),
+        api_addr: req.api_addr.clone(),
+    };
+    let index = ctx
+        .raft
+        .add_learner(req.id, node)
+        .await
+        .map_err(ApiError::from)?;
+    Ok(Response::new(membership_reply(ctx, index)))
+}
+
+pub async fn promote(
+    ctx: &ApiContext,
+    request: Request<PromoteRequest>,
+) -> Result<Response<MembershipReply>, Status> {
+    let hops = hops_of(&request);
+    let req = request.into_inner();
+    if let Some(mut l) = ctx.forward_to_leader(hops)? {
+        return l.client.promote(forwarded(req, l.hops)).await;
+    }
+    let (voters, all) = member_ids(ctx);
+    if !all.contains(&req.id) {
+        return Err(ApiError::NotFound(format!(
+            "controller {} is not a member; add it with `steward operator raft add-learner` first",
+            req.id
+        ))
+        .into());
+    }
+    if voters.contains(&req.id) {
+        return Ok(Response::new(membership_reply(ctx, 0)));
+    }
+    let index = ctx
+        .raft
+        .change_membership(ChangeMembers::AddVoterIds([req.id].into()), true)
+        .await
+        .map_err(ApiError::from)?;
+    Ok(Response::new(membership_reply(ctx, index)))
+}
+
+pub async fn remove_peer(
+    ctx: &ApiContext,
+    request: Request<RemovePeerRequest>,
+) -> Result<Response<MembershipReply>, Status> {
+    let hops = hops_of(&request);
+    let req = request.into_inner();
+    if let Some(mut l) = ctx.forward_to_leader(hops)? {
+        return l.client.remove_peer(forwarded(req, l.hops)).await;
+    }
+    let (voters, all) = member_ids(ctx);
+    if !all.contains(&req.id) {
+        return Err(ApiError::NotFound(format!("controller {} is not a member", req.id)).into());
+    }
+    if voters.contains(&req.id) && voters.len() == 1 {
+        return Err(ApiError::FailedPrecondition("cannot remove the last voter".into()).into());
+    }
+    let change = if voters.contains(&req.id) {
+        ChangeMembers::RemoveVoters([req.id].into())
+    } else {
+        ChangeMembers::RemoveNodes([req.id].into())
+    };
+    let index = ctx
+        .raft
+        .change_membership(change, false)
+        .await
+        .map_err(ApiError::from)?;
+    // The removed id's incarnation record is dropped, so the id could be reused
+    // deliberately. If this controller was itself removed, it is no longer leader: the
+    // record stays, which only keeps the id reserved.
+    if ctx.raft.is_leader() {
+        if let Err(e) = ctx
+            .raft
+            .propose(Command::ForgetController { controller: req.id })
+            .await
+        {
+            tracing::warn!(controller = req.id, error = %e, "could not drop the removed controller's record");
+        }
+    }
+    Ok(Response::new(membership_reply(ctx, index)))
+}
+
+pub async fn transfer_leader(
+    ctx: &ApiContext,
+    request: Request<TransferLeaderRequest>,
+) -> Result<Response<TransferLeaderReply>, Status> {
+    let hops = hops_of(&request);
+    let req = request.into_inner();
+    if let Some(mut l) = ctx.forward_to_leader(hops)? {
+        return l.client.transfer_leader(forwarded(req, l.hops)).await;
+    }
+    let (leader_id, term) = ctx
+        .raft
+        .transfer_leadership(req.to)
+        .await
+        .map_err(ApiError::from)?;
+    Ok(Response::new(TransferLeaderReply { leader_id, term }))
+}

@@ -1,0 +1,117 @@
+//! `Admin.ListNodes | NodeEvents`: the agents' machines as the cluster state records them,
+//! with the leader's observations (heartbeat age, latest telemetry). Always answered by the
+//! leader: only it holds the observations.
+
+use steward_proto::v1::*;
+use tonic::{Request, Response, Status};
+
+use super::ApiContext;
+
+/// What the controller reads of an agent's inventory document (unknown shapes give none).
+#[derive(serde::Deserialize, Default)]
+struct InventoryView {
+    #[serde(default)]
+    agent: AgentView,
+    #[serde(default)]
+    gpus: Vec<GpuView>,
+}
+#[derive(serde::Deserialize, Default)]
+struct AgentView {
+    #[serde(default)]
+    api_addr: Option<String>,
+}
+#[derive(serde::Deserialize)]
+struct GpuView {
+    uuid: String,
+    name: String,
+}
+
+/// GPU identities (with health from the latest telemetry) and the agent's API address.
+fn inventory_view(inventory: &[u8], telemetry: Option<&NodeTelemetry>) -> (Vec<NodeGpu>, String) {
+    let inv: InventoryView = serde_json::from_slice(inventory).unwrap_or_default();
+    let gpus = inv
+        .gpus
+        .into_iter()
+        .map(|g| NodeGpu {
+            health: telemetry
+                .and_then(|t| t.gpus.iter().find(|x| x.uuid == g.uuid))
+                .map(|x| x.health.clone())
+                .unwrap_or_default(),
+            uuid: g.uuid,
+            model: g.name,
+        })
+        .collect();
+    (gpus, inv.agent.api_addr.unwrap_or_default())
+}
+
+pub async fn list(
+    ctx: &ApiContext,
+    request: Request<ListNodesRequest>,
+) -> Result<Response<ListNodesReply>, Status> {
+    ctx.read(
+        request,
+        |_| false,
+        |mut c, r| async move { c.list_nodes(r).await },
+        |req, applied| {
+            let nodes = applied
+                .state
+                .nodes
+                .iter()
+                .filter(|(id, _)| req.node_id.is_empty() || **id == req.node_id)
+                .map(|(id, n)| {
+                    let telemetry = ctx.liveness.telemetry(id);
+                    let (gpus, agent_api_addr) = inventory_view(&n.inventory, telemetry.as_deref());
+                    NodeSummary {
+                        id: id.clone(),
+                        hostname: n.hostname.clone(),
+                        health: n.health.name().to_string(),
+                        labels: n.labels.clone().into_iter().collect(),
+                        gpus,
+                        last_heartbeat_age_ms: ctx.liveness.age_ms(id),
+                        inventory_json: if req.with_inventory {
+                            n.inventory.clone()
+                        } else {
+                            Vec::new()
+                        },
+                        agent_api_addr,
+                        telemetry: if req.with_inventory {
+                            telemetry.map(|t| (*t).clone())
+                        } else {
+                            None
+                        },
+                    }
+                })
+                .collect();
+            Ok(ListNodesReply { nodes })
+        },
+    )
+    .await
+}
+
+pub async fn events(
+    ctx: &ApiContext,
+    request: Request<NodeEventsRequest>,
+) -> Result<Response<NodeEventsReply>, Status> {
+    ctx.read(
+        request,
+        |_| false,
+        |mut c, r| async move { c.node_events(r).await },
+        |req, applied| {
+            let events = applied
+                .state
+                .node_events
+                .iter()
+                .filter(|e| req.node_id.is_empty() || e.node == req.node_id)
+                .map(|e| NodeEventPb {
+                    revision: e.revision,
+                    node_id: e.node.clone(),
+                    from: e.from.map(|h| h.name().to_string()).unwrap_or_default(),
+                    to: e.to.name().to_string(),
+                    reason: e.reason.clone(),
+                })
+                .collect();
+            Ok(NodeEventsReply { events })
+        },
+    )
+    .await
+}

@@ -1,0 +1,202 @@
+//! The leader's liveness tracking of agents. Heartbeats land in [`LivenessTracker`] (in
+//! memory, never in Raft); the [`LivenessWorker`] ticks the pure
+//! `steward_core::liveness::Detector` and commits the health transitions it proposes, in
+//! order, through the proposer. A controller that becomes leader starts with `grace`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use steward_core::liveness::{Detector, LivenessConfig, Transition};
+use steward_core::Command;
+use steward_proto::v1::NodeTelemetry;
+use steward_runtime::{Next, Worker, WorkerError};
+use tokio::sync::Notify;
+
+use crate::raft::RaftHandle;
+
+/// How often the detector is evaluated.
+pub const TICK: Duration = Duration::from_millis(200);
+/// Largest telemetry summary kept per node; a larger one is dropped (the heartbeat still
+/// counts). 16 GPUs and the event backlog take about 8 KiB.
+pub const MAX_TELEMETRY_BYTES: usize = 64 * 1024;
+
+pub struct LivenessTracker {
+    start: Instant,
+    inner: Mutex<Inner>,
+    /// Wakes the worker when a heartbeat brings a node back.
+    wake: Arc<Notify>,
+}
+
+struct Inner {
+    detector: Detector,
+    /// The term this controller leads and has given grace in.
+    led_term: Option<u64>,
+    last_seen: HashMap<String, Instant>,
+    /// The latest telemetry summary of each node (leader memory only, like heartbeats).
+    telemetry: HashMap<String, Arc<NodeTelemetry>>,
+    /// Transitions decided on a heartbeat, for the worker to commit.
+    pending: Vec<Transition>,
+}
+
+impl LivenessTracker {
+    pub fn new(config: LivenessConfig) -> Arc<Self> {
+        Arc::new(LivenessTracker {
+            start: Instant::now(),
+            inner: Mutex::new(Inner {
+                detector: Detector::new(config),
+                led_term: None,
+                last_seen: HashMap::new(),
+                telemetry: HashMap::new(),
+                pending: Vec::new(),
+            }),
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The notify that wakes the liveness worker.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Records a heartbeat (or a registration), with the node's telemetry summary when it
+    /// carries one.
+    pub fn heartbeat(&self, node: &str, telemetry: Option<NodeTelemetry>) {
+        let now = self.now_ms();
+        let telemetry = telemetry.filter(|t| {
+            let size = prost::Message::encoded_len(t);
+            if size > MAX_TELEMETRY_BYTES {
+                tracing::warn!(
+                    node,
+                    size,
+                    limit = MAX_TELEMETRY_BYTES,
+                    "telemetry summary too large; dropped"
+                );
+            }
+            size <= MAX_TELEMETRY_BYTES
+        });
+        let mut inner = self.inner();
+        inner.last_seen.insert(node.to_string(), Instant::now());
+        if let Some(t) = telemetry {
+            inner.telemetry.insert(node.to_string(), Arc::new(t));
+        }
+        if let Some(t) = inner.detector.heartbeat(node, now) {
+            inner.pending.push(t);
+            self.wake.notify_one();
+        }
+    }
+
+    /// The latest telemetry summary this controller received from `node`.
+    pub fn telemetry(&self, node: &str) -> Option<Arc<NodeTelemetry>> {
+        self.inner().telemetry.get(node).cloned()
+    }
+
+    /// Milliseconds since the last heartbeat this controller received from `node`.
+    pub fn age_ms(&self, node: &str) -> Option<u64> {
+        self.inner()
+            .last_seen
+            .get(node)
+            .map(|t| t.elapsed().as_millis() as u64)
+    }
+}
+
+/// The detector's clock and committer, on the leader only.
+pub struct LivenessWorker {
+    raft: RaftHandle,
+    tracker: Arc<LivenessTracker>,
+    committed: u64,
+}
+
+impl LivenessWorker {
+    pub fn new(raft: RaftHandle, tracker: Arc<LivenessTracker>) -> Self {
+        LivenessWorker {
+            raft,
+            tracker,
+            committed: 0,
+        }
+    }
+}
+
+impl Worker for LivenessWorker {
+    fn name(&self) -> String {
+        "liveness".into()
+    }
+
+    async fn step(&mut self) -> Result<Next, WorkerError> {
+        let m = self.raft.metrics();
+        let tracker = &self.tracker;
+        let now = tracker.now_ms();
+        let transitions = {
+            let mut inner = tracker.inner();
+            if m.state != openraft::ServerState::Leader {
+                inner.led_term = None;
+                inner.pending.clear();
+                return Ok(Next::Wait(TICK));
+            }
+            if inner.led_term != Some(m.current_term) {
+                let nodes: Vec<(String, steward_core::node::NodeHealth)> = {
+                    let applied = self.raft.view().read();
+                    applied
+                        .state
+                        .nodes
+                        .iter()
+                        .map(|(id, r)| (id.clone(), r.health))
+                        .collect()
+                };
+                inner
+                    .detector
+                    .grace(now, nodes.iter().map(|(id, h)| (id.as_str(), *h)));
+                inner.led_term = Some(m.current_term);
+                tracing::info!(
+                    term = m.current_term,
+                    nodes = nodes.len(),
+                    "leading: every node gets a fresh liveness period"
+                );
+                return Ok(Next::Wait(TICK));
+            }
+            let mut out = std::mem::take(&mut inner.pending);
+            out.extend(inner.detector.tick(now));
+            out
+        };
+        for t in transitions {
+            tracing::info!(node = %t.node, to = t.to.name(), reason = %t.reason, "node health change");
+            let node = t.node.clone();
+            let command = Command::SetNodeHealth {
+                node: t.node,
+                health: t.to,
+                reason: t.reason,
+            };
+            match self.raft.propose(command).await {
+                Ok(_) => self.committed += 1,
+                Err(e) => {
+                    // Forget the belief: the detector proposes the change again next tick.
+                    let committed = self
+                        .raft
+                        .view()
+                        .read()
+                        .state
+                        .nodes
+                        .get(&node)
+                        .map(|r| r.health);
+                    if let Some(h) = committed {
+                        tracker.inner().detector.committed(&node, h);
+                    }
+                    return Err(format!("committing the health of {node}: {e}").into());
+                }
+            }
+        }
+        Ok(Next::Wait(TICK))
+    }
+
+    fn detail(&self) -> String {
+        format!("{} health changes committed", self.committed)
+    }
+}

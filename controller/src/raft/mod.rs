@@ -1,0 +1,226 @@
+//! The Raft layer: openraft on RocksDB, its transport, and the one small handle the rest of
+//! the controller uses ([`RaftHandle`]).
+//!
+//! - `typ`: the single openraft type declaration and aliases;
+//! - `store/`: the RocksDB log store and state machine;
+//! - `network/`: Raft RPCs over tonic, with the incarnation fence;
+//! - `proposer`: batches concurrent writes into one log entry, owns the write deadline;
+//! - `transfer`: leadership transfer built from openraft's runtime switches;
+//! - `elections`: holds on this controller's elections (snapshot transfer, leadership
+//!   transfer, split-vote back-off);
+//! - `workers`: the Raft layer's own background work (controller registration, split-vote
+//!   back-off, the leadership log).
+//!
+//! Data flow of a write: caller -> [`RaftHandle::propose`] (refused at once on a follower,
+//! so the API forwards before queueing) -> proposer queue -> `Raft::client_write` -> log
+//! store (synced) and replication -> commit -> `ClusterState::apply` in the state machine
+//! -> the command's own result back to the caller. Reads go through
+//! [`RaftHandle::read_barrier`] and then the applied state ([`store::StateView`]).
+
+pub mod elections;
+pub mod error;
+pub mod network;
+pub mod proposer;
+pub mod store;
+mod transfer;
+pub mod typ;
+pub mod workers;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::{ChangeMembers, ServerState};
+use steward_core::Command;
+
+pub use error::Error;
+
+use crate::config::RaftTuning;
+use elections::ElectionHolds;
+use network::PeerShared;
+use proposer::{ProposalResult, Proposer, WRITE_TIMEOUT};
+use store::StateView;
+use typ::{ControllerNode, NodeId, Raft, RaftMetrics};
+
+/// Longest a linearizable read waits for the leader to confirm with a quorum.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a membership change may take (it commits two entries, joint then final).
+pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The controller's handle on Raft: proposing, reading, membership, leadership. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct RaftHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    raft: Raft,
+    view: StateView,
+    peers: Arc<PeerShared>,
+    tuning: RaftTuning,
+    proposer: Proposer,
+    holds: Arc<ElectionHolds>,
+    /// A leadership transfer is running: writes are refused meanwhile.
+    transferring: AtomicBool,
+}
+
+impl RaftHandle {
+    pub fn new(
+        raft: Raft,
+        view: StateView,
+        peers: Arc<PeerShared>,
+        tuning: RaftTuning,
+        proposer: Proposer,
+        holds: Arc<ElectionHolds>,
+    ) -> Self {
+        RaftHandle {
+            inner: Arc::new(Inner {
+                id: peers.id,
+                raft,
+                view,
+                peers,
+                tuning,
+                proposer,
+                holds,
+                transferring: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// openraft itself, for read-only inspection (status, metrics).
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    pub fn view(&self) -> &StateView {
+        &self.inner.view
+    }
+
+    pub fn peers(&self) -> &Arc<PeerShared> {
+        &self.inner.peers
+    }
+
+    pub fn tuning(&self) -> &RaftTuning {
+        &self.inner.tuning
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.inner.raft.metrics().borrow().clone()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.inner.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// The error telling a caller to go to the leader.
+    pub fn not_leader(&self) -> Error {
+        Error::NotLeader {
+            responder: self.inner.id,
+            leader: self.current_leader(),
+        }
+    }
+
+    /// Proposes `command` (batched with concurrent writes) and waits for its result. On a
+    /// follower it fails at once with `NotLeader`, before anything is queued.
+    pub async fn propose(&self, command: Command) -> ProposalResult {
+        if self.inner.transferring.load(Ordering::Acquire) {
+            return Err(Error::Transferring);
+        }
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        self.inner.proposer.propose(command).await
+    }
+
+    /// Waits until the local state may be read linearizably (this controller leads,
+    /// confirmed by a quorum, and has applied up to the read point).
+    pub async fn read_barrier(&self) -> Result<(), Error> {
+        match tokio::time::timeout(READ_TIMEOUT, self.inner.raft.ensure_linearizable()).await {
+            Err(_) => Err(Error::QuorumLost(format!(
+                "leadership not confirmed within {READ_TIMEOUT:?}"
+            ))),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Error::from_read(self.inner.id, e)),
+        }
+    }
+
+    /// The committed log index as this controller knows it.
+    pub async fn committed_index(&self) -> Option<u64> {
+        self.inner
+            .raft
+            .with_raft_state(|s| s.committed.map(|l| l.index))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// API address of controller `id`: its registration, else its membership entry.
+    pub fn api_addr_of(&self, id: NodeId) -> Option<String> {
+        let applied = self.inner.view.read();
+        if let Some(rec) = applied.state.controllers.get(&id) {
+            if !rec.api_addr.is_empty() {
+                return Some(rec.api_addr.clone());
+            }
+        }
+        applied
+            .last_membership
+            .membership()
+            .get_node(&id)
+            .map(|n| n.api_addr.clone())
+            .filter(|a| !a.is_empty())
+    }
+
+    /// Adds `id` as a learner (blocking until it has caught up); the log index.
+    pub async fn add_learner(&self, id: NodeId, node: ControllerNode) -> Result<u64, Error> {
+        match tokio::time::timeout(
+            MEMBERSHIP_TIMEOUT,
+            self.inner.raft.add_learner(id, node, true),
+        )
+        .await
+        {
+            Err(_) => Err(Error::Timeout(MEMBERSHIP_TIMEOUT)),
+            Ok(r) => Ok(r
+                .map_err(|e| Error::from_write(self.inner.id, e))?
+                .log_id
+                .index),
+        }
+    }
+
+    /// Changes the voter set; the log index of the final configuration.
+    pub async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, ControllerNode>,
+        retain: bool,
+    ) -> Result<u64, Error> {
+        match tokio::time::timeout(
+            MEMBERSHIP_TIMEOUT,
+            self.inner.raft.change_membership(change, retain),
+        )
+        .await
+        {
+            Err(_) => Err(Error::Timeout(MEMBERSHIP_TIMEOUT)),
+            Ok(Ok(resp)) => Ok(resp.log_id.index),
+            Ok(Err(e)) => Err(Error::from_write(self.inner.id, e)),
+        }
+    }
+
+    /// Hands leadership to `to`; the new leader and its term.
+    pub async fn transfer_leadership(&self, to: NodeId) -> Result<(NodeId, u64), Error> {
+        transfer::transfer_leadership(self, to).await
+    }
+}
+
+/// The deadline a caller should give a forwarded write: the proposer's, plus the hop.
+pub fn forwarded_write_deadline() -> Duration {
+    WRITE_TIMEOUT + Duration::from_secs(1)
+}
