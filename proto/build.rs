@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/steward/v1/raft.proto",
         "proto/steward/v1/admin.proto",
         "proto/steward/v1/agent.proto",
+        "proto/steward/v1/inventory.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

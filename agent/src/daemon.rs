@@ -1,29 +1,22 @@
 //! The long-running agent: a persistent node id; the static inventory, registered through
 //! the leader when it changes; the telemetry threads; the agent API and `/metrics`; and a
-//! heartbeat to the leader every interval carrying the latest telemetry summary. It finds
-//! the leader through any controller's `LeaderHint`, follows it when leadership moves, and
-//! backs off (bounded) while no controller answers.
+//! heartbeat to the leader every interval carrying the latest telemetry summary. Finding
+//! and following the leader, and keeping the registration, are in `link`.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use steward_proto::v1::agent_control_client::AgentControlClient;
-use steward_proto::v1::{HeartbeatRequest, LeaderHintRequest, RegisterNodeRequest};
-use steward_runtime::transport::{self, ClientOptions};
+use steward_proto::v1::{HeartbeatRequest, RegisterNodeRequest};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 pub use crate::config::AgentConfig;
 use crate::hardware::{self, GpuProbe, Inventory};
+use crate::link::{self, find_leader, Leader, Registration, LEADER_RECHECK};
 use crate::metrics::AgentStats;
 use crate::telemetry::{SamplerConfig, Telemetry};
 
-/// Connect timeout to a controller.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-/// Deadline of one call to a controller.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest pause between attempts while no leader answers.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How often the static inventory is read again (a GPU gone, MIG reconfigured).
@@ -37,7 +30,11 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
-    #[error("node id file {path} is damaged: {content:?}; remove it to get a new id")]
+    #[error(
+        "node id file {path} is damaged ({content:?}). This machine is known to the cluster by its old id: \
+         find it with `steward node list` (by hostname) and write it into {path}; only if the machine \
+         should join as a new node, remove the file (and `steward node remove` the old id)"
+    )]
     BadNodeId { path: String, content: String },
     #[error(transparent)]
     Probe(#[from] hardware::ProbeError),
@@ -77,26 +74,32 @@ async fn read_inventory(
     Ok((inventory, json))
 }
 
-/// BLAKE3 (hex) of everything a registration records: hostname, labels and inventory. The
-/// leader compares it on every heartbeat and asks for a registration only when it differs,
-/// so a restarted agent on unchanged hardware costs no Raft write.
-pub fn registration_digest(req: &RegisterNodeRequest) -> String {
+/// BLAKE3 (hex) of everything a registration records: hostname, labels and the inventory
+/// (its JSON). The leader compares it on every heartbeat and asks for a registration only
+/// when it differs, so a restarted agent on unchanged hardware costs no Raft write.
+pub fn registration_digest(
+    hostname: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+    inventory_json: &[u8],
+) -> String {
     let mut h = blake3::Hasher::new();
     let mut field = |bytes: &[u8]| {
         h.update(&(bytes.len() as u64).to_le_bytes());
         h.update(bytes);
     };
-    field(req.hostname.as_bytes());
-    let labels: std::collections::BTreeMap<&String, &String> = req.labels.iter().collect();
+    field(hostname.as_bytes());
     for (k, v) in labels {
         field(k.as_bytes());
         field(v.as_bytes());
     }
-    field(&req.inventory_json);
+    field(inventory_json);
     h.finalize().to_hex().to_string()
 }
 
-/// This machine's node id, made once and kept in the data dir.
+/// This machine's node id, made once and kept in the data dir. It is published durably
+/// (written to a temporary file, fsynced, renamed, and the directory fsynced), so a power
+/// loss leaves either no id or the whole id, never an empty file that would make the
+/// machine a new node.
 pub fn node_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
     let io = |source| AgentError::DataDir {
         path: data_dir.display().to_string(),
@@ -107,7 +110,7 @@ pub fn node_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let id = text.trim().to_string();
-            steward_core::node::validate_registration(&id, &[]).map_err(|_| {
+            steward_core::node::validate_registration(&id, 0).map_err(|_| {
                 AgentError::BadNodeId {
                     path: path.display().to_string(),
                     content: id.clone(),
@@ -117,40 +120,24 @@ pub fn node_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = format!("node-{:016x}", rand::random::<u64>());
-            let tmp = data_dir.join("node-id.tmp");
-            std::fs::write(&tmp, format!("{id}\n")).map_err(io)?;
-            std::fs::rename(&tmp, &path).map_err(io)?;
+            write_durably(data_dir, "node-id", format!("{id}\n").as_bytes()).map_err(io)?;
             Ok(id)
         }
         Err(e) => Err(io(e)),
     }
 }
 
-async fn client(addr: &str) -> Option<AgentControlClient<Channel>> {
-    let options = ClientOptions::new(CONNECT_TIMEOUT).call_timeout(CALL_TIMEOUT);
-    let ch = transport::connect(addr, &options).await.ok()?;
-    Some(transport::agent_control_client(ch))
-}
-
-/// Asks the controllers, in turn, where the leader is.
-async fn find_leader(controllers: &[String]) -> Option<AgentControlClient<Channel>> {
-    for addr in controllers {
-        let Some(mut c) = client(addr).await else {
-            continue;
-        };
-        if let Ok(hint) = c.leader_hint(LeaderHintRequest {}).await {
-            let hint = hint.into_inner();
-            if !hint.leader_api_addr.is_empty() {
-                if hint.leader_api_addr == *addr {
-                    return Some(c);
-                }
-                if let Some(leader) = client(&hint.leader_api_addr).await {
-                    return Some(leader);
-                }
-            }
-        }
-    }
-    None
+/// Publishes `name` in `dir` with `contents`, durably: a reader after a crash sees the old
+/// state (no file) or the whole new file.
+fn write_durably(dir: &std::path::Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Runs until `shutdown` resolves. `on_ready` is called once the API and metrics listeners
@@ -218,21 +205,24 @@ pub async fn run(
         "agent started"
     );
     on_ready();
+    let labels: std::collections::BTreeMap<String, String> = config.labels.clone();
     let mut register = RegisterNodeRequest {
         node_id: id.clone(),
+        inventory_digest: registration_digest(&hostname, &labels, &inventory_json),
         hostname,
-        labels: config.labels.clone().into_iter().collect(),
-        inventory_json,
-        inventory_digest: String::new(),
+        labels: labels.clone().into_iter().collect(),
+        inventory_json: Vec::new(),
+        inventory: Some((&inventory).into()),
     };
-    register.inventory_digest = registration_digest(&register);
+    let mut inventory_json = inventory_json;
     tokio::pin!(shutdown);
-    let mut leader: Option<AgentControlClient<Channel>> = None;
+    let mut leader: Option<Leader> = None;
     // Heartbeat first: the leader answers `register_again` when it does not hold this
     // registration (new node, changed hardware or labels).
-    let mut registered = true;
+    let mut registration = Registration::unknown();
     let mut backoff = Duration::from_millis(100);
     let mut seq = 0u64;
+    let mut last_recheck = Instant::now();
     let mut ticker = tokio::time::interval(config.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut refresh = tokio::time::interval(INVENTORY_REFRESH);
@@ -245,11 +235,13 @@ pub async fn run(
             }
             _ = refresh.tick() => {
                 match read_inventory(probe.clone(), &config).await {
-                    Ok((_, json)) if json != register.inventory_json => {
+                    Ok((inventory, json)) if json != inventory_json => {
                         tracing::info!(node = %id, "inventory changed; registering again");
-                        register.inventory_json = json;
-                        register.inventory_digest = registration_digest(&register);
-                        registered = false;
+                        register.inventory_digest =
+                            registration_digest(&register.hostname, &labels, &json);
+                        register.inventory = Some((&inventory).into());
+                        inventory_json = json;
+                        registration.needed = true;
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "reading the inventory again failed"),
@@ -258,26 +250,48 @@ pub async fn run(
             }
             _ = ticker.tick() => {}
         }
-        if leader.is_none() {
-            leader = find_leader(&config.controllers).await;
-            if leader.is_none() {
-                stats.heartbeat_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("no leader found; backing off {backoff:?}");
-                tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
+        if leader.is_none() || last_recheck.elapsed() >= LEADER_RECHECK {
+            last_recheck = Instant::now();
+            match find_leader(&config.controllers).await {
+                Some(found) => {
+                    let moved = leader.as_ref().is_none_or(|l| l.addr != found.addr);
+                    if moved {
+                        tracing::info!(node = %id, leader = %found.addr, term = found.term, "following the leader");
+                        stats.leader_changes.fetch_add(1, Ordering::Relaxed);
+                        leader = Some(found);
+                    }
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
+                None if leader.is_none() => {
+                    stats.heartbeat_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("no leader found; backing off {backoff:?}");
+                    tokio::select! {
+                        _ = &mut shutdown => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+                None => {}
             }
         }
-        let Some(c) = leader.as_mut() else { continue };
-        if !registered {
-            match c.register_node(register.clone()).await {
+        let Some(l) = leader.as_mut() else { continue };
+        if registration.due(Instant::now()) {
+            match l.client.register_node(register.clone()).await {
                 Ok(r) => {
-                    registered = true;
+                    registration.succeeded();
                     stats.registrations.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(node = %id, revision = r.into_inner().revision, "registered");
+                }
+                Err(status) if link::is_refusal(status.code()) => {
+                    stats.registration_errors.fetch_add(1, Ordering::Relaxed);
+                    let pause = registration.refused(Instant::now(), status.message().to_string());
+                    tracing::error!(
+                        node = %id,
+                        code = ?status.code(),
+                        error = %status.message(),
+                        retry_in = ?pause,
+                        "the leader refused this machine's registration; heartbeats go on"
+                    );
                 }
                 Err(status) => {
                     tracing::debug!(%status, "registration failed; looking for the leader again");
@@ -293,12 +307,12 @@ pub async fn run(
             inventory_digest: register.inventory_digest.clone(),
             telemetry: Some(telemetry.latest().to_proto()),
         };
-        match c.heartbeat(hb).await {
+        match l.client.heartbeat(hb).await {
             Ok(reply) => {
                 backoff = Duration::from_millis(100);
                 stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
                 if reply.into_inner().register_again {
-                    registered = false;
+                    registration.needed = true;
                 }
             }
             Err(status) => {
@@ -319,10 +333,36 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let a = node_id(dir.path()).expect("id");
         assert_eq!(node_id(dir.path()).expect("id"), a);
+        assert!(
+            !dir.path().join("node-id.tmp").exists(),
+            "published by rename"
+        );
         std::fs::write(dir.path().join("node-id"), "Not Valid!").expect("write");
-        assert!(node_id(dir.path())
-            .unwrap_err()
-            .to_string()
-            .contains("remove it"));
+        let err = node_id(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("steward node list"), "{err}");
+    }
+
+    /// A power loss can leave a torn temporary file, never an empty id: the torn file is
+    /// replaced, and an empty id file (from a filesystem that lost the data) is an error
+    /// that keeps the old identity recoverable instead of minting a new node.
+    #[test]
+    fn a_crash_never_makes_a_new_node_silently() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("node-id.tmp"), "node-00").expect("torn write");
+        let id = node_id(dir.path()).expect("id");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("node-id")).expect("read"),
+            format!("{id}\n")
+        );
+        std::fs::write(dir.path().join("node-id"), "").expect("empty");
+        assert!(matches!(
+            node_id(dir.path()),
+            Err(AgentError::BadNodeId { .. })
+        ));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("node-id")).expect("read"),
+            "",
+            "the damaged file is left for the operator"
+        );
     }
 }

@@ -4,7 +4,8 @@
 //!   and GPUs come through the narrow [`hardware::GpuProbe`] trait: NVML (`hardware::nvml`)
 //!   for real GPUs, or simulated ones (`hardware::simulated`) with load and fault injection.
 //! - `telemetry`: the sampler thread, the GPU event thread, the event log, and GPU health.
-//! - `daemon`: node id, registration, heartbeats carrying telemetry summaries.
+//! - `daemon`: node id, inventory, start-up, heartbeats carrying telemetry summaries;
+//!   `link`: finding the leader and keeping the registration.
 //! - `procfs`: procfs and filesystem readers shared by `hardware` and `telemetry`.
 //! - `api`: the agent's own gRPC API. `metrics`: Prometheus `/metrics`. `config`: settings.
 //!
@@ -14,6 +15,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod hardware;
+pub mod link;
 pub mod metrics;
 pub mod procfs;
 pub mod telemetry;

@@ -46,6 +46,10 @@ pub struct AgentStats {
     pub heartbeats_sent: AtomicU64,
     pub heartbeat_failures: AtomicU64,
     pub registrations: AtomicU64,
+    /// Registrations the leader refused for good (an inventory too large, a full state).
+    pub registration_errors: AtomicU64,
+    /// Times the agent moved to another controller as leader.
+    pub leader_changes: AtomicU64,
 }
 
 /// dcgm-exporter field name, help, and how to read it.
@@ -134,6 +138,16 @@ const FIELDS: &[Field] = &[
         "DCGM_FI_DEV_PCIE_REPLAY_COUNTER",
         "Total number of PCIe retries.",
         |r| r.sample.pcie_replay.map(|v| v as f64),
+    ),
+    (
+        "DCGM_FI_DEV_PCIE_LINK_GEN",
+        "PCIe current link generation.",
+        |r| r.sample.pcie_link_gen.map(f64::from),
+    ),
+    (
+        "DCGM_FI_DEV_PCIE_LINK_WIDTH",
+        "PCIe current link width.",
+        |r| r.sample.pcie_link_width.map(f64::from),
     ),
 ];
 
@@ -343,6 +357,27 @@ pub fn registry(snapshot: &TelemetrySnapshot, hostname: &str, stats: &AgentStats
                 .collect(),
         );
     }
+    let up: Family<Vec<(&'static str, String)>, Gauge> = Family::default();
+    let speed: Family<Vec<(&'static str, String)>, Gauge> = Family::default();
+    for n in &h.nics {
+        let labels = vec![("device", n.name.clone())];
+        if let Some(state) = &n.oper_state {
+            up.get_or_create(&labels).set(i64::from(state == "up"));
+        }
+        if let Some(mbps) = n.speed_mbps {
+            speed.get_or_create(&labels).set((mbps * 125_000) as i64);
+        }
+    }
+    reg.register(
+        "node_network_up",
+        "Value is 1 if operstate is 'up', 0 otherwise.",
+        up,
+    );
+    reg.register(
+        "node_network_speed_bytes",
+        "Network device property: speed_bytes.",
+        speed,
+    );
     type NicRead = fn(&crate::telemetry::host::NicCounters) -> u64;
     let net: [(&str, &str, NicRead); 8] = [
         (
@@ -413,6 +448,16 @@ pub fn registry(snapshot: &TelemetrySnapshot, hostname: &str, stats: &AgentStats
             "steward_agent_registrations",
             "Registrations of this node's inventory committed.",
             &stats.registrations,
+        ),
+        (
+            "steward_agent_registration_errors",
+            "Registrations the leader refused (the agent keeps heartbeating and retries).",
+            &stats.registration_errors,
+        ),
+        (
+            "steward_agent_leader_changes",
+            "Times the agent moved to another controller as the leader.",
+            &stats.leader_changes,
         ),
     ] {
         let c: Counter = Counter::default();

@@ -1,5 +1,13 @@
 //! Finding the cluster: connects to the first reachable admin address, and retries calls
-//! that failed because leadership is moving.
+//! only where a retry is safe:
+//!
+//! - [`with_retry`]: reads, and writes without a request id. Retried when the cluster said
+//!   nothing was applied (UNAVAILABLE with `x-steward-not-applied`: no leader, leadership
+//!   moving), or when the call could not be made at all.
+//! - [`with_request_retry`]: writes that carry a request id (KV put and delete). Also
+//!   retried when the outcome is unknown (a lost answer, a timeout): the cluster applies a
+//!   request id at most once and answers a retry with the first result. If the outcome is
+//!   still unknown after the last attempt, that is what the error says.
 
 use std::future::Future;
 use std::time::Duration;
@@ -57,9 +65,58 @@ pub async fn connect(addrs: &[String], start: usize) -> anyhow::Result<AdminClie
     ))
 }
 
-/// Runs `call` against the cluster, retrying on another address while the answer is
-/// UNAVAILABLE (no leader yet, leader moving, controller stopping).
-pub async fn with_retry<T, F, Fut>(addrs: &str, mut call: F) -> anyhow::Result<T>
+/// Metadata the controllers put on an answer when nothing was applied.
+const NOT_APPLIED_HEADER: &str = "x-steward-not-applied";
+
+/// Whether a retry of a failed call is safe.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads and writes without a request id: only if nothing was applied.
+    IfNotApplied,
+    /// Writes with a request id: also when the outcome is unknown.
+    Deduplicated,
+}
+
+fn retryable(status: &tonic::Status, policy: Retry) -> bool {
+    let not_applied = status.metadata().get(NOT_APPLIED_HEADER).is_some();
+    match status.code() {
+        Code::Unavailable if not_applied => true,
+        // No Steward answer at all: the connection broke or was refused.
+        Code::Unavailable | Code::Unknown | Code::Cancelled => policy == Retry::Deduplicated,
+        Code::DeadlineExceeded => policy == Retry::Deduplicated,
+        _ => false,
+    }
+}
+
+/// Runs `call` against the cluster, retrying on another address while the cluster says
+/// nothing was applied (no leader yet, leader moving, controller stopping).
+pub async fn with_retry<T, F, Fut>(addrs: &str, call: F) -> anyhow::Result<T>
+where
+    F: FnMut(AdminClient<Channel>) -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    retry(addrs, Retry::IfNotApplied, call).await
+}
+
+/// A fresh request id for one write of this process: a random client id and sequence 1.
+pub fn request_id() -> steward_proto::v1::RequestId {
+    steward_proto::v1::RequestId {
+        client: rand::random::<u64>(),
+        seq: 1,
+    }
+}
+
+/// Runs a write that carries a request id, retrying (with the same id) also when its
+/// outcome is unknown.
+pub async fn with_request_retry<T, F, Fut>(addrs: &str, call: F) -> anyhow::Result<T>
+where
+    F: FnMut(AdminClient<Channel>) -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    retry(addrs, Retry::Deduplicated, call).await
+}
+
+async fn retry<T, F, Fut>(addrs: &str, policy: Retry, mut call: F) -> anyhow::Result<T>
 where
     F: FnMut(AdminClient<Channel>) -> Fut,
     Fut: Future<Output = Result<T, tonic::Status>>,
@@ -78,7 +135,7 @@ where
         };
         match call(client).await {
             Ok(v) => return Ok(v),
-            Err(status) if status.code() == Code::Unavailable && attempt + 1 < ATTEMPTS => {
+            Err(status) if retryable(&status, policy) && attempt + 1 < ATTEMPTS => {
                 last = Some(status.message().to_string());
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
@@ -95,7 +152,7 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
         Code::InvalidArgument => "invalid request",
         Code::FailedPrecondition => "refused",
         Code::Unavailable => "cluster unavailable",
-        Code::DeadlineExceeded => "timed out",
+        Code::DeadlineExceeded => "outcome unknown",
         Code::PermissionDenied => "permission denied",
         _ => "failed",
     };

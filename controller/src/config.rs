@@ -286,6 +286,18 @@ impl RaftTuning {
     }
 
     /// The openraft configuration these settings stand for.
+    /// How long after the last acknowledgement by a quorum this controller still acts as
+    /// the leader towards agents. Timing argument: a follower campaigns only after
+    /// `election_timeout_min` without hearing from the leader, and the leader's view of its
+    /// quorum acknowledgements (openraft's metrics) is refreshed every tick (1.5 heartbeat
+    /// intervals); so while the last quorum ack is younger than `election_timeout_min` minus
+    /// one tick, no other leader can have been elected. `validate` keeps this positive
+    /// (`heartbeat_interval <= election_timeout_min / 2`).
+    pub fn leader_lease(&self) -> Duration {
+        self.election_timeout_min
+            .saturating_sub(self.heartbeat_interval * 3 / 2)
+    }
+
     pub fn to_openraft(&self, cluster_name: &str) -> Result<openraft::Config, ConfigError> {
         let config = openraft::Config {
             cluster_name: cluster_name.to_string(),

@@ -23,3 +23,11 @@ pub mod snapshot_file;
 
 pub use config::{ControllerConfig, ControllerConfigFile, RaftTuning};
 pub use server::{Controller, ControllerError};
+
+/// Arms the fail points named in the `FAILPOINTS` environment variable (`name=actions;...`,
+/// see the `fail` crate). Only test builds have fail points (the `failpoints` feature);
+/// elsewhere this does nothing.
+pub fn arm_failpoints() {
+    #[cfg(feature = "failpoints")]
+    std::mem::forget(fail::FailScenario::setup());
+}

@@ -112,7 +112,7 @@ impl Controller {
 
         let workers = WorkerSet::default();
         let holds = ElectionHolds::new(raft.clone());
-        let (proposer, proposer_worker) = Proposer::new(config.id, raft.clone());
+        let (proposer, proposer_worker) = Proposer::new(config.id, raft.clone(), view.clone());
         let handle = RaftHandle::new(
             raft.clone(),
             view.clone(),

@@ -8,8 +8,14 @@ use serde::{Deserialize, Serialize};
 use steward_core::{codec, ClusterState};
 
 pub const MAGIC: &[u8; 16] = b"STEWARD-SNAPSHOT";
-/// Largest snapshot file accepted for restore (it is replicated as one Raft entry).
-pub const MAX_SNAPSHOT_FILE_BYTES: usize = 32 * 1024 * 1024;
+/// Format of the file's envelope (header and state record); the state inside carries its
+/// own version, so files of earlier formats restore (migrated).
+const FILE_FORMAT: u8 = 1;
+/// Largest snapshot file accepted: the largest state any cluster can hold
+/// (`MAX_ENCODED_STATE_BYTES`), plus the header and checksum. `save` can never write a file
+/// that `inspect` and `restore` refuse.
+pub const MAX_SNAPSHOT_FILE_BYTES: usize =
+    steward_core::state::MAX_ENCODED_STATE_BYTES as usize + 1024 * 1024;
 
 /// What the file says about the state it holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,7 +61,7 @@ pub fn encode(header: SnapshotHeader, state: &ClusterState) -> Result<Vec<u8>, S
         state: state.encode()?,
     };
     let mut out = MAGIC.to_vec();
-    out.extend(codec::encode("snapshot file", &file)?);
+    out.extend(codec::encode_as("snapshot file", FILE_FORMAT, &file)?);
     let sum = blake3::hash(&out);
     out.extend_from_slice(sum.as_bytes());
     Ok(out)
@@ -80,15 +86,17 @@ pub fn decode(bytes: &[u8]) -> Result<(SnapshotHeader, ClusterState), SnapshotFi
     if blake3::hash(body).as_bytes() != sum {
         return Err(SnapshotFileError::Checksum);
     }
-    let file: SnapshotFile = codec::decode("snapshot file", &body[16..])?;
-    let state = ClusterState::decode(&file.state)?;
-    let found = state.digest()?;
+    let file: SnapshotFile = codec::decode_as("snapshot file", FILE_FORMAT, &body[16..])?;
+    // The digest is over the state record as written (in its own format), so a file of an
+    // older format verifies before it is migrated.
+    let found = blake3::hash(&file.state).to_hex().to_string();
     if found != file.header.state_digest {
         return Err(SnapshotFileError::Digest {
             expected: file.header.state_digest,
             found,
         });
     }
+    let state = ClusterState::decode(&file.state)?;
     Ok((file.header, state))
 }
 

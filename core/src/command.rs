@@ -1,17 +1,40 @@
 //! Commands: the only way the replicated cluster state changes.
 //!
 //! A command is proposed to the Raft leader, committed to a quorum's log, then applied by
-//! every controller with [`crate::ClusterState::apply`]. New kinds of state (agents, jobs,
-//! placements, objects) arrive as new variants; existing variants never change meaning,
-//! because old log entries are replayed by new binaries.
+//! every controller with [`crate::ClusterState::apply`].
+//!
+//! Both enums here are persisted (commands in the log, results in the state's request
+//! sessions) in postcard, which encodes a variant by its position. So they only ever grow
+//! at the end: a variant is never removed, reordered or changed, because old log entries
+//! are replayed by new binaries. A new kind gets a new variant and a feature level
+//! (`crate::features`), and is proposed only once every controller knows it.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::ClusterState;
+use crate::inventory::Inventory;
+use crate::node::NodeHealth;
+use crate::state::v1;
 use crate::ControllerId;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A client's request id: the client's random id and its own sequence number. A command
+/// carrying one is applied at most once (Raft client sessions, Ongaro's thesis §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    pub client: u64,
+    pub seq: u64,
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}.{}", self.client, self.seq)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
+    // ---- level 1 (format 1) ----
     /// Write `value` under `key`. With `expected_revision`, only if the key's current
     /// `mod_revision` equals it (0: only if the key does not exist).
     KvPut {
@@ -35,42 +58,137 @@ pub enum Command {
     /// Drop the incarnation record of a controller removed from the group, so that its id
     /// could be reused deliberately.
     ForgetController { controller: ControllerId },
-    /// Replace the cluster's data with a restored snapshot (operator snapshot restore). The
-    /// live controllers' incarnation records are kept, and the revision keeps growing.
-    RestoreState { state: Box<ClusterState> },
-    /// An agent registers its machine, or re-registers it after its inventory changed.
-    /// A new node starts `Ready`.
+    /// Format 1's operator restore, carrying a format-1 state. Replayed from old logs;
+    /// never proposed (see `RestoreChunk`).
+    RestoreStateV1 { state: Box<v1::ClusterState> },
+    /// Format 1's node registration, with the inventory as a JSON document.
     RegisterNode {
         node: String,
         hostname: String,
-        labels: std::collections::BTreeMap<String, String>,
+        labels: BTreeMap<String, String>,
         inventory: Vec<u8>,
         inventory_digest: String,
     },
-    /// The leader's failure detector changes a node's health, with the reason.
+    /// Format 1's unconditional health change (see `TransitionNodeHealth`).
     SetNodeHealth {
         node: String,
-        health: crate::node::NodeHealth,
+        health: NodeHealth,
         reason: String,
     },
-    /// Several commands proposed together as one log entry (the controller batches
-    /// concurrent proposals so that they share one Raft round and one fsync). Applied in
-    /// order; each gets its own result and revision.
+    /// Several commands in one log entry (the controller batches concurrent proposals so
+    /// that they share one Raft round and one fsync). Applied in order; each gets its own
+    /// result and revision.
     Batch(Vec<Command>),
+
+    // ---- level 2 ----
+    /// A batch stamped with the leader's clock when it was proposed: the cluster's clock
+    /// (never going back) for request-session expiry and event times.
+    Stamped {
+        at_unix_ms: u64,
+        commands: Vec<Command>,
+    },
+    /// A client request: applied at most once per request id; a repeat gets the first
+    /// result back.
+    Request {
+        id: RequestId,
+        command: Box<Command>,
+    },
+    /// The failure detector moves a node from `from` to `to`; nothing happens unless the
+    /// node's health is `from` when this applies, so reordered or stale transitions are
+    /// harmless.
+    TransitionNodeHealth {
+        node: String,
+        from: NodeHealth,
+        to: NodeHealth,
+        reason: String,
+    },
+    /// An agent registers its machine, or re-registers it after its inventory changed.
+    /// A new node starts `Ready`.
+    RegisterNodeTyped {
+        node: String,
+        hostname: String,
+        labels: BTreeMap<String, String>,
+        inventory: Box<Inventory>,
+        registration_digest: String,
+    },
+    /// Forget a retired machine (its record and registration; its events stay).
+    RemoveNode { node: String },
+    /// One piece of an operator restore: `data` goes at `offset` of restore `restore`'s
+    /// staged state record (offset 0 starts a new restore, dropping an unfinished one).
+    RestoreChunk {
+        restore: u64,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// Replace the cluster's data with restore `restore`'s staged state (a cluster-state
+    /// record of any known format, `bytes` long with BLAKE3 `digest`). The live
+    /// controllers' records are kept, and the revision keeps growing.
+    RestoreCommit {
+        restore: u64,
+        bytes: u64,
+        digest: String,
+    },
+    /// Raise the cluster's feature level (never lowers it). Proposed by the leader only
+    /// when every member reported supporting `level`.
+    SetClusterLevel { level: u32 },
+
+    // ---- level 3: exists only in the test build that checks rolling upgrades ----
+    #[cfg(feature = "next-level")]
+    LevelProbe { note: String },
 }
 
 impl Command {
-    /// Short name for logs and metrics.
+    /// Short name for logs, metrics and errors.
     pub fn kind(&self) -> &'static str {
         match self {
             Command::KvPut { .. } => "kv_put",
             Command::KvDelete { .. } => "kv_delete",
             Command::RegisterController { .. } => "register_controller",
             Command::ForgetController { .. } => "forget_controller",
-            Command::RestoreState { .. } => "restore_state",
+            Command::RestoreStateV1 { .. } => "restore_state_v1",
             Command::RegisterNode { .. } => "register_node",
             Command::SetNodeHealth { .. } => "set_node_health",
             Command::Batch(_) => "batch",
+            Command::Stamped { .. } => "stamped",
+            Command::Request { .. } => "request",
+            Command::TransitionNodeHealth { .. } => "transition_node_health",
+            Command::RegisterNodeTyped { .. } => "register_node_typed",
+            Command::RemoveNode { .. } => "remove_node",
+            Command::RestoreChunk { .. } => "restore_chunk",
+            Command::RestoreCommit { .. } => "restore_commit",
+            Command::SetClusterLevel { .. } => "set_cluster_level",
+            #[cfg(feature = "next-level")]
+            Command::LevelProbe { .. } => "level_probe",
+        }
+    }
+
+    /// The feature level that introduced this kind (for a wrapper, the highest level of
+    /// what it carries).
+    pub fn level(&self) -> u32 {
+        match self {
+            Command::KvPut { .. }
+            | Command::KvDelete { .. }
+            | Command::RegisterController { .. }
+            | Command::ForgetController { .. }
+            | Command::RestoreStateV1 { .. }
+            | Command::RegisterNode { .. }
+            | Command::SetNodeHealth { .. } => 1,
+            Command::Batch(commands) => commands.iter().map(Command::level).max().unwrap_or(1),
+            Command::Stamped { commands, .. } => commands
+                .iter()
+                .map(Command::level)
+                .max()
+                .unwrap_or(2)
+                .max(2),
+            Command::Request { command, .. } => command.level().max(2),
+            Command::TransitionNodeHealth { .. }
+            | Command::RegisterNodeTyped { .. }
+            | Command::RemoveNode { .. }
+            | Command::RestoreChunk { .. }
+            | Command::RestoreCommit { .. }
+            | Command::SetClusterLevel { .. } => 2,
+            #[cfg(feature = "next-level")]
+            Command::LevelProbe { .. } => 3,
         }
     }
 
@@ -83,7 +201,11 @@ impl Command {
                 Command::KvDelete { key, .. } => key.len(),
                 Command::RegisterController { api_addr, .. } => api_addr.len(),
                 Command::ForgetController { .. } => 0,
-                Command::RestoreState { state } => state.approx_size(),
+                Command::RestoreStateV1 { state } => state
+                    .kv
+                    .iter()
+                    .map(|(k, e)| k.len() + e.value.len() + 32)
+                    .sum::<usize>(),
                 Command::RegisterNode {
                     node,
                     hostname,
@@ -95,16 +217,43 @@ impl Command {
                         + hostname.len()
                         + inventory.len()
                         + inventory_digest.len()
-                        + labels.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                        + labels_size(labels)
                 }
-                Command::SetNodeHealth { node, reason, .. } => node.len() + reason.len(),
-                Command::Batch(commands) => commands.iter().map(Command::approx_size).sum(),
+                Command::SetNodeHealth { node, reason, .. }
+                | Command::TransitionNodeHealth { node, reason, .. } => node.len() + reason.len(),
+                Command::Batch(commands) | Command::Stamped { commands, .. } => {
+                    commands.iter().map(Command::approx_size).sum()
+                }
+                Command::Request { command, .. } => 16 + command.approx_size(),
+                Command::RegisterNodeTyped {
+                    node,
+                    hostname,
+                    labels,
+                    inventory,
+                    registration_digest,
+                } => {
+                    node.len()
+                        + hostname.len()
+                        + registration_digest.len()
+                        + labels_size(labels)
+                        + crate::codec::encode_as("inventory", 1, inventory).map_or(0, |b| b.len())
+                }
+                Command::RemoveNode { node } => node.len(),
+                Command::RestoreChunk { data, .. } => data.len(),
+                Command::RestoreCommit { digest, .. } => digest.len(),
+                Command::SetClusterLevel { .. } => 0,
+                #[cfg(feature = "next-level")]
+                Command::LevelProbe { note } => note.len(),
             }
     }
 }
 
-/// What applying one command produced. Returned to the proposer; deterministic on every
-/// controller.
+fn labels_size(labels: &BTreeMap<String, String>) -> usize {
+    labels.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// What applying one command produced. Returned to the proposer, and kept in request
+/// sessions; deterministic on every controller. Grows only at the end (see the module).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
     /// A log entry with no command (leader blank entry or membership change).
@@ -147,6 +296,51 @@ pub enum CommandResult {
     UnknownNode {
         node: String,
     },
-    /// Results of a [`Command::Batch`], in order.
+    /// Results of a batch, in order.
     Batch(Vec<CommandResult>),
+
+    // ---- level 2 ----
+    /// A conditional health transition found the node in another health; nothing changed.
+    NodeHealthConflict {
+        node: String,
+        expected: NodeHealth,
+        actual: NodeHealth,
+    },
+    NodeRemoved {
+        revision: u64,
+    },
+    /// The request is older than what the cluster remembers of its client (it keeps the
+    /// last results of each client for a while): whether it was applied is unknown.
+    RequestForgotten {
+        id: RequestId,
+    },
+    /// The command's kind is newer than the cluster's feature level; nothing changed.
+    FeatureNotEnabled {
+        kind: String,
+        needs: u32,
+        cluster_level: u32,
+    },
+    /// The change would take the cluster state past its size limit; nothing changed.
+    StateFull {
+        limit: u64,
+        would_be: u64,
+    },
+    RestoreStaged {
+        restore: u64,
+        bytes: u64,
+    },
+    /// A restore chunk or commit that does not fit the staged restore; nothing changed.
+    RestoreRejected {
+        reason: String,
+    },
+    /// The cluster's level is `level`; `changed` is false when it already was.
+    ClusterLevelSet {
+        level: u32,
+        changed: bool,
+        revision: u64,
+    },
+    #[cfg(feature = "next-level")]
+    LevelProbeApplied {
+        revision: u64,
+    },
 }

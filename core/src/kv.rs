@@ -20,7 +20,8 @@ pub const MAX_LIST_BYTES: usize = 3 * 1024 * 1024;
 /// One key's value and its revision history markers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvEntry {
-    pub value: Vec<u8>,
+    /// Shared, so that copying the state's map (copy-on-write) never copies values.
+    pub value: std::sync::Arc<[u8]>,
     /// Revision at which the key was created (since its last deletion).
     pub create_revision: u64,
     /// Revision of the last write to the key; what compare-and-set compares.

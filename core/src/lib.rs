@@ -10,6 +10,8 @@
 
 pub mod codec;
 pub mod command;
+pub mod features;
+pub mod inventory;
 pub mod job;
 pub mod kv;
 pub mod liveness;

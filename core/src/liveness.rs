@@ -1,12 +1,19 @@
 //! The leader's failure detector: pure, with time passed in (milliseconds of a monotonic
 //! clock), so it is unit-testable and simulatable.
 //!
-//! Heartbeats update `last_seen` in memory only. `tick` turns silence into transitions:
-//! ready -> suspect after `suspect_after`, -> down after `down_after`. A heartbeat from a
-//! suspect or down node makes it ready again. A newly elected leader calls
-//! `grace` so that every node gets a fresh period instead of being declared down for the
-//! time the previous leader was the one receiving heartbeats. Transitions are proposals:
-//! the caller commits them through Raft and reports back with `committed`.
+//! Level-triggered: heartbeats update `last_seen` in memory only, and on every tick
+//! [`Detector::reconcile`] compares each node's *committed* health (read from the cluster
+//! state, whoever changed it: this detector, an earlier leader, a restore) with what the
+//! heartbeats say, and returns the transitions that close the gap, each conditional on the
+//! committed health it starts from. Nothing is believed that was not committed, so a
+//! transition that failed, was reordered, or was overwritten is simply proposed again on a
+//! later tick.
+//!
+//! What the heartbeats say: heard within `suspect_after` -> ready; silent longer -> suspect;
+//! silent `down_after` or more -> down. A down node stays down until it is heard again
+//! (not suspect on the way back). A newly elected leader calls [`Detector::grace`], so that
+//! every node gets a fresh period instead of being declared down for the time another
+//! leader was the one receiving its heartbeats.
 
 use std::collections::BTreeMap;
 
@@ -28,135 +35,222 @@ impl Default for LivenessConfig {
     }
 }
 
-/// A health change to commit.
+/// A health change to commit: `from` is the committed health it was computed against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
     pub node: String,
+    pub from: NodeHealth,
     pub to: NodeHealth,
     pub reason: String,
+}
+
+/// When a node was last heard from, or given a fresh period.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    at: u64,
+    /// A heartbeat, not a fresh period: only a heartbeat makes a node ready.
+    heard: bool,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct Detector {
     config: LivenessConfig,
-    last_seen: BTreeMap<String, u64>,
-    /// Health as committed (or proposed and not yet contradicted).
-    health: BTreeMap<String, NodeHealth>,
+    last_seen: BTreeMap<String, Seen>,
 }
 
 impl Detector {
     pub fn new(config: LivenessConfig) -> Self {
         Detector {
             config,
-            ..Default::default()
+            last_seen: BTreeMap::new(),
         }
     }
 
-    /// A new leader: start from the committed health and give every node a fresh period.
-    pub fn grace<'a>(&mut self, now: u64, nodes: impl IntoIterator<Item = (&'a str, NodeHealth)>) {
+    /// A new leader: every node's silence is counted from `now` (on the next reconcile).
+    pub fn grace(&mut self) {
         self.last_seen.clear();
-        self.health.clear();
-        for (id, h) in nodes {
-            self.last_seen.insert(id.to_string(), now);
-            self.health.insert(id.to_string(), h);
-        }
     }
 
-    /// A heartbeat from `node`; returns the transition to ready if it was not.
-    pub fn heartbeat(&mut self, node: &str, now: u64) -> Option<Transition> {
-        self.last_seen.insert(node.to_string(), now);
-        let h = self
-            .health
-            .entry(node.to_string())
-            .or_insert(NodeHealth::Ready);
-        if *h == NodeHealth::Ready {
-            return None;
-        }
-        let reason = format!("heartbeat received while {}", h.name());
-        *h = NodeHealth::Ready;
-        Some(Transition {
-            node: node.to_string(),
-            to: NodeHealth::Ready,
-            reason,
-        })
+    /// A heartbeat (or registration) from `node`.
+    pub fn heartbeat(&mut self, node: &str, now: u64) {
+        self.last_seen.insert(
+            node.to_string(),
+            Seen {
+                at: now,
+                heard: true,
+            },
+        );
     }
 
-    /// Transitions due at `now`.
-    pub fn tick(&mut self, now: u64) -> Vec<Transition> {
-        let mut out = Vec::new();
-        for (node, seen) in &self.last_seen {
-            let silent = now.saturating_sub(*seen);
-            let want = if silent >= self.config.down_after_ms {
-                NodeHealth::Down
-            } else if silent >= self.config.suspect_after_ms {
-                NodeHealth::Suspect
+    /// Milliseconds since `node` was heard from or given a fresh period, if it was.
+    pub fn silence(&self, node: &str, now: u64) -> Option<u64> {
+        self.last_seen.get(node).map(|s| now.saturating_sub(s.at))
+    }
+
+    /// The health the heartbeats say a node has, given its committed health.
+    fn desired(&self, seen: Seen, silent: u64, committed: NodeHealth) -> NodeHealth {
+        if silent < self.config.suspect_after_ms {
+            // In a fresh period a node keeps its health; a heartbeat makes it ready.
+            if seen.heard {
+                NodeHealth::Ready
             } else {
-                continue;
-            };
-            let h = self.health.entry(node.clone()).or_insert(NodeHealth::Ready);
-            let worse = matches!(
-                (*h, want),
-                (NodeHealth::Ready, _) | (NodeHealth::Suspect, NodeHealth::Down)
-            );
-            if worse {
-                *h = want;
-                out.push(Transition {
-                    node: node.clone(),
-                    to: want,
-                    reason: format!("no heartbeat for {silent} ms"),
-                });
+                committed
             }
+        } else if committed == NodeHealth::Down || silent >= self.config.down_after_ms {
+            NodeHealth::Down
+        } else {
+            NodeHealth::Suspect
         }
+    }
+
+    /// The transitions that bring every node's committed health in line with its
+    /// heartbeats. A node seen for the first time (new, restored, or after `grace`) gets a
+    /// fresh period from `now`. Nodes no longer in the state are forgotten.
+    pub fn reconcile<'a>(
+        &mut self,
+        now: u64,
+        committed: impl IntoIterator<Item = (&'a str, NodeHealth)>,
+    ) -> Vec<Transition> {
+        let mut out = Vec::new();
+        let mut present = std::collections::BTreeSet::new();
+        for (node, health) in committed {
+            present.insert(node);
+            let seen = *self.last_seen.entry(node.to_string()).or_insert(Seen {
+                at: now,
+                heard: false,
+            });
+            let silent = now.saturating_sub(seen.at);
+            let want = self.desired(seen, silent, health);
+            if want == health {
+                continue;
+            }
+            let reason = match want {
+                NodeHealth::Ready => format!("heartbeat received while {}", health.name()),
+                NodeHealth::Suspect | NodeHealth::Down => format!("no heartbeat for {silent} ms"),
+            };
+            out.push(Transition {
+                node: node.to_string(),
+                from: health,
+                to: want,
+                reason,
+            });
+        }
+        // A node that heartbeats before its registration commits stays tracked; one that
+        // left the state (removed) and went silent is forgotten.
+        let down_after = self.config.down_after_ms;
+        self.last_seen.retain(|node, seen| {
+            present.contains(node.as_str()) || now.saturating_sub(seen.at) < down_after
+        });
         out
     }
 
-    /// Records the committed health of `node` (also for changes made elsewhere).
-    pub fn committed(&mut self, node: &str, health: NodeHealth) {
-        self.health.insert(node.to_string(), health);
-    }
-
-    /// Forgets a node (deregistered).
+    /// Forgets a node (removed from the cluster).
     pub fn forget(&mut self, node: &str) {
         self.last_seen.remove(node);
-        self.health.remove(node);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use NodeHealth::{Down, Ready, Suspect};
 
     fn det() -> Detector {
         Detector::new(LivenessConfig::default())
     }
 
+    /// Applies transitions to a committed map the way conditional commands apply.
+    fn commit(state: &mut BTreeMap<String, NodeHealth>, ts: &[Transition]) {
+        for t in ts {
+            if state.get(&t.node) == Some(&t.from) {
+                state.insert(t.node.clone(), t.to);
+            }
+        }
+    }
+
+    fn view(state: &BTreeMap<String, NodeHealth>) -> Vec<(&str, NodeHealth)> {
+        state.iter().map(|(k, v)| (k.as_str(), *v)).collect()
+    }
+
     #[test]
     fn silence_makes_suspect_then_down_and_a_heartbeat_heals() {
         let mut d = det();
-        assert_eq!(d.heartbeat("a", 0), None);
-        assert!(d.tick(1_999).is_empty());
-        let t = d.tick(2_000);
+        let mut state: BTreeMap<String, NodeHealth> = [("a".to_string(), Ready)].into();
+        d.heartbeat("a", 0);
+        assert!(d.reconcile(1_999, view(&state)).is_empty());
+        let t = d.reconcile(2_000, view(&state));
         assert_eq!(
-            (t[0].to, t[0].reason.as_str()),
-            (NodeHealth::Suspect, "no heartbeat for 2000 ms")
+            (t[0].from, t[0].to, t[0].reason.as_str()),
+            (Ready, Suspect, "no heartbeat for 2000 ms")
         );
-        assert!(d.tick(3_000).is_empty(), "no repeated transition");
-        assert_eq!(d.tick(5_000)[0].to, NodeHealth::Down);
-        assert!(d.tick(9_000).is_empty());
-        let back = d.heartbeat("a", 9_100).expect("back to ready");
-        assert_eq!(back.to, NodeHealth::Ready);
-        assert!(back.reason.contains("while down"));
-        assert!(d.tick(9_500).is_empty());
+        commit(&mut state, &t);
+        assert!(d.reconcile(3_000, view(&state)).is_empty(), "no repeat");
+        let t = d.reconcile(5_000, view(&state));
+        assert_eq!((t[0].from, t[0].to), (Suspect, Down));
+        commit(&mut state, &t);
+        assert!(d.reconcile(9_000, view(&state)).is_empty());
+        d.heartbeat("a", 9_100);
+        let t = d.reconcile(9_150, view(&state));
+        assert_eq!((t[0].from, t[0].to), (Down, Ready));
+        assert!(t[0].reason.contains("while down"));
+    }
+
+    /// The race of format 1: "down" proposed on silence and "ready" on the next heartbeat,
+    /// committed in the other order. The old detector believed its last proposal (ready)
+    /// and never looked again, leaving a heartbeating node down. Reconciling against the
+    /// committed state heals it on the next tick.
+    #[test]
+    fn reordered_commits_are_corrected_on_the_next_tick() {
+        let mut d = det();
+        let mut state: BTreeMap<String, NodeHealth> = [("a".to_string(), Suspect)].into();
+        d.heartbeat("a", 0);
+        let to_down = d.reconcile(5_000, view(&state));
+        assert_eq!(to_down[0].to, Down);
+        d.heartbeat("a", 5_100);
+        // The heartbeat's transition is computed against the committed state (suspect),
+        // while "down" is still in flight.
+        let to_ready = d.reconcile(5_150, view(&state));
+        assert_eq!((to_ready[0].from, to_ready[0].to), (Suspect, Ready));
+        commit(&mut state, &to_ready);
+        commit(&mut state, &to_down); // refused: the node is no longer suspect
+        assert_eq!(state["a"], Ready);
+        // Unconditional commands would have left it down; even so, the next tick fixes it.
+        state.insert("a".into(), Down);
+        d.heartbeat("a", 5_300);
+        let t = d.reconcile(5_350, view(&state));
+        assert_eq!((t[0].from, t[0].to), (Down, Ready));
+    }
+
+    #[test]
+    fn a_restored_or_new_node_gets_a_fresh_period_and_is_healed() {
+        let mut d = det();
+        // A restore brings back a live node marked down, and one nobody heard of.
+        let mut state: BTreeMap<String, NodeHealth> =
+            [("live".to_string(), Down), ("gone".to_string(), Down)].into();
+        d.heartbeat("live", 10_000);
+        let t = d.reconcile(10_050, view(&state));
+        assert_eq!(t.len(), 1, "only the live node changes: {t:?}");
+        assert_eq!((t[0].node.as_str(), t[0].to), ("live", Ready));
+        commit(&mut state, &t);
+        d.heartbeat("live", 12_400);
+        assert!(
+            d.reconcile(12_500, view(&state)).is_empty(),
+            "gone stays down"
+        );
     }
 
     #[test]
     fn a_one_second_pause_is_not_a_failure() {
         let mut d = det();
+        let state: BTreeMap<String, NodeHealth> = [("a".to_string(), Ready)].into();
         for t in (0..10_000).step_by(1_000) {
             if t != 4_000 {
                 d.heartbeat("a", t);
             }
-            assert!(d.tick(t + 999).is_empty(), "false alarm at {t}");
+            assert!(
+                d.reconcile(t + 999, view(&state)).is_empty(),
+                "false alarm at {t}"
+            );
         }
     }
 
@@ -167,14 +261,17 @@ mod tests {
         d.heartbeat("b", 0);
         // Leadership moves; the new leader starts at t=60s with an empty memory.
         let mut fresh = det();
-        fresh.grace(60_000, [("a", NodeHealth::Ready), ("b", NodeHealth::Down)]);
-        assert!(fresh.tick(61_000).is_empty());
-        assert_eq!(
-            fresh.heartbeat("b", 61_000).map(|t| t.to),
-            Some(NodeHealth::Ready)
-        );
-        let t = fresh.tick(62_000);
+        fresh.grace();
+        let state: BTreeMap<String, NodeHealth> =
+            [("a".to_string(), Ready), ("b".to_string(), Down)].into();
+        assert!(fresh.reconcile(60_000, view(&state)).is_empty());
+        fresh.heartbeat("b", 61_000);
+        let t = fresh.reconcile(61_000, view(&state));
+        assert_eq!((t[0].node.as_str(), t[0].to), ("b", Ready));
+        let mut state = state;
+        commit(&mut state, &t);
+        let t = fresh.reconcile(62_000, view(&state));
         assert_eq!(t.len(), 1, "only the silent node: {t:?}");
-        assert_eq!((t[0].node.as_str(), t[0].to), ("a", NodeHealth::Suspect));
+        assert_eq!((t[0].node.as_str(), t[0].to), ("a", Suspect));
     }
 }

@@ -1,15 +1,17 @@
 //! Agents' machines ("nodes") as the cluster state records them: identity, labels, the last
-//! inventory the agent reported, and health as the leader's failure detector decided it,
-//! with a bounded event history. Heartbeats are *not* here: they stay in the leader's memory
+//! inventory the agent reported (typed, `crate::inventory`), and health as the leader's
+//! failure detector decided it, with a bounded event history. Heartbeats are *not* here: they stay in the leader's memory
 //! (`crate::liveness`); only registrations and health transitions are replicated.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::inventory::Inventory;
+
 /// Events kept in the cluster state; older ones are dropped first.
 pub const MAX_NODE_EVENTS: usize = 10_000;
-/// Largest inventory document an agent may register, in bytes.
+/// Largest inventory an agent may register, in bytes (encoded; 8 GPUs take about 5 KiB).
 pub const MAX_INVENTORY_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,15 +31,14 @@ impl NodeHealth {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub hostname: String,
     pub labels: BTreeMap<String, String>,
-    /// The agent's inventory document (JSON), opaque to the state machine.
-    pub inventory: Vec<u8>,
-    /// BLAKE3, hex, of the registration (hostname, labels, inventory): agents re-register
-    /// only when it changes.
-    pub inventory_digest: String,
+    pub inventory: Inventory,
+    /// BLAKE3, hex, of the registration (hostname, labels, inventory) as the agent computed
+    /// it: agents re-register only when it changes.
+    pub registration_digest: String,
     pub health: NodeHealth,
     /// Revision of the last health change.
     pub health_since: u64,
@@ -47,9 +48,13 @@ pub struct NodeRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeEvent {
     pub revision: u64,
+    /// The leader's clock when the change was proposed (0 for format-1 events).
+    pub at_unix_ms: u64,
     pub node: String,
+    /// `None`: the node was new.
     pub from: Option<NodeHealth>,
-    pub to: NodeHealth,
+    /// `None`: the node was removed.
+    pub to: Option<NodeHealth>,
     pub reason: String,
 }
 
@@ -61,7 +66,8 @@ pub enum NodeValidationError {
     InventoryTooLarge(usize),
 }
 
-pub fn validate_registration(id: &str, inventory: &[u8]) -> Result<(), NodeValidationError> {
+/// Checks a node id and the size of its encoded inventory.
+pub fn validate_registration(id: &str, inventory_bytes: usize) -> Result<(), NodeValidationError> {
     let id_ok = !id.is_empty()
         && id.len() <= 64
         && id
@@ -70,8 +76,8 @@ pub fn validate_registration(id: &str, inventory: &[u8]) -> Result<(), NodeValid
     if !id_ok {
         return Err(NodeValidationError::BadId);
     }
-    if inventory.len() > MAX_INVENTORY_BYTES {
-        return Err(NodeValidationError::InventoryTooLarge(inventory.len()));
+    if inventory_bytes > MAX_INVENTORY_BYTES {
+        return Err(NodeValidationError::InventoryTooLarge(inventory_bytes));
     }
     Ok(())
 }

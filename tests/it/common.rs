@@ -56,6 +56,7 @@ impl Writer {
                 key: key.to_string(),
                 value: value.as_bytes().to_vec(),
                 expected_revision: None,
+                request_id: None,
             };
             match client.kv_put(req).await {
                 Ok(_) => return true,

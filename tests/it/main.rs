@@ -8,6 +8,7 @@ mod agent_liveness;
 mod agent_registration;
 mod cli_operator;
 mod config_examples;
+mod control_races;
 mod deploy_units;
 mod dev_cluster;
 mod metrics_promtool;

@@ -127,17 +127,48 @@ pub struct ProcCluster {
     pub dir: tempfile::TempDir,
     pub nodes: BTreeMap<u64, ProcNode>,
     initial_cluster: String,
-    /// Extra `[raft]` settings written into every controller's config file.
-    raft_toml: String,
+    /// Extra config (whole TOML sections) written into every controller's config file.
+    extra_toml: String,
+    /// Extra environment of every controller process (`FAILPOINTS`, say).
+    env: Vec<(String, String)>,
 }
 
 impl ProcCluster {
     /// Starts `n` founding controllers (ids 1..=n) with `raft_toml` under `[raft]`.
     pub fn start(n: u64, raft_toml: &str) -> anyhow::Result<Self> {
+        Self::start_with(n, &format!("[raft]\n{raft_toml}"))
+    }
+
+    /// Starts `n` founding controllers (ids 1..=n) with `extra_toml` (whole sections, such
+    /// as `[raft]` and `[liveness]`) in their config files.
+    pub fn start_with(n: u64, extra_toml: &str) -> anyhow::Result<Self> {
+        Self::start_opts(n, extra_toml, &[])
+    }
+
+    /// Like [`ProcCluster::start_with`], with `env` added to every controller's
+    /// environment.
+    pub fn start_opts(n: u64, extra_toml: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_on(n, extra_toml, env, false)
+    }
+
+    /// Like [`ProcCluster::start_opts`]; with `own_ips`, controller `id` listens (and sends
+    /// its Raft traffic) on loopback address 127.0.0.(10 + id), so that a test can cut one
+    /// controller's Raft traffic with nftables by address.
+    pub fn start_on(
+        n: u64,
+        extra_toml: &str,
+        env: &[(&str, &str)],
+        own_ips: bool,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("steward-it-").tempdir()?;
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
-            nodes.insert(id, Self::new_node(dir.path(), id, true));
+            let ip = if own_ips {
+                format!("127.0.0.{}", 10 + id)
+            } else {
+                "127.0.0.1".to_string()
+            };
+            nodes.insert(id, Self::new_node_on(dir.path(), id, true, &ip));
         }
         let initial_cluster = nodes
             .values()
@@ -148,7 +179,11 @@ impl ProcCluster {
             dir,
             nodes,
             initial_cluster,
-            raft_toml: raft_toml.to_string(),
+            extra_toml: extra_toml.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         let ids: Vec<u64> = c.nodes.keys().copied().collect();
         for id in ids {
@@ -158,10 +193,14 @@ impl ProcCluster {
     }
 
     fn new_node(dir: &Path, id: u64, founding: bool) -> ProcNode {
+        Self::new_node_on(dir, id, founding, "127.0.0.1")
+    }
+
+    fn new_node_on(dir: &Path, id: u64, founding: bool, ip: &str) -> ProcNode {
         ProcNode {
             id,
-            raft_addr: format!("127.0.0.1:{}", free_port()),
-            api_addr: format!("127.0.0.1:{}", free_port()),
+            raft_addr: format!("{ip}:{}", free_port()),
+            api_addr: format!("{ip}:{}", free_port()),
             metrics_addr: format!("127.0.0.1:{}", free_port()),
             data_dir: dir.join(format!("controller-{id}")),
             log_path: dir.join(format!("controller-{id}.log")),
@@ -183,7 +222,8 @@ impl ProcCluster {
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let bin = steward_bin();
         let initial = self.initial_cluster.clone();
-        let raft_toml = self.raft_toml.clone();
+        let extra_toml = self.extra_toml.clone();
+        let env = self.env.clone();
         let node = self
             .nodes
             .get_mut(&id)
@@ -195,8 +235,8 @@ impl ProcCluster {
         if node.founding {
             cfg.push_str(&format!("initial_cluster = {initial:?}\n"));
         }
-        cfg.push_str("\n[raft]\n");
-        cfg.push_str(&raft_toml);
+        cfg.push('\n');
+        cfg.push_str(&extra_toml);
         std::fs::write(&node.config_path, cfg)?;
         let log: File = OpenOptions::new()
             .create(true)
@@ -213,6 +253,7 @@ impl ProcCluster {
                     .unwrap_or_else(|_| "info,openraft=warn".to_string()),
             )
             .env_remove("STEWARD_ADDR")
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -388,7 +429,7 @@ impl Drop for ProcCluster {
         for id in ids {
             self.kill(id);
         }
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("STEWARD_IT_KEEP_LOGS").is_some() {
             // Keep the logs of a failed test for reading.
             let path = self.dir.path().to_path_buf();
             eprintln!("controller logs kept in {}", path.display());

@@ -7,5 +7,6 @@
 //! deadline (`wait_for`), never on fixed sleeps.
 
 pub mod cluster;
+pub mod netfilter;
 
 pub use cluster::{free_port, http_get, spawn_agent, steward_bin, wait_for, ProcCluster};

@@ -4,31 +4,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use serde::Serialize;
+pub use steward_core::inventory::{CpuInfo, DiskInfo, FilesystemInfo, HostInventory, NicInfo};
 
 use crate::procfs::{meminfo_bytes, mount_of, parse_mounts, statvfs_bytes};
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct HostInventory {
-    pub hostname: Option<String>,
-    pub os: Option<String>,
-    pub kernel: Option<String>,
-    pub cpu: CpuInfo,
-    pub memory_total_bytes: Option<u64>,
-    pub disks: Vec<DiskInfo>,
-    pub nics: Vec<NicInfo>,
-    /// The filesystem holding the agent's data dir (where chunks will live).
-    pub data_dir_filesystem: Option<FilesystemInfo>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FilesystemInfo {
-    pub mountpoint: String,
-    pub device: String,
-    pub fstype: String,
-    /// Capacity, from statvfs; `None` when the mount cannot be stat'ed.
-    pub size_bytes: Option<u64>,
-}
 
 /// NUMA node and local CPU list of a PCI device, from sysfs. `bus_id` may be NVML's
 /// 8-digit-domain spelling (`00000000:18:00.0`) or sysfs's (`0000:18:00.0`).
@@ -46,34 +24,6 @@ pub fn pci_affinity(root: &Path, bus_id: &str) -> (Option<u32>, Option<String>) 
         .filter(|n| *n >= 0)
         .map(|n| n as u32);
     (numa, read(root, &format!("{base}/local_cpulist")))
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct CpuInfo {
-    pub model: Option<String>,
-    pub sockets: u32,
-    pub cores: u32,
-    pub threads: u32,
-    pub numa_nodes: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DiskInfo {
-    pub device: String,
-    pub model: Option<String>,
-    pub serial: Option<String>,
-    pub capacity_bytes: Option<u64>,
-    /// "nvme", "ssd" or "hdd".
-    pub kind: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NicInfo {
-    pub name: String,
-    pub mac: Option<String>,
-    pub speed_mbps: Option<u64>,
-    pub state: Option<String>,
-    pub mtu: Option<u32>,
 }
 
 fn read(root: &Path, rel: &str) -> Option<String> {
@@ -207,20 +157,17 @@ fn disks(root: &Path) -> Vec<DiskInfo> {
         .collect()
 }
 
+/// Physical NICs: those with a bus device behind them (`/sys/class/net/X/device`).
+/// Bridges, veths, tunnels, bonds' virtual members and the like come and go with
+/// containers and VPNs; they are left out so the inventory stays static.
 fn nics(root: &Path) -> Vec<NicInfo> {
     list(root, "sys/class/net")
         .into_iter()
-        .filter(|n| n != "lo")
+        .filter(|n| root.join(format!("sys/class/net/{n}/device")).exists())
         .map(|n| {
             let base = format!("sys/class/net/{n}");
             NicInfo {
                 mac: read(root, &format!("{base}/address")),
-                // A down link reports -1 (or fails to read): absent.
-                speed_mbps: read(root, &format!("{base}/speed"))
-                    .and_then(|s| s.parse::<i64>().ok())
-                    .filter(|s| *s > 0)
-                    .map(|s| s as u64),
-                state: read(root, &format!("{base}/operstate")),
                 mtu: read(root, &format!("{base}/mtu")).and_then(|s| s.parse().ok()),
                 name: n,
             }
@@ -277,9 +224,14 @@ mod tests {
         write(r, "sys/class/net/eth0/speed", "100000");
         write(r, "sys/class/net/eth0/operstate", "up");
         write(r, "sys/class/net/eth0/mtu", "9000");
+        write(r, "sys/class/net/eth0/device/vendor", "0x15b3");
         write(r, "sys/class/net/eth1/speed", "-1");
         write(r, "sys/class/net/eth1/operstate", "down");
+        write(r, "sys/class/net/eth1/device/vendor", "0x8086");
         write(r, "sys/class/net/lo/mtu", "65536");
+        // Virtual interfaces come and go with containers: not inventory.
+        write(r, "sys/class/net/veth1a2b/mtu", "1500");
+        write(r, "sys/class/net/docker0/mtu", "1500");
         write(
             r,
             "proc/self/mounts",
@@ -323,9 +275,13 @@ mod tests {
                 .map(|d| d.kind.as_str()),
             Some("hdd")
         );
-        assert_eq!(h.nics.len(), 2, "lo is skipped");
-        assert_eq!(h.nics[0].speed_mbps, Some(100_000));
-        assert_eq!(h.nics[1].speed_mbps, None, "a down link has no speed");
+        let names: Vec<&str> = h.nics.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["eth0", "eth1"],
+            "lo and virtual interfaces are skipped"
+        );
+        assert_eq!(h.nics[0].mtu, Some(9000));
         let fs = h.data_dir_filesystem.expect("the data dir's filesystem");
         assert_eq!(
             (

@@ -14,50 +14,9 @@ use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 
-pub use host::HostInventory;
+pub use steward_core::inventory::{AgentFacts, GpuInfo, HostInventory, Inventory, MigInstance};
 
 use crate::telemetry::events::GpuEventLog;
-
-/// Static facts of one GPU. Fields the GPU does not support are `None`, not errors.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct GpuInfo {
-    pub index: u32,
-    pub uuid: String,
-    pub name: String,
-    pub serial: Option<String>,
-    pub vbios: Option<String>,
-    /// NVML's spelling: `00000000:18:00.0`.
-    pub pci_bus_id: Option<String>,
-    pub pcie_gen: Option<u32>,
-    pub pcie_width: Option<u32>,
-    pub memory_total_mib: Option<u64>,
-    pub power_limit_w: Option<f64>,
-    pub ecc_enabled: Option<bool>,
-    pub mig_enabled: Option<bool>,
-    /// MIG instances, when MIG is on.
-    pub mig_instances: Option<Vec<MigInstance>>,
-    pub compute_capability: Option<String>,
-    /// Temperature at which the GPU starts to slow itself down.
-    pub slowdown_temp_c: Option<u32>,
-    pub shutdown_temp_c: Option<u32>,
-    /// NUMA node of the GPU's PCI device (sysfs).
-    pub numa_node: Option<u32>,
-    /// CPUs close to the GPU, as a Linux cpulist ("0-47,96-143").
-    pub cpu_affinity: Option<String>,
-    /// PCI bus ids at the far end of each active NVLink; `None` where NVLink is not
-    /// supported, empty where it is but no link is up.
-    pub nvlink_peers: Option<Vec<String>>,
-    pub simulated: bool,
-}
-
-/// One MIG instance of a GPU.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MigInstance {
-    pub index: u32,
-    pub uuid: Option<String>,
-    pub name: Option<String>,
-    pub memory_total_mib: Option<u64>,
-}
 
 /// One telemetry reading of one GPU. A field the GPU does not support is `None`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -82,6 +41,9 @@ pub struct GpuSample {
     pub ecc_sbe_aggregate: Option<u64>,
     pub ecc_dbe_aggregate: Option<u64>,
     pub pcie_replay: Option<u64>,
+    /// The PCIe link as it is now (it drops at idle to save power).
+    pub pcie_link_gen: Option<u32>,
+    pub pcie_link_width: Option<u32>,
     /// NVML answers "GPU lost" for this device: it has fallen off the bus.
     pub lost: bool,
 }
@@ -144,24 +106,6 @@ impl GpuProbe for NoGpus {
     }
 }
 
-/// Facts about the agent itself that the cluster needs: where to reach it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct AgentFacts {
-    pub version: String,
-    /// Address of the agent's own API (telemetry, fault injection), as others reach it.
-    pub api_addr: Option<String>,
-    pub data_dir: Option<String>,
-}
-
-/// The whole static inventory of a machine.
-#[derive(Debug, Clone, Serialize)]
-pub struct Inventory {
-    pub agent: AgentFacts,
-    pub host: HostInventory,
-    pub gpu_driver: Option<String>,
-    pub gpus: Vec<GpuInfo>,
-}
-
 /// Reads the host under `root` and the GPUs through `gpus`; `data_dir` is the agent's data
 /// directory, whose filesystem is reported.
 pub fn inventory(
@@ -198,5 +142,30 @@ pub fn detect_gpus() -> Box<dyn GpuProbe> {
             tracing::info!("no NVIDIA GPUs: {e}");
             Box::new(NoGpus)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The inventory holds static facts only: a GPU going busy or idle (its PCIe link
+    /// changes speed) does not change it, so the agent does not register again.
+    #[test]
+    fn load_changes_telemetry_not_inventory() {
+        let sim = simulated::SimulatedGpus::parse("H100:2", "stable").expect("sim");
+        let root = tempfile::tempdir().expect("root");
+        let idle = inventory(root.path(), &sim, None).expect("inventory");
+        let idle_link = sim.sample(0).expect("sample").pcie_link_gen;
+        sim.set_load(0, 90, None).expect("load");
+        let busy = inventory(root.path(), &sim, None).expect("inventory");
+        let busy_link = sim.sample(0).expect("sample").pcie_link_gen;
+        assert_ne!(idle_link, busy_link, "the current link moves with load");
+        assert_eq!(
+            serde_json::to_vec(&idle).expect("json"),
+            serde_json::to_vec(&busy).expect("json"),
+            "the inventory must not"
+        );
+        assert_eq!(idle.gpus[0].pcie_max_gen, Some(5));
     }
 }

@@ -144,8 +144,9 @@ impl GpuProbe for NvmlProbe {
                 serial: opt(d.serial()),
                 vbios: opt(d.vbios_version()),
                 pci_bus_id: opt(d.pci_info()).map(|p| p.bus_id),
-                pcie_gen: opt(d.current_pcie_link_gen()),
-                pcie_width: opt(d.current_pcie_link_width()),
+                // The maximum, not the current link: that drops at idle (telemetry).
+                pcie_max_gen: opt(d.max_pcie_link_gen()),
+                pcie_max_width: opt(d.max_pcie_link_width()),
                 memory_total_mib: opt(d.memory_info()).map(|m| m.total / (1024 * 1024)),
                 power_limit_w: opt(d.power_management_limit()).map(|mw| mw as f64 / 1000.0),
                 ecc_enabled: opt(d.is_ecc_enabled()).map(|e| e.currently_enabled),
@@ -195,6 +196,8 @@ impl GpuProbe for NvmlProbe {
             ecc_sbe_aggregate: ecc(MemoryError::Corrected, EccCounter::Aggregate),
             ecc_dbe_aggregate: ecc(MemoryError::Uncorrected, EccCounter::Aggregate),
             pcie_replay: opt(d.pcie_replay_counter()).map(u64::from),
+            pcie_link_gen: opt(d.current_pcie_link_gen()),
+            pcie_link_width: opt(d.current_pcie_link_width()),
             lost: false,
         })
     }

@@ -135,8 +135,8 @@ impl SimulatedGpus {
                 serial: Some(format!("SIM{seed:08X}{index:02}")),
                 vbios: Some("96.00.00.00.00".into()),
                 pci_bus_id: Some(format!("00000000:{:02X}:00.0", 0x18 + index * 0x10)),
-                pcie_gen: Some(5),
-                pcie_width: Some(16),
+                pcie_max_gen: Some(5),
+                pcie_max_width: Some(16),
                 memory_total_mib: Some(mem),
                 power_limit_w: Some(power),
                 ecc_enabled: Some(true),
@@ -371,6 +371,9 @@ impl GpuProbe for SimulatedGpus {
             ecc_sbe_aggregate: Some(g.ecc_sbe_aggregate),
             ecc_dbe_aggregate: Some(g.ecc_dbe_aggregate),
             pcie_replay: Some(g.pcie_replay),
+            // Like a real H100: the link drops to gen 1 at idle.
+            pcie_link_gen: Some(if g.load_pct > 0 { 5 } else { 1 }),
+            pcie_link_width: Some(16),
             lost: false,
         })
     }

@@ -73,6 +73,10 @@ pub struct NicCounters {
     pub tx_packets: u64,
     pub tx_errors: u64,
     pub tx_dropped: u64,
+    /// Link state and negotiated speed (sysfs `operstate`, `speed`); they move, so they are
+    /// telemetry, not inventory. `None` when unreadable (a down link has no speed).
+    pub oper_state: Option<String>,
+    pub speed_mbps: Option<u64>,
 }
 
 /// One reading of the host.
@@ -183,6 +187,8 @@ pub fn parse_net_dev(text: &str) -> Vec<NicCounters> {
                 tx_packets: v[9],
                 tx_errors: v[10],
                 tx_dropped: v[11],
+                oper_state: None,
+                speed_mbps: None,
             })
         })
         .collect()
@@ -254,6 +260,19 @@ pub fn sample(root: &Path, previous: Option<&HostSample>, data_dir: Option<&Path
     disks.truncate(MAX_HOST_DEVICES);
     let mut nics = parse_net_dev(&read(root, "proc/net/dev"));
     nics.truncate(MAX_HOST_DEVICES);
+    for n in &mut nics {
+        let base = format!("sys/class/net/{}", n.name);
+        let text = |f: &str| {
+            std::fs::read_to_string(root.join(format!("{base}/{f}")))
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        n.oper_state = text("operstate");
+        n.speed_mbps = text("speed")
+            .and_then(|s| s.parse::<i64>().ok())
+            .filter(|s| *s > 0)
+            .map(|s| s as u64);
+    }
     HostSample {
         cpu_util_pct: previous.and_then(|p| cpu_util_pct(&p.cpus, &cpus)),
         cpus,

@@ -250,6 +250,8 @@ impl TelemetrySnapshot {
                         ecc_sbe_aggregate: s.ecc_sbe_aggregate,
                         ecc_dbe_aggregate: s.ecc_dbe_aggregate,
                         pcie_replay: s.pcie_replay,
+                        pcie_link_gen: s.pcie_link_gen,
+                        pcie_link_width: s.pcie_link_width,
                         last_xid: r.events.last_xid,
                         xid_count: r.events.xid_count,
                         lost: s.lost,

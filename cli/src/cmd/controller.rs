@@ -57,6 +57,7 @@ impl ControllerArgs {
 pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     crate::process::init_tracing("info,openraft=warn");
     let config = args.layered()?.resolve()?;
+    steward_controller::arm_failpoints();
     let controller = Controller::start(config)
         .await
         .context("starting the controller")?;

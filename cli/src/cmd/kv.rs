@@ -7,7 +7,7 @@ use steward_proto::v1::{
     KvDeleteRequest, KvEntry, KvGetRequest, KvListRequest, KvPutRequest, ReadConsistency,
 };
 
-use crate::client::with_retry;
+use crate::client::{request_id, with_request_retry, with_retry};
 use crate::output::{print_json, show_bytes, table, Output};
 
 #[derive(clap::Subcommand, Debug)]
@@ -71,8 +71,9 @@ pub async fn run(addrs: &str, output: Output, command: KvCommand) -> anyhow::Res
                 key: key.clone(),
                 value: value.into_bytes(),
                 expected_revision: cas,
+                request_id: Some(request_id()),
             };
-            let reply = with_retry(addrs, |mut c| {
+            let reply = with_request_retry(addrs, |mut c| {
                 let req = req.clone();
                 async move { c.kv_put(req).await.map(|r| r.into_inner()) }
             })
@@ -148,8 +149,9 @@ pub async fn run(addrs: &str, output: Output, command: KvCommand) -> anyhow::Res
             let req = KvDeleteRequest {
                 key: key.clone(),
                 expected_revision: cas,
+                request_id: Some(request_id()),
             };
-            let reply = with_retry(addrs, |mut c| {
+            let reply = with_request_retry(addrs, |mut c| {
                 let req = req.clone();
                 async move { c.kv_delete(req).await.map(|r| r.into_inner()) }
             })

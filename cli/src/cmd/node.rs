@@ -468,12 +468,43 @@ pub async fn run(addrs: &str, output: Output, command: NodeCommand) -> anyhow::R
                 Output::Json => print_json(&json!(reply
                     .events
                     .iter()
-                    .map(|e| json!({"revision": e.revision, "node": e.node_id, "from": e.from, "to": e.to, "reason": e.reason}))
+                    .map(|e| json!({
+                        "revision": e.revision,
+                        "at_unix_ms": (e.at_unix_ms > 0).then_some(e.at_unix_ms),
+                        "node": e.node_id,
+                        "from": (!e.from.is_empty()).then_some(&e.from),
+                        "to": if e.to.is_empty() { "removed" } else { e.to.as_str() },
+                        "reason": e.reason,
+                    }))
                     .collect::<Vec<_>>()))?,
                 Output::Table => {
-                    let mut t = table(["REVISION", "NODE", "FROM", "TO", "REASON"]);
+                    let mut t = table(["REVISION", "AT (UTC)", "NODE", "FROM", "TO", "REASON"]);
                     for e in &reply.events {
-                        t.add_row(vec![e.revision.to_string(), e.node_id.clone(), e.from.clone(), e.to.clone(), e.reason.clone()]);
+                        let at = if e.at_unix_ms == 0 {
+                            "-".to_string()
+                        } else {
+                            humantime::format_rfc3339_seconds(
+                                std::time::UNIX_EPOCH
+                                    + std::time::Duration::from_millis(e.at_unix_ms),
+                            )
+                            .to_string()
+                        };
+                        t.add_row(vec![
+                            e.revision.to_string(),
+                            at,
+                            e.node_id.clone(),
+                            if e.from.is_empty() {
+                                "-".into()
+                            } else {
+                                e.from.clone()
+                            },
+                            if e.to.is_empty() {
+                                "removed".into()
+                            } else {
+                                e.to.clone()
+                            },
+                            e.reason.clone(),
+                        ]);
                     }
                     println!("{t}");
                 }

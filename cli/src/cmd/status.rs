@@ -61,7 +61,10 @@ pub fn status_json(s: &StatusReply) -> serde_json::Value {
             "lag": m.lag,
             "last_contact_ms": m.last_contact_ms,
             "incarnation": format!("{:#x}", m.incarnation),
+            "feature_level": (m.feature_level > 0).then_some(m.feature_level),
         })).collect::<Vec<_>>(),
+        "cluster_level": s.cluster_level,
+        "supported_level": s.supported_level,
         "workers": s.workers.iter().map(|w| json!({
             "name": w.name,
             "state": w.state,
@@ -106,6 +109,7 @@ pub fn print_members(s: &StatusReply) {
         "MATCHED",
         "LAG",
         "LAST CONTACT",
+        "LEVEL",
     ]);
     for m in &s.members {
         t.add_row(vec![
@@ -125,6 +129,11 @@ pub fn print_members(s: &StatusReply) {
             opt(m.matched_index),
             opt(m.lag),
             opt(m.last_contact_ms.map(|ms| format!("{ms}ms"))),
+            if m.feature_level == 0 {
+                "-".into()
+            } else {
+                m.feature_level.to_string()
+            },
         ]);
     }
     println!("{t}");
@@ -147,10 +156,12 @@ pub async fn run(addrs: &str, output: Output, args: StatusArgs) -> anyhow::Resul
         ),
     }
     println!(
-        "snapshot at {}, log purged up to {}, state digest {}",
+        "snapshot at {}, log purged up to {}, state digest {}, feature level {} (this build knows {})",
         opt(s.snapshot_index),
         opt(s.purged_index),
-        &s.state_digest[..s.state_digest.len().min(16)]
+        &s.state_digest[..s.state_digest.len().min(16)],
+        s.cluster_level,
+        s.supported_level
     );
     print_members(&s);
     println!("workers of controller {}:", s.responder_id);

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use steward_core::codec;
+use steward_core::inventory::Inventory;
 use steward_core::node::validate_registration;
 use steward_core::{Command, CommandResult};
 use steward_proto::v1::agent_control_server::AgentControl;
@@ -24,10 +26,23 @@ impl AgentControlService {
         AgentControlService { ctx }
     }
 
-    /// Agents talk to the leader only; a follower points them at it.
+    /// Agents talk to the leader only, and only while it holds its lease (a quorum heard
+    /// from it recently): a follower points them at the leader, and a leader cut off from
+    /// its quorum sends them looking, before another leader could declare them down.
     fn require_leader(&self) -> Result<(), Status> {
-        if self.ctx.raft.is_leader() {
+        if self.ctx.raft.holds_leader_lease() {
             return Ok(());
+        }
+        if self.ctx.raft.is_leader() {
+            let m = self.ctx.raft.metrics();
+            return Err(ApiError::from(self.ctx.raft.not_leader()).to_status().tap_message(
+                format!(
+                    "controller {} leads but no quorum acknowledged it for {} ms (lease {:?}): ask the other controllers (LeaderHint)",
+                    self.ctx.raft.id(),
+                    m.millis_since_quorum_ack.map_or("?".to_string(), |ms| ms.to_string()),
+                    self.ctx.raft.tuning().leader_lease()
+                ),
+            ));
         }
         let addr = self
             .ctx
@@ -61,10 +76,13 @@ impl AgentControl for AgentControlService {
         _request: Request<LeaderHintRequest>,
     ) -> Result<Response<LeaderHintReply>, Status> {
         let m = self.ctx.raft.metrics();
+        // A leader without its lease does not name itself: it may already be deposed.
+        let leader = m
+            .current_leader
+            .filter(|l| *l != self.ctx.raft.id() || self.ctx.raft.holds_leader_lease());
         Ok(Response::new(LeaderHintReply {
-            leader_id: m.current_leader,
-            leader_api_addr: m
-                .current_leader
+            leader_id: leader,
+            leader_api_addr: leader
                 .and_then(|l| self.ctx.raft.api_addr_of(l))
                 .unwrap_or_default(),
             term: m.current_term,
@@ -76,16 +94,35 @@ impl AgentControl for AgentControlService {
         request: Request<RegisterNodeRequest>,
     ) -> Result<Response<RegisterNodeReply>, Status> {
         let req = request.into_inner();
-        validate_registration(&req.node_id, &req.inventory_json)
+        // Agents from before the typed inventory send a JSON document instead.
+        let inventory: Inventory = match req.inventory {
+            Some(pb) => pb.into(),
+            None => Inventory::from_json_lenient(&req.inventory_json),
+        };
+        let encoded = codec::encode_as("inventory", 1, &inventory)
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        validate_registration(&req.node_id, encoded.len())
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         self.require_leader()?;
         let node = req.node_id.clone();
-        let command = Command::RegisterNode {
-            node: req.node_id,
-            hostname: req.hostname,
-            labels: req.labels.into_iter().collect(),
-            inventory: req.inventory_json,
-            inventory_digest: req.inventory_digest,
+        let labels = req.labels.into_iter().collect();
+        let command = if self.ctx.raft.cluster_level() >= 2 {
+            Command::RegisterNodeTyped {
+                node: req.node_id,
+                hostname: req.hostname,
+                labels,
+                inventory: Box::new(inventory),
+                registration_digest: req.inventory_digest,
+            }
+        } else {
+            Command::RegisterNode {
+                node: req.node_id,
+                hostname: req.hostname,
+                labels,
+                inventory: serde_json::to_vec(&inventory)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?,
+                inventory_digest: req.inventory_digest,
+            }
         };
         match self
             .ctx
@@ -94,8 +131,12 @@ impl AgentControl for AgentControlService {
             .await
             .map_err(ApiError::from)?
         {
+            (_, CommandResult::StateFull { limit, would_be }) => Err(ApiError::FailedPrecondition(
+                format!("the cluster state is full: registering would make it {would_be} bytes, the limit is {limit}"),
+            )
+            .into()),
             (_, CommandResult::NodeRegistered { revision }) => {
-                self.ctx.liveness.heartbeat(&node, None);
+                self.ctx.liveness.heartbeat(&node, None, None);
                 tracing::info!(node = %node, revision, "node registered");
                 Ok(Response::new(RegisterNodeReply { revision }))
             }
@@ -109,7 +150,7 @@ impl AgentControl for AgentControlService {
     ) -> Result<Response<HeartbeatReply>, Status> {
         let req = request.into_inner();
         self.require_leader()?;
-        let known_digest = self
+        let known = self
             .ctx
             .raft
             .view()
@@ -117,13 +158,21 @@ impl AgentControl for AgentControlService {
             .state
             .nodes
             .get(&req.node_id)
-            .map(|n| n.inventory_digest.clone());
-        match known_digest {
-            None => Ok(Response::new(HeartbeatReply {
-                register_again: true,
-            })),
-            Some(digest) => {
-                self.ctx.liveness.heartbeat(&req.node_id, req.telemetry);
+            .map(|n| (n.registration_digest.clone(), n.health));
+        match known {
+            None => {
+                // Not registered (yet): its silence still counts from now once it is.
+                self.ctx
+                    .liveness
+                    .heartbeat(&req.node_id, req.telemetry, None);
+                Ok(Response::new(HeartbeatReply {
+                    register_again: true,
+                }))
+            }
+            Some((digest, health)) => {
+                self.ctx
+                    .liveness
+                    .heartbeat(&req.node_id, req.telemetry, Some(health));
                 Ok(Response::new(HeartbeatReply {
                     register_again: digest != req.inventory_digest,
                 }))

@@ -64,7 +64,9 @@ impl ApiError {
                 RaftError::Timeout(_) | RaftError::OutcomeUnknown(_) => {
                     Status::deadline_exceeded(msg)
                 }
-                RaftError::Refused(_) => Status::failed_precondition(msg),
+                RaftError::Refused(_) | RaftError::FeatureNotEnabled { .. } => {
+                    Status::failed_precondition(msg)
+                }
                 RaftError::NotFound(_) => Status::not_found(msg),
                 RaftError::Internal(_) => Status::internal(msg),
             },

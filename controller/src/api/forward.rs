@@ -151,7 +151,14 @@ impl ApiContext {
         let cmd = command(&req)?;
         let leader = if self.raft.is_leader() {
             match self.raft.propose(cmd).await {
-                Ok((_, result)) => return Ok(Response::new(reply(result)?)),
+                Ok((_, result)) => {
+                    let reply = reply(result)?;
+                    // Test builds: the write is applied and its answer lost on the way back.
+                    fail::fail_point!("api-write-reply-lost", |_| Err(Status::unavailable(
+                        "connection reset (fail point api-write-reply-lost)"
+                    )));
+                    return Ok(Response::new(reply));
+                }
                 Err(RaftError::NotLeader { leader, .. }) => leader,
                 Err(e) => return Err(ApiError::from(e).into()),
             }

@@ -17,10 +17,31 @@ fn stale(consistency: i32) -> bool {
     consistency == ReadConsistency::Stale as i32
 }
 
+/// Wraps `command` so that it applies at most once per request id, when the request
+/// carries one and the cluster's feature level has request sessions.
+fn once(ctx: &ApiContext, id: Option<&RequestId>, command: Command) -> Command {
+    match id {
+        Some(id) if ctx.raft.cluster_level() >= 2 => Command::Request {
+            id: steward_core::command::RequestId {
+                client: id.client,
+                seq: id.seq,
+            },
+            command: Box::new(command),
+        },
+        _ => command,
+    }
+}
+
 /// The error for a KV write whose result is not a success: a failed compare-and-set, or
 /// something that cannot happen.
 fn write_error(result: CommandResult) -> ApiError {
     match result {
+        CommandResult::RequestForgotten { id } => ApiError::FailedPrecondition(format!(
+            "outcome unknown: request {id} is older than the results the cluster keeps for its client"
+        )),
+        CommandResult::StateFull { limit, would_be } => ApiError::FailedPrecondition(format!(
+            "the cluster state is full: this write would make it {would_be} bytes, the limit is {limit}; delete keys first"
+        )),
         CommandResult::RevisionMismatch {
             key,
             expected,
@@ -41,11 +62,15 @@ pub async fn put(
         |req| {
             kv::validate_key(&req.key).map_err(invalid)?;
             kv::validate_value(&req.value).map_err(invalid)?;
-            Ok(Command::KvPut {
-                key: req.key.clone(),
-                value: req.value.clone(),
-                expected_revision: req.expected_revision,
-            })
+            Ok(once(
+                ctx,
+                req.request_id.as_ref(),
+                Command::KvPut {
+                    key: req.key.clone(),
+                    value: req.value.clone(),
+                    expected_revision: req.expected_revision,
+                },
+            ))
         },
         |result| match result {
             CommandResult::KvPut { revision } => Ok(KvPutReply { revision }),
@@ -64,10 +89,14 @@ pub async fn delete(
         request,
         |req| {
             kv::validate_key(&req.key).map_err(invalid)?;
-            Ok(Command::KvDelete {
-                key: req.key.clone(),
-                expected_revision: req.expected_revision,
-            })
+            Ok(once(
+                ctx,
+                req.request_id.as_ref(),
+                Command::KvDelete {
+                    key: req.key.clone(),
+                    expected_revision: req.expected_revision,
+                },
+            ))
         },
         |result| match result {
             CommandResult::KvDeleted { existed, revision } => {

@@ -13,6 +13,9 @@ use super::forward::{forwarded, hops_of};
 use super::ApiContext;
 use crate::raft::typ::{ControllerNode, NodeId};
 
+/// How long `promote` waits for a learner's first answer to the leader.
+const LEARNER_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn membership_reply(ctx: &ApiContext, log_index: u64) -> MembershipReply {
     let metrics = ctx.raft.metrics();
     let m = metrics.membership_config.membership();
@@ -113,6 +116,31 @@ pub async fn promote(
     }
     if voters.contains(&req.id) {
         return Ok(Response::new(membership_reply(ctx, 0)));
+    }
+    // A voter must be able to read the log: its build must know the cluster's level. It
+    // reports its level in its first Raft reply; a learner just added may not have
+    // answered yet, so wait a little for it.
+    let cluster_level = ctx.raft.cluster_level();
+    let deadline = tokio::time::Instant::now() + LEARNER_ANSWER_TIMEOUT;
+    let level = loop {
+        if let Some(level) = ctx.raft.peers().level_of(req.id) {
+            break level;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::FailedPrecondition(format!(
+                "controller {} has not answered the leader within {LEARNER_ANSWER_TIMEOUT:?}; is it running and reachable at its raft address?",
+                req.id
+            ))
+            .into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    if level < cluster_level {
+        return Err(ApiError::FailedPrecondition(format!(
+            "controller {} runs a build of feature level {level}, the cluster is at level {cluster_level}: it cannot read the log; upgrade it first",
+            req.id
+        ))
+        .into());
     }
     let index = ctx
         .raft

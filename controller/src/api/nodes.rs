@@ -2,46 +2,30 @@
 //! with the leader's observations (heartbeat age, latest telemetry). Always answered by the
 //! leader: only it holds the observations.
 
+use steward_core::inventory::Inventory;
 use steward_proto::v1::*;
 use tonic::{Request, Response, Status};
 
 use super::ApiContext;
 
-/// What the controller reads of an agent's inventory document (unknown shapes give none).
-#[derive(serde::Deserialize, Default)]
-struct InventoryView {
-    #[serde(default)]
-    agent: AgentView,
-    #[serde(default)]
-    gpus: Vec<GpuView>,
-}
-#[derive(serde::Deserialize, Default)]
-struct AgentView {
-    #[serde(default)]
-    api_addr: Option<String>,
-}
-#[derive(serde::Deserialize)]
-struct GpuView {
-    uuid: String,
-    name: String,
-}
-
 /// GPU identities (with health from the latest telemetry) and the agent's API address.
-fn inventory_view(inventory: &[u8], telemetry: Option<&NodeTelemetry>) -> (Vec<NodeGpu>, String) {
-    let inv: InventoryView = serde_json::from_slice(inventory).unwrap_or_default();
-    let gpus = inv
+fn inventory_view(
+    inventory: &Inventory,
+    telemetry: Option<&NodeTelemetry>,
+) -> (Vec<NodeGpu>, String) {
+    let gpus = inventory
         .gpus
-        .into_iter()
+        .iter()
         .map(|g| NodeGpu {
             health: telemetry
                 .and_then(|t| t.gpus.iter().find(|x| x.uuid == g.uuid))
                 .map(|x| x.health.clone())
                 .unwrap_or_default(),
-            uuid: g.uuid,
-            model: g.name,
+            uuid: g.uuid.clone(),
+            model: g.name.clone(),
         })
         .collect();
-    (gpus, inv.agent.api_addr.unwrap_or_default())
+    (gpus, inventory.agent.api_addr.clone().unwrap_or_default())
 }
 
 pub async fn list(
@@ -69,10 +53,11 @@ pub async fn list(
                         gpus,
                         last_heartbeat_age_ms: ctx.liveness.age_ms(id),
                         inventory_json: if req.with_inventory {
-                            n.inventory.clone()
+                            serde_json::to_vec(&n.inventory).unwrap_or_default()
                         } else {
                             Vec::new()
                         },
+                        inventory: req.with_inventory.then(|| (&n.inventory).into()),
                         agent_api_addr,
                         telemetry: if req.with_inventory {
                             telemetry.map(|t| (*t).clone())
@@ -106,7 +91,8 @@ pub async fn events(
                     revision: e.revision,
                     node_id: e.node.clone(),
                     from: e.from.map(|h| h.name().to_string()).unwrap_or_default(),
-                    to: e.to.name().to_string(),
+                    to: e.to.map(|h| h.name().to_string()).unwrap_or_default(),
+                    at_unix_ms: e.at_unix_ms,
                     reason: e.reason.clone(),
                 })
                 .collect();

@@ -17,6 +17,8 @@ use crate::snapshot_file::{self, SnapshotHeader, MAX_SNAPSHOT_FILE_BYTES};
 
 /// Size of each chunk of `SnapshotSave`'s stream.
 const SNAPSHOT_STREAM_CHUNK: usize = 1024 * 1024;
+/// Bytes of restored state per log entry.
+const RESTORE_CHUNK_BYTES: usize = 2 * 1024 * 1024;
 
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
 
@@ -95,20 +97,58 @@ pub async fn restore(
     if header.cluster_name != ctx.cluster_name {
         tracing::warn!(from = %header.cluster_name, to = %ctx.cluster_name, "restoring a snapshot taken on another cluster");
     }
-    let command = Command::RestoreState {
-        state: Box::new(state),
-    };
-    match ctx.raft.propose(command).await {
-        Err(RaftError::NotLeader { leader, .. }) => {
-            let mut l = ctx.leader_client(leader, hops)?;
-            l.client
-                .snapshot_restore(forwarded(futures::stream::iter(chunks(&bytes)), l.hops))
-                .await
+    if !ctx.raft.is_leader() {
+        let mut l = ctx.leader_client(ctx.raft.current_leader(), hops)?;
+        return l
+            .client
+            .snapshot_restore(forwarded(futures::stream::iter(chunks(&bytes)), l.hops))
+            .await;
+    }
+    let level = ctx.raft.cluster_level();
+    if level < 2 {
+        return Err(ApiError::FailedPrecondition(format!(
+            "restoring needs cluster feature level 2; the cluster is at level {level} (a controller runs an older build)"
+        ))
+        .into());
+    }
+    // The state travels through Raft in chunks, each its own log entry, then a commit
+    // checks the whole and swaps it in. A file of an older format is migrated here, once.
+    let record = state
+        .encode()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let restore = rand::random::<u64>();
+    for (i, data) in record.chunks(RESTORE_CHUNK_BYTES).enumerate() {
+        let command = Command::RestoreChunk {
+            restore,
+            offset: (i * RESTORE_CHUNK_BYTES) as u64,
+            data: data.to_vec(),
+        };
+        match ctx.raft.propose(command).await.map_err(ApiError::from)? {
+            (_, CommandResult::RestoreStaged { .. }) => {}
+            (_, other) => return Err(restore_refused(other).into()),
         }
-        Err(e) => Err(ApiError::from(e).into()),
-        Ok((_, CommandResult::Restored { keys, revision })) => {
+    }
+    let commit = Command::RestoreCommit {
+        restore,
+        bytes: record.len() as u64,
+        digest: blake3::hash(&record).to_hex().to_string(),
+    };
+    match ctx.raft.propose(commit).await.map_err(ApiError::from)? {
+        (_, CommandResult::Restored { keys, revision }) => {
+            tracing::info!(keys, revision, "restored an operator snapshot");
             Ok(Response::new(SnapshotRestoreReply { revision, keys }))
         }
-        Ok((_, other)) => Err(ApiError::Internal(format!("unexpected result {other:?}")).into()),
+        (_, other) => Err(restore_refused(other).into()),
+    }
+}
+
+/// The error for a restore step the state machine refused.
+fn restore_refused(result: CommandResult) -> ApiError {
+    match result {
+        CommandResult::RestoreRejected { reason } => ApiError::FailedPrecondition(reason),
+        CommandResult::StateFull { limit, would_be } => ApiError::FailedPrecondition(format!(
+            "the restored state would make the cluster state {would_be} bytes; the limit is {limit}"
+        )),
+        other => ApiError::Internal(format!("unexpected result {other:?}")),
     }
 }

@@ -73,6 +73,7 @@ async fn local_status(ctx: &ApiContext) -> StatusReply {
                     raft.peers().millis_since_contact(*id)
                 },
                 incarnation: record.map_or(0, |r| r.incarnation),
+                feature_level: raft.peers().level_of(*id).unwrap_or(0),
             }
         })
         .collect();
@@ -97,6 +98,8 @@ async fn local_status(ctx: &ApiContext) -> StatusReply {
         purged_index: metrics.purged.map(|l| l.index),
         snapshots_installed: applied.snapshots_installed,
         cluster_name: ctx.cluster_name.clone(),
+        cluster_level: applied.state.cluster_level,
+        supported_level: steward_core::features::SUPPORTED_LEVEL,
         workers: ctx
             .workers
             .statuses()

@@ -1,14 +1,19 @@
 //! The leader's liveness tracking of agents. Heartbeats land in [`LivenessTracker`] (in
-//! memory, never in Raft); the [`LivenessWorker`] ticks the pure
-//! `steward_core::liveness::Detector` and commits the health transitions it proposes, in
-//! order, through the proposer. A controller that becomes leader starts with `grace`.
+//! memory, never in Raft). The [`LivenessWorker`] reconciles on every tick: it reads each
+//! node's committed health from the applied state, asks the pure
+//! `steward_core::liveness::Detector` what the heartbeats say, and proposes the
+//! differences as conditional transitions (`TransitionNodeHealth`: applied only if the node
+//! is still in the health they start from), awaiting them before the next tick. So a
+//! reordered, failed or overwritten transition (a restore, an earlier leader) is corrected
+//! on the next tick. A controller that becomes leader starts with `grace`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use steward_core::liveness::{Detector, LivenessConfig, Transition};
-use steward_core::Command;
+use steward_core::node::NodeHealth;
+use steward_core::{Command, CommandResult};
 use steward_proto::v1::NodeTelemetry;
 use steward_runtime::{Next, Worker, WorkerError};
 use tokio::sync::Notify;
@@ -35,8 +40,6 @@ struct Inner {
     last_seen: HashMap<String, Instant>,
     /// The latest telemetry summary of each node (leader memory only, like heartbeats).
     telemetry: HashMap<String, Arc<NodeTelemetry>>,
-    /// Transitions decided on a heartbeat, for the worker to commit.
-    pending: Vec<Transition>,
 }
 
 impl LivenessTracker {
@@ -48,7 +51,6 @@ impl LivenessTracker {
                 led_term: None,
                 last_seen: HashMap::new(),
                 telemetry: HashMap::new(),
-                pending: Vec::new(),
             }),
             wake: Arc::new(Notify::new()),
         })
@@ -68,8 +70,14 @@ impl LivenessTracker {
     }
 
     /// Records a heartbeat (or a registration), with the node's telemetry summary when it
-    /// carries one.
-    pub fn heartbeat(&self, node: &str, telemetry: Option<NodeTelemetry>) {
+    /// carries one. `committed` is the node's committed health: when it is not ready, the
+    /// worker is woken to heal it at once.
+    pub fn heartbeat(
+        &self,
+        node: &str,
+        telemetry: Option<NodeTelemetry>,
+        committed: Option<NodeHealth>,
+    ) {
         let now = self.now_ms();
         let telemetry = telemetry.filter(|t| {
             let size = prost::Message::encoded_len(t);
@@ -88,8 +96,8 @@ impl LivenessTracker {
         if let Some(t) = telemetry {
             inner.telemetry.insert(node.to_string(), Arc::new(t));
         }
-        if let Some(t) = inner.detector.heartbeat(node, now) {
-            inner.pending.push(t);
+        inner.detector.heartbeat(node, now);
+        if committed.is_some_and(|h| h != NodeHealth::Ready) {
             self.wake.notify_one();
         }
     }
@@ -113,6 +121,7 @@ pub struct LivenessWorker {
     raft: RaftHandle,
     tracker: Arc<LivenessTracker>,
     committed: u64,
+    conflicts: u64,
 }
 
 impl LivenessWorker {
@@ -121,6 +130,25 @@ impl LivenessWorker {
             raft,
             tracker,
             committed: 0,
+            conflicts: 0,
+        }
+    }
+
+    /// The command for `t` at the cluster's feature level.
+    fn command(&self, t: Transition) -> Command {
+        if self.raft.cluster_level() >= 2 {
+            Command::TransitionNodeHealth {
+                node: t.node,
+                from: t.from,
+                to: t.to,
+                reason: t.reason,
+            }
+        } else {
+            Command::SetNodeHealth {
+                node: t.node,
+                health: t.to,
+                reason: t.reason,
+            }
         }
     }
 }
@@ -138,65 +166,54 @@ impl Worker for LivenessWorker {
             let mut inner = tracker.inner();
             if m.state != openraft::ServerState::Leader {
                 inner.led_term = None;
-                inner.pending.clear();
                 return Ok(Next::Wait(TICK));
             }
             if inner.led_term != Some(m.current_term) {
-                let nodes: Vec<(String, steward_core::node::NodeHealth)> = {
-                    let applied = self.raft.view().read();
-                    applied
-                        .state
-                        .nodes
-                        .iter()
-                        .map(|(id, r)| (id.clone(), r.health))
-                        .collect()
-                };
-                inner
-                    .detector
-                    .grace(now, nodes.iter().map(|(id, h)| (id.as_str(), *h)));
+                inner.detector.grace();
                 inner.led_term = Some(m.current_term);
                 tracing::info!(
                     term = m.current_term,
-                    nodes = nodes.len(),
                     "leading: every node gets a fresh liveness period"
                 );
-                return Ok(Next::Wait(TICK));
             }
-            let mut out = std::mem::take(&mut inner.pending);
-            out.extend(inner.detector.tick(now));
-            out
+            let applied = self.raft.view().read();
+            inner.detector.reconcile(
+                now,
+                applied
+                    .state
+                    .nodes
+                    .iter()
+                    .map(|(id, r)| (id.as_str(), r.health)),
+            )
         };
-        for t in transitions {
-            tracing::info!(node = %t.node, to = t.to.name(), reason = %t.reason, "node health change");
-            let node = t.node.clone();
-            let command = Command::SetNodeHealth {
-                node: t.node,
-                health: t.to,
-                reason: t.reason,
-            };
-            match self.raft.propose(command).await {
-                Ok(_) => self.committed += 1,
-                Err(e) => {
-                    // Forget the belief: the detector proposes the change again next tick.
-                    let committed = self
-                        .raft
-                        .view()
-                        .read()
-                        .state
-                        .nodes
-                        .get(&node)
-                        .map(|r| r.health);
-                    if let Some(h) = committed {
-                        tracker.inner().detector.committed(&node, h);
-                    }
-                    return Err(format!("committing the health of {node}: {e}").into());
-                }
+        if transitions.is_empty() {
+            return Ok(Next::Wait(TICK));
+        }
+        for t in &transitions {
+            tracing::info!(node = %t.node, from = t.from.name(), to = t.to.name(), reason = %t.reason, "node health change");
+        }
+        // Proposed together (they share one entry) and awaited before the next tick.
+        let results = futures::future::join_all(
+            transitions
+                .into_iter()
+                .map(|t| self.raft.propose(self.command(t))),
+        )
+        .await;
+        for r in results {
+            match r {
+                Ok((_, CommandResult::NodeHealthSet { changed: true, .. })) => self.committed += 1,
+                Ok((_, CommandResult::NodeHealthConflict { .. })) => self.conflicts += 1,
+                Ok(_) => {}
+                Err(e) => return Err(format!("committing node health: {e}").into()),
             }
         }
         Ok(Next::Wait(TICK))
     }
 
     fn detail(&self) -> String {
-        format!("{} health changes committed", self.committed)
+        format!(
+            "{} health changes committed, {} overtaken by another change",
+            self.committed, self.conflicts
+        )
     }
 }

@@ -4,10 +4,12 @@
 //! resulting commands through the one bounded proposer queue, in order and awaited (no task
 //! per event). On a follower each loop idles.
 //!
-//! - `liveness`: agents' heartbeats -> node health (ready, suspect, down).
+//! - `liveness`: agents' heartbeats -> node health (ready, suspect, down);
+//! - `cluster_level`: the members' reported builds -> the cluster's feature level.
 //!
 //! Scheduling, failover, repair and remediation join here as further loops.
 
+pub mod cluster_level;
 pub mod liveness;
 
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 use steward_runtime::WorkerSet;
 
 use crate::raft::RaftHandle;
+use cluster_level::ClusterLevelWorker;
 use liveness::{LivenessTracker, LivenessWorker};
 
 /// Starts the leader's control loops on `workers`.
@@ -23,4 +26,5 @@ pub fn start(workers: &WorkerSet, raft: &RaftHandle, liveness: &Arc<LivenessTrac
         LivenessWorker::new(raft.clone(), liveness.clone()),
         Some(liveness.waker()),
     );
+    workers.spawn(ClusterLevelWorker::new(raft.clone()), None);
 }

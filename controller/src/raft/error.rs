@@ -34,6 +34,13 @@ pub enum Error {
     /// controller); nothing was changed.
     #[error("{0}")]
     Refused(String),
+    /// The command's kind is newer than the cluster's feature level; nothing was proposed.
+    #[error("{kind} needs cluster feature level {needs}; the cluster is at level {cluster_level} (a controller runs an older build; upgrade it)")]
+    FeatureNotEnabled {
+        kind: &'static str,
+        needs: u32,
+        cluster_level: u32,
+    },
     /// The request names a controller that is not a member.
     #[error("{0}")]
     NotFound(String),
@@ -51,6 +58,7 @@ impl Error {
             | Error::Transferring
             | Error::ShuttingDown
             | Error::Refused(_)
+            | Error::FeatureNotEnabled { .. }
             | Error::NotFound(_) => false,
         }
     }

@@ -122,6 +122,22 @@ impl RaftHandle {
         self.inner.raft.metrics().borrow().current_leader
     }
 
+    /// Whether this controller leads and a quorum acknowledged it within the leader lease
+    /// (`RaftTuning::leader_lease`): no other controller can have been elected since. A
+    /// leader cut off from its quorum loses this within the lease, while openraft would let
+    /// it believe it leads until it sees a higher term.
+    pub fn holds_leader_lease(&self) -> bool {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let lease = self.inner.tuning.leader_lease().as_millis() as u64;
+        m.state == ServerState::Leader && m.millis_since_quorum_ack.is_some_and(|ms| ms < lease)
+    }
+
+    /// The cluster's feature level, as this controller has applied it.
+    pub fn cluster_level(&self) -> u32 {
+        self.inner.view.read().state.cluster_level
+    }
+
     /// The error telling a caller to go to the leader.
     pub fn not_leader(&self) -> Error {
         Error::NotLeader {
@@ -138,6 +154,14 @@ impl RaftHandle {
         }
         if !self.is_leader() {
             return Err(self.not_leader());
+        }
+        let cluster_level = self.cluster_level();
+        if command.level() > cluster_level && !matches!(command, Command::SetClusterLevel { .. }) {
+            return Err(Error::FeatureNotEnabled {
+                kind: command.kind(),
+                needs: command.level(),
+                cluster_level,
+            });
         }
         self.inner.proposer.propose(command).await
     }

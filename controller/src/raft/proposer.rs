@@ -6,6 +6,10 @@
 //! proposer worker takes whatever is queued (bounded by count and bytes) and proposes it as
 //! one entry, with at most [`MAX_IN_FLIGHT`] entries proposed and not yet applied. Every
 //! proposal is answered within [`WRITE_TIMEOUT`] of being proposed.
+//!
+//! From cluster feature level 2 on, every entry is `Command::Stamped` with this leader's
+//! clock, which gives the state machine a cluster clock (request-session expiry, event
+//! times); below it, entries are plain `Command::Batch`es.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 
 use super::error::Error;
+use super::store::StateView;
 use super::typ::{NodeId, Raft};
 
 /// Writes waiting to be proposed; senders wait when it is full (backpressure).
@@ -48,6 +53,7 @@ pub struct Proposer {
 pub struct ProposerWorker {
     id: NodeId,
     raft: Raft,
+    view: StateView,
     rx: mpsc::Receiver<Proposal>,
     slots: Arc<Semaphore>,
     in_flight: JoinSet<()>,
@@ -57,13 +63,14 @@ pub struct ProposerWorker {
 
 impl Proposer {
     /// The queue and the worker that serves it (the caller runs the worker).
-    pub fn new(id: NodeId, raft: Raft) -> (Proposer, ProposerWorker) {
+    pub fn new(id: NodeId, raft: Raft, view: StateView) -> (Proposer, ProposerWorker) {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         (
             Proposer { id, queue: tx },
             ProposerWorker {
                 id,
                 raft,
+                view,
                 rx,
                 slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
                 in_flight: JoinSet::new(),
@@ -125,9 +132,10 @@ impl Worker for ProposerWorker {
             }
         }
         let (id, raft) = (self.id, self.raft.clone());
+        let stamped = self.view.read().state.cluster_level >= 2;
         self.in_flight.spawn(async move {
             let _permit = permit;
-            propose_batch(id, &raft, batch).await;
+            propose_batch(id, &raft, batch, stamped).await;
         });
         Ok(Next::Busy)
     }
@@ -141,16 +149,27 @@ impl Worker for ProposerWorker {
     }
 }
 
-async fn propose_batch(id: NodeId, raft: &Raft, mut batch: Vec<Proposal>) {
-    if batch.len() == 1 {
-        let p = batch.remove(0);
+async fn propose_batch(id: NodeId, raft: &Raft, batch: Vec<Proposal>, stamped: bool) {
+    delay_for_tests(&batch).await;
+    if batch.len() == 1 && !stamped {
+        let Some(p) = batch.into_iter().next() else {
+            return;
+        };
         let result = write(id, raft, p.command).await;
         let _ = p.reply.send(result);
         return;
     }
     let (commands, replies): (Vec<Command>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-    match write(id, raft, Command::Batch(commands)).await {
+    let entry = if stamped {
+        Command::Stamped {
+            at_unix_ms: unix_ms(),
+            commands,
+        }
+    } else {
+        Command::Batch(commands)
+    };
+    match write(id, raft, entry).await {
         Ok((index, CommandResult::Batch(results))) if results.len() == replies.len() => {
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok((index, result)));
@@ -168,6 +187,48 @@ async fn propose_batch(id: NodeId, raft: &Raft, mut batch: Vec<Proposal>) {
             }
         }
     }
+}
+
+/// Test builds: the fail point `proposer-delay-node-down=return(MS)` holds a batch that
+/// marks a node down for MS milliseconds before proposing it, so that later proposals
+/// overtake it (the reordering the conditional health transitions must survive).
+#[cfg(feature = "failpoints")]
+async fn delay_for_tests(batch: &[Proposal]) {
+    use steward_core::node::NodeHealth;
+    let marks_down = batch.iter().any(|p| {
+        matches!(
+            &p.command,
+            Command::SetNodeHealth {
+                health: NodeHealth::Down,
+                ..
+            } | Command::TransitionNodeHealth {
+                to: NodeHealth::Down,
+                ..
+            }
+        )
+    });
+    if !marks_down {
+        return;
+    }
+    let ms = fail::eval("proposer-delay-node-down", |arg| {
+        arg.and_then(|a| a.parse::<u64>().ok())
+    })
+    .flatten();
+    if let Some(ms) = ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+async fn delay_for_tests(_batch: &[Proposal]) {}
+
+/// This controller's wall clock, in milliseconds since the Unix epoch. Only stamped on
+/// entries: the state machine keeps the maximum it has seen, so a leader with a clock
+/// behind never moves the cluster's clock back.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn write(id: NodeId, raft: &Raft, command: Command) -> ProposalResult {

@@ -8,7 +8,7 @@ use crate::v1;
 pub fn kv_entry_to_pb(key: &str, e: &KvEntry) -> v1::KvEntry {
     v1::KvEntry {
         key: key.to_string(),
-        value: e.value.clone(),
+        value: e.value.to_vec(),
         create_revision: e.create_revision,
         mod_revision: e.mod_revision,
         version: e.version,
@@ -20,7 +20,7 @@ impl From<v1::KvEntry> for (String, KvEntry) {
         (
             pb.key,
             KvEntry {
-                value: pb.value,
+                value: pb.value.into(),
                 create_revision: pb.create_revision,
                 mod_revision: pb.mod_revision,
                 version: pb.version,

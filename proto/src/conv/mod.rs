@@ -2,3 +2,4 @@
 
 mod kv_entry;
 pub use kv_entry::kv_entry_to_pb;
+mod inventory;

@@ -84,8 +84,9 @@ async fn main() -> anyhow::Result<()> {
             node_id: format!("sim-{i:05}"),
             hostname: format!("sim-{i}"),
             labels: Default::default(),
-            inventory_json: b"{\"gpus\":[]}".to_vec(),
+            inventory_json: Vec::new(),
             inventory_digest: "d".into(),
+            inventory: Some(Default::default()),
         })
         .await?;
     }

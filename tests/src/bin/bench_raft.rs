@@ -62,11 +62,17 @@ async fn throughput(
             let mut hist = Histogram::<u64>::new(3).expect("histogram");
             let mut n = 0u64;
             let mut errors = 0u64;
+            // Each writer is a client with request ids, like the CLI: at-most-once writes.
+            let client_id = rand::random::<u64>();
             while !stop.load(Ordering::Relaxed) {
                 let req = KvPutRequest {
                     key: format!("bench/{round}/{c}/{n}"),
                     value: vec![b'x'; 100],
                     expected_revision: None,
+                    request_id: Some(steward_proto::v1::RequestId {
+                        client: client_id,
+                        seq: n + 1,
+                    }),
                 };
                 let t = Instant::now();
                 match client.kv_put(req).await {
@@ -110,6 +116,7 @@ async fn preload(addr: &str, keys: usize, value_bytes: usize) -> anyhow::Result<
                     key: format!("preload/{n:08}"),
                     value: vec![b'p'; value_bytes],
                     expected_revision: None,
+                    request_id: None,
                 };
                 client.kv_put(req).await?;
             }
@@ -158,6 +165,7 @@ async fn writes_while_polling(
             key: format!("poll/{poll}/{n}"),
             value: vec![b'x'; 100],
             expected_revision: None,
+            request_id: None,
         };
         n += 1;
         let t = Instant::now();
@@ -178,6 +186,7 @@ async fn first_write(addrs: &[String]) -> Duration {
                     key: "bench/failover".into(),
                     value: b"1".to_vec(),
                     expected_revision: None,
+                    request_id: None,
                 };
                 if c.kv_put(req).await.is_ok() {
                     return start.elapsed();

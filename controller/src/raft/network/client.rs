@@ -14,7 +14,7 @@ use steward_proto::v1::{RaftReply, RaftRequest};
 use steward_runtime::transport::{raft_client, TransportError};
 use tonic::transport::Channel;
 
-use super::{wiped_message, PeerShared, WIPED_CONTROLLER_HEADER};
+use super::{wiped_message, PeerShared, RPC_FORMAT, WIPED_CONTROLLER_HEADER};
 use crate::raft::typ::{
     AppendEntriesRequest, AppendEntriesResponse, ControllerNode, Entry, EntryPayload,
     InstallSnapshotError, InstallSnapshotRequest, InstallSnapshotResponse, NodeId, RaftError,
@@ -93,7 +93,7 @@ impl Network {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let payload = codec::encode("raft request", req)
+        let payload = codec::encode_as("raft request", RPC_FORMAT, req)
             .map_err(|e| RpcError::Network(NetworkError::new(&e)))?;
         let mut client = self
             .client()
@@ -126,11 +126,17 @@ impl Network {
             Ok(Ok(resp)) => resp.into_inner(),
         };
         self.shared.touch(self.target);
+        if let Some(responder) = &reply.responder {
+            self.shared
+                .record_level(self.target, responder.feature_level);
+        } else {
+            self.shared.record_level(self.target, 0);
+        }
         match reply.result {
-            Some(ReplyResult::Ok(bytes)) => codec::decode("raft response", &bytes)
+            Some(ReplyResult::Ok(bytes)) => codec::decode_as("raft response", RPC_FORMAT, &bytes)
                 .map_err(|e| RpcError::Network(NetworkError::new(&e))),
             Some(ReplyResult::RaftError(bytes)) => {
-                let err: RaftError<E> = codec::decode("raft error", &bytes)
+                let err: RaftError<E> = codec::decode_as("raft error", RPC_FORMAT, &bytes)
                     .map_err(|e| RpcError::Network(NetworkError::new(&e)))?;
                 Err(RpcError::RemoteError(RemoteError::new(self.target, err)))
             }

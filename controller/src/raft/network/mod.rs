@@ -30,6 +30,11 @@ use crate::raft::typ::NodeId;
 /// Metadata key on a PERMISSION_DENIED answer naming the controller whose incarnation is stale.
 pub(crate) const WIPED_CONTROLLER_HEADER: &str = "x-steward-wiped-controller";
 
+/// Format version of the Raft RPC payloads (openraft's requests, responses and errors),
+/// versioned apart from storage: a change to openraft's types bumps it, and a controller
+/// answers a payload version it does not know with a clear error.
+pub(crate) const RPC_FORMAT: u8 = 1;
+
 /// Connect timeout for peer channels.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -42,6 +47,8 @@ pub struct PeerShared {
     /// Raft address.
     channels: ChannelPool,
     last_contact: Mutex<HashMap<NodeId, Instant>>,
+    /// Feature levels peers reported in their replies (this controller's view).
+    levels: Mutex<HashMap<NodeId, u32>>,
     fatal: watch::Sender<Option<String>>,
 }
 
@@ -59,6 +66,7 @@ impl PeerShared {
             view,
             channels: ChannelPool::new(ClientOptions::new(CONNECT_TIMEOUT).source_ip(source_ip)),
             last_contact: Mutex::new(HashMap::new()),
+            levels: Mutex::new(HashMap::new()),
             fatal,
         })
     }
@@ -82,6 +90,27 @@ impl PeerShared {
             .unwrap_or_else(|p| p.into_inner())
             .get(&peer)
             .map(|t| t.elapsed().as_millis() as u64)
+    }
+
+    /// Records the feature level `peer` reported (0, from builds before levels, is 1).
+    pub(crate) fn record_level(&self, peer: NodeId, level: u32) {
+        let level = level.max(steward_core::features::BASE_LEVEL);
+        self.levels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, level);
+    }
+
+    /// The feature level `peer` last reported; this controller's own for itself.
+    pub fn level_of(&self, peer: NodeId) -> Option<u32> {
+        if peer == self.id {
+            return Some(steward_core::features::SUPPORTED_LEVEL);
+        }
+        self.levels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .copied()
     }
 
     /// Incarnation recorded in the applied state for `peer`; 0 when unrecorded.
@@ -111,6 +140,7 @@ impl PeerShared {
         steward_proto::v1::PeerIdentity {
             controller_id: self.id,
             incarnation: self.incarnation,
+            feature_level: steward_core::features::SUPPORTED_LEVEL,
         }
     }
 }

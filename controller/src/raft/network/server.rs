@@ -16,7 +16,7 @@ use steward_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{wiped_message, PeerShared, WIPED_CONTROLLER_HEADER};
+use super::{wiped_message, PeerShared, RPC_FORMAT, WIPED_CONTROLLER_HEADER};
 use crate::raft::elections::{ElectionHolds, HoldReason};
 use crate::raft::typ::{InstallSnapshotRequest, NodeId, Raft, RaftError};
 
@@ -83,19 +83,22 @@ impl RaftServer {
 }
 
 fn decode<T: DeserializeOwned>(req: &RaftRequest) -> Result<T, Status> {
-    codec::decode("raft request", &req.payload).map_err(|e| Status::invalid_argument(e.to_string()))
+    codec::decode_as("raft request", RPC_FORMAT, &req.payload)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn reply<T: Serialize, E: Serialize>(
+    responder: PeerIdentity,
     result: Result<T, RaftError<E>>,
 ) -> Result<Response<RaftReply>, Status> {
     let encoded = match result {
-        Ok(v) => codec::encode("raft response", &v).map(ReplyResult::Ok),
-        Err(e) => codec::encode("raft error", &e).map(ReplyResult::RaftError),
+        Ok(v) => codec::encode_as("raft response", RPC_FORMAT, &v).map(ReplyResult::Ok),
+        Err(e) => codec::encode_as("raft error", RPC_FORMAT, &e).map(ReplyResult::RaftError),
     }
     .map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(RaftReply {
         result: Some(encoded),
+        responder: Some(responder),
     }))
 }
 
@@ -107,13 +110,16 @@ impl RaftService for RaftServer {
     ) -> Result<Response<RaftReply>, Status> {
         let req = request.into_inner();
         self.check_request(&req)?;
-        reply(self.raft.append_entries(decode(&req)?).await)
+        reply(
+            self.shared.identity(),
+            self.raft.append_entries(decode(&req)?).await,
+        )
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let req = request.into_inner();
         self.check_request(&req)?;
-        reply(self.raft.vote(decode(&req)?).await)
+        reply(self.shared.identity(), self.raft.vote(decode(&req)?).await)
     }
 
     async fn install_snapshot(
@@ -133,7 +139,7 @@ impl RaftService for RaftServer {
                 .hold(HoldReason::ReceivingSnapshot, self.snapshot_hold),
             _ => self.holds.release(HoldReason::ReceivingSnapshot),
         }
-        reply(result)
+        reply(self.shared.identity(), result)
     }
 
     async fn pause_election(

@@ -1,9 +1,10 @@
-//! Writes the golden files of the stored format: a RocksDB dump of a controller that applied
-//! one of every command kind, with a stored snapshot and a purged log. Run by hand, once per
-//! format, with the code of that format:
+//! Writes the golden files of the current stored format: a RocksDB dump of a controller
+//! that applied one of every command kind, with a stored snapshot and a purged log. Run by
+//! hand when a format is released, with the code of that format, into a new directory (the
+//! files of earlier formats were written by earlier versions of this file):
 //!
 //! ```sh
-//! STEWARD_WRITE_GOLDEN=tests/data/format-v1 cargo test -p steward-controller write_golden -- --ignored
+//! STEWARD_WRITE_GOLDEN=$PWD/tests/data/format-vN cargo test -p steward-controller write_golden -- --ignored
 //! ```
 
 use std::collections::BTreeMap;
@@ -58,23 +59,48 @@ async fn write_golden() {
     let mut restored = ClusterState::default();
     restored.apply(put("restored/a", "from a snapshot file", None));
     restored.apply(put("restored/b", "second", None));
+    let restored = restored.encode().expect("encode restored state");
+    let (half_a, half_b) = restored.split_at(restored.len() / 2);
 
     let register = |c: u64| Command::RegisterController {
         controller: c,
         incarnation: 0x1000 + c,
         api_addr: format!("127.0.0.1:{}", 7700 + c - 1),
     };
-    let node = |id: &str, host: &str| Command::RegisterNode {
+    let inventory_typed = steward_core::inventory::Inventory::from_json_lenient(&inventory);
+    let node = |id: &str, host: &str| Command::RegisterNodeTyped {
         node: id.into(),
         hostname: host.into(),
         labels: [("rack".to_string(), "r1".to_string())].into(),
+        inventory: Box::new(inventory_typed.clone()),
+        registration_digest: format!("digest-of-{id}"),
+    };
+    let node_v1 = |id: &str, host: &str| Command::RegisterNode {
+        node: id.into(),
+        hostname: host.into(),
+        labels: Default::default(),
         inventory: inventory.clone(),
         inventory_digest: format!("digest-of-{id}"),
     };
-    let health = |id: &str, h: NodeHealth, why: &str| Command::SetNodeHealth {
-        node: id.into(),
-        health: h,
-        reason: why.into(),
+    let health =
+        |id: &str, from: NodeHealth, to: NodeHealth, why: &str| Command::TransitionNodeHealth {
+            node: id.into(),
+            from,
+            to,
+            reason: why.into(),
+        };
+    let stamped = |at: u64, commands: Vec<Command>| {
+        EntryPayload::Normal(Command::Stamped {
+            at_unix_ms: 1_800_000_000_000 + at,
+            commands,
+        })
+    };
+    let request = |seq: u64, command: Command| Command::Request {
+        id: steward_core::command::RequestId {
+            client: 0xC11E,
+            seq,
+        },
+        command: Box::new(command),
     };
     let payloads: Vec<(u64, EntryPayload<crate::raft::typ::TypeConfig>)> = vec![
         (
@@ -88,84 +114,124 @@ async fn write_golden() {
             EntryPayload::Normal(Command::Batch(vec![register(2), register(3)])),
         ),
         (1, EntryPayload::Normal(put("jobs/a", "1", None))),
-        (1, EntryPayload::Normal(put("jobs/a", "2", Some(4)))),
-        (1, EntryPayload::Normal(put("jobs/a", "refused", Some(1)))),
-        (1, EntryPayload::Normal(put("jobs/b", "created", Some(0)))),
         (
             1,
-            EntryPayload::Normal(Command::KvDelete {
-                key: "jobs/b".into(),
-                expected_revision: None,
-            }),
+            EntryPayload::Normal(node_v1("node-00000000000000a0", "gpu-0")),
         ),
         (
             1,
-            EntryPayload::Normal(node("node-00000000000000a1", "gpu-1")),
+            EntryPayload::Normal(Command::SetClusterLevel { level: 2 }),
         ),
+        (1, stamped(1, vec![request(1, put("jobs/a", "2", Some(4)))])),
+        // The same request again: applied once.
+        (1, stamped(2, vec![request(1, put("jobs/a", "2", Some(4)))])),
         (
             1,
-            EntryPayload::Normal(node("node-00000000000000a2", "gpu-2")),
+            stamped(
+                3,
+                vec![
+                    put("jobs/b", "created", Some(0)),
+                    request(
+                        2,
+                        Command::KvDelete {
+                            key: "jobs/b".into(),
+                            expected_revision: None,
+                        },
+                    ),
+                ],
+            ),
         ),
+        (1, stamped(4, vec![node("node-00000000000000a1", "gpu-1")])),
         (2, EntryPayload::Blank),
+        (2, stamped(5, vec![node("node-00000000000000a2", "gpu-2")])),
         (
             2,
-            EntryPayload::Normal(health(
-                "node-00000000000000a2",
-                NodeHealth::Suspect,
-                "no heartbeat for 2000 ms",
-            )),
-        ),
-        (
-            2,
-            EntryPayload::Normal(health(
-                "node-00000000000000a2",
-                NodeHealth::Down,
-                "no heartbeat for 5000 ms",
-            )),
+            stamped(
+                6,
+                vec![health(
+                    "node-00000000000000a2",
+                    NodeHealth::Ready,
+                    NodeHealth::Suspect,
+                    "no heartbeat for 2000 ms",
+                )],
+            ),
         ),
         // The snapshot is taken here (index 14).
         (
             2,
-            EntryPayload::Normal(Command::RestoreState {
-                state: Box::new(restored),
-            }),
+            stamped(
+                7,
+                vec![
+                    health(
+                        "node-00000000000000a2",
+                        NodeHealth::Suspect,
+                        NodeHealth::Down,
+                        "no heartbeat for 5000 ms",
+                    ),
+                    health(
+                        "node-00000000000000a2",
+                        NodeHealth::Ready,
+                        NodeHealth::Down,
+                        "stale",
+                    ),
+                ],
+            ),
         ),
         (
             2,
-            EntryPayload::Normal(Command::Batch(vec![
-                put("after/1", "x", None),
-                put("after/2", "y", None),
-                Command::KvDelete {
-                    key: "after/1".into(),
-                    expected_revision: Some(1),
-                },
-            ])),
+            stamped(
+                8,
+                vec![Command::RestoreChunk {
+                    restore: 7,
+                    offset: 0,
+                    data: half_a.to_vec(),
+                }],
+            ),
         ),
         (
             2,
-            EntryPayload::Normal(node("node-00000000000000a3", "gpu-3")),
+            stamped(
+                9,
+                vec![
+                    Command::RestoreChunk {
+                        restore: 7,
+                        offset: half_a.len() as u64,
+                        data: half_b.to_vec(),
+                    },
+                    Command::RestoreCommit {
+                        restore: 7,
+                        bytes: restored.len() as u64,
+                        digest: blake3::hash(&restored).to_hex().to_string(),
+                    },
+                ],
+            ),
         ),
         (
             2,
-            EntryPayload::Normal(health(
-                "node-00000000000000a3",
-                NodeHealth::Down,
-                "no heartbeat for 5000 ms",
-            )),
+            stamped(
+                10,
+                vec![
+                    node("node-00000000000000a3", "gpu-3"),
+                    put("after/1", "x", None),
+                ],
+            ),
         ),
         (
             2,
-            EntryPayload::Normal(health(
-                "node-00000000000000a3",
-                NodeHealth::Ready,
-                "heartbeat received while down",
-            )),
+            stamped(
+                11,
+                vec![
+                    Command::RemoveNode {
+                        node: "node-00000000000000a3".into(),
+                    },
+                    Command::ForgetController { controller: 3 },
+                ],
+            ),
         ),
         (
             2,
-            EntryPayload::Normal(Command::ForgetController { controller: 3 }),
+            stamped(12, vec![request(3, put("after/3", "last", None))]),
         ),
-        (2, EntryPayload::Normal(put("after/3", "last", None))),
     ];
     let entries: Vec<Entry> = payloads
         .into_iter()
@@ -212,6 +278,9 @@ async fn write_golden() {
         "snapshot_index": SNAPSHOT_AT,
         "last_purged_index": 10,
         "revision": state.revision,
+        "cluster_level": state.cluster_level,
+        "clock_unix_ms": state.clock_unix_ms,
+        "sessions": state.sessions.len(),
         "digest": state.digest().expect("digest"),
         "kv": state.kv.iter().map(|(k, e)| (k.clone(), serde_json::json!({
             "value": String::from_utf8_lossy(&e.value),
@@ -225,11 +294,11 @@ async fn write_golden() {
         "nodes": state.nodes.iter().map(|(id, n)| (id.clone(), serde_json::json!({
             "hostname": n.hostname, "labels": n.labels, "health": n.health.name(),
             "health_since": n.health_since, "registered_at": n.registered_at,
-            "inventory_digest": n.inventory_digest,
+            "registration_digest": n.registration_digest,
         }))).collect::<BTreeMap<_, _>>(),
         "node_events": state.node_events.iter().map(|e| serde_json::json!({
             "revision": e.revision, "node": e.node, "from": e.from.map(|h| h.name()),
-            "to": e.to.name(), "reason": e.reason,
+            "to": e.to.map(|h| h.name()).unwrap_or("removed"), "reason": e.reason,
         })).collect::<Vec<_>>(),
     });
     std::fs::write(

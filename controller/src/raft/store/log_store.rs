@@ -14,7 +14,7 @@ use openraft::{AnyError, OptionalSend, RaftLogId};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use steward_core::codec;
 
-use super::{Db, MetaKey, StoreError, CF_LOG};
+use super::{record, Db, MetaKey, StoreError, CF_LOG};
 use crate::raft::typ::{
     Entry, LogFlushed, LogId, LogState, StorageError, StorageIOError, TypeConfig, Vote,
 };
@@ -58,7 +58,11 @@ impl LogStore {
             None => Ok(None),
             Some(item) => {
                 let (_, value) = item?;
-                Ok(Some(codec::decode("log entry", &value)?))
+                Ok(Some(codec::decode_as(
+                    "log entry",
+                    record::LOG_ENTRY,
+                    &value,
+                )?))
             }
         }
     }
@@ -77,7 +81,7 @@ impl LogStore {
             if end.is_some_and(|end| index >= end) {
                 break;
             }
-            let entry: Entry = codec::decode("log entry", &value)?;
+            let entry: Entry = codec::decode_as("log entry", record::LOG_ENTRY, &value)?;
             out.push(entry);
         }
         Ok(out)
@@ -93,7 +97,7 @@ impl LogStore {
         let mut batch = WriteBatch::default();
         let cf = self.db.cf(CF_LOG);
         for entry in entries {
-            let bytes = codec::encode("log entry", &entry)?;
+            let bytes = codec::encode_as("log entry", record::LOG_ENTRY, &entry)?;
             batch.put_cf(cf, index_key(entry.get_log_id().index), bytes);
         }
         Ok(batch)
@@ -161,7 +165,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not synced: losing it only means re-applying from the snapshot on restart.
-        let bytes = codec::encode("committed log id", &committed).map_err(write_err)?;
+        let bytes =
+            codec::encode_as("committed log id", record::META, &committed).map_err(write_err)?;
         self.db
             .raw()
             .put_cf(self.db.cf(super::CF_META), b"committed", bytes)

@@ -36,6 +36,18 @@ use crate::raft::typ::LogId;
 pub use log_store::LogStore;
 pub use state_machine::{Applied, StateMachineStore, StateView};
 
+/// Format versions of the records this store writes, one per kind (see
+/// `steward_core::codec`). Log entries keep format 1 while commands only gain variants;
+/// the cluster state inside a snapshot carries its own version.
+pub(crate) mod record {
+    /// Vote, committed and purged log ids, controller id, incarnation.
+    pub const META: u8 = 1;
+    /// openraft's `Entry` of a `Command`.
+    pub const LOG_ENTRY: u8 = 1;
+    /// `StoredSnapshot`: openraft's snapshot meta and a cluster-state record.
+    pub const SNAPSHOT: u8 = 1;
+}
+
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_SNAPSHOT: &str = "snapshot";
@@ -150,12 +162,16 @@ impl Db {
     ) -> Result<Option<T>, StoreError> {
         match self.inner.get_cf(self.cf(CF_META), key.as_bytes())? {
             None => Ok(None),
-            Some(bytes) => Ok(Some(codec::decode(meta_name(key), &bytes)?)),
+            Some(bytes) => Ok(Some(codec::decode_as(
+                meta_name(key),
+                record::META,
+                &bytes,
+            )?)),
         }
     }
 
     pub(crate) fn put_meta<T: Serialize>(&self, key: MetaKey, value: &T) -> Result<(), StoreError> {
-        let bytes = codec::encode(meta_name(key), value)?;
+        let bytes = codec::encode_as(meta_name(key), record::META, value)?;
         self.inner
             .put_cf_opt(self.cf(CF_META), key.as_bytes(), bytes, &Self::sync_opts())?;
         Ok(())

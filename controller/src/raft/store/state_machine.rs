@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use steward_core::{codec, ClusterState, CommandResult};
 
 use super::log_store::purge_upto;
-use super::{Db, StoreError, CF_SNAPSHOT};
+use super::{record, Db, StoreError, CF_SNAPSHOT};
 use crate::raft::typ::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
     TypeConfig,
@@ -127,7 +127,7 @@ fn move_legacy_snapshot(db: &Db) -> Result<(), StoreError> {
     let Some(bytes) = db.raw().get_cf(cf, LEGACY_SNAPSHOT_KEY)? else {
         return Ok(());
     };
-    let snap: StoredSnapshot = codec::decode("snapshot", &bytes)?;
+    let snap: StoredSnapshot = codec::decode_as("snapshot", record::SNAPSHOT, &bytes)?;
     let mut batch = rocksdb::WriteBatch::default();
     batch.put_cf(cf, snapshot_key(snap.meta.last_log_id), &bytes);
     batch.delete_cf(cf, LEGACY_SNAPSHOT_KEY);
@@ -147,7 +147,11 @@ fn read_stored_snapshot(db: &Db) -> Result<Option<StoredSnapshot>, StoreError> {
             if key.first() != Some(&SNAPSHOT_PREFIX) {
                 return Ok(None);
             }
-            Ok(Some(codec::decode("snapshot", &bytes)?))
+            Ok(Some(codec::decode_as(
+                "snapshot",
+                record::SNAPSHOT,
+                &bytes,
+            )?))
         }
         None => Ok(None),
     }
@@ -164,8 +168,12 @@ fn store_snapshot(db: &Db, snap: &StoredSnapshot) -> Result<bool, StoreError> {
     }
     let cf = db.cf(CF_SNAPSHOT);
     let key = snapshot_key(last);
-    db.raw()
-        .put_cf_opt(cf, key, codec::encode("snapshot", snap)?, &Db::sync_opts())?;
+    db.raw().put_cf_opt(
+        cf,
+        key,
+        codec::encode_as("snapshot", record::SNAPSHOT, snap)?,
+        &Db::sync_opts(),
+    )?;
     let mut fence = db.fence();
     if !newer(fence.stored) {
         // A newer snapshot became durable while this one was written: drop this one.

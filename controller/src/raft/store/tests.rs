@@ -246,7 +246,13 @@ mod previous_formats {
         let events: Vec<(u64, String, String)> = s
             .node_events
             .iter()
-            .map(|e| (e.revision, e.node.clone(), e.to.name().to_string()))
+            .map(|e| {
+                (
+                    e.revision,
+                    e.node.clone(),
+                    e.to.map(|h| h.name()).unwrap_or("removed").to_string(),
+                )
+            })
             .collect();
         let want_events: Vec<(u64, String, String)> = expected["node_events"]
             .as_array()

@@ -1,0 +1,166 @@
+//! The agent's link to the controller group: finding the leader, and keeping this
+//! machine's registration while heartbeats go on.
+//!
+//! - The leader is found by asking every controller at once (`LeaderHint`) and taking the
+//!   answer with the highest term: a deposed leader that has not noticed yet answers with
+//!   its old term. The agent asks again every [`LEADER_RECHECK`], and at once when a
+//!   heartbeat fails (a leader whose quorum lease lapsed refuses heartbeats).
+//! - A failed registration never stops heartbeats: a transient failure is retried at once
+//!   with the next leader; a refusal (an inventory too large, a full cluster state) is
+//!   logged as an error, counted (`steward_agent_registration_errors`), and retried with
+//!   back-off up to [`MAX_REGISTRATION_BACKOFF`].
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use steward_proto::v1::agent_control_client::AgentControlClient;
+use steward_proto::v1::LeaderHintRequest;
+use steward_runtime::transport::{self, ClientOptions};
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// Connect timeout to a controller.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Deadline of one call to a controller.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the agent asks the controllers again who leads.
+pub const LEADER_RECHECK: Duration = Duration::from_secs(5);
+/// Longest pause between registration attempts the leader refused.
+pub const MAX_REGISTRATION_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The controller the agent believes leads.
+pub struct Leader {
+    pub addr: String,
+    pub term: u64,
+    pub client: AgentControlClient<Channel>,
+}
+
+async fn client(addr: &str) -> Option<AgentControlClient<Channel>> {
+    let options = ClientOptions::new(CONNECT_TIMEOUT).call_timeout(CALL_TIMEOUT);
+    let ch = transport::connect(addr, &options).await.ok()?;
+    Some(transport::agent_control_client(ch))
+}
+
+/// Asks every controller at once where the leader is; the hint with the highest term wins.
+pub async fn find_leader(controllers: &[String]) -> Option<Leader> {
+    let hints = join_all(controllers.iter().map(|addr| async move {
+        let mut c = client(addr).await?;
+        let hint = tokio::time::timeout(CALL_TIMEOUT, c.leader_hint(LeaderHintRequest {}))
+            .await
+            .ok()?
+            .ok()?
+            .into_inner();
+        (!hint.leader_api_addr.is_empty()).then_some((hint.term, hint.leader_api_addr, addr, c))
+    }))
+    .await;
+    let (term, leader_addr, asked, asked_client) =
+        hints.into_iter().flatten().max_by_key(|(term, ..)| *term)?;
+    let client = if leader_addr == *asked {
+        asked_client
+    } else {
+        client(&leader_addr).await?
+    };
+    Some(Leader {
+        addr: leader_addr,
+        term,
+        client,
+    })
+}
+
+/// Whether a refused registration is the leader's final word (retrying at once would get
+/// the same answer), as opposed to a leader change or a timeout.
+pub fn is_refusal(code: Code) -> bool {
+    match code {
+        Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::PermissionDenied
+        | Code::ResourceExhausted
+        | Code::Unimplemented => true,
+        Code::Ok
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::DeadlineExceeded
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::Aborted
+        | Code::Internal
+        | Code::Unavailable
+        | Code::DataLoss
+        | Code::Unauthenticated => false,
+    }
+}
+
+/// Whether this machine's registration is needed, and when to try again after a refusal.
+#[derive(Debug)]
+pub struct Registration {
+    /// The leader does not hold this registration (new node, changed inventory or labels).
+    pub needed: bool,
+    refusals: u32,
+    next_attempt: Option<Instant>,
+    /// The leader's last refusal, until a registration succeeds.
+    pub refused: Option<String>,
+}
+
+impl Registration {
+    /// A registration the leader may or may not hold: heartbeats will tell.
+    pub fn unknown() -> Self {
+        Registration {
+            needed: false,
+            refusals: 0,
+            next_attempt: None,
+            refused: None,
+        }
+    }
+
+    /// Whether to try registering now.
+    pub fn due(&self, now: Instant) -> bool {
+        self.needed && self.next_attempt.is_none_or(|t| now >= t)
+    }
+
+    pub fn succeeded(&mut self) {
+        *self = Registration::unknown();
+    }
+
+    /// The leader refused; the pause before the next attempt.
+    pub fn refused(&mut self, now: Instant, why: String) -> Duration {
+        self.refusals += 1;
+        let pause = Duration::from_secs(1u64 << self.refusals.min(9).saturating_sub(1))
+            .min(MAX_REGISTRATION_BACKOFF);
+        self.next_attempt = Some(now + pause);
+        self.refused = Some(why);
+        pause
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_back_off_and_success_resets() {
+        let t0 = Instant::now();
+        let mut r = Registration::unknown();
+        assert!(!r.due(t0), "heartbeats decide whether it is needed");
+        r.needed = true;
+        assert!(r.due(t0));
+        assert_eq!(r.refused(t0, "too large".into()), Duration::from_secs(1));
+        assert!(!r.due(t0));
+        assert!(r.due(t0 + Duration::from_secs(1)));
+        for _ in 0..20 {
+            r.refused(t0, "too large".into());
+        }
+        assert_eq!(
+            r.refused(t0, "too large".into()),
+            Duration::from_secs(256).min(MAX_REGISTRATION_BACKOFF)
+        );
+        r.succeeded();
+        assert!(!r.needed && r.refused.is_none());
+        assert!(is_refusal(Code::InvalidArgument) && !is_refusal(Code::Unavailable));
+    }
+
+    #[tokio::test]
+    async fn no_controller_answers_no_leader() {
+        assert!(find_leader(&["127.0.0.1:1".to_string()]).await.is_none());
+    }
+}

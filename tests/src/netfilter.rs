@@ -1,0 +1,108 @@
+//! Network faults with nftables, for partition tests: drops one controller's Raft traffic
+//! while everything else (its API, agents) still reaches it. Needs root and the `nft` tool
+//! (`make deps` installs nftables); [`skip_unless_available`] tells a test to skip, or to
+//! fail under `STEWARD_REQUIRE_ALL_TESTS=1`.
+//!
+//! The rules live in a table of their own (named after the test process and a counter),
+//! deleted when the [`RaftPartition`] is dropped, even when a test panics.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{bail, Context};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn nft(args: &str) -> anyhow::Result<()> {
+    let out = Command::new("nft")
+        .args(args.split_whitespace())
+        .output()
+        .context("running nft (install nftables: `make deps`)")?;
+    if !out.status.success() {
+        bail!(
+            "nft {args}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Why nftables cannot be used here, if it cannot.
+pub fn unavailable() -> Option<String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Some("not root (nftables needs CAP_NET_ADMIN)".into());
+    }
+    match Command::new("nft").args(["list", "tables"]).output() {
+        Err(e) => Some(format!("nft is not installed ({e}); run `make deps`")),
+        Ok(o) if !o.status.success() => Some(format!(
+            "nft does not work here: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// `true` when the test may run; prints why and returns `false` when it must skip; panics
+/// when it must not skip (`STEWARD_REQUIRE_ALL_TESTS=1`).
+pub fn skip_unless_available(test: &str) -> bool {
+    match unavailable() {
+        None => true,
+        Some(why) if std::env::var("STEWARD_REQUIRE_ALL_TESTS").as_deref() == Ok("1") => {
+            panic!("{test} needs nftables: {why}, and STEWARD_REQUIRE_ALL_TESTS=1")
+        }
+        Some(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
+/// One controller's Raft traffic dropped in both directions, until dropped.
+pub struct RaftPartition {
+    table: String,
+}
+
+impl RaftPartition {
+    /// Drops packets to `raft_port` on `ip` (votes, appends to it) and packets from `ip`
+    /// to any of `peer_raft_ports` (its appends and votes to them). Other traffic to and
+    /// from `ip` (its API) flows.
+    pub fn isolate(ip: &str, raft_port: u16, peer_raft_ports: &[u16]) -> anyhow::Result<Self> {
+        let table = format!(
+            "steward_it_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let p = RaftPartition { table };
+        let t = &p.table;
+        nft(&format!("add table inet {t}"))?;
+        nft(&format!(
+            "add chain inet {t} input {{ type filter hook input priority 0 ; policy accept ; }}"
+        ))?;
+        nft(&format!(
+            "add chain inet {t} output {{ type filter hook output priority 0 ; policy accept ; }}"
+        ))?;
+        nft(&format!(
+            "add rule inet {t} input ip daddr {ip} tcp dport {raft_port} drop"
+        ))?;
+        let ports = peer_raft_ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        nft(&format!(
+            "add rule inet {t} output ip saddr {ip} tcp dport {{ {ports} }} drop"
+        ))?;
+        Ok(p)
+    }
+
+    /// Lifts the partition now.
+    pub fn heal(self) {}
+}
+
+impl Drop for RaftPartition {
+    fn drop(&mut self) {
+        if let Err(e) = nft(&format!("delete table inet {}", self.table)) {
+            eprintln!("could not remove nftables table {}: {e}", self.table);
+        }
+    }
+}
