@@ -74,9 +74,7 @@ pub struct AgentConfig {
 /// Shortest and longest heartbeat period.
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
 pub const MAX_HEARTBEAT: Duration = Duration::from_secs(60);
-/// Most labels per node, and their sizes.
-pub const MAX_LABELS: usize = 64;
-pub const MAX_LABEL_BYTES: usize = 256;
+pub use steward_core::node::{MAX_LABELS, MAX_LABEL_BYTES};
 
 impl AgentConfigFile {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -137,27 +135,8 @@ impl AgentConfigFile {
                 ),
             ));
         }
-        if self.labels.len() > MAX_LABELS {
-            return Err(invalid(
-                "labels",
-                format!(
-                    "has {} entries, the limit is {MAX_LABELS}",
-                    self.labels.len()
-                ),
-            ));
-        }
-        for (k, v) in &self.labels {
-            let key_ok = !k.is_empty()
-                && k.len() <= MAX_LABEL_BYTES
-                && k.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
-            if !key_ok || v.len() > MAX_LABEL_BYTES {
-                return Err(invalid(
-                    "labels",
-                    format!("`{k}={v}`: keys are 1-{MAX_LABEL_BYTES} characters of a-z, A-Z, 0-9, - _ . /; values at most {MAX_LABEL_BYTES} bytes"),
-                ));
-            }
-        }
+        steward_core::node::validate_labels(&self.labels)
+            .map_err(|e| invalid("labels", e.to_string()))?;
         let api_addr = self
             .api_addr
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_API_PORT)));

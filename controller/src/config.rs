@@ -21,9 +21,15 @@ pub struct ControllerConfigFile {
     pub data_dir: Option<PathBuf>,
     pub raft_addr: Option<SocketAddr>,
     pub api_addr: Option<SocketAddr>,
+    /// The Raft address other controllers reach this one at (default: `raft_addr`; needed
+    /// when `raft_addr` listens on every interface).
+    pub advertise_raft_addr: Option<String>,
+    /// The API address agents, operators and other controllers reach this one at
+    /// (default: `api_addr`; needed when `api_addr` listens on every interface).
+    pub advertise_api_addr: Option<String>,
     /// Prometheus `/metrics` listen address (none: no metrics endpoint).
     pub metrics_addr: Option<SocketAddr>,
-    /// `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT`: raft addresses of the founding members.
+    /// `1=RAFT_ADDR[/API_ADDR],2=...`: the founding members' advertised addresses.
     pub initial_cluster: Option<String>,
     pub cluster_name: Option<String>,
     #[serde(default)]
@@ -113,6 +119,15 @@ impl Default for RaftTuning {
     }
 }
 
+/// A founding member as `initial_cluster` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundingMember {
+    pub raft_addr: String,
+    /// Its API address, when given (`ID=RAFT/API`): the founding members then know each
+    /// other's API from the first entry, instead of after registering.
+    pub api_addr: Option<String>,
+}
+
 /// A complete, validated controller configuration.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -121,8 +136,12 @@ pub struct ControllerConfig {
     pub raft_addr: SocketAddr,
     pub api_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
-    /// Founding members' raft addresses; empty when joining an existing cluster.
-    pub initial_cluster: BTreeMap<NodeId, String>,
+    /// Where other controllers reach this one's Raft service.
+    pub advertise_raft_addr: String,
+    /// Where agents, operators and other controllers reach this one's API.
+    pub advertise_api_addr: String,
+    /// Founding members' advertised addresses; empty when joining an existing cluster.
+    pub initial_cluster: BTreeMap<NodeId, FoundingMember>,
     pub cluster_name: String,
     pub raft: RaftTuning,
     pub liveness: steward_core::liveness::LivenessConfig,
@@ -206,6 +225,25 @@ impl ControllerConfigFile {
                 format!("must differ from raft_addr ({raft_addr})"),
             ));
         }
+        let advertise = |key: &'static str, given: Option<String>, listen: SocketAddr| {
+            match given {
+                Some(a) => {
+                    check_host_port(key, &a)?;
+                    Ok(a)
+                }
+                None if listen.ip().is_unspecified() => Err(invalid(
+                    key,
+                    format!(
+                        "is required: {listen} listens on every interface, so say which address others reach this controller at"
+                    ),
+                )),
+                None => Ok(listen.to_string()),
+            }
+        };
+        let advertise_raft_addr =
+            advertise("advertise_raft_addr", self.advertise_raft_addr, raft_addr)?;
+        let advertise_api_addr =
+            advertise("advertise_api_addr", self.advertise_api_addr, api_addr)?;
         let initial_cluster = match self.initial_cluster.as_deref() {
             None | Some("") => BTreeMap::new(),
             Some(s) => parse_initial_cluster(s)?,
@@ -218,10 +256,22 @@ impl ControllerConfigFile {
                         format!("does not list this controller's id {id}"),
                     ))
                 }
-                Some(addr) if addr != &raft_addr.to_string() => {
+                Some(m) if m.raft_addr != advertise_raft_addr => {
                     return Err(invalid(
                         "initial_cluster",
-                        format!("lists {id}={addr} but raft_addr is {raft_addr}"),
+                        format!(
+                            "lists {id}={} but this controller's raft address is {advertise_raft_addr}",
+                            m.raft_addr
+                        ),
+                    ))
+                }
+                Some(m) if m.api_addr.as_ref().is_some_and(|a| *a != advertise_api_addr) => {
+                    return Err(invalid(
+                        "initial_cluster",
+                        format!(
+                            "lists {id}'s API at {} but this controller's API address is {advertise_api_addr}",
+                            m.api_addr.as_deref().unwrap_or_default()
+                        ),
                     ))
                 }
                 Some(_) => {}
@@ -237,6 +287,8 @@ impl ControllerConfigFile {
             data_dir,
             raft_addr,
             api_addr,
+            advertise_raft_addr,
+            advertise_api_addr,
             initial_cluster,
             cluster_name,
             raft: self.raft,
@@ -317,39 +369,48 @@ impl RaftTuning {
     }
 }
 
-/// Parses `1=HOST:PORT,2=HOST:PORT`.
-pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
+/// Checks that `addr` is HOST:PORT (a name or an address).
+fn check_host_port(key: &'static str, addr: &str) -> Result<(), ConfigError> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(invalid(key, format!("`{addr}` is not HOST:PORT"))),
+    }
+}
+
+/// Parses `1=RAFT_ADDR[/API_ADDR],2=...`.
+pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<NodeId, FoundingMember>, ConfigError> {
     let mut out = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .ok_or_else(|| invalid("initial_cluster", format!("`{part}` is not ID=HOST:PORT")))?;
+        let (id, addrs) = part.split_once('=').ok_or_else(|| {
+            invalid(
+                "initial_cluster",
+                format!("`{part}` is not ID=RAFT_ADDR or ID=RAFT_ADDR/API_ADDR"),
+            )
+        })?;
         let id: NodeId = id.trim().parse().map_err(|_| {
             invalid(
                 "initial_cluster",
                 format!("`{id}` in `{part}` is not a controller id"),
             )
         })?;
-        let addr = addr.trim();
-        if addr
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .is_none()
-        {
+        let (raft_addr, api_addr) = match addrs.trim().split_once('/') {
+            Some((raft, api)) => (raft.trim(), Some(api.trim())),
+            None => (addrs.trim(), None),
+        };
+        check_host_port("initial_cluster", raft_addr)?;
+        if let Some(api) = api_addr {
+            check_host_port("initial_cluster", api)?;
+        }
+        let member = FoundingMember {
+            raft_addr: raft_addr.to_string(),
+            api_addr: api_addr.map(str::to_string),
+        };
+        if out.insert(id, member).is_some() {
             return Err(invalid(
                 "initial_cluster",
-                format!("`{addr}` in `{part}` is not HOST:PORT"),
+                format!("controller {id} is listed twice"),
             ));
         }
-        if out.insert(id, addr.to_string()).is_some() {
-            return Err(invalid(
-                "initial_cluster",
-                format!("id {id} is listed twice"),
-            ));
-        }
-    }
-    if out.is_empty() {
-        return Err(invalid("initial_cluster", "lists no members"));
     }
     Ok(out)
 }
@@ -395,6 +456,41 @@ mod tests {
         assert!(parse_initial_cluster("1=a:1,1=b:2").is_err());
         assert!(parse_initial_cluster("x=a:1").is_err());
         assert!(parse_initial_cluster("1=nohost").is_err());
+    }
+
+    #[test]
+    fn advertise_addresses_and_founding_api_addresses() {
+        // Listening on every interface needs an advertised address.
+        let wildcard = ControllerConfigFile {
+            api_addr: Some("0.0.0.0:7700".parse().expect("addr")),
+            ..base()
+        };
+        let err = wildcard.clone().resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("advertise_api_addr") && err.contains("every interface"),
+            "{err}"
+        );
+        let cfg = ControllerConfigFile {
+            advertise_api_addr: Some("ctl-1.example:7700".into()),
+            ..wildcard
+        }
+        .resolve()
+        .expect("valid");
+        assert_eq!(cfg.advertise_api_addr, "ctl-1.example:7700");
+        assert_eq!(cfg.advertise_raft_addr, "127.0.0.1:7710");
+        // The API part of initial_cluster.
+        let m =
+            parse_initial_cluster("1=10.0.0.1:7710/10.0.0.1:7700,2=10.0.0.2:7710").expect("parses");
+        assert_eq!(m[&1].api_addr.as_deref(), Some("10.0.0.1:7700"));
+        assert_eq!(m[&2].api_addr, None);
+        let err = ControllerConfigFile {
+            initial_cluster: Some("1=127.0.0.1:7710/127.0.0.1:9999".into()),
+            ..base()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("API"), "{err}");
     }
 
     #[test]

@@ -130,7 +130,11 @@ impl Controller {
         );
         workers.spawn(LeadershipLog::new(&raft), None);
         workers.spawn(
-            RegisterSelf::new(raft.clone(), peers.clone(), api_addr.to_string()),
+            RegisterSelf::new(
+                raft.clone(),
+                peers.clone(),
+                advertised(&config.advertise_api_addr, api_addr),
+            ),
             None,
         );
         crate::control::start(&workers, &handle, &liveness);
@@ -140,6 +144,7 @@ impl Controller {
             cluster_name: config.cluster_name.clone(),
             liveness,
             workers: workers.clone(),
+            digest_cache: Default::default(),
         });
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -235,9 +240,18 @@ impl Controller {
     }
 }
 
+/// The advertised address, with the port the listener got when `addr` asked for port 0.
+fn advertised(addr: &str, bound: std::net::SocketAddr) -> String {
+    match addr.rsplit_once(':') {
+        Some((host, "0")) => format!("{host}:{}", bound.port()),
+        _ => addr.to_string(),
+    }
+}
+
 /// A founding member on a fresh data dir proposes the initial membership. Every founding
-/// member proposes the same one (API addresses arrive later through registration), so the
-/// entries at index 0 are identical.
+/// member proposes the same one (from the same `initial_cluster`), so the entries at index
+/// 0 are identical. With API addresses in `initial_cluster`, the members know each other's
+/// APIs from that first entry; otherwise they learn them as each controller registers.
 async fn initialize_if_founding(
     raft: &Raft,
     config: &ControllerConfig,
@@ -255,12 +269,12 @@ async fn initialize_if_founding(
     let members: BTreeMap<u64, ControllerNode> = config
         .initial_cluster
         .iter()
-        .map(|(id, addr)| {
+        .map(|(id, m)| {
             (
                 *id,
                 ControllerNode {
-                    raft_addr: addr.clone(),
-                    api_addr: String::new(),
+                    raft_addr: m.raft_addr.clone(),
+                    api_addr: m.api_addr.clone().unwrap_or_default(),
                 },
             )
         })

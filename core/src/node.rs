@@ -58,12 +58,42 @@ pub struct NodeEvent {
     pub reason: String,
 }
 
+/// Most labels per node.
+pub const MAX_LABELS: usize = 64;
+/// Longest label key or value, in bytes.
+pub const MAX_LABEL_BYTES: usize = 256;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeValidationError {
+    #[error("{count} labels, the limit is {MAX_LABELS}")]
+    TooManyLabels { count: usize },
+    #[error("label `{key}`: keys are 1-{MAX_LABEL_BYTES} characters of a-z, A-Z, 0-9, - _ . /; values at most {MAX_LABEL_BYTES} bytes")]
+    BadLabel { key: String },
     #[error("node id must be 1-64 characters of a-z, 0-9, '-'")]
     BadId,
     #[error("inventory is {0} bytes, the limit is {MAX_INVENTORY_BYTES}")]
     InventoryTooLarge(usize),
+}
+
+/// Checks a node's labels.
+pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), NodeValidationError> {
+    if labels.len() > MAX_LABELS {
+        return Err(NodeValidationError::TooManyLabels {
+            count: labels.len(),
+        });
+    }
+    for (k, v) in labels {
+        let key_ok = !k.is_empty()
+            && k.len() <= MAX_LABEL_BYTES
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+        if !key_ok || v.len() > MAX_LABEL_BYTES {
+            return Err(NodeValidationError::BadLabel {
+                key: k.chars().take(MAX_LABEL_BYTES).collect(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Checks a node id and the size of its encoded inventory.

@@ -371,3 +371,176 @@ async fn agent_leaves_a_partitioned_leader_and_is_never_marked_down() -> anyhow:
     );
     Ok(())
 }
+
+/// A state larger than format 1's 32 MiB snapshot-file limit: `save` writes a file that
+/// `inspect` reads and `restore` puts back (in chunks through the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_files_hold_any_state_the_cluster_can_hold() -> anyhow::Result<()> {
+    use steward_proto::v1::KvPutRequest;
+    let cluster = ProcCluster::start(3, "")?;
+    let (leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;
+    wait_cluster_level(&cluster, 2).await?;
+    // 40 MiB of values, written by 16 clients.
+    let addr = cluster.node(leader).api_addr.clone();
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                let mut c = crate::common::connect(&addr).await.expect("connect");
+                for i in (w..20_000).step_by(16) {
+                    c.kv_put(KvPutRequest {
+                        key: format!("big/{i:06}"),
+                        value: vec![b'v'; 2048],
+                        expected_revision: None,
+                        request_id: None,
+                    })
+                    .await
+                    .expect("put");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await?;
+    }
+    let file = cluster.dir.path().join("big.snap");
+    let f = file.to_str().expect("utf-8");
+    let addrs = cluster.addrs();
+    let (ok, out) = cli(&addrs, &["operator", "snapshot", "save", f]);
+    assert!(ok, "save: {out}");
+    let size = std::fs::metadata(&file)?.len();
+    assert!(size > 32 << 20, "the file is {size} bytes");
+    let (ok, out) = cli(
+        &addrs,
+        &["operator", "snapshot", "inspect", f, "-o", "json"],
+    );
+    assert!(ok, "inspect refuses the file save wrote: {out}");
+    let (ok, out) = cli(&addrs, &["kv", "delete", "big/000000"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(
+        &addrs,
+        &["operator", "snapshot", "restore", f, "-o", "json"],
+    );
+    assert!(ok, "restore refuses the file save wrote: {out}");
+    let restored: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(restored["keys"], 20_000);
+    let (ok, out) = cli(&addrs, &["kv", "get", "big/000000"]);
+    assert!(
+        ok && out.trim().len() == 2048,
+        "the deleted key is back: {out}"
+    );
+    cluster.wait_converged(Duration::from_secs(60)).await?;
+    Ok(())
+}
+
+/// A registration the leader refuses for good (here a test-only fail point refuses every
+/// registration after the first) is reported loudly by the agent, which keeps
+/// heartbeating: the node stays ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_registration_does_not_silence_the_node() -> anyhow::Result<()> {
+    let cluster = ProcCluster::start_opts(
+        3,
+        FAST_LIVENESS,
+        &[("FAILPOINTS", "register-node-refuse=1*off->return")],
+    )?;
+    cluster.wait_leader(Duration::from_secs(20)).await?;
+    let data_dir = cluster.dir.path().join("agent");
+    let log = cluster.dir.path().join("agent.log");
+    let start = |label: &str| {
+        let mut flags = AGENT_FLAGS.to_vec();
+        flags.extend(["--label", label]);
+        spawn_agent(&data_dir, &cluster.addrs(), &flags, Some(&log))
+    };
+    let mut agent = start("rack=r1")?;
+    let node = wait_registered(&cluster, &data_dir).await?;
+    agent.kill()?;
+    agent.wait()?;
+    // New labels: the leader asks for a registration, and refuses it.
+    let mut agent = start("rack=r2")?;
+    wait_for(
+        "the refusal in the agent's log",
+        Duration::from_secs(10),
+        || async {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|t| t.contains("refused this machine's registration"))
+        },
+    )
+    .await?;
+    // Well past down_after (600 ms), the node is still ready: heartbeats went on.
+    let result = settles_ready(&cluster, &node, Duration::from_secs(3)).await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    result
+}
+
+/// Founding members know each other's API addresses from the first log entry: a write sent
+/// to a follower the moment it knows the leader is forwarded, never answered "the leader's
+/// API address is not registered yet".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_from_the_first_moment() -> anyhow::Result<()> {
+    use steward_proto::v1::KvPutRequest;
+    let cluster = ProcCluster::start(3, "")?;
+    let (follower, leader) = wait_for(
+        "a follower that knows the leader",
+        Duration::from_secs(20),
+        || async {
+            for id in 1..=3 {
+                let s = cluster.local_status(id).await?;
+                if s.responder_state == "follower" {
+                    if let Some(l) = s.leader_id {
+                        return Some((id, l));
+                    }
+                }
+            }
+            None
+        },
+    )
+    .await?;
+    let mut c = cluster.client(follower).await?;
+    let r = c
+        .kv_put(KvPutRequest {
+            key: "first".into(),
+            value: b"write".to_vec(),
+            expected_revision: None,
+            request_id: None,
+        })
+        .await;
+    assert!(
+        r.is_ok(),
+        "follower {follower} could not forward to leader {leader}: {r:?}"
+    );
+    Ok(())
+}
+
+/// `steward node remove`: refused while the node is ready, done once its agent is gone;
+/// the node leaves `node list` and its removal is an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_node_is_removed() -> anyhow::Result<()> {
+    let cluster = ProcCluster::start_with(3, FAST_LIVENESS)?;
+    cluster.wait_leader(Duration::from_secs(20)).await?;
+    wait_cluster_level(&cluster, 2).await?;
+    let data_dir = cluster.dir.path().join("agent");
+    let mut agent = spawn_agent(&data_dir, &cluster.addrs(), AGENT_FLAGS, None)?;
+    let node = wait_registered(&cluster, &data_dir).await?;
+    let addrs = cluster.addrs();
+    let (ok, out) = cli(&addrs, &["node", "remove", &node]);
+    assert!(!ok && out.contains("is ready"), "{out}");
+    agent.kill()?;
+    agent.wait()?;
+    wait_for("the node to be down", Duration::from_secs(10), || async {
+        (node_health(&cluster, &node).await.as_deref() == Some("down")).then_some(())
+    })
+    .await?;
+    let (ok, out) = cli(&addrs, &["node", "remove", &node]);
+    assert!(ok, "{out}");
+    assert_eq!(node_health(&cluster, &node).await, None, "still listed");
+    let (ok, out) = cli(&addrs, &["node", "events", &node, "-o", "json"]);
+    assert!(ok, "{out}");
+    let events: serde_json::Value = serde_json::from_str(&out)?;
+    let last = events.as_array().and_then(|e| e.last()).expect("events");
+    assert_eq!(last["to"], "removed", "{last}");
+    let (ok, out) = cli(&addrs, &["node", "remove", &node]);
+    assert!(!ok && out.contains("not found"), "{out}");
+    Ok(())
+}

@@ -172,7 +172,7 @@ impl ProcCluster {
         }
         let initial_cluster = nodes
             .values()
-            .map(|n| format!("{}={}", n.id, n.raft_addr))
+            .map(|n| format!("{}={}/{}", n.id, n.raft_addr, n.api_addr))
             .collect::<Vec<_>>()
             .join(",");
         let mut c = ProcCluster {

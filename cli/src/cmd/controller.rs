@@ -24,11 +24,20 @@ pub struct ControllerArgs {
     /// Listen address of the admin and agent APIs.
     #[arg(long, env = "STEWARD_API_ADDR")]
     pub api_addr: Option<SocketAddr>,
+    /// The Raft address other controllers reach this one at (default: --raft-addr; needed
+    /// when that listens on 0.0.0.0).
+    #[arg(long, env = "STEWARD_ADVERTISE_RAFT_ADDR")]
+    pub advertise_raft_addr: Option<String>,
+    /// The API address agents and operators reach this one at (default: --api-addr; needed
+    /// when that listens on 0.0.0.0).
+    #[arg(long, env = "STEWARD_ADVERTISE_API_ADDR")]
+    pub advertise_api_addr: Option<String>,
     /// Prometheus /metrics listen address.
     #[arg(long, env = "STEWARD_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
-    /// Founding members' raft addresses: 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT. Omit when
-    /// joining an existing group (after `steward operator raft add-learner`).
+    /// Founding members' advertised addresses, identical on every founding controller:
+    /// 1=RAFT_ADDR/API_ADDR,2=... (the API part may be left out). Omit when joining an
+    /// existing group (after `steward operator raft add-learner`).
     #[arg(long, env = "STEWARD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
     /// Name of the cluster (shown in status and snapshots).
@@ -48,6 +57,8 @@ impl ControllerArgs {
         file.raft_addr = self.raft_addr.or(file.raft_addr);
         file.api_addr = self.api_addr.or(file.api_addr);
         file.metrics_addr = self.metrics_addr.or(file.metrics_addr);
+        file.advertise_raft_addr = self.advertise_raft_addr.or(file.advertise_raft_addr);
+        file.advertise_api_addr = self.advertise_api_addr.or(file.advertise_api_addr);
         file.initial_cluster = self.initial_cluster.or(file.initial_cluster);
         file.cluster_name = self.cluster_name.or(file.cluster_name);
         Ok(file)

@@ -38,7 +38,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--api-port {p} is too high: the dev cluster needs ports up to P+22");
     }
     let initial: Vec<String> = (0..3)
-        .map(|i| format!("{}=127.0.0.1:{}", i + 1, p + RAFT_PORT_OFFSET + i))
+        .map(|i| {
+            format!(
+                "{}=127.0.0.1:{}/127.0.0.1:{}",
+                i + 1,
+                p + RAFT_PORT_OFFSET + i,
+                p + i
+            )
+        })
         .collect();
     let mut controllers = Vec::new();
     for i in 0..3u16 {

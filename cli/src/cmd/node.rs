@@ -8,7 +8,7 @@ use serde_json::json;
 use steward_proto::v1::agent_api_client::AgentApiClient;
 use steward_proto::v1::{
     GpuFault, GpuTelemetry, InjectGpuFaultRequest, ListNodesRequest, NodeEventsRequest,
-    NodeSummary, NodeTelemetry, SetGpuLoadRequest,
+    NodeSummary, NodeTelemetry, RemoveNodeRequest, SetGpuLoadRequest,
 };
 use steward_runtime::transport::{self, ClientOptions};
 
@@ -23,6 +23,14 @@ pub enum NodeCommand {
     Show { id: String },
     /// Health changes with their reasons, oldest first.
     Events { id: Option<String> },
+    /// Forget a retired machine: its record and registration (its events stay). Refused
+    /// while the node is ready, since its running agent would register it again.
+    Remove {
+        id: String,
+        /// Remove it even while its agent runs.
+        #[arg(long)]
+        force: bool,
+    },
     /// Assign load to a node's simulated GPU; its telemetry follows (development, tests).
     Load {
         id: String,
@@ -453,6 +461,21 @@ pub async fn run(addrs: &str, output: Output, command: NodeCommand) -> anyhow::R
                 Output::Table => {
                     println!("node {id}: injected {} into GPU {gpu}", kind.as_str_name())
                 }
+            }
+        }
+        NodeCommand::Remove { id, force } => {
+            let req = RemoveNodeRequest {
+                node_id: id.clone(),
+                force,
+            };
+            let reply = with_retry(addrs, |mut c| {
+                let req = req.clone();
+                async move { c.remove_node(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+            match output {
+                Output::Json => print_json(&json!({"node": id, "revision": reply.revision}))?,
+                Output::Table => println!("node {id} removed at revision {}", reply.revision),
             }
         }
         NodeCommand::Events { id } => {

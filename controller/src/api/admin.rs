@@ -87,6 +87,13 @@ impl Admin for AdminService {
         nodes::events(&self.ctx, r).await
     }
 
+    async fn remove_node(
+        &self,
+        r: Request<RemoveNodeRequest>,
+    ) -> Result<Response<RemoveNodeReply>, Status> {
+        nodes::remove(&self.ctx, r).await
+    }
+
     type SnapshotSaveStream = ChunkStream;
 
     async fn snapshot_save(

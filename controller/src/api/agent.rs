@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use steward_core::codec;
 use steward_core::inventory::Inventory;
-use steward_core::node::validate_registration;
+use steward_core::node::{validate_labels, validate_registration};
 use steward_core::{Command, CommandResult};
 use steward_proto::v1::agent_control_server::AgentControl;
 use steward_proto::v1::{
@@ -103,9 +103,15 @@ impl AgentControl for AgentControlService {
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         validate_registration(&req.node_id, encoded.len())
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        let labels: std::collections::BTreeMap<String, String> = req.labels.into_iter().collect();
+        validate_labels(&labels).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        // Test builds: the leader refuses registrations (see the fail point's tests).
+        fail::fail_point!("register-node-refuse", |_| Err(ApiError::InvalidArgument(
+            "registration refused (fail point register-node-refuse)".into()
+        )
+        .into()));
         self.require_leader()?;
         let node = req.node_id.clone();
-        let labels = req.labels.into_iter().collect();
         let command = if self.ctx.raft.cluster_level() >= 2 {
             Command::RegisterNodeTyped {
                 node: req.node_id,

@@ -41,4 +41,30 @@ pub struct ApiContext {
     /// Agents' heartbeats and telemetry (leader memory).
     pub liveness: Arc<LivenessTracker>,
     pub workers: WorkerSet,
+    /// The state digest `status` last computed, by applied log index.
+    pub digest_cache: std::sync::Mutex<Option<(u64, String)>>,
+}
+
+impl ApiContext {
+    /// The digest of `applied` (a copy of the applied state), computed off the async
+    /// workers and cached until the next entry is applied.
+    pub async fn state_digest(
+        &self,
+        applied: &crate::raft::store::Applied,
+    ) -> Result<String, error::ApiError> {
+        let index = applied.last_applied.map_or(0, |l| l.index);
+        if let Some((i, d)) = &*self.digest_cache.lock().unwrap_or_else(|p| p.into_inner()) {
+            if *i == index {
+                return Ok(d.clone());
+            }
+        }
+        let state = applied.state.clone();
+        let digest = tokio::task::spawn_blocking(move || state.digest())
+            .await
+            .map_err(|e| error::ApiError::Internal(e.to_string()))?
+            .map_err(|e| error::ApiError::Internal(e.to_string()))?;
+        *self.digest_cache.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((index, digest.clone()));
+        Ok(digest)
+    }
 }

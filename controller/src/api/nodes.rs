@@ -3,9 +3,12 @@
 //! leader: only it holds the observations.
 
 use steward_core::inventory::Inventory;
+use steward_core::node::NodeHealth;
+use steward_core::{Command, CommandResult};
 use steward_proto::v1::*;
 use tonic::{Request, Response, Status};
 
+use super::error::ApiError;
 use super::ApiContext;
 
 /// GPU identities (with health from the latest telemetry) and the agent's API address.
@@ -98,6 +101,39 @@ pub async fn events(
                 .collect();
             Ok(NodeEventsReply { events })
         },
+    )
+    .await
+}
+
+pub async fn remove(
+    ctx: &ApiContext,
+    request: Request<RemoveNodeRequest>,
+) -> Result<Response<RemoveNodeReply>, Status> {
+    ctx.write(
+        request,
+        |req| {
+            let applied = ctx.raft.view().read();
+            let node = applied.state.nodes.get(&req.node_id).ok_or_else(|| {
+                ApiError::NotFound(format!("no node `{}` (see `steward node list`)", req.node_id))
+            })?;
+            if node.health == NodeHealth::Ready && !req.force {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "node `{}` is ready: its agent is running and would register it again; stop the agent first, or pass --force",
+                    req.node_id
+                )));
+            }
+            Ok(Command::RemoveNode {
+                node: req.node_id.clone(),
+            })
+        },
+        |result| match result {
+            CommandResult::NodeRemoved { revision } => Ok(RemoveNodeReply { revision }),
+            CommandResult::UnknownNode { node } => {
+                Err(ApiError::NotFound(format!("no node `{node}`")))
+            }
+            other => Err(ApiError::Internal(format!("unexpected result {other:?}"))),
+        },
+        |mut c, r| async move { c.remove_node(r).await },
     )
     .await
 }

@@ -48,30 +48,42 @@ pub async fn save(
         Err(e) => return Err(ApiError::from(e).into()),
         Ok(()) => {}
     }
-    let bytes = {
-        let applied = ctx.raft.view().read();
-        let m = applied.last_membership.membership();
-        let voters: BTreeSet<NodeId> = m.voter_ids().collect();
+    // A copy (O(1)): the file is encoded off the state lock and off the async workers.
+    let applied = ctx.raft.view().copy();
+    let m = applied.last_membership.membership();
+    let voters: BTreeSet<NodeId> = m.voter_ids().collect();
+    let learners = m
+        .nodes()
+        .map(|(id, _)| *id)
+        .filter(|id| !voters.contains(id))
+        .collect();
+    let (cluster_name, taken_by) = (ctx.cluster_name.clone(), ctx.raft.id());
+    let bytes = tokio::task::spawn_blocking(move || {
+        let state_digest = applied.state.digest()?;
         let header = SnapshotHeader {
-            cluster_name: ctx.cluster_name.clone(),
-            taken_by: ctx.raft.id(),
+            cluster_name,
+            taken_by,
             applied_index: applied.last_applied.map_or(0, |l| l.index),
             applied_term: applied.last_applied.map_or(0, |l| l.leader_id.term),
             voters: voters.iter().copied().collect(),
-            learners: m
-                .nodes()
-                .map(|(id, _)| *id)
-                .filter(|id| !voters.contains(id))
-                .collect(),
+            learners,
             keys: applied.state.kv.len() as u64,
-            state_digest: applied
-                .state
-                .digest()
-                .map_err(|e| ApiError::Internal(e.to_string()))?,
+            state_digest,
         };
         snapshot_file::encode(header, &applied.state)
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-    };
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    // Never write what `inspect` and `restore` would refuse (the state's size limit keeps
+    // this from happening).
+    if bytes.len() > MAX_SNAPSHOT_FILE_BYTES {
+        return Err(ApiError::Internal(format!(
+            "the snapshot file would be {} bytes, over the {MAX_SNAPSHOT_FILE_BYTES}-byte limit",
+            bytes.len()
+        ))
+        .into());
+    }
     let stream = futures::stream::iter(chunks(&bytes).into_iter().map(Ok));
     Ok(Response::new(Box::pin(stream)))
 }

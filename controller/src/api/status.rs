@@ -37,7 +37,9 @@ async fn local_status(ctx: &ApiContext) -> StatusReply {
     let committed = raft.committed_index().await;
     let is_leader = metrics.state == ServerState::Leader;
     let last_log = metrics.last_log_index.unwrap_or(0);
-    let applied = raft.view().read();
+    // A copy: the state lock is never held while the state is encoded for its digest.
+    let applied = raft.view().copy();
+    let state_digest = ctx.state_digest(&applied).await.unwrap_or_default();
     let membership = metrics.membership_config.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     let members = membership
@@ -93,7 +95,7 @@ async fn local_status(ctx: &ApiContext) -> StatusReply {
         last_log_index: last_log,
         responder_state: responder_state.to_string(),
         members,
-        state_digest: applied.state.digest().unwrap_or_default(),
+        state_digest,
         snapshot_index: metrics.snapshot.map(|l| l.index),
         purged_index: metrics.purged.map(|l| l.index),
         snapshots_installed: applied.snapshots_installed,

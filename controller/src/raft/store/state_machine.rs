@@ -41,8 +41,9 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
-/// The applied state and its position in the log.
-#[derive(Debug, Default)]
+/// The applied state and its position in the log. Cloning it is cheap (the state's maps
+/// are persistent), so readers that encode or digest it clone it and let go of the lock.
+#[derive(Debug, Default, Clone)]
 pub struct Applied {
     pub state: ClusterState,
     pub last_applied: Option<LogId>,
@@ -62,6 +63,12 @@ impl StateView {
     pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
         // A poisoned lock means a panic while applying, which aborts the process anyway.
         self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of the applied state (O(1)), for work that must not hold up `apply`:
+    /// encoding, digests, snapshot files.
+    pub fn copy(&self) -> Applied {
+        self.read().clone()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
@@ -193,7 +200,12 @@ fn store_snapshot(db: &Db, snap: &StoredSnapshot) -> Result<bool, StoreError> {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let data = self.state.encode().map_err(snap_write_err)?;
+        // Encoding a large state takes a while: off the async workers.
+        let state = self.state.clone();
+        let data = tokio::task::spawn_blocking(move || state.encode())
+            .await
+            .map_err(snap_write_err)?
+            .map_err(snap_write_err)?;
         let snapshot_id = match self.last_applied {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, self.seq),
             None => format!("0-0-{}", self.seq),
@@ -282,12 +294,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let state = ClusterState::decode(&data).map_err(snap_read_err)?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
         };
-        if !store_snapshot(&self.db, &stored).map_err(snap_write_err)? {
+        // Decoding and the synced write of a large snapshot take a while: off the async
+        // workers (apply waits for the install anyway; readers do not).
+        let db = self.db.clone();
+        let (state, current) = tokio::task::spawn_blocking(move || {
+            let state = ClusterState::decode(&stored.data).map_err(snap_read_err)?;
+            let current = store_snapshot(&db, &stored).map_err(snap_write_err)?;
+            Ok::<_, StorageError>((state, current))
+        })
+        .await
+        .map_err(snap_write_err)??;
+        if !current {
             // openraft installs only snapshots newer than what it committed, so a newer
             // stored one means a bug; keep the stored one durable, follow openraft in memory.
             tracing::warn!(snapshot = %meta.snapshot_id, "installed snapshot is not newer than the stored one; not stored");
