@@ -302,12 +302,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // workers (apply waits for the install anyway; readers do not).
         let db = self.db.clone();
         let (state, current) = tokio::task::spawn_blocking(move || {
-            let state = ClusterState::decode(&stored.data).map_err(snap_read_err)?;
-            let current = store_snapshot(&db, &stored).map_err(snap_write_err)?;
-            Ok::<_, StorageError>((state, current))
+            let state =
+                ClusterState::decode(&stored.data).map_err(|e| Box::new(snap_read_err(e)))?;
+            let current = store_snapshot(&db, &stored).map_err(|e| Box::new(snap_write_err(e)))?;
+            Ok::<_, Box<StorageError>>((state, current))
         })
         .await
-        .map_err(snap_write_err)??;
+        .map_err(snap_write_err)?
+        .map_err(|e| *e)?;
         if !current {
             // openraft installs only snapshots newer than what it committed, so a newer
             // stored one means a bug; keep the stored one durable, follow openraft in memory.
