@@ -7,7 +7,7 @@ CARGO ?= cargo
 # small machines.
 IT_THREADS ?= 1
 
-.PHONY: all deps dev test build fmt-check lint unit bench-raft bench-scheduler bench-agent clean-dev
+.PHONY: all deps dev test build build-next fmt-check lint unit bench-raft bench-scheduler bench-agent clean-dev
 
 all: build
 
@@ -34,8 +34,18 @@ deps:
 dev: deps
 	$(CARGO) run --bin steward -- dev
 
-build: deps
+# Where cargo puts binaries (CI sets CARGO_TARGET_DIR outside the clone).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+
+build: deps build-next
 	$(CARGO) build --workspace --all-targets
+
+# The test-only build that knows one more command kind (feature level 3), kept as
+# steward-next next to steward, for the rolling-upgrade test. Built first: the normal build
+# after it puts the normal `steward` back.
+build-next: deps
+	$(CARGO) build -p steward-cli --features next-level
+	cp $(TARGET_DIR)/debug/steward $(TARGET_DIR)/debug/steward-next
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

@@ -18,4 +18,5 @@ mod raft_membership;
 mod raft_snapshot;
 mod raft_wiped;
 mod reflection_health;
+mod rolling_upgrade;
 mod sim_trace;

@@ -35,6 +35,16 @@ pub fn steward_bin() -> PathBuf {
     bin
 }
 
+/// The test-only build that knows one more command kind (`make build-next`, which `make
+/// test` runs): `$STEWARD_NEXT_BIN`, else `steward-next` next to the `steward` binary.
+pub fn steward_next_bin() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("STEWARD_NEXT_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let bin = steward_bin().with_file_name("steward-next");
+    bin.exists().then_some(bin)
+}
+
 /// A free loopback port (bound, then released for the child to take).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
@@ -120,6 +130,8 @@ pub struct ProcNode {
     config_path: PathBuf,
     /// Founding member (started with --initial-cluster) or joiner.
     founding: bool,
+    /// The binary this controller runs (default: [`steward_bin`]).
+    pub bin: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -206,6 +218,7 @@ impl ProcCluster {
             log_path: dir.join(format!("controller-{id}.log")),
             config_path: dir.join(format!("controller-{id}.toml")),
             founding,
+            bin: None,
             child: None,
         }
     }
@@ -220,7 +233,11 @@ impl ProcCluster {
 
     /// Starts (or restarts) controller `id`'s process.
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
-        let bin = steward_bin();
+        let bin = self
+            .nodes
+            .get(&id)
+            .and_then(|n| n.bin.clone())
+            .unwrap_or_else(steward_bin);
         let initial = self.initial_cluster.clone();
         let extra_toml = self.extra_toml.clone();
         let env = self.env.clone();

@@ -9,4 +9,6 @@
 pub mod cluster;
 pub mod netfilter;
 
-pub use cluster::{free_port, http_get, spawn_agent, steward_bin, wait_for, ProcCluster};
+pub use cluster::{
+    free_port, http_get, spawn_agent, steward_bin, steward_next_bin, wait_for, ProcCluster,
+};

@@ -10,6 +10,8 @@
 //! Scheduling, failover, repair and remediation join here as further loops.
 
 pub mod cluster_level;
+#[cfg(feature = "next-level")]
+pub mod level_probe;
 pub mod liveness;
 
 use std::sync::Arc;
@@ -27,4 +29,6 @@ pub fn start(workers: &WorkerSet, raft: &RaftHandle, liveness: &Arc<LivenessTrac
         Some(liveness.waker()),
     );
     workers.spawn(ClusterLevelWorker::new(raft.clone()), None);
+    #[cfg(feature = "next-level")]
+    workers.spawn(level_probe::LevelProbeWorker::new(raft.clone()), None);
 }
