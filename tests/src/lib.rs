@@ -7,6 +7,7 @@
 //! deadline (`wait_for`), never on fixed sleeps.
 
 pub mod cluster;
+pub mod etcd;
 pub mod netfilter;
 
 pub use cluster::{

@@ -116,7 +116,7 @@ pub async fn restore(
             .snapshot_restore(forwarded(futures::stream::iter(chunks(&bytes)), l.hops))
             .await;
     }
-    let level = ctx.raft.cluster_level();
+    let level = ctx.raft.level_reaching(2).await;
     if level < 2 {
         return Err(ApiError::FailedPrecondition(format!(
             "restoring needs cluster feature level 2; the cluster is at level {level} (a controller runs an older build)"

@@ -46,6 +46,8 @@ use typ::{ControllerNode, NodeId, Raft, RaftMetrics};
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a membership change may take (it commits two entries, joint then final).
 pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a command newer than the cluster's level waits for a pending raise.
+pub const LEVEL_RAISE_WAIT: Duration = Duration::from_secs(3);
 
 /// The controller's handle on Raft: proposing, reading, membership, leadership. Cheap to
 /// clone.
@@ -138,6 +140,40 @@ impl RaftHandle {
         self.inner.view.read().state.cluster_level
     }
 
+    /// The cluster's feature level once it reaches `needs`, or as it stands when it will not
+    /// soon. A fresh or just-upgraded cluster raises its level a moment after every member
+    /// has reported (`control::cluster_level`), so a command that needs the new level waits
+    /// for that, up to [`LEVEL_RAISE_WAIT`], instead of failing in the gap; it does not
+    /// wait when a member is known to run a build below `needs`.
+    pub async fn level_reaching(&self, needs: u32) -> u32 {
+        let deadline = tokio::time::Instant::now() + LEVEL_RAISE_WAIT;
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            let level = self.cluster_level();
+            if level >= needs || !self.is_leader() {
+                return level;
+            }
+            let members: Vec<NodeId> = metrics
+                .borrow()
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect();
+            let below = members
+                .iter()
+                .any(|id| self.inner.peers.level_of(*id).is_some_and(|l| l < needs));
+            if below {
+                return level;
+            }
+            // Every change to the applied index (the raise among them) wakes this.
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return self.cluster_level(),
+            }
+        }
+    }
+
     /// The error telling a caller to go to the leader.
     pub fn not_leader(&self) -> Error {
         Error::NotLeader {
@@ -155,13 +191,17 @@ impl RaftHandle {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
-        let cluster_level = self.cluster_level();
-        if command.level() > cluster_level && !matches!(command, Command::SetClusterLevel { .. }) {
-            return Err(Error::FeatureNotEnabled {
-                kind: command.kind(),
-                needs: command.level(),
-                cluster_level,
-            });
+        let needs = command.level();
+        let is_raise = matches!(command, Command::SetClusterLevel { .. });
+        if needs > self.cluster_level() && !is_raise {
+            let cluster_level = self.level_reaching(needs).await;
+            if needs > cluster_level {
+                return Err(Error::FeatureNotEnabled {
+                    kind: command.kind(),
+                    needs,
+                    cluster_level,
+                });
+            }
         }
         self.inner.proposer.propose(command).await
     }

@@ -30,7 +30,7 @@ pub const MAX_BATCH_COMMANDS: usize = 2048;
 /// Most bytes (approximately) in one batch entry.
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Batches proposed and not yet applied.
-pub const MAX_IN_FLIGHT: usize = 4;
+pub const MAX_IN_FLIGHT: usize = 2;
 /// Longest a write waits to be committed and applied once proposed.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -47,6 +47,10 @@ struct Proposal {
 pub struct Proposer {
     id: NodeId,
     queue: mpsc::Sender<Proposal>,
+    raft: Raft,
+    view: StateView,
+    /// Shared with the worker: a proposal in flight holds one.
+    slots: Arc<Semaphore>,
 }
 
 /// The worker that drains the queue into Raft.
@@ -65,22 +69,53 @@ impl Proposer {
     /// The queue and the worker that serves it (the caller runs the worker).
     pub fn new(id: NodeId, raft: Raft, view: StateView) -> (Proposer, ProposerWorker) {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         (
-            Proposer { id, queue: tx },
+            Proposer {
+                id,
+                queue: tx,
+                raft: raft.clone(),
+                view: view.clone(),
+                slots: slots.clone(),
+            },
             ProposerWorker {
                 id,
                 raft,
                 view,
                 rx,
-                slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+                slots,
                 in_flight: JoinSet::new(),
                 carry: None,
             },
         )
     }
 
-    /// Proposes `command` and waits for its result.
+    /// Proposes `command` and waits for its result. When nothing is queued or in flight,
+    /// the caller proposes it itself (one entry, no hand-off to the worker: the common case
+    /// for a lone writer); otherwise it joins the queue and is batched.
     pub async fn propose(&self, command: Command) -> ProposalResult {
+        if self.queue.capacity() == self.queue.max_capacity() {
+            if let Ok(_slot) = self.slots.try_acquire() {
+                let stamped = self.view.read().state.cluster_level >= 2;
+                let command = if stamped {
+                    Command::Stamped {
+                        at_unix_ms: unix_ms(),
+                        commands: vec![command],
+                    }
+                } else {
+                    command
+                };
+                return match write(self.id, &self.raft, command).await? {
+                    (index, CommandResult::Batch(mut results)) if stamped && results.len() == 1 => {
+                        Ok((index, results.remove(0)))
+                    }
+                    (_, other) if stamped => Err(Error::Internal(format!(
+                        "stamped entry applied with an unexpected result {other:?}"
+                    ))),
+                    applied => Ok(applied),
+                };
+            }
+        }
         let (reply, rx) = oneshot::channel();
         self.queue
             .send(Proposal { command, reply })

@@ -1,7 +1,10 @@
 //! `make bench-raft`: three controllers on loopback with fsync on; KV puts through the
-//! admin API at 1, 16 and 256 concurrent clients (committed writes/s, p50/p99 latency);
-//! leader failover time (SIGKILL to first committed write), median of 10. Prints a raw
-//! fsync reference measured in the same run on the same disk.
+//! admin API at 1, 16 and 256 concurrent clients (committed writes/s, p50/p99 latency),
+//! side by side with a 3-member etcd on the same loopback and disk, loaded the same way
+//! (same client counts, value size and duration, through the etcd-client crate), with
+//! Steward's figures as ratios to etcd's; write latency while `status` is polled; leader
+//! failover time (SIGKILL to first committed write), median of 10. Prints a raw fsync
+//! reference measured in the same run on the same disk.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -176,6 +179,57 @@ async fn writes_while_polling(
     Ok((hist, poller.await?))
 }
 
+/// etcd's writes/s and latency histogram at `clients` concurrent clients.
+async fn etcd_throughput(
+    url: &str,
+    clients: usize,
+    round: usize,
+) -> anyhow::Result<(f64, Histogram<u64>)> {
+    let mut conns = Vec::new();
+    for _ in 0..CHANNELS.min(clients) {
+        conns.push(etcd_client::Client::connect([url], None).await?);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut client = conns[c % conns.len()].kv_client();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).expect("histogram");
+            let mut n = 0u64;
+            let mut errors = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                match client
+                    .put(format!("bench/{round}/{c}/{n}"), vec![b'x'; 100], None)
+                    .await
+                {
+                    Ok(_) => {
+                        let _ = hist.record(t.elapsed().as_micros() as u64);
+                    }
+                    Err(_) => errors += 1,
+                }
+                n += 1;
+            }
+            (hist, errors)
+        }));
+    }
+    let start = Instant::now();
+    tokio::time::sleep(RUN).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Histogram::<u64>::new(3)?;
+    let mut errors = 0;
+    for t in tasks {
+        let (h, e) = t.await?;
+        total.add(h)?;
+        errors += e;
+    }
+    if errors > 0 {
+        eprintln!("  ({errors} failed etcd writes at {clients} clients)");
+    }
+    Ok((total.len() as f64 / start.elapsed().as_secs_f64(), total))
+}
+
 async fn first_write(addrs: &[String]) -> Duration {
     let start = Instant::now();
     loop {
@@ -214,20 +268,69 @@ async fn main() -> anyhow::Result<()> {
         "reference: raw 4 KiB write+fdatasync on the same disk, median {:.0} us",
         fsync.as_secs_f64() * 1e6
     );
-    println!(
-        "{:>8} {:>12} {:>10} {:>10}",
-        "clients", "writes/s", "p50 ms", "p99 ms"
-    );
     let leader_addr = cluster.node(leader).api_addr.clone();
-    for (round, clients) in [1usize, 16, 256].into_iter().enumerate() {
-        let (rate, h) = throughput(&leader_addr, clients, round).await?;
+    let etcd = steward_tests::etcd::EtcdCluster::start(cluster.dir.path())?;
+    let etcd_url = etcd.leader_url().await?;
+    let etcd_version = std::process::Command::new("etcd")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    println!("peer: 3-member etcd on the same loopback and disk, default fsync ({etcd_version})");
+    println!(
+        "{:>8} | {:>9} {:>7} {:>7} | {:>9} {:>7} {:>7} | {:>9} {:>9}",
+        "clients",
+        "steward/s",
+        "p50 ms",
+        "p99 ms",
+        "etcd/s",
+        "p50 ms",
+        "p99 ms",
+        "ratio w/s",
+        "ratio p99"
+    );
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    // BENCH_RAFT_CLIENTS=1,16 runs only those levels; BENCH_RAFT_QUICK=1 skips the status
+    // polling and failover parts (for quick comparisons while tuning).
+    let levels: Vec<usize> = std::env::var("BENCH_RAFT_CLIENTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 16, 256]);
+    let quick = std::env::var("BENCH_RAFT_QUICK").as_deref() == Ok("1");
+    for (round, clients) in levels.into_iter().enumerate() {
+        // Alternate which system goes first, so neither always runs on a warmer machine.
+        let (s, e) = if round % 2 == 0 {
+            let s = throughput(&leader_addr, clients, round).await?;
+            (s, etcd_throughput(&etcd_url, clients, round).await?)
+        } else {
+            let e = etcd_throughput(&etcd_url, clients, round).await?;
+            (throughput(&leader_addr, clients, round).await?, e)
+        };
         println!(
-            "{clients:>8} {rate:>12.0} {:>10.2} {:>10.2}",
-            h.value_at_quantile(0.5) as f64 / 1000.0,
-            h.value_at_quantile(0.99) as f64 / 1000.0
+            "{clients:>8} | {:>9.0} {:>7.2} {:>7.2} | {:>9.0} {:>7.2} {:>7.2} | {:>8.2}x {:>8.2}x",
+            s.0,
+            ms(&s.1, 0.5),
+            ms(&s.1, 0.99),
+            e.0,
+            ms(&e.1, 0.5),
+            ms(&e.1, 0.99),
+            s.0 / e.0,
+            ms(&s.1, 0.99) / ms(&e.1, 0.99),
         );
     }
+    println!(
+        "(ratio w/s above 1: Steward commits more; ratio p99 below 1: Steward's tail is shorter)"
+    );
 
+    if quick {
+        return Ok(());
+    }
     // Apply latency while an operator polls `steward status` ten times a second, on a
     // state of PRELOAD_KEYS x PRELOAD_VALUE bytes (status digests the whole state).
     const PRELOAD_KEYS: usize = 20_000;
