@@ -212,6 +212,13 @@ async fn write_golden() {
                 10,
                 vec![
                     node("node-00000000000000a3", "gpu-3"),
+                    node("node-00000000000000a4", "gpu-4"),
+                    health(
+                        "node-00000000000000a4",
+                        NodeHealth::Ready,
+                        NodeHealth::Suspect,
+                        "no heartbeat for 2000 ms",
+                    ),
                     put("after/1", "x", None),
                 ],
             ),
@@ -295,6 +302,7 @@ async fn write_golden() {
             "hostname": n.hostname, "labels": n.labels, "health": n.health.name(),
             "health_since": n.health_since, "registered_at": n.registered_at,
             "registration_digest": n.registration_digest,
+            "gpus": n.inventory.gpus.len(), "gpu_model": n.inventory.gpus.first().map(|g| g.name.clone()),
         }))).collect::<BTreeMap<_, _>>(),
         "node_events": state.node_events.iter().map(|e| serde_json::json!({
             "revision": e.revision, "node": e.node, "from": e.from.map(|h| h.name()),
