@@ -16,18 +16,25 @@ use crate::raft::typ::{ControllerNode, NodeId};
 /// How long `promote` waits for a learner's first answer to the leader.
 const LEARNER_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn membership_reply(ctx: &ApiContext, log_index: u64) -> MembershipReply {
-    let metrics = ctx.raft.metrics();
-    let m = metrics.membership_config.membership();
+/// The voters and the learners (members that are not voters) of `m`, each sorted.
+pub(crate) fn voters_and_learners(
+    m: &openraft::Membership<NodeId, crate::raft::typ::ControllerNode>,
+) -> (Vec<NodeId>, Vec<NodeId>) {
     let voters: BTreeSet<NodeId> = m.voter_ids().collect();
     let learners = m
         .nodes()
         .map(|(id, _)| *id)
         .filter(|id| !voters.contains(id))
         .collect();
+    (voters.into_iter().collect(), learners)
+}
+
+fn membership_reply(ctx: &ApiContext, log_index: u64) -> MembershipReply {
+    let metrics = ctx.raft.metrics();
+    let (voters, learners) = voters_and_learners(metrics.membership_config.membership());
     MembershipReply {
         log_index,
-        voters: voters.into_iter().collect(),
+        voters,
         learners,
     }
 }

@@ -1,6 +1,5 @@
 //! `Admin.SnapshotSave | SnapshotRestore`: operator snapshot files of the cluster state.
 
-use std::collections::BTreeSet;
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
@@ -11,7 +10,6 @@ use tonic::{Request, Response, Status, Streaming};
 use super::error::ApiError;
 use super::forward::{forwarded, hops_of};
 use super::ApiContext;
-use crate::raft::typ::NodeId;
 use crate::raft::Error as RaftError;
 use crate::snapshot_file::{self, SnapshotHeader, MAX_SNAPSHOT_FILE_BYTES};
 
@@ -50,13 +48,8 @@ pub async fn save(
     }
     // A copy (O(1)): the file is encoded off the state lock and off the async workers.
     let applied = ctx.raft.view().copy();
-    let m = applied.last_membership.membership();
-    let voters: BTreeSet<NodeId> = m.voter_ids().collect();
-    let learners = m
-        .nodes()
-        .map(|(id, _)| *id)
-        .filter(|id| !voters.contains(id))
-        .collect();
+    let (voters, learners) =
+        super::membership::voters_and_learners(applied.last_membership.membership());
     let (cluster_name, taken_by) = (ctx.cluster_name.clone(), ctx.raft.id());
     let bytes = tokio::task::spawn_blocking(move || {
         let state_digest = applied.state.digest()?;
@@ -65,7 +58,7 @@ pub async fn save(
             taken_by,
             applied_index: applied.last_applied.map_or(0, |l| l.index),
             applied_term: applied.last_applied.map_or(0, |l| l.leader_id.term),
-            voters: voters.iter().copied().collect(),
+            voters,
             learners,
             keys: applied.state.kv.len() as u64,
             state_digest,

@@ -47,42 +47,30 @@ fn fsync_reference(dir: &std::path::Path) -> anyhow::Result<Duration> {
     Ok(samples[samples.len() / 2])
 }
 
-async fn throughput(
-    addr: &str,
+/// Runs `clients` writers for [`RUN`]: writer `c` calls `put(c, n)` for n = 0, 1, ...
+/// (true: the write committed). Committed writes/s and the latency histogram.
+async fn run_writers<P, Fut>(
+    what: &str,
     clients: usize,
-    round: usize,
-) -> anyhow::Result<(f64, Histogram<u64>)> {
-    let mut channels = Vec::new();
-    for _ in 0..CHANNELS.min(clients) {
-        channels.push(channel(addr).await?);
-    }
+    put: P,
+) -> anyhow::Result<(f64, Histogram<u64>)>
+where
+    P: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let mut client = AdminClient::new(channels[c % channels.len()].clone());
-        let stop = stop.clone();
+        let (stop, put) = (stop.clone(), put.clone());
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3).expect("histogram");
-            let mut n = 0u64;
-            let mut errors = 0u64;
-            // Each writer is a client with request ids, like the CLI: at-most-once writes.
-            let client_id = rand::random::<u64>();
+            let (mut n, mut errors) = (0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
-                let req = KvPutRequest {
-                    key: format!("bench/{round}/{c}/{n}"),
-                    value: vec![b'x'; 100],
-                    expected_revision: None,
-                    request_id: Some(steward_proto::v1::RequestId {
-                        client: client_id,
-                        seq: n + 1,
-                    }),
-                };
                 let t = Instant::now();
-                match client.kv_put(req).await {
-                    Ok(_) => {
-                        let _ = hist.record(t.elapsed().as_micros() as u64);
-                    }
-                    Err(_) => errors += 1,
+                if put(c, n).await {
+                    let _ = hist.record(t.elapsed().as_micros() as u64);
+                } else {
+                    errors += 1;
                 }
                 n += 1;
             }
@@ -101,9 +89,37 @@ async fn throughput(
     }
     let secs = start.elapsed().as_secs_f64();
     if errors > 0 {
-        eprintln!("  ({errors} failed writes at {clients} clients)");
+        eprintln!("  ({errors} failed {what} writes at {clients} clients)");
     }
     Ok((total.len() as f64 / secs, total))
+}
+
+/// Steward's writes/s and latency histogram at `clients` concurrent clients. Each writer
+/// is a client with request ids, like the CLI: at-most-once writes.
+async fn throughput(
+    addr: &str,
+    clients: usize,
+    round: usize,
+) -> anyhow::Result<(f64, Histogram<u64>)> {
+    let mut channels = Vec::new();
+    for _ in 0..CHANNELS.min(clients) {
+        channels.push(channel(addr).await?);
+    }
+    let client_ids: Arc<Vec<u64>> = Arc::new((0..clients).map(|_| rand::random()).collect());
+    run_writers("Steward", clients, move |c, n| {
+        let mut client = AdminClient::new(channels[c % channels.len()].clone());
+        let req = KvPutRequest {
+            key: format!("bench/{round}/{c}/{n}"),
+            value: vec![b'x'; 100],
+            expected_revision: None,
+            request_id: Some(steward_proto::v1::RequestId {
+                client: client_ids[c],
+                seq: n + 1,
+            }),
+        };
+        async move { client.kv_put(req).await.is_ok() }
+    })
+    .await
 }
 
 /// Writes `keys` values of `value_bytes` through `clients` concurrent writers.
@@ -187,47 +203,18 @@ async fn etcd_throughput(
 ) -> anyhow::Result<(f64, Histogram<u64>)> {
     let mut conns = Vec::new();
     for _ in 0..CHANNELS.min(clients) {
-        conns.push(etcd_client::Client::connect([url], None).await?);
+        conns.push(etcd_client::Client::connect([url], None).await?.kv_client());
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let mut client = conns[c % conns.len()].kv_client();
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new(3).expect("histogram");
-            let mut n = 0u64;
-            let mut errors = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                match client
-                    .put(format!("bench/{round}/{c}/{n}"), vec![b'x'; 100], None)
-                    .await
-                {
-                    Ok(_) => {
-                        let _ = hist.record(t.elapsed().as_micros() as u64);
-                    }
-                    Err(_) => errors += 1,
-                }
-                n += 1;
-            }
-            (hist, errors)
-        }));
-    }
-    let start = Instant::now();
-    tokio::time::sleep(RUN).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut total = Histogram::<u64>::new(3)?;
-    let mut errors = 0;
-    for t in tasks {
-        let (h, e) = t.await?;
-        total.add(h)?;
-        errors += e;
-    }
-    if errors > 0 {
-        eprintln!("  ({errors} failed etcd writes at {clients} clients)");
-    }
-    Ok((total.len() as f64 / start.elapsed().as_secs_f64(), total))
+    run_writers("etcd", clients, move |c, n| {
+        let mut client = conns[c % conns.len()].clone();
+        async move {
+            client
+                .put(format!("bench/{round}/{c}/{n}"), vec![b'x'; 100], None)
+                .await
+                .is_ok()
+        }
+    })
+    .await
 }
 
 async fn first_write(addrs: &[String]) -> Duration {
