@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use futures::stream::{FuturesUnordered, StreamExt};
 use steward_proto::v1::agent_control_client::AgentControlClient;
 use steward_proto::v1::LeaderHintRequest;
 use steward_runtime::transport::{self, ClientOptions};
@@ -42,19 +42,38 @@ async fn client(addr: &str) -> Option<AgentControlClient<Channel>> {
 }
 
 /// Asks every controller at once where the leader is; the hint with the highest term wins.
+/// It does not wait for the slowest: once a majority has answered (or failed) and some
+/// answer names a leader, the rest are dropped. A leader is elected by a majority, so a
+/// majority's answers hold the newest term some controller knows; a controller that hangs
+/// (stopped, overloaded) costs nothing while the others answer.
 pub async fn find_leader(controllers: &[String]) -> Option<Leader> {
-    let hints = join_all(controllers.iter().map(|addr| async move {
-        let mut c = client(addr).await?;
-        let hint = tokio::time::timeout(CALL_TIMEOUT, c.leader_hint(LeaderHintRequest {}))
-            .await
-            .ok()?
-            .ok()?
-            .into_inner();
-        (!hint.leader_api_addr.is_empty()).then_some((hint.term, hint.leader_api_addr, addr, c))
-    }))
-    .await;
-    let (term, leader_addr, asked, asked_client) =
-        hints.into_iter().flatten().max_by_key(|(term, ..)| *term)?;
+    let mut asks: FuturesUnordered<_> = controllers
+        .iter()
+        .map(|addr| async move {
+            let mut c = client(addr).await?;
+            let hint = tokio::time::timeout(CALL_TIMEOUT, c.leader_hint(LeaderHintRequest {}))
+                .await
+                .ok()?
+                .ok()?
+                .into_inner();
+            (!hint.leader_api_addr.is_empty()).then_some((hint.term, hint.leader_api_addr, addr, c))
+        })
+        .collect();
+    let majority = controllers.len() / 2 + 1;
+    let mut answered = 0;
+    let mut best: Option<(u64, String, &String, AgentControlClient<Channel>)> = None;
+    while let Some(hint) = asks.next().await {
+        answered += 1;
+        if let Some(hint) = hint {
+            if best.as_ref().is_none_or(|b| hint.0 > b.0) {
+                best = Some(hint);
+            }
+        }
+        if answered >= majority && best.is_some() {
+            break;
+        }
+    }
+    let (term, leader_addr, asked, asked_client) = best?;
     let client = if leader_addr == *asked {
         asked_client
     } else {

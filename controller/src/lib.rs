@@ -25,9 +25,16 @@ pub use config::{ControllerConfig, ControllerConfigFile, RaftTuning};
 pub use server::{Controller, ControllerError};
 
 /// Arms the fail points named in the `FAILPOINTS` environment variable (`name=actions;...`,
-/// see the `fail` crate). Only test builds have fail points (the `failpoints` feature);
-/// elsewhere this does nothing.
+/// see the `fail` crate). Fail points exist only in builds with the `failpoints` feature:
+/// the test suite enables it, and since cargo unifies features across a workspace build,
+/// the `steward` binary of `cargo build --workspace` (`make build`) has them too, inert
+/// unless `FAILPOINTS` is set (arming them is logged as a warning). A build of the binary
+/// alone (`cargo build --release -p steward-cli`, what an install should ship) has none,
+/// and this does nothing.
 pub fn arm_failpoints() {
     #[cfg(feature = "failpoints")]
-    std::mem::forget(fail::FailScenario::setup());
+    if let Ok(points) = std::env::var("FAILPOINTS") {
+        tracing::warn!(%points, "fail points armed (a test-only feature)");
+        std::mem::forget(fail::FailScenario::setup());
+    }
 }

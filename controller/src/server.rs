@@ -23,8 +23,8 @@ use crate::raft::network::{NetworkFactory, PeerShared, RaftServer};
 use crate::raft::proposer::Proposer;
 use crate::raft::store::{open_stores, Db, StoreError};
 use crate::raft::typ::{ControllerNode, Raft};
-use crate::raft::workers::{LeadershipLog, RegisterSelf, SplitVoteBreaker};
-use crate::raft::RaftHandle;
+use crate::raft::workers::{LeadershipLog, LeaseWatch, RegisterSelf, SplitVoteBreaker};
+use crate::raft::{LeaseClock, RaftHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -113,6 +113,7 @@ impl Controller {
         let workers = WorkerSet::default();
         let holds = ElectionHolds::new(raft.clone());
         let (proposer, proposer_worker) = Proposer::new(config.id, raft.clone(), view.clone());
+        let lease = Arc::new(LeaseClock::default());
         let handle = RaftHandle::new(
             raft.clone(),
             view.clone(),
@@ -120,6 +121,7 @@ impl Controller {
             config.raft.clone(),
             proposer,
             holds.clone(),
+            lease.clone(),
         );
         let liveness = LivenessTracker::new(config.liveness);
         workers.spawn(proposer_worker, None);
@@ -129,6 +131,7 @@ impl Controller {
             None,
         );
         workers.spawn(LeadershipLog::new(&raft), None);
+        workers.spawn(LeaseWatch::new(&raft, lease), None);
         workers.spawn(
             RegisterSelf::new(
                 raft.clone(),

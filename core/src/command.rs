@@ -339,6 +339,11 @@ pub enum CommandResult {
         changed: bool,
         revision: u64,
     },
+    /// Every remembered client was active too recently to be forgotten for a new one;
+    /// nothing changed (retry later).
+    SessionsFull {
+        limit: u64,
+    },
     #[cfg(feature = "next-level")]
     LevelProbeApplied {
         revision: u64,

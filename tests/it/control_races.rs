@@ -372,6 +372,63 @@ async fn agent_leaves_a_partitioned_leader_and_is_never_marked_down() -> anyhow:
     Ok(())
 }
 
+/// A controller that hangs (SIGSTOP: its kernel still accepts connections, nothing
+/// answers) does not hold up the agent's leader search, which runs in the heartbeat loop
+/// every `LEADER_RECHECK` (5 s): the search stops once a majority answered, so heartbeats
+/// go on and the node never turns suspect (2 s of silence). Waiting for every controller,
+/// each recheck stalled heartbeats for the 2 s call timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_controller_does_not_stall_heartbeats() -> anyhow::Result<()> {
+    use steward_proto::v1::NodeEventsRequest;
+    let cluster = ProcCluster::start(3, "")?;
+    let (leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;
+    let data_dir = cluster.dir.path().join("agent");
+    let mut agent = spawn_agent(
+        &data_dir,
+        &cluster.addrs(),
+        &[],
+        Some(&cluster.dir.path().join("agent.log")),
+    )?;
+    let node = wait_registered(&cluster, &data_dir).await?;
+    let hung = (1..=3).find(|id| *id != leader).expect("a follower");
+    let pid = Pid::from_raw(cluster.pid(hung).expect("running") as i32);
+    kill(pid, Signal::SIGSTOP)?;
+    // Three leader rechecks, watching the node's health at the leader throughout.
+    let started = Instant::now();
+    let mut worst = "ready".to_string();
+    let mut c = cluster.client(leader).await?;
+    while started.elapsed() < Duration::from_secs(16) {
+        let asked = c.list_nodes(ListNodesRequest {
+            node_id: node.clone(),
+            with_inventory: false,
+        });
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), asked).await {
+            if let Some(n) = r.into_inner().nodes.first() {
+                if n.health != "ready" {
+                    worst = n.health.clone();
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events = c
+        .node_events(NodeEventsRequest {
+            node_id: node.clone(),
+        })
+        .await?
+        .into_inner()
+        .events;
+    kill(pid, Signal::SIGCONT)?;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let not_ready: Vec<_> = events.iter().filter(|e| e.to != "ready").collect();
+    assert!(
+        not_ready.is_empty() && worst == "ready",
+        "with controller {hung} hung the node was {worst}; events {not_ready:?}"
+    );
+    Ok(())
+}
+
 /// A state larger than format 1's 32 MiB snapshot-file limit: `save` writes a file that
 /// `inspect` reads and `restore` puts back (in chunks through the log).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -182,9 +182,15 @@ impl ProcCluster {
             };
             nodes.insert(id, Self::new_node_on(dir.path(), id, true, &ip));
         }
+        // STEWARD_IT_RAFT_ONLY_INITIAL_CLUSTER=1: `ID=RAFT_ADDR` only, as builds before
+        // stored format 2 take it (for benchmarking an older build side by side).
+        let raft_only = std::env::var("STEWARD_IT_RAFT_ONLY_INITIAL_CLUSTER").as_deref() == Ok("1");
         let initial_cluster = nodes
             .values()
-            .map(|n| format!("{}={}/{}", n.id, n.raft_addr, n.api_addr))
+            .map(|n| match raft_only {
+                true => format!("{}={}", n.id, n.raft_addr),
+                false => format!("{}={}/{}", n.id, n.raft_addr, n.api_addr),
+            })
             .collect::<Vec<_>>()
             .join(",");
         let mut c = ProcCluster {
@@ -282,6 +288,11 @@ impl ProcCluster {
 
     pub fn node(&self, id: u64) -> &ProcNode {
         &self.nodes[&id]
+    }
+
+    /// Process id of controller `id`, while it runs (to pause it with SIGSTOP, say).
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.nodes[&id].child.as_ref().map(|c| c.id())
     }
 
     pub fn is_running(&self, id: u64) -> bool {

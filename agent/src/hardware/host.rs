@@ -157,13 +157,17 @@ fn disks(root: &Path) -> Vec<DiskInfo> {
         .collect()
 }
 
-/// Physical NICs: those with a bus device behind them (`/sys/class/net/X/device`).
-/// Bridges, veths, tunnels, bonds' virtual members and the like come and go with
-/// containers and VPNs; they are left out so the inventory stays static.
+/// Physical NICs: those with a bus device behind them (`/sys/class/net/X/device`) that is
+/// not an SR-IOV virtual function (`device/physfn`). Bridges, veths, tunnels, bonds'
+/// virtual members and virtual functions come and go with containers, VMs and VPNs; they
+/// are left out so the inventory stays static.
 fn nics(root: &Path) -> Vec<NicInfo> {
     list(root, "sys/class/net")
         .into_iter()
-        .filter(|n| root.join(format!("sys/class/net/{n}/device")).exists())
+        .filter(|n| {
+            let device = root.join(format!("sys/class/net/{n}/device"));
+            device.exists() && !device.join("physfn").exists()
+        })
         .map(|n| {
             let base = format!("sys/class/net/{n}");
             NicInfo {
@@ -232,6 +236,9 @@ mod tests {
         // Virtual interfaces come and go with containers: not inventory.
         write(r, "sys/class/net/veth1a2b/mtu", "1500");
         write(r, "sys/class/net/docker0/mtu", "1500");
+        // An SR-IOV virtual function has a bus device, with a link to its physical function.
+        write(r, "sys/class/net/eth0v3/device/vendor", "0x15b3");
+        write(r, "sys/class/net/eth0v3/device/physfn/vendor", "0x15b3");
         write(
             r,
             "proc/self/mounts",

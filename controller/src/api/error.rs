@@ -42,6 +42,9 @@ pub enum ApiError {
         addr: String,
         message: String,
     },
+    /// A limit that frees up with time was reached; nothing was applied.
+    #[error("{0}")]
+    Overloaded(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -70,9 +73,10 @@ impl ApiError {
                 RaftError::NotFound(_) => Status::not_found(msg),
                 RaftError::Internal(_) => Status::internal(msg),
             },
-            ApiError::NoLeader | ApiError::TooManyHops(_) | ApiError::LeaderUnreachable { .. } => {
-                not_applied(msg)
-            }
+            ApiError::NoLeader
+            | ApiError::TooManyHops(_)
+            | ApiError::LeaderUnreachable { .. }
+            | ApiError::Overloaded(_) => not_applied(msg),
             ApiError::ForwardedOutcomeUnknown { .. } => Status::deadline_exceeded(msg),
             ApiError::InvalidArgument(_) => Status::invalid_argument(msg),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),

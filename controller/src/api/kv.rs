@@ -18,17 +18,19 @@ fn stale(consistency: i32) -> bool {
 }
 
 /// Wraps `command` so that it applies at most once per request id, when the request
-/// carries one and the cluster's feature level has request sessions.
-fn once(ctx: &ApiContext, id: Option<&RequestId>, command: Command) -> Command {
+/// carries one. Such a write needs feature level 2 (request sessions): on a cluster below
+/// it, it waits for a pending raise and is otherwise refused, not applied without the
+/// guarantee its client counts on (the CLI retries it).
+fn once(id: Option<&RequestId>, command: Command) -> Command {
     match id {
-        Some(id) if ctx.raft.cluster_level() >= 2 => Command::Request {
+        Some(id) => Command::Request {
             id: steward_core::command::RequestId {
                 client: id.client,
                 seq: id.seq,
             },
             command: Box::new(command),
         },
-        _ => command,
+        None => command,
     }
 }
 
@@ -36,8 +38,14 @@ fn once(ctx: &ApiContext, id: Option<&RequestId>, command: Command) -> Command {
 /// something that cannot happen.
 fn write_error(result: CommandResult) -> ApiError {
     match result {
-        CommandResult::RequestForgotten { id } => ApiError::FailedPrecondition(format!(
-            "outcome unknown: request {id} is older than the results the cluster keeps for its client"
+        CommandResult::RequestForgotten { id } => ApiError::Raft(
+            crate::raft::Error::OutcomeUnknown(format!(
+                "request {id} is older than the results the cluster keeps for its client"
+            )),
+        ),
+        CommandResult::SessionsFull { limit } => ApiError::Overloaded(format!(
+            "the cluster remembers {limit} writing clients, all active in the last {} s; retry in a moment",
+            steward_core::state::MIN_IDLE_TO_FORGET_MS / 1000
         )),
         CommandResult::StateFull { limit, would_be } => ApiError::FailedPrecondition(format!(
             "the cluster state is full: this write would make it {would_be} bytes, the limit is {limit}; delete keys first"
@@ -63,7 +71,6 @@ pub async fn put(
             kv::validate_key(&req.key).map_err(invalid)?;
             kv::validate_value(&req.value).map_err(invalid)?;
             Ok(once(
-                ctx,
                 req.request_id.as_ref(),
                 Command::KvPut {
                     key: req.key.clone(),
@@ -90,7 +97,6 @@ pub async fn delete(
         |req| {
             kv::validate_key(&req.key).map_err(invalid)?;
             Ok(once(
-                ctx,
                 req.request_id.as_ref(),
                 Command::KvDelete {
                     key: req.key.clone(),

@@ -96,11 +96,20 @@ pub async fn add_learner(
         raft_addr: req.raft_addr.clone(),
         api_addr: req.api_addr.clone(),
     };
-    let index = ctx
-        .raft
-        .add_learner(req.id, node)
-        .await
-        .map_err(ApiError::from)?;
+    let added = ctx.raft.add_learner(req.id, node).await;
+    // A learner whose build is below the cluster's feature level cannot decode the log
+    // (it stalls, and the add times out): say so, whichever way the add ended.
+    let cluster_level = ctx.raft.cluster_level();
+    if let Some(level) = ctx.raft.peers().level_of(req.id) {
+        if level < cluster_level {
+            return Err(ApiError::FailedPrecondition(format!(
+                "controller {} runs a build that supports feature level {level}, below the cluster's level {cluster_level}, so it cannot read the log; remove it (`steward operator raft remove-peer {}`) and start it with a newer build",
+                req.id, req.id
+            ))
+            .into());
+        }
+    }
+    let index = added.map_err(ApiError::from)?;
     Ok(Response::new(membership_reply(ctx, index)))
 }
 

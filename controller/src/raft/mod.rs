@@ -66,6 +66,38 @@ struct Inner {
     holds: Arc<ElectionHolds>,
     /// A leadership transfer is running: writes are refused meanwhile.
     transferring: AtomicBool,
+    lease: Arc<LeaseClock>,
+}
+
+/// How long ago a quorum last acknowledged this leader, aged by the local clock.
+/// openraft computes `millis_since_quorum_ack` when its core reports metrics and never
+/// ages it after: while the core is busy (a long fsync, a large apply) the last report
+/// would stay young. The `LeaseWatch` worker stamps every report as it arrives, and the
+/// lease adds the time since.
+#[derive(Default)]
+pub struct LeaseClock {
+    seen: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+impl LeaseClock {
+    /// Records a metrics report (openraft sends one every time its core flushes metrics).
+    pub fn observe(&self, m: &RaftMetrics) {
+        let seen = match m.state {
+            ServerState::Leader => m
+                .millis_since_quorum_ack
+                .map(|ms| (std::time::Instant::now(), ms)),
+            _ => None,
+        };
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = seen;
+    }
+
+    /// Time since the last quorum acknowledgement, if this controller leads.
+    pub fn since_quorum_ack(&self) -> Option<Duration> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|(at, ms)| Duration::from_millis(ms) + at.elapsed())
+    }
 }
 
 impl RaftHandle {
@@ -76,6 +108,7 @@ impl RaftHandle {
         tuning: RaftTuning,
         proposer: Proposer,
         holds: Arc<ElectionHolds>,
+        lease: Arc<LeaseClock>,
     ) -> Self {
         RaftHandle {
             inner: Arc::new(Inner {
@@ -87,6 +120,7 @@ impl RaftHandle {
                 proposer,
                 holds,
                 transferring: AtomicBool::new(false),
+                lease,
             }),
         }
     }
@@ -129,10 +163,12 @@ impl RaftHandle {
     /// leader cut off from its quorum loses this within the lease, while openraft would let
     /// it believe it leads until it sees a higher term.
     pub fn holds_leader_lease(&self) -> bool {
-        let m = self.inner.raft.metrics();
-        let m = m.borrow();
-        let lease = self.inner.tuning.leader_lease().as_millis() as u64;
-        m.state == ServerState::Leader && m.millis_since_quorum_ack.is_some_and(|ms| ms < lease)
+        self.is_leader()
+            && self
+                .inner
+                .lease
+                .since_quorum_ack()
+                .is_some_and(|since| since < self.inner.tuning.leader_lease())
     }
 
     /// The cluster's feature level, as this controller has applied it.
@@ -195,6 +231,10 @@ impl RaftHandle {
         let is_raise = matches!(command, Command::SetClusterLevel { .. });
         if needs > self.cluster_level() && !is_raise {
             let cluster_level = self.level_reaching(needs).await;
+            if !self.is_leader() {
+                // Deposed while waiting: the caller forwards to the new leader.
+                return Err(self.not_leader());
+            }
             if needs > cluster_level {
                 return Err(Error::FeatureNotEnabled {
                     kind: command.kind(),

@@ -90,12 +90,13 @@ impl Proposer {
         )
     }
 
-    /// Proposes `command` and waits for its result. When nothing is queued or in flight,
-    /// the caller proposes it itself (one entry, no hand-off to the worker: the common case
-    /// for a lone writer); otherwise it joins the queue and is batched.
+    /// Proposes `command` and waits for its result. When nothing is queued and an in-flight
+    /// slot is free, the caller proposes it itself (one entry, no hand-off to the worker:
+    /// the common case for a lone writer); otherwise it joins the queue and is batched.
     pub async fn propose(&self, command: Command) -> ProposalResult {
         if self.queue.capacity() == self.queue.max_capacity() {
             if let Ok(_slot) = self.slots.try_acquire() {
+                delay_for_tests(std::iter::once(&command)).await;
                 let stamped = self.view.read().state.cluster_level >= 2;
                 let command = if stamped {
                     Command::Stamped {
@@ -185,7 +186,7 @@ impl Worker for ProposerWorker {
 }
 
 async fn propose_batch(id: NodeId, raft: &Raft, batch: Vec<Proposal>, stamped: bool) {
-    delay_for_tests(&batch).await;
+    delay_for_tests(batch.iter().map(|p| &p.command)).await;
     if batch.len() == 1 && !stamped {
         let Some(p) = batch.into_iter().next() else {
             return;
@@ -228,11 +229,11 @@ async fn propose_batch(id: NodeId, raft: &Raft, batch: Vec<Proposal>, stamped: b
 /// marks a node down for MS milliseconds before proposing it, so that later proposals
 /// overtake it (the reordering the conditional health transitions must survive).
 #[cfg(feature = "failpoints")]
-async fn delay_for_tests(batch: &[Proposal]) {
+async fn delay_for_tests<'a>(mut commands: impl Iterator<Item = &'a Command>) {
     use steward_core::node::NodeHealth;
-    let marks_down = batch.iter().any(|p| {
+    let marks_down = commands.any(|command| {
         matches!(
-            &p.command,
+            command,
             Command::SetNodeHealth {
                 health: NodeHealth::Down,
                 ..
@@ -255,7 +256,7 @@ async fn delay_for_tests(batch: &[Proposal]) {
 }
 
 #[cfg(not(feature = "failpoints"))]
-async fn delay_for_tests(_batch: &[Proposal]) {}
+async fn delay_for_tests<'a>(_commands: impl Iterator<Item = &'a Command>) {}
 
 /// This controller's wall clock, in milliseconds since the Unix epoch. Only stamped on
 /// entries: the state machine keeps the maximum it has seen, so a leader with a clock

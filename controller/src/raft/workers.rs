@@ -200,3 +200,33 @@ impl Worker for LeadershipLog {
         Ok(Next::Busy)
     }
 }
+
+/// Stamps each of openraft's metrics reports as it arrives, for the leader lease
+/// (`super::LeaseClock`).
+pub struct LeaseWatch {
+    rx: watch::Receiver<RaftMetrics>,
+    clock: Arc<super::LeaseClock>,
+}
+
+impl LeaseWatch {
+    pub fn new(raft: &Raft, clock: Arc<super::LeaseClock>) -> Self {
+        LeaseWatch {
+            rx: raft.metrics(),
+            clock,
+        }
+    }
+}
+
+impl Worker for LeaseWatch {
+    fn name(&self) -> String {
+        "lease-watch".into()
+    }
+
+    async fn step(&mut self) -> Result<Next, WorkerError> {
+        self.clock.observe(&self.rx.borrow_and_update());
+        if self.rx.changed().await.is_err() {
+            return Ok(Next::Done);
+        }
+        Ok(Next::Busy)
+    }
+}

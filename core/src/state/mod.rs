@@ -25,14 +25,17 @@ use crate::kv::KvEntry;
 use crate::node::{NodeEvent, NodeHealth, NodeRecord, MAX_NODE_EVENTS};
 use crate::ControllerId;
 
-pub use sessions::{ClientSession, MAX_RESULTS_PER_CLIENT, MAX_SESSIONS, SESSION_TTL_MS};
+pub use sessions::{
+    ClientSession, MAX_RESULTS_PER_CLIENT, MAX_SESSIONS, MIN_IDLE_TO_FORGET_MS, SESSION_TTL_MS,
+};
 
 /// Largest the cluster state may grow (approximately: keys, values, node records and a
 /// staged restore), in bytes. A write that would pass it is refused with `StateFull`.
 pub const MAX_STATE_BYTES: u64 = 512 * 1024 * 1024;
-/// The encoded state is at most its counted size plus this (node events, request
-/// sessions, controller records and encoding overhead are not counted one by one).
-pub const MAX_UNCOUNTED_BYTES: u64 = 64 * 1024 * 1024;
+/// The encoded state is at most its counted size plus this, which covers what is not
+/// counted one by one: request sessions (at most about 176 MiB, see `sessions`), node
+/// events (10,000 of a few hundred bytes), controller records and encoding overhead.
+pub const MAX_UNCOUNTED_BYTES: u64 = 256 * 1024 * 1024;
 /// Largest encoded state any controller can hold: what snapshot files must accept.
 pub const MAX_ENCODED_STATE_BYTES: u64 = MAX_STATE_BYTES + MAX_UNCOUNTED_BYTES;
 
@@ -57,7 +60,74 @@ pub struct ControllerRecord {
 pub struct PendingRestore {
     pub restore: u64,
     /// The staged cluster-state record so far.
-    pub data: Vec<u8>,
+    pub data: StagedBytes,
+}
+
+/// Bytes received in chunks, shared between copies of the state: copying the state (for a
+/// status digest, a snapshot) copies a list of pointers, never the staged bytes. Encoded
+/// exactly as a `Vec<u8>` (format 2 stored it as one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StagedBytes {
+    chunks: Vec<std::sync::Arc<[u8]>>,
+    len: usize,
+}
+
+impl StagedBytes {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn push(&mut self, chunk: Vec<u8>) {
+        self.len += chunk.len();
+        self.chunks.push(chunk.into());
+    }
+
+    /// BLAKE3 of all the bytes, hex.
+    pub fn digest(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        for c in &self.chunks {
+            h.update(c);
+        }
+        h.finalize().to_hex().to_string()
+    }
+
+    /// All the bytes, in one buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len);
+        for c in &self.chunks {
+            v.extend_from_slice(c);
+        }
+        v
+    }
+}
+
+impl From<Vec<u8>> for StagedBytes {
+    fn from(v: Vec<u8>) -> Self {
+        let mut s = StagedBytes::default();
+        s.push(v);
+        s
+    }
+}
+
+impl Serialize for StagedBytes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.len))?;
+        for byte in self.chunks.iter().flat_map(|c| c.iter()) {
+            seq.serialize_element(byte)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for StagedBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<u8>::deserialize(deserializer).map(StagedBytes::from)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,6 +203,7 @@ fn result_changes(result: &CommandResult) -> bool {
         #[cfg(feature = "next-level")]
         CommandResult::LevelProbeApplied { .. } => true,
         CommandResult::Nothing
+        | CommandResult::SessionsFull { .. }
         | CommandResult::RevisionMismatch { .. }
         | CommandResult::IncarnationConflict { .. }
         | CommandResult::NodeHealthSet { changed: false, .. }
@@ -557,8 +628,13 @@ impl ClusterState {
         }
         self.counted_bytes = self.counted_bytes.saturating_sub(old) + new;
         match &mut self.pending_restore {
-            Some(p) if offset > 0 => p.data.extend_from_slice(&data),
-            slot => *slot = Some(PendingRestore { restore, data }),
+            Some(p) if offset > 0 => p.data.push(data),
+            slot => {
+                *slot = Some(PendingRestore {
+                    restore,
+                    data: data.into(),
+                })
+            }
         }
         CommandResult::RestoreStaged {
             restore,
@@ -584,12 +660,12 @@ impl ClusterState {
                 p.data.len()
             ));
         }
-        if blake3::hash(&p.data).to_hex().as_str() != digest {
+        if p.data.digest() != digest {
             return reject(format!(
                 "restore {restore:x}: the staged bytes do not match their digest"
             ));
         }
-        let state = match ClusterState::decode(&p.data) {
+        let state = match ClusterState::decode(&p.data.to_vec()) {
             Ok(s) => s,
             Err(e) => return reject(format!("restore {restore:x}: {e}")),
         };
@@ -614,6 +690,16 @@ impl ClusterState {
         // The restored revision may be older: never let revisions go back.
         let revision = revision.max(self.revision + 1).max(live.revision + 1);
         CommandResult::Restored { keys, revision }
+    }
+
+    /// Drops a staged restore. The state machine calls this on the first (blank) entry of
+    /// every new leader: a restore is sent by one leader, and a leader change fails it, so
+    /// nothing staged before the change can be committed. Every controller applies the
+    /// same entries, so every one drops it at the same point.
+    pub fn abandon_restore(&mut self) {
+        if let Some(p) = self.pending_restore.take() {
+            self.counted_bytes = self.counted_bytes.saturating_sub(p.data.len() as u64);
+        }
     }
 
     /// The counted size of the state, in bytes (see [`MAX_STATE_BYTES`]).

@@ -384,6 +384,81 @@ fn sessions_expire_on_the_cluster_clock() {
 }
 
 #[test]
+fn a_full_session_table_forgets_only_clients_idle_long_enough() {
+    let mut s = level2();
+    let request = |client, at| Command::Stamped {
+        at_unix_ms: at,
+        commands: vec![Command::Request {
+            id: crate::command::RequestId { client, seq: 1 },
+            command: Box::new(put(&format!("k{client}"), "v", None)),
+        }],
+    };
+    let single = |r: CommandResult| match r {
+        CommandResult::Batch(mut v) if v.len() == 1 => v.remove(0),
+        other => panic!("unexpected {other:?}"),
+    };
+    for client in 0..MAX_SESSIONS as u64 {
+        // Client 0 first, at t = 1000; the others later.
+        single(s.apply(request(client, 1_000 + client.min(1) * 60_000)));
+    }
+    assert_eq!(s.sessions.len(), MAX_SESSIONS);
+    // Everyone was active within the minimum idle time: a new client is refused.
+    let revision = s.revision;
+    assert_eq!(
+        single(s.apply(request(1_000_000, 61_000))),
+        CommandResult::SessionsFull {
+            limit: MAX_SESSIONS as u64
+        }
+    );
+    assert_eq!(s.revision, revision, "nothing applied");
+    // Once client 0 has been idle long enough, it is forgotten for the new one.
+    let later = 1_000 + MIN_IDLE_TO_FORGET_MS;
+    assert!(matches!(
+        single(s.apply(request(1_000_000, later))),
+        CommandResult::KvPut { .. }
+    ));
+    assert!(!s.sessions.contains_key(&0));
+    assert!(s.sessions.contains_key(&1_000_000));
+    assert_eq!(s.sessions.len(), MAX_SESSIONS);
+}
+
+#[test]
+fn a_staged_restore_is_shared_by_copies_and_dropped_by_abandon() {
+    let mut s = level2();
+    let mut source = ClusterState::default();
+    source.apply(put("restored", "yes", None));
+    let bytes = source.encode().expect("encode");
+    let (a, b) = bytes.split_at(bytes.len() / 2);
+    s.apply(Command::RestoreChunk {
+        restore: 1,
+        offset: 0,
+        data: a.to_vec(),
+    });
+    s.apply(Command::RestoreChunk {
+        restore: 1,
+        offset: a.len() as u64,
+        data: b.to_vec(),
+    });
+    let copy = s.clone();
+    let staged = &s.pending_restore.as_ref().expect("staged").data;
+    assert_eq!(staged.to_vec(), bytes);
+    assert_eq!(copy.pending_restore.as_ref().expect("copied").data, *staged);
+    // Encoded exactly as format 2 stored a Vec<u8>.
+    let as_vec: Vec<u8> = postcard::to_allocvec(&bytes).expect("vec");
+    assert_eq!(postcard::to_allocvec(staged).expect("staged"), as_vec);
+    let counted = s.counted_bytes();
+    s.abandon_restore();
+    assert!(s.pending_restore.is_none());
+    assert_eq!(s.counted_bytes(), counted - bytes.len() as u64);
+    let commit = s.apply(Command::RestoreCommit {
+        restore: 1,
+        bytes: bytes.len() as u64,
+        digest: blake3::hash(&bytes).to_hex().to_string(),
+    });
+    assert!(matches!(commit, CommandResult::RestoreRejected { .. }));
+}
+
+#[test]
 fn conditional_transitions_apply_only_from_the_expected_health() {
     let mut s = level2();
     s.apply(Command::RegisterNodeTyped {

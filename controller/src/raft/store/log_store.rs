@@ -1,21 +1,13 @@
 //! The Raft log and vote, on RocksDB (`RaftLogStorage`).
 //!
-//! Group commit: `append` writes the entries without syncing (they are readable at once,
-//! so replication can send them) and hands the callback to the log flusher, a thread that
-//! syncs RocksDB's write-ahead log once for every append queued meanwhile and then fires
-//! their callbacks in order. openraft replicates while the leader's own fsync runs (it
-//! counts the leader towards the quorum only once the callback fires), and a burst of
-//! appends costs one fsync, not one each.
-//!
-//! Invariants: the append callback fires only after a WAL sync that covers the batch;
-//! `read_vote` and log reads fail with a storage error on a record that does
+//! Invariants: the append callback fires only after the batch is written with
+//! `sync = true`; `read_vote` and log reads fail with a storage error on a record that does
 //! not decode; purge records `last_purged` before deleting entries, so a crash between the
 //! two leaves extra entries, never a hole; purge never goes past the newest stored snapshot
 //! (the rest waits in the [`super::SnapshotFence`] until a snapshot covers it).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
 
 use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, OptionalSend, RaftLogId};
@@ -31,64 +23,6 @@ use crate::raft::typ::{
 #[derive(Clone)]
 pub struct LogStore {
     db: Db,
-    flusher: Arc<LogFlusher>,
-}
-
-/// Appends written and waiting for the WAL sync that makes them durable. Bounded: openraft
-/// keeps few appends in flight, and a full queue makes `append` wait.
-pub const FLUSH_QUEUE: usize = 1024;
-
-/// The thread that syncs the write-ahead log for queued appends and then fires their
-/// callbacks, oldest first. It stops when the last `LogStore` clone is dropped, and that
-/// drop waits for it, so the database is never closed under a sync (nor by a thread the
-/// process exit races with).
-struct LogFlusher {
-    queue: Option<tokio::sync::mpsc::Sender<LogFlushed>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for LogFlusher {
-    fn drop(&mut self) {
-        self.queue.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl LogFlusher {
-    fn start(db: Db) -> std::io::Result<LogFlusher> {
-        let (queue, mut rx) = tokio::sync::mpsc::channel::<LogFlushed>(FLUSH_QUEUE);
-        let thread = std::thread::Builder::new()
-            .name("raft-log-flusher".into())
-            .spawn(move || {
-                let mut waiting = Vec::new();
-                while let Some(first) = rx.blocking_recv() {
-                    waiting.push(first);
-                    while let Ok(more) = rx.try_recv() {
-                        waiting.push(more);
-                    }
-                    // One sync covers every write before it: the appends are in the WAL
-                    // in the order they were queued.
-                    let synced = db.raw().flush_wal(true);
-                    for callback in waiting.drain(..) {
-                        callback.log_io_completed(
-                            synced
-                                .as_ref()
-                                .map(|_| ())
-                                .map_err(|e| std::io::Error::other(e.to_string())),
-                        );
-                    }
-                    if let Err(e) = &synced {
-                        tracing::error!(error = %e, "syncing the raft log failed");
-                    }
-                }
-            })?;
-        Ok(LogFlusher {
-            queue: Some(queue),
-            thread: Some(thread),
-        })
-    }
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -111,12 +45,8 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl LogStore {
-    pub fn new(db: Db) -> Result<Self, StoreError> {
-        let flusher = LogFlusher::start(db.clone()).map_err(StoreError::Io)?;
-        Ok(LogStore {
-            db,
-            flusher: Arc::new(flusher),
-        })
+    pub fn new(db: Db) -> Self {
+        LogStore { db }
     }
 
     fn last_entry(&self) -> Result<Option<Entry>, StoreError> {
@@ -254,17 +184,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let batch = self.entries_batch(entries).map_err(write_err)?;
-        // Unsynced: in the memtable (readable by replication at once) and the WAL's buffer;
-        // the flusher makes it durable before the callback fires.
-        self.db
-            .raw()
-            .write_opt(batch, &rocksdb::WriteOptions::default())
-            .map_err(write_err)?;
-        let queue = self.flusher.queue.as_ref().expect("set until dropped");
-        queue
-            .send(callback)
-            .await
-            .map_err(|_| write_err(std::io::Error::other("the raft log flusher stopped")))
+        // The synced write blocks on fsync. openraft 0.9's core waits for this append's
+        // callback before it replicates or does anything else, so the write runs in place
+        // on this worker thread (tokio moves the worker's other tasks away), which costs
+        // less than handing it to the blocking pool and back.
+        let write = || self.db.raw().write_opt(batch, &Db::sync_opts());
+        let result = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(write),
+            _ => write(),
+        };
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(write_err(e))
+            }
+        }
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

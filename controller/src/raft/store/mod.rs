@@ -82,8 +82,6 @@ pub enum StoreError {
     Rocks(#[from] rocksdb::Error),
     #[error(transparent)]
     Codec(#[from] codec::CodecError),
-    #[error("starting the raft log flusher: {0}")]
-    Io(#[from] std::io::Error),
     #[error("raft log key of {len} bytes, expected 8: the log is damaged")]
     CorruptKey { len: usize },
     #[error("data dir {dir} has a controller id but no incarnation record: it is damaged")]
@@ -229,7 +227,7 @@ fn meta_name(key: MetaKey) -> &'static str {
 /// it finds the newest stored snapshot, which bounds the log store's purges.
 pub async fn open_stores(db: &Db) -> Result<(LogStore, StateMachineStore), StoreError> {
     let sm = StateMachineStore::open(db.clone())?;
-    let log = LogStore::new(db.clone())?;
+    let log = LogStore::new(db.clone());
     Ok((log, sm))
 }
 

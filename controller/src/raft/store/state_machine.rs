@@ -260,7 +260,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let log_id = *entry.get_log_id();
             applied.last_applied = Some(log_id);
             let result = match entry.payload {
-                EntryPayload::Blank => CommandResult::Nothing,
+                EntryPayload::Blank => {
+                    // A new leader's first entry: a restore staged under the old one can
+                    // no longer commit (see `ClusterState::abandon_restore`).
+                    applied.state.abandon_restore();
+                    CommandResult::Nothing
+                }
                 EntryPayload::Normal(command) => applied.state.apply(command),
                 EntryPayload::Membership(m) => {
                     applied.last_membership = StoredMembership::new(Some(log_id), m);
