@@ -173,7 +173,7 @@ impl RaftHandle {
 
     /// The cluster's feature level, as this controller has applied it.
     pub fn cluster_level(&self) -> u32 {
-        self.inner.view.read().state.cluster_level
+        self.inner.view.cluster_level()
     }
 
     /// The cluster's feature level once it reaches `needs`, or as it stands when it will not

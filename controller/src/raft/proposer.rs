@@ -30,7 +30,7 @@ pub const MAX_BATCH_COMMANDS: usize = 2048;
 /// Most bytes (approximately) in one batch entry.
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Batches proposed and not yet applied.
-pub const MAX_IN_FLIGHT: usize = 2;
+pub const MAX_IN_FLIGHT: usize = 4;
 /// Longest a write waits to be committed and applied once proposed.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -97,7 +97,7 @@ impl Proposer {
         if self.queue.capacity() == self.queue.max_capacity() {
             if let Ok(_slot) = self.slots.try_acquire() {
                 delay_for_tests(std::iter::once(&command)).await;
-                let stamped = self.view.read().state.cluster_level >= 2;
+                let stamped = self.view.cluster_level() >= 2;
                 let command = if stamped {
                     Command::Stamped {
                         at_unix_ms: unix_ms(),
@@ -168,7 +168,7 @@ impl Worker for ProposerWorker {
             }
         }
         let (id, raft) = (self.id, self.raft.clone());
-        let stamped = self.view.read().state.cluster_level >= 2;
+        let stamped = self.view.cluster_level() >= 2;
         self.in_flight.spawn(async move {
             let _permit = permit;
             propose_batch(id, &raft, batch, stamped).await;

@@ -18,7 +18,6 @@
 //! Everything here runs inside `apply`, on the cluster's clock (the leader time stamped on
 //! entries), so every controller keeps and forgets the same sessions.
 
-use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use super::ClusterState;
@@ -41,55 +40,104 @@ const SWEEP_EVERY_MS: u64 = 60 * 1000;
 pub struct ClientSession {
     /// Cluster time of the client's last request.
     pub last_used_ms: u64,
-    /// Results by sequence number (persistent: copying a session is cheap).
-    pub results: OrdMap<u64, CommandResult>,
+    /// Results by sequence number.
+    pub results: SessionResults,
     /// The highest sequence number whose result was dropped (0: none).
     pub forgotten_through: u64,
+}
+
+/// A client's last results, oldest first: at most [`MAX_RESULTS_PER_CLIENT`], so a short
+/// vector, shared between copies of the state until one of them changes it. Encoded as
+/// a map from sequence number to result (as format 2 stored it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionResults(std::sync::Arc<Vec<(u64, CommandResult)>>);
+
+impl SessionResults {
+    pub fn get(&self, seq: u64) -> Option<&CommandResult> {
+        self.0.iter().find(|(s, _)| *s == seq).map(|(_, r)| r)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Records the result of `seq` (newer than every recorded one) and drops the oldest
+    /// past the limit; returns the highest dropped sequence number.
+    fn record(&mut self, seq: u64, result: CommandResult) -> Option<u64> {
+        let v = std::sync::Arc::make_mut(&mut self.0);
+        let at = v.partition_point(|(s, _)| *s < seq);
+        v.insert(at, (seq, result));
+        let excess = v.len().saturating_sub(MAX_RESULTS_PER_CLIENT);
+        v.drain(..excess).map(|(s, _)| s).max()
+    }
+}
+
+impl Serialize for SessionResults {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(s, r)| (s, r)))
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionResults {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = std::collections::BTreeMap::<u64, CommandResult>::deserialize(deserializer)?;
+        Ok(SessionResults(std::sync::Arc::new(
+            map.into_iter().collect(),
+        )))
+    }
 }
 
 impl ClusterState {
     pub(super) fn apply_request(&mut self, id: RequestId, command: Command) -> CommandResult {
         let now = self.clock_unix_ms;
-        if let Some(session) = self.sessions.get_mut(&id.client) {
-            if let Some(result) = session.results.get(&id.seq) {
-                let result = result.clone();
-                session.last_used_ms = now;
-                return result;
-            }
-            if id.seq <= session.forgotten_through {
-                return CommandResult::RequestForgotten { id };
-            }
-        }
-        if !self.sessions.contains_key(&id.client) && self.sessions.len() >= MAX_SESSIONS {
-            // Room for a new client: forget the least recently active, if idle long enough.
-            let oldest = self
-                .sessions
-                .iter()
-                .min_by_key(|(client, s)| (s.last_used_ms, **client))
-                .map(|(client, s)| (*client, s.last_used_ms));
-            match oldest {
-                Some((client, last)) if last + MIN_IDLE_TO_FORGET_MS <= now => {
-                    self.sessions.remove(&client);
+        match self.sessions.get(&id.client) {
+            Some(session) => {
+                if let Some(result) = session.results.get(id.seq) {
+                    let result = result.clone();
+                    if let Some(session) = self.sessions.get_mut(&id.client) {
+                        session.last_used_ms = now;
+                    }
+                    return result;
                 }
-                _ => {
-                    return CommandResult::SessionsFull {
-                        limit: MAX_SESSIONS as u64,
+                if id.seq <= session.forgotten_through {
+                    return CommandResult::RequestForgotten { id };
+                }
+            }
+            None if self.sessions.len() >= MAX_SESSIONS => {
+                // Room for a new client: forget the least recently active, if idle long
+                // enough.
+                let oldest = self
+                    .sessions
+                    .iter()
+                    .min_by_key(|(client, s)| (s.last_used_ms, **client))
+                    .map(|(client, s)| (*client, s.last_used_ms));
+                match oldest {
+                    Some((client, last)) if last + MIN_IDLE_TO_FORGET_MS <= now => {
+                        self.sessions.remove(&client);
+                    }
+                    _ => {
+                        return CommandResult::SessionsFull {
+                            limit: MAX_SESSIONS as u64,
+                        }
                     }
                 }
             }
+            None => {}
         }
         let result = self.apply(command);
-        let mut session = self.sessions.remove(&id.client).unwrap_or_default();
-        session.last_used_ms = now;
-        session.results.insert(id.seq, result.clone());
-        while session.results.len() > MAX_RESULTS_PER_CLIENT {
-            let Some(seq) = session.results.keys().next().copied() else {
-                break;
-            };
-            session.results.remove(&seq);
-            session.forgotten_through = session.forgotten_through.max(seq);
+        if !self.sessions.contains_key(&id.client) {
+            self.sessions.insert(id.client, ClientSession::default());
         }
-        self.sessions.insert(id.client, session);
+        if let Some(session) = self.sessions.get_mut(&id.client) {
+            session.last_used_ms = now;
+            if let Some(dropped) = session.results.record(id.seq, result.clone()) {
+                session.forgotten_through = session.forgotten_through.max(dropped);
+            }
+        }
         result
     }
 }

@@ -106,13 +106,16 @@ async fn throughput(
         channels.push(channel(addr).await?);
     }
     let client_ids: Arc<Vec<u64>> = Arc::new((0..clients).map(|_| rand::random()).collect());
+    // BENCH_RAFT_NO_IDS=1: plain writes without request ids (to compare with builds that
+    // have no at-most-once sessions).
+    let with_ids = std::env::var("BENCH_RAFT_NO_IDS").is_err();
     run_writers("Steward", clients, move |c, n| {
         let mut client = AdminClient::new(channels[c % channels.len()].clone());
         let req = KvPutRequest {
             key: format!("bench/{round}/{c}/{n}"),
             value: vec![b'x'; 100],
             expected_revision: None,
-            request_id: Some(steward_proto::v1::RequestId {
+            request_id: with_ids.then_some(steward_proto::v1::RequestId {
                 client: client_ids[c],
                 seq: n + 1,
             }),

@@ -56,10 +56,14 @@ pub struct Applied {
 #[derive(Clone, Default)]
 pub struct StateView {
     inner: Arc<RwLock<Applied>>,
+    /// The applied state's feature level, readable without the lock: every write proposal
+    /// checks it, and must not wait behind an apply that holds the lock.
+    level: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl StateView {
-    /// Read guard over the applied state. Hold it briefly: apply waits for it.
+    /// Read guard over the applied state. Hold it briefly: apply waits for it, and it
+    /// waits for apply.
     pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
         // A poisoned lock means a panic while applying, which aborts the process anyway.
         self.inner.read().unwrap_or_else(|p| p.into_inner())
@@ -71,8 +75,44 @@ impl StateView {
         self.read().clone()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
-        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    /// The applied state's cluster feature level, without taking the lock.
+    pub fn cluster_level(&self) -> u32 {
+        self.level.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn write(&self) -> AppliedWriteGuard<'_> {
+        AppliedWriteGuard {
+            guard: self.inner.write().unwrap_or_else(|p| p.into_inner()),
+            level: &self.level,
+        }
+    }
+}
+
+/// Write access to the applied state; publishes its feature level when dropped.
+struct AppliedWriteGuard<'a> {
+    guard: std::sync::RwLockWriteGuard<'a, Applied>,
+    level: &'a std::sync::atomic::AtomicU32,
+}
+
+impl std::ops::Deref for AppliedWriteGuard<'_> {
+    type Target = Applied;
+    fn deref(&self) -> &Applied {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for AppliedWriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Applied {
+        &mut self.guard
+    }
+}
+
+impl Drop for AppliedWriteGuard<'_> {
+    fn drop(&mut self) {
+        self.level.store(
+            self.guard.state.cluster_level,
+            std::sync::atomic::Ordering::Release,
+        );
     }
 }
 
@@ -108,6 +148,8 @@ impl StateMachineStore {
     pub fn open(db: Db) -> Result<Self, StoreError> {
         move_legacy_snapshot(&db)?;
         let view = StateView::default();
+        // Publishes the empty state's level, or the snapshot's below.
+        drop(view.write());
         if let Some(snap) = read_stored_snapshot(&db)? {
             let state = ClusterState::decode(&snap.data)?;
             let mut applied = view.write();
