@@ -42,10 +42,11 @@ async fn client(addr: &str) -> Option<AgentControlClient<Channel>> {
 }
 
 /// Asks every controller at once where the leader is; the hint with the highest term wins.
-/// It does not wait for the slowest: once a majority has answered (or failed) and some
-/// answer names a leader, the rest are dropped. A leader is elected by a majority, so a
-/// majority's answers hold the newest term some controller knows; a controller that hangs
-/// (stopped, overloaded) costs nothing while the others answer.
+/// It does not wait for the slowest: it stops once a majority has answered and the
+/// highest term any answer carries (a controller that knows no leader still reports its
+/// term) has a named leader. A leader is elected by a majority, so a majority's answers
+/// include the newest term; a controller that hangs (stopped, overloaded) costs nothing
+/// while the others answer. Failed calls do not count towards the majority.
 pub async fn find_leader(controllers: &[String]) -> Option<Leader> {
     let mut asks: FuturesUnordered<_> = controllers
         .iter()
@@ -56,20 +57,27 @@ pub async fn find_leader(controllers: &[String]) -> Option<Leader> {
                 .ok()?
                 .ok()?
                 .into_inner();
-            (!hint.leader_api_addr.is_empty()).then_some((hint.term, hint.leader_api_addr, addr, c))
+            let named =
+                (!hint.leader_api_addr.is_empty()).then_some((hint.leader_api_addr, addr, c));
+            Some((hint.term, named))
         })
         .collect();
     let majority = controllers.len() / 2 + 1;
     let mut answered = 0;
+    let mut newest_term = 0;
     let mut best: Option<(u64, String, &String, AgentControlClient<Channel>)> = None;
-    while let Some(hint) = asks.next().await {
+    while let Some(answer) = asks.next().await {
+        let Some((term, named)) = answer else {
+            continue;
+        };
         answered += 1;
-        if let Some(hint) = hint {
-            if best.as_ref().is_none_or(|b| hint.0 > b.0) {
-                best = Some(hint);
+        newest_term = newest_term.max(term);
+        if let Some((leader_addr, addr, c)) = named {
+            if best.as_ref().is_none_or(|b| term > b.0) {
+                best = Some((term, leader_addr, addr, c));
             }
         }
-        if answered >= majority && best.is_some() {
+        if answered >= majority && best.as_ref().is_some_and(|b| b.0 >= newest_term) {
             break;
         }
     }

@@ -324,7 +324,8 @@ impl RaftHandle {
     }
 }
 
-/// The deadline a caller should give a forwarded write: the proposer's, plus the hop.
+/// The deadline a caller should give a forwarded write: the leader's own (a wait for a
+/// pending level raise, then the proposer's), plus the hop.
 pub fn forwarded_write_deadline() -> Duration {
-    WRITE_TIMEOUT + Duration::from_secs(1)
+    LEVEL_RAISE_WAIT + WRITE_TIMEOUT + Duration::from_secs(1)
 }
