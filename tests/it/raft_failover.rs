@@ -1,5 +1,6 @@
-//! After SIGKILL of the leader, a new leader accepts writes within 2 s (a generous bound;
-//! `make bench-raft` reports the real figure).
+//! After SIGKILL of the leader, a new leader accepts writes within 5 s. This guards
+//! against a stalled failover, not its speed: `make bench-raft` reports the real figure
+//! (median about 0.7 s; a full-suite run on 2 busy cores once took 2.7 s).
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,7 @@ use steward_tests::ProcCluster;
 use crate::common::Writer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_leader_accepts_writes_within_two_seconds() -> anyhow::Result<()> {
+async fn new_leader_accepts_writes_within_five_seconds() -> anyhow::Result<()> {
     let mut cluster = ProcCluster::start(3, "")?;
     let (leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;
     let mut w = Writer::new(&cluster.addrs());
@@ -23,6 +24,6 @@ async fn new_leader_accepts_writes_within_two_seconds() -> anyhow::Result<()> {
     assert!(w.put("after", "1").await, "write after failover");
     let took = killed.elapsed();
     eprintln!("failover: first committed write {took:?} after SIGKILL of leader {leader}");
-    assert!(took < Duration::from_secs(2), "failover took {took:?}");
+    assert!(took < Duration::from_secs(5), "failover took {took:?}");
     Ok(())
 }
