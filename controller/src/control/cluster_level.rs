@@ -67,10 +67,21 @@ impl Worker for ClusterLevelWorker {
             self.waiting_on = format!("level {current}; members support {common}");
             return Ok(Next::Wait(CHECK_EVERY));
         }
-        let (_, result) = self
+        // A failed raise (no quorum yet, leadership moving) is tried again at the next
+        // check rather than after the workers' growing back-off: until it commits, the
+        // commands of the new level wait for it.
+        let result = match self
             .raft
             .propose(Command::SetClusterLevel { level: common })
-            .await?;
+            .await
+        {
+            Ok((_, result)) => result,
+            Err(e) => {
+                tracing::warn!(error = %e, to = common, "raising the cluster's feature level failed; retrying");
+                self.waiting_on = format!("level {current}; raising to {common} failed: {e}");
+                return Ok(Next::Wait(CHECK_EVERY));
+            }
+        };
         tracing::info!(
             from = current,
             to = common,
