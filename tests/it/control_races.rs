@@ -76,6 +76,54 @@ async fn settles_ready(cluster: &ProcCluster, node: &str, hold: Duration) -> any
     }
 }
 
+/// Starts one agent on `cluster` (logging to `agent.log` in the cluster's dir) and waits
+/// until its node is ready; the agent and its node id.
+async fn start_agent(cluster: &ProcCluster) -> anyhow::Result<(std::process::Child, String)> {
+    let data_dir = cluster.dir.path().join("agent");
+    let agent = spawn_agent(
+        &data_dir,
+        &cluster.addrs(),
+        &[],
+        Some(&cluster.dir.path().join("agent.log")),
+    )?;
+    let node = wait_registered(cluster, &data_dir).await?;
+    Ok((agent, node))
+}
+
+/// Polls controller `id` every 100 ms until `until` for `node`'s health: the last health
+/// other than ready it reported ("ready" if none), and then the node's events there.
+async fn watch_node_at(
+    cluster: &ProcCluster,
+    id: u64,
+    node: &str,
+    until: Instant,
+) -> anyhow::Result<(String, Vec<steward_proto::v1::NodeEventPb>)> {
+    let mut c = cluster.client(id).await?;
+    let mut worst = "ready".to_string();
+    while Instant::now() < until {
+        let asked = c.list_nodes(ListNodesRequest {
+            node_id: node.to_string(),
+            with_inventory: false,
+        });
+        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), asked).await {
+            if let Some(n) = r.into_inner().nodes.first() {
+                if n.health != "ready" {
+                    worst = n.health.clone();
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events = c
+        .node_events(steward_proto::v1::NodeEventsRequest {
+            node_id: node.to_string(),
+        })
+        .await?
+        .into_inner()
+        .events;
+    Ok((worst, events))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_paused_around_down_after_100_times_ends_ready() -> anyhow::Result<()> {
     // Every "down" is held back 300 ms before it is proposed, so the "ready" of the next
@@ -279,21 +327,13 @@ async fn creates_during_leader_kills_are_never_refused_by_their_own_retry() -> a
 /// even suspect).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_leaves_a_partitioned_leader_and_is_never_marked_down() -> anyhow::Result<()> {
-    use steward_proto::v1::NodeEventsRequest;
     use steward_tests::netfilter::{skip_unless_available, RaftPartition};
     if !skip_unless_available("agent_leaves_a_partitioned_leader") {
         return Ok(());
     }
     let cluster = ProcCluster::start_on(3, "", &[], true)?;
     let (old_leader, old_term) = cluster.wait_leader(Duration::from_secs(20)).await?;
-    let data_dir = cluster.dir.path().join("agent");
-    let mut agent = spawn_agent(
-        &data_dir,
-        &cluster.addrs(),
-        &[],
-        Some(&cluster.dir.path().join("agent.log")),
-    )?;
-    let node = wait_registered(&cluster, &data_dir).await?;
+    let (mut agent, node) = start_agent(&cluster).await?;
 
     let port = |addr: &str| -> u16 {
         addr.rsplit_once(':')
@@ -321,33 +361,13 @@ async fn agent_leaves_a_partitioned_leader_and_is_never_marked_down() -> anyhow:
     })
     .await?;
     // Past the new leader's down_after (5 s), its view of the node is checked throughout.
-    let mut worst = "ready".to_string();
-    while started.elapsed() < Duration::from_secs(8) {
-        let mut c = cluster.client(new_leader).await?;
-        if let Ok(r) = c
-            .list_nodes(ListNodesRequest {
-                node_id: node.clone(),
-                with_inventory: false,
-            })
-            .await
-        {
-            if let Some(n) = r.into_inner().nodes.first() {
-                if n.health != "ready" {
-                    worst = n.health.clone();
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let events = cluster
-        .client(new_leader)
-        .await?
-        .node_events(NodeEventsRequest {
-            node_id: node.clone(),
-        })
-        .await?
-        .into_inner()
-        .events;
+    let (worst, events) = watch_node_at(
+        &cluster,
+        new_leader,
+        &node,
+        started + Duration::from_secs(8),
+    )
+    .await?;
     partition.heal();
     let _ = agent.kill();
     let _ = agent.wait();
@@ -379,48 +399,24 @@ async fn agent_leaves_a_partitioned_leader_and_is_never_marked_down() -> anyhow:
 /// each recheck stalled heartbeats for the 2 s call timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_controller_does_not_stall_heartbeats() -> anyhow::Result<()> {
-    use steward_proto::v1::NodeEventsRequest;
     let cluster = ProcCluster::start(3, "")?;
     let (leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;
-    let data_dir = cluster.dir.path().join("agent");
-    let mut agent = spawn_agent(
-        &data_dir,
-        &cluster.addrs(),
-        &[],
-        Some(&cluster.dir.path().join("agent.log")),
-    )?;
-    let node = wait_registered(&cluster, &data_dir).await?;
+    let (mut agent, node) = start_agent(&cluster).await?;
     let hung = (1..=3).find(|id| *id != leader).expect("a follower");
     let pid = Pid::from_raw(cluster.pid(hung).expect("running") as i32);
     kill(pid, Signal::SIGSTOP)?;
     // Three leader rechecks, watching the node's health at the leader throughout.
-    let started = Instant::now();
-    let mut worst = "ready".to_string();
-    let mut c = cluster.client(leader).await?;
-    while started.elapsed() < Duration::from_secs(16) {
-        let asked = c.list_nodes(ListNodesRequest {
-            node_id: node.clone(),
-            with_inventory: false,
-        });
-        if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), asked).await {
-            if let Some(n) = r.into_inner().nodes.first() {
-                if n.health != "ready" {
-                    worst = n.health.clone();
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let events = c
-        .node_events(NodeEventsRequest {
-            node_id: node.clone(),
-        })
-        .await?
-        .into_inner()
-        .events;
+    let watched = watch_node_at(
+        &cluster,
+        leader,
+        &node,
+        Instant::now() + Duration::from_secs(16),
+    )
+    .await;
     kill(pid, Signal::SIGCONT)?;
     let _ = agent.kill();
     let _ = agent.wait();
+    let (worst, events) = watched?;
     let not_ready: Vec<_> = events.iter().filter(|e| e.to != "ready").collect();
     assert!(
         not_ready.is_empty() && worst == "ready",

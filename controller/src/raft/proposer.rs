@@ -98,23 +98,9 @@ impl Proposer {
             if let Ok(_slot) = self.slots.try_acquire() {
                 delay_for_tests(std::iter::once(&command)).await;
                 let stamped = self.view.cluster_level() >= 2;
-                let command = if stamped {
-                    Command::Stamped {
-                        at_unix_ms: unix_ms(),
-                        commands: vec![command],
-                    }
-                } else {
-                    command
-                };
-                return match write(self.id, &self.raft, command).await? {
-                    (index, CommandResult::Batch(mut results)) if stamped && results.len() == 1 => {
-                        Ok((index, results.remove(0)))
-                    }
-                    (_, other) if stamped => Err(Error::Internal(format!(
-                        "stamped entry applied with an unexpected result {other:?}"
-                    ))),
-                    applied => Ok(applied),
-                };
+                let (index, mut results) =
+                    write_entry(self.id, &self.raft, vec![command], stamped).await?;
+                return Ok((index, results.remove(0)));
             }
         }
         let (reply, rx) = oneshot::channel();
@@ -187,34 +173,12 @@ impl Worker for ProposerWorker {
 
 async fn propose_batch(id: NodeId, raft: &Raft, batch: Vec<Proposal>, stamped: bool) {
     delay_for_tests(batch.iter().map(|p| &p.command)).await;
-    if batch.len() == 1 && !stamped {
-        let Some(p) = batch.into_iter().next() else {
-            return;
-        };
-        let result = write(id, raft, p.command).await;
-        let _ = p.reply.send(result);
-        return;
-    }
     let (commands, replies): (Vec<Command>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-    let entry = if stamped {
-        Command::Stamped {
-            at_unix_ms: unix_ms(),
-            commands,
-        }
-    } else {
-        Command::Batch(commands)
-    };
-    match write(id, raft, entry).await {
-        Ok((index, CommandResult::Batch(results))) if results.len() == replies.len() => {
+    match write_entry(id, raft, commands, stamped).await {
+        Ok((index, results)) => {
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok((index, result)));
-            }
-        }
-        Ok((_, other)) => {
-            let err = Error::Internal(format!("batch applied with an unexpected result {other:?}"));
-            for reply in replies {
-                let _ = reply.send(Err(err.clone()));
             }
         }
         Err(e) => {
@@ -222,6 +186,33 @@ async fn propose_batch(id: NodeId, raft: &Raft, batch: Vec<Proposal>, stamped: b
                 let _ = reply.send(Err(e.clone()));
             }
         }
+    }
+}
+
+/// Proposes `commands` as one log entry (`Stamped` with the leader's clock, or below
+/// level 2 a `Batch`, or the command itself when alone) and returns each one's result.
+async fn write_entry(
+    id: NodeId,
+    raft: &Raft,
+    mut commands: Vec<Command>,
+    stamped: bool,
+) -> Result<(u64, Vec<CommandResult>), Error> {
+    let count = commands.len();
+    let entry = match (stamped, count) {
+        (false, 1) => commands.remove(0),
+        (false, _) => Command::Batch(commands),
+        (true, _) => Command::Stamped {
+            at_unix_ms: unix_ms(),
+            commands,
+        },
+    };
+    let single = !stamped && count == 1;
+    match write(id, raft, entry).await? {
+        (index, result) if single => Ok((index, vec![result])),
+        (index, CommandResult::Batch(results)) if results.len() == count => Ok((index, results)),
+        (_, other) => Err(Error::Internal(format!(
+            "an entry of {count} commands applied with an unexpected result {other:?}"
+        ))),
     }
 }
 

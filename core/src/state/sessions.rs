@@ -129,14 +129,10 @@ impl ClusterState {
             None => {}
         }
         let result = self.apply(command);
-        if !self.sessions.contains_key(&id.client) {
-            self.sessions.insert(id.client, ClientSession::default());
-        }
-        if let Some(session) = self.sessions.get_mut(&id.client) {
-            session.last_used_ms = now;
-            if let Some(dropped) = session.results.record(id.seq, result.clone()) {
-                session.forgotten_through = session.forgotten_through.max(dropped);
-            }
+        let session = self.sessions.entry(id.client).or_default();
+        session.last_used_ms = now;
+        if let Some(dropped) = session.results.record(id.seq, result.clone()) {
+            session.forgotten_through = session.forgotten_through.max(dropped);
         }
         result
     }
