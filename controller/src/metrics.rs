@@ -109,5 +109,6 @@ pub fn render(ctx: &ApiContext, openmetrics: bool) -> String {
         "Age of each node's last heartbeat (leader only)",
         ages,
     );
+    ctx.raft.peers().timings.register(&mut reg);
     steward_runtime::metrics_http::encode(&reg, openmetrics)
 }

@@ -22,6 +22,7 @@ use crate::raft::elections::{ElectionHolds, HoldsWorker};
 use crate::raft::network::{NetworkFactory, PeerShared, RaftServer};
 use crate::raft::proposer::Proposer;
 use crate::raft::store::{open_stores, Db, StoreError};
+use crate::raft::timings::WriteTimings;
 use crate::raft::typ::{ControllerNode, Raft};
 use crate::raft::workers::{LeadershipLog, LeaseWatch, RegisterSelf, SplitVoteBreaker};
 use crate::raft::{LeaseClock, RaftHandle};
@@ -87,7 +88,8 @@ impl Controller {
             fresh,
             "opened data dir"
         );
-        let (log_store, sm) = open_stores(&db).await?;
+        let timings = Arc::new(WriteTimings::default());
+        let (log_store, sm) = open_stores(&db, timings.clone()).await?;
         let view = sm.view();
 
         let (fatal_tx, fatal_rx) = watch::channel(None);
@@ -97,6 +99,7 @@ impl Controller {
             view.clone(),
             raft_addr.ip(),
             fatal_tx,
+            timings.clone(),
         );
         let raft_config = Arc::new(config.raft.to_openraft(&config.cluster_name)?);
         let raft = Raft::new(
@@ -112,7 +115,8 @@ impl Controller {
 
         let workers = WorkerSet::default();
         let holds = ElectionHolds::new(raft.clone());
-        let (proposer, proposer_worker) = Proposer::new(config.id, raft.clone(), view.clone());
+        let (proposer, proposer_worker) =
+            Proposer::new(config.id, raft.clone(), view.clone(), timings);
         let lease = Arc::new(LeaseClock::default());
         let handle = RaftHandle::new(
             raft.clone(),

@@ -132,6 +132,23 @@ async fn agent_and_controller_metrics_pass_promtool() -> anyhow::Result<()> {
             0,
             "controller metrics are lint-clean:\n{text}"
         );
+        // The write path's stage histograms counted the agent's registration: proposed,
+        // appended with a sync, applied; and the batching histogram saw its entry.
+        for series in [
+            "steward_raft_proposal_seconds_count",
+            "steward_raft_log_append_seconds_count",
+            "steward_raft_apply_seconds_count",
+            "steward_raft_entry_commands_count",
+        ] {
+            let count: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no `{series}` sample:\n{text}"));
+            assert!(
+                count >= 1.0,
+                "{series} is {count} after a registration:\n{text}"
+            );
+        }
         check("controller", &text);
         if let Some((code, report)) = promtool(&text) {
             assert_eq!(code, 0, "controller metrics must be lint-clean: {report}");

@@ -22,6 +22,7 @@ pub mod error;
 pub mod network;
 pub mod proposer;
 pub mod store;
+pub mod timings;
 mod transfer;
 pub mod typ;
 pub mod workers;

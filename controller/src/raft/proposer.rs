@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 
 use super::error::Error;
 use super::store::StateView;
+use super::timings::WriteTimings;
 use super::typ::{NodeId, Raft};
 
 /// Writes waiting to be proposed; senders wait when it is full (backpressure).
@@ -49,6 +50,7 @@ pub struct Proposer {
     queue: mpsc::Sender<Proposal>,
     raft: Raft,
     view: StateView,
+    timings: Arc<WriteTimings>,
     /// Shared with the worker: a proposal in flight holds one.
     slots: Arc<Semaphore>,
 }
@@ -58,6 +60,7 @@ pub struct ProposerWorker {
     id: NodeId,
     raft: Raft,
     view: StateView,
+    timings: Arc<WriteTimings>,
     rx: mpsc::Receiver<Proposal>,
     slots: Arc<Semaphore>,
     in_flight: JoinSet<()>,
@@ -67,7 +70,12 @@ pub struct ProposerWorker {
 
 impl Proposer {
     /// The queue and the worker that serves it (the caller runs the worker).
-    pub fn new(id: NodeId, raft: Raft, view: StateView) -> (Proposer, ProposerWorker) {
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        view: StateView,
+        timings: Arc<WriteTimings>,
+    ) -> (Proposer, ProposerWorker) {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         (
@@ -76,12 +84,14 @@ impl Proposer {
                 queue: tx,
                 raft: raft.clone(),
                 view: view.clone(),
+                timings: timings.clone(),
                 slots: slots.clone(),
             },
             ProposerWorker {
                 id,
                 raft,
                 view,
+                timings,
                 rx,
                 slots,
                 in_flight: JoinSet::new(),
@@ -90,16 +100,20 @@ impl Proposer {
         )
     }
 
-    /// Proposes `command` and waits for its result. When nothing is queued and an in-flight
-    /// slot is free, the caller proposes it itself (one entry, no hand-off to the worker:
-    /// the common case for a lone writer); otherwise it joins the queue and is batched.
+    /// Proposes `command` and waits for its result. When the proposer is idle (nothing
+    /// queued, nothing in flight), the caller proposes it itself (one entry, no hand-off to
+    /// the worker: the common case for a lone writer); otherwise it joins the queue and is
+    /// batched. Only when idle: under load a lone entry would hold one of the
+    /// [`MAX_IN_FLIGHT`] slots for a whole Raft round with one command in it.
     pub async fn propose(&self, command: Command) -> ProposalResult {
-        if self.queue.capacity() == self.queue.max_capacity() {
+        if self.queue.capacity() == self.queue.max_capacity()
+            && self.slots.available_permits() == MAX_IN_FLIGHT
+        {
             if let Ok(_slot) = self.slots.try_acquire() {
                 delay_for_tests(std::iter::once(&command)).await;
                 let stamped = self.view.cluster_level() >= 2;
                 let (index, mut results) =
-                    write_entry(self.id, &self.raft, vec![command], stamped).await?;
+                    write_entry(self.id, &self.raft, &self.timings, vec![command], stamped).await?;
                 return Ok((index, results.remove(0)));
             }
         }
@@ -153,11 +167,11 @@ impl Worker for ProposerWorker {
                 Err(_) => break,
             }
         }
-        let (id, raft) = (self.id, self.raft.clone());
+        let (id, raft, timings) = (self.id, self.raft.clone(), self.timings.clone());
         let stamped = self.view.cluster_level() >= 2;
         self.in_flight.spawn(async move {
             let _permit = permit;
-            propose_batch(id, &raft, batch, stamped).await;
+            propose_batch(id, &raft, &timings, batch, stamped).await;
         });
         Ok(Next::Busy)
     }
@@ -171,11 +185,17 @@ impl Worker for ProposerWorker {
     }
 }
 
-async fn propose_batch(id: NodeId, raft: &Raft, batch: Vec<Proposal>, stamped: bool) {
+async fn propose_batch(
+    id: NodeId,
+    raft: &Raft,
+    timings: &WriteTimings,
+    batch: Vec<Proposal>,
+    stamped: bool,
+) {
     delay_for_tests(batch.iter().map(|p| &p.command)).await;
     let (commands, replies): (Vec<Command>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-    match write_entry(id, raft, commands, stamped).await {
+    match write_entry(id, raft, timings, commands, stamped).await {
         Ok((index, results)) => {
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok((index, result)));
@@ -194,10 +214,12 @@ async fn propose_batch(id: NodeId, raft: &Raft, batch: Vec<Proposal>, stamped: b
 async fn write_entry(
     id: NodeId,
     raft: &Raft,
+    timings: &WriteTimings,
     mut commands: Vec<Command>,
     stamped: bool,
 ) -> Result<(u64, Vec<CommandResult>), Error> {
     let count = commands.len();
+    timings.entry_commands.observe(count as f64);
     let entry = match (stamped, count) {
         (false, 1) => commands.remove(0),
         (false, _) => Command::Batch(commands),
@@ -207,7 +229,12 @@ async fn write_entry(
         },
     };
     let single = !stamped && count == 1;
-    match write(id, raft, entry).await? {
+    let started = std::time::Instant::now();
+    let written = write(id, raft, entry).await;
+    if written.is_ok() {
+        timings.proposal.observe(started.elapsed().as_secs_f64());
+    }
+    match written? {
         (index, result) if single => Ok((index, vec![result])),
         (index, CommandResult::Batch(results)) if results.len() == count => Ok((index, results)),
         (_, other) => Err(Error::Internal(format!(

@@ -6,6 +6,7 @@
 //! failover time (SIGKILL to first committed write), median of 10. Prints a raw fsync
 //! reference measured in the same run on the same disk.
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -45,6 +46,70 @@ fn fsync_reference(dir: &std::path::Path) -> anyhow::Result<Duration> {
     samples.sort();
     std::fs::remove_file(path)?;
     Ok(samples[samples.len() / 2])
+}
+
+/// A controller's `/metrics` samples by series (name and labels), or empty when it cannot
+/// be read.
+fn scrape(metrics_addr: &str) -> HashMap<String, f64> {
+    let text = steward_tests::http_get(metrics_addr, "/metrics").unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(series, v)| Some((series.to_string(), v.trim().parse().ok()?)))
+        .collect()
+}
+
+/// Each controller's `/metrics` before and after one level.
+struct Scrapes {
+    before: BTreeMap<u64, HashMap<String, f64>>,
+    after: BTreeMap<u64, HashMap<String, f64>>,
+}
+
+impl Scrapes {
+    /// How much `series` grew on controller `id` during the level.
+    fn delta(&self, id: u64, series: &str) -> Option<f64> {
+        Some(self.after.get(&id)?.get(series)? - self.before.get(&id)?.get(series).unwrap_or(&0.0))
+    }
+
+    /// The mean of histogram `name` (with `labels`, e.g. `{peer="2"}`) on `id` during the
+    /// level, in milliseconds when `to_ms`.
+    fn mean(&self, id: u64, name: &str, labels: &str) -> Option<f64> {
+        let sum = self.delta(id, &format!("{name}_sum{labels}"))?;
+        let count = self.delta(id, &format!("{name}_count{labels}"))?;
+        (count > 0.0).then(|| sum / count)
+    }
+
+    /// Where a write's time went on the controllers (means over the level; builds without
+    /// the stage histograms print nothing): the leader's proposal time split into its own
+    /// synced log append, the faster follower's AppendEntries round trip (which holds that
+    /// follower's synced append), apply, and the rest (openraft's hand-offs between its
+    /// tasks). The client's time also holds two gRPC hops to and from the leader.
+    fn breakdown(&self, leader: u64, writes: f64) -> Option<String> {
+        let ms = 1000.0;
+        let proposal = self.mean(leader, "steward_raft_proposal_seconds", "")? * ms;
+        let append = self.mean(leader, "steward_raft_log_append_seconds", "")? * ms;
+        let apply = self.mean(leader, "steward_raft_apply_seconds", "")? * ms;
+        let entries = self.delta(leader, "steward_raft_entry_commands_count")?;
+        let (peer, round_trip) = self
+            .after
+            .keys()
+            .filter(|id| **id != leader)
+            .filter_map(|id| {
+                let rtt = self.mean(
+                    leader,
+                    "steward_raft_peer_append_seconds",
+                    &format!("{{peer=\"{id}\"}}"),
+                )?;
+                Some((*id, rtt * ms))
+            })
+            .min_by(|a, b| a.1.total_cmp(&b.1))?;
+        let follower_append = self.mean(peer, "steward_raft_log_append_seconds", "")? * ms;
+        let rest = proposal - append - round_trip - apply;
+        Some(format!(
+            "{:.1} commands/entry; proposal {proposal:.2} ms = leader log append {append:.2} + follower {peer} round trip {round_trip:.2} (its log append {follower_append:.2}) + apply {apply:.2} + hand-offs {rest:.2}",
+            writes / entries.max(1.0)
+        ))
+    }
 }
 
 /// Runs `clients` writers for [`RUN`]: writer `c` calls `put(c, n)` for n = 0, 1, ...
@@ -259,6 +324,11 @@ async fn main() -> anyhow::Result<()> {
         fsync.as_secs_f64() * 1e6
     );
     let leader_addr = cluster.node(leader).api_addr.clone();
+    let metrics_addrs: Vec<(u64, String)> = cluster
+        .nodes
+        .iter()
+        .map(|(id, n)| (*id, n.metrics_addr.clone()))
+        .collect();
     let etcd = steward_tests::etcd::EtcdCluster::start(cluster.dir.path())?;
     let etcd_url = etcd.leader_url().await?;
     let etcd_version = std::process::Command::new("etcd")
@@ -295,12 +365,28 @@ async fn main() -> anyhow::Result<()> {
     let quick = std::env::var("BENCH_RAFT_QUICK").as_deref() == Ok("1");
     for (round, clients) in levels.into_iter().enumerate() {
         // Alternate which system goes first, so neither always runs on a warmer machine.
-        let (s, e) = if round % 2 == 0 {
+        let scrape_all = || {
+            metrics_addrs
+                .iter()
+                .map(|(id, addr)| (*id, scrape(addr)))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let steward = || async {
+            let before = scrape_all();
             let s = throughput(&leader_addr, clients, round).await?;
+            let scrapes = Scrapes {
+                before,
+                after: scrape_all(),
+            };
+            let stages = scrapes.breakdown(leader, s.1.len() as f64);
+            anyhow::Ok((s, stages))
+        };
+        let ((s, stages), e) = if round % 2 == 0 {
+            let s = steward().await?;
             (s, etcd_throughput(&etcd_url, clients, round).await?)
         } else {
             let e = etcd_throughput(&etcd_url, clients, round).await?;
-            (throughput(&leader_addr, clients, round).await?, e)
+            (steward().await?, e)
         };
         println!(
             "{clients:>8} | {:>9.0} {:>7.2} {:>7.2} | {:>9.0} {:>7.2} {:>7.2} | {:>8.2}x {:>8.2}x",
@@ -313,6 +399,9 @@ async fn main() -> anyhow::Result<()> {
             s.0 / e.0,
             ms(&s.1, 0.99) / ms(&e.1, 0.99),
         );
+        if let Some(stages) = stages {
+            println!("{:>8}   Steward's stages (means): {stages}", "");
+        }
     }
     println!(
         "(ratio w/s above 1: Steward commits more; ratio p99 below 1: Steward's tail is shorter)"

@@ -199,7 +199,14 @@ impl RaftNetwork<TypeConfig> for Network {
         let partial = keep < rpc.entries.len();
         rpc.entries.truncate(keep);
         let last = rpc.entries.last().map(|e| *e.get_log_id());
-        match self.call(Rpc::AppendEntries, &rpc, &option).await? {
+        let started = std::time::Instant::now();
+        let result = self.call(Rpc::AppendEntries, &rpc, &option).await;
+        if last.is_some() && result.is_ok() {
+            self.shared
+                .timings
+                .observe_peer_append(self.target, started.elapsed());
+        }
+        match result? {
             AppendEntriesResponse::Success if partial => {
                 Ok(AppendEntriesResponse::PartialSuccess(last))
             }

@@ -25,6 +25,7 @@ pub use client::{Network, NetworkFactory};
 pub use server::RaftServer;
 
 use crate::raft::store::StateView;
+use crate::raft::timings::WriteTimings;
 use crate::raft::typ::NodeId;
 
 /// Metadata key on a PERMISSION_DENIED answer naming the controller whose incarnation is stale.
@@ -50,6 +51,8 @@ pub struct PeerShared {
     /// Feature levels peers reported in their replies (this controller's view).
     levels: Mutex<HashMap<NodeId, u32>>,
     fatal: watch::Sender<Option<String>>,
+    /// AppendEntries round trips are observed here.
+    pub timings: Arc<WriteTimings>,
 }
 
 impl PeerShared {
@@ -59,6 +62,7 @@ impl PeerShared {
         view: StateView,
         source_ip: std::net::IpAddr,
         fatal: watch::Sender<Option<String>>,
+        timings: Arc<WriteTimings>,
     ) -> Arc<Self> {
         Arc::new(PeerShared {
             id,
@@ -68,6 +72,7 @@ impl PeerShared {
             last_contact: Mutex::new(HashMap::new()),
             levels: Mutex::new(HashMap::new()),
             fatal,
+            timings,
         })
     }
 

@@ -39,7 +39,9 @@ async fn write_golden() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = Db::open(dir.path()).expect("open db");
     db.identity(dir.path(), 1).expect("identity");
-    let (mut log, mut sm) = open_stores(&db).await.expect("open stores");
+    let (mut log, mut sm) = open_stores(&db, Default::default())
+        .await
+        .expect("open stores");
     log.save_vote(&Vote::new_committed(2, 1))
         .await
         .expect("vote");

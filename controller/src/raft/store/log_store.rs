@@ -8,6 +8,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
 
 use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, OptionalSend, RaftLogId};
@@ -15,6 +16,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 use steward_core::codec;
 
 use super::{record, Db, MetaKey, StoreError, CF_LOG};
+use crate::raft::timings::WriteTimings;
 use crate::raft::typ::{
     Entry, LogFlushed, LogId, LogState, StorageError, StorageIOError, TypeConfig, Vote,
 };
@@ -23,6 +25,7 @@ use crate::raft::typ::{
 #[derive(Clone)]
 pub struct LogStore {
     db: Db,
+    timings: Arc<WriteTimings>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -45,8 +48,8 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl LogStore {
-    pub fn new(db: Db) -> Self {
-        LogStore { db }
+    pub fn new(db: Db, timings: Arc<WriteTimings>) -> Self {
+        LogStore { db, timings }
     }
 
     fn last_entry(&self) -> Result<Option<Entry>, StoreError> {
@@ -188,11 +191,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // callback before it replicates or does anything else, so the write runs in place
         // on this worker thread (tokio moves the worker's other tasks away), which costs
         // less than handing it to the blocking pool and back.
+        let started = std::time::Instant::now();
         let write = || self.db.raw().write_opt(batch, &Db::sync_opts());
         let result = match tokio::runtime::Handle::current().runtime_flavor() {
             tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(write),
             _ => write(),
         };
+        self.timings
+            .log_append
+            .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

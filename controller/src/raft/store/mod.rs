@@ -32,6 +32,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use steward_core::codec;
 
+use crate::raft::timings::WriteTimings;
 use crate::raft::typ::LogId;
 pub use log_store::LogStore;
 pub use state_machine::{Applied, StateMachineStore, StateView};
@@ -225,9 +226,12 @@ fn meta_name(key: MetaKey) -> &'static str {
 
 /// Opens the log store and state machine over one database. The state machine opens first:
 /// it finds the newest stored snapshot, which bounds the log store's purges.
-pub async fn open_stores(db: &Db) -> Result<(LogStore, StateMachineStore), StoreError> {
-    let sm = StateMachineStore::open(db.clone())?;
-    let log = LogStore::new(db.clone());
+pub async fn open_stores(
+    db: &Db,
+    timings: Arc<WriteTimings>,
+) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let sm = StateMachineStore::open(db.clone(), timings.clone())?;
+    let log = LogStore::new(db.clone(), timings);
     Ok((log, sm))
 }
 

@@ -18,6 +18,7 @@ use steward_core::{codec, ClusterState, CommandResult};
 
 use super::log_store::purge_upto;
 use super::{record, Db, StoreError, CF_SNAPSHOT};
+use crate::raft::timings::WriteTimings;
 use crate::raft::typ::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
     TypeConfig,
@@ -119,6 +120,7 @@ impl Drop for AppliedWriteGuard<'_> {
 pub struct StateMachineStore {
     db: Db,
     view: StateView,
+    timings: Arc<WriteTimings>,
     /// Counter making snapshot ids unique within this process.
     snapshot_seq: u64,
 }
@@ -145,7 +147,7 @@ fn snap_read_err(e: impl std::error::Error + 'static) -> StorageError {
 
 impl StateMachineStore {
     /// Opens the state machine, restoring the newest durable snapshot if there is one.
-    pub fn open(db: Db) -> Result<Self, StoreError> {
+    pub fn open(db: Db, timings: Arc<WriteTimings>) -> Result<Self, StoreError> {
         move_legacy_snapshot(&db)?;
         let view = StateView::default();
         // Publishes the empty state's level, or the snapshot's below.
@@ -161,6 +163,7 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             db,
             view,
+            timings,
             snapshot_seq: 0,
         })
     }
@@ -296,6 +299,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut applied = self.view.write();
         let mut results = Vec::new();
         for entry in entries {
@@ -316,6 +320,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             results.push(result);
         }
+        drop(applied);
+        self.timings.apply.observe(started.elapsed().as_secs_f64());
         Ok(results)
     }
 

@@ -17,7 +17,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         // The suite's purge tests purge logs that no snapshot covers, which the snapshot
         // fence defers by design; the fence has its own tests (`snapshot_order`).
         db.fence().disabled = true;
-        let (log, sm) = open_stores(&db).await.expect("open stores");
+        let (log, sm) = open_stores(&db, Default::default())
+            .await
+            .expect("open stores");
         Ok((dir, log, sm))
     }
 }
@@ -35,7 +37,9 @@ async fn garbage_vote_is_a_storage_error_not_absent() {
     db.raw()
         .put_cf(db.cf(CF_META), b"vote", b"\x01\xff\xff\xff garbage")
         .expect("write garbage");
-    let (mut log, _sm) = open_stores(&db).await.expect("open stores");
+    let (mut log, _sm) = open_stores(&db, Default::default())
+        .await
+        .expect("open stores");
     let err = log
         .read_vote()
         .await
@@ -63,7 +67,9 @@ async fn garbage_log_entry_is_a_storage_error() {
     db.raw()
         .put_cf(db.cf(CF_LOG), 5u64.to_be_bytes(), b"\x01not an entry")
         .expect("write garbage");
-    let (mut log, _sm) = open_stores(&db).await.expect("open stores");
+    let (mut log, _sm) = open_stores(&db, Default::default())
+        .await
+        .expect("open stores");
     assert!(log.get_log_state().await.is_err());
 }
 
@@ -149,7 +155,9 @@ mod previous_formats {
             !db.identity(tmp.path(), 1).expect("identity").1,
             "the dump carries its identity"
         );
-        let (mut log, mut sm) = open_stores(&db).await.expect("open stores");
+        let (mut log, mut sm) = open_stores(&db, Default::default())
+            .await
+            .expect("open stores");
         assert!(log.read_vote().await.expect("vote").is_some());
         let state = log.get_log_state().await.expect("log state");
         assert_eq!(
@@ -358,14 +366,18 @@ mod snapshot_order {
     async fn a_late_build_does_not_overwrite_a_newer_install() {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = Db::open(dir.path()).expect("open db");
-        let (_log, mut sm) = open_stores(&db).await.expect("open stores");
+        let (_log, mut sm) = open_stores(&db, Default::default())
+            .await
+            .expect("open stores");
         sm.apply(entries(1..=10)).await.expect("apply");
         let mut builder = sm.get_snapshot_builder().await;
 
         // A leader's snapshot at 20, made by another state machine.
         let other_dir = tempfile::tempdir().expect("temp dir");
         let other_db = Db::open(other_dir.path()).expect("open db");
-        let (_l, mut other) = open_stores(&other_db).await.expect("open stores");
+        let (_l, mut other) = open_stores(&other_db, Default::default())
+            .await
+            .expect("open stores");
         other.apply(entries(1..=20)).await.expect("apply");
         let snap20 = other
             .get_snapshot_builder()
@@ -387,7 +399,7 @@ mod snapshot_order {
         assert_eq!(current.meta.last_log_id.map(|l| l.index), Some(20));
         drop((_log, sm));
 
-        let (_log, mut sm) = open_stores(&db).await.expect("reopen");
+        let (_log, mut sm) = open_stores(&db, Default::default()).await.expect("reopen");
         let (applied, _) = sm.applied_state().await.expect("applied");
         assert_eq!(
             applied.map(|l| l.index),
@@ -403,7 +415,9 @@ mod snapshot_order {
     async fn purge_is_clamped_to_the_stored_snapshot() {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = Db::open(dir.path()).expect("open db");
-        let (mut log, mut sm) = open_stores(&db).await.expect("open stores");
+        let (mut log, mut sm) = open_stores(&db, Default::default())
+            .await
+            .expect("open stores");
         log.append_now(entries(1..=30)).expect("append");
         sm.apply(entries(1..=10)).await.expect("apply");
         sm.get_snapshot_builder()
@@ -417,7 +431,7 @@ mod snapshot_order {
             .expect("purge");
         // Crash and restart: the stored snapshot is at 10, so 11.. must still be there.
         drop((log, sm));
-        let (mut log, mut sm) = open_stores(&db).await.expect("reopen");
+        let (mut log, mut sm) = open_stores(&db, Default::default()).await.expect("reopen");
         let (applied, _) = sm.applied_state().await.expect("applied");
         assert_eq!(applied.map(|l| l.index), Some(10));
         let st = log.get_log_state().await.expect("log state");
@@ -432,7 +446,9 @@ mod snapshot_order {
         let mut other = {
             let other_dir = tempfile::tempdir().expect("temp dir");
             let other_db = Db::open(other_dir.path()).expect("open db");
-            let (_l, mut other) = open_stores(&other_db).await.expect("open stores");
+            let (_l, mut other) = open_stores(&other_db, Default::default())
+                .await
+                .expect("open stores");
             other.apply(entries(1..=25)).await.expect("apply");
             let snap = other
                 .get_snapshot_builder()
@@ -463,7 +479,9 @@ mod snapshot_order {
     async fn last_log_id_is_never_behind_the_purge_point() {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = Db::open(dir.path()).expect("open db");
-        let (mut log, _sm) = open_stores(&db).await.expect("open stores");
+        let (mut log, _sm) = open_stores(&db, Default::default())
+            .await
+            .expect("open stores");
         log.append_now(entries(1..=5)).expect("append");
         // A purge record ahead of the entries (a snapshot install replaced the whole log).
         db.put_meta(
