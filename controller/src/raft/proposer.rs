@@ -104,7 +104,8 @@ impl Proposer {
     /// queued, nothing in flight), the caller proposes it itself (one entry, no hand-off to
     /// the worker: the common case for a lone writer); otherwise it joins the queue and is
     /// batched. Only when idle: under load a lone entry would hold one of the
-    /// [`MAX_IN_FLIGHT`] slots for a whole Raft round with one command in it.
+    /// [`MAX_IN_FLIGHT`] slots for a whole Raft round with one command in it. (Callers that
+    /// arrive at the same instant may each see it idle; that window is a few instructions.)
     pub async fn propose(&self, command: Command) -> ProposalResult {
         if self.queue.capacity() == self.queue.max_capacity()
             && self.slots.available_permits() == MAX_IN_FLIGHT

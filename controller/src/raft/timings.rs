@@ -10,7 +10,9 @@
 //! `proposal ≈ log_append + peer_append + apply + openraft's hand-offs`. `make bench-raft`
 //! prints these means next to its client-side figures.
 //!
-//! Observing is a few atomic adds; the histograms live as long as the controller.
+//! Observing takes a short lock per observation (prometheus-client's histogram), once per
+//! append, RPC, apply call or entry, never per command; the histograms live as long as the
+//! controller.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -38,9 +40,11 @@ pub struct PeerLabel {
 pub struct WriteTimings {
     /// One synced append of entries to the Raft log (leader and followers).
     pub log_append: Histogram,
-    /// One AppendEntries round trip with entries in it, by follower.
+    /// One successful AppendEntries round trip with entries in it, by follower (encoding the
+    /// request and decoding the reply included).
     pub peer_append: Family<PeerLabel, Histogram>,
-    /// One call applying committed entries to the state machine.
+    /// One call applying committed entries to the state machine, once it holds the state
+    /// lock.
     pub apply: Histogram,
     /// One proposed entry, from handing it to openraft to its applied result (leader).
     pub proposal: Histogram,

@@ -66,13 +66,16 @@ struct Scrapes {
 }
 
 impl Scrapes {
-    /// How much `series` grew on controller `id` during the level.
+    /// How much `series` grew on controller `id` during the level. `None` when either
+    /// scrape of that controller failed; a series first seen after the level started
+    /// (a follower's `{peer}` histogram) grew from 0.
     fn delta(&self, id: u64, series: &str) -> Option<f64> {
-        Some(self.after.get(&id)?.get(series)? - self.before.get(&id)?.get(series).unwrap_or(&0.0))
+        let before = self.before.get(&id).filter(|m| !m.is_empty())?;
+        Some(self.after.get(&id)?.get(series)? - before.get(series).unwrap_or(&0.0))
     }
 
     /// The mean of histogram `name` (with `labels`, e.g. `{peer="2"}`) on `id` during the
-    /// level, in milliseconds when `to_ms`.
+    /// level.
     fn mean(&self, id: u64, name: &str, labels: &str) -> Option<f64> {
         let sum = self.delta(id, &format!("{name}_sum{labels}"))?;
         let count = self.delta(id, &format!("{name}_count{labels}"))?;
@@ -82,14 +85,16 @@ impl Scrapes {
     /// Where a write's time went on the controllers (means over the level; builds without
     /// the stage histograms print nothing): the leader's proposal time split into its own
     /// synced log append, the faster follower's AppendEntries round trip (which holds that
-    /// follower's synced append), apply, and the rest (openraft's hand-offs between its
-    /// tasks). The client's time also holds two gRPC hops to and from the leader.
-    fn breakdown(&self, leader: u64, writes: f64) -> Option<String> {
+    /// follower's synced append), apply, and the rest: openraft's hand-offs between its
+    /// tasks and, under load, waiting behind the entries in flight. The split is exact for
+    /// a lone writer; under load the stage means are per call, not per entry. The client's
+    /// time also holds two gRPC hops to and from the leader.
+    fn breakdown(&self, leader: u64) -> Option<String> {
         let ms = 1000.0;
         let proposal = self.mean(leader, "steward_raft_proposal_seconds", "")? * ms;
         let append = self.mean(leader, "steward_raft_log_append_seconds", "")? * ms;
         let apply = self.mean(leader, "steward_raft_apply_seconds", "")? * ms;
-        let entries = self.delta(leader, "steward_raft_entry_commands_count")?;
+        let per_entry = self.mean(leader, "steward_raft_entry_commands", "")?;
         let (peer, round_trip) = self
             .after
             .keys()
@@ -106,8 +111,7 @@ impl Scrapes {
         let follower_append = self.mean(peer, "steward_raft_log_append_seconds", "")? * ms;
         let rest = proposal - append - round_trip - apply;
         Some(format!(
-            "{:.1} commands/entry; proposal {proposal:.2} ms = leader log append {append:.2} + follower {peer} round trip {round_trip:.2} (its log append {follower_append:.2}) + apply {apply:.2} + hand-offs {rest:.2}",
-            writes / entries.max(1.0)
+            "{per_entry:.1} commands/entry; proposal {proposal:.2} ms = leader log append {append:.2} + follower {peer} round trip {round_trip:.2} (its log append {follower_append:.2}) + apply {apply:.2} + hand-offs and queueing {rest:.2}",
         ))
     }
 }
@@ -378,7 +382,7 @@ async fn main() -> anyhow::Result<()> {
                 before,
                 after: scrape_all(),
             };
-            let stages = scrapes.breakdown(leader, s.1.len() as f64);
+            let stages = scrapes.breakdown(leader);
             anyhow::Ok((s, stages))
         };
         let ((s, stages), e) = if round % 2 == 0 {

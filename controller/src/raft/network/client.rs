@@ -201,7 +201,11 @@ impl RaftNetwork<TypeConfig> for Network {
         let last = rpc.entries.last().map(|e| *e.get_log_id());
         let started = std::time::Instant::now();
         let result = self.call(Rpc::AppendEntries, &rpc, &option).await;
-        if last.is_some() && result.is_ok() {
+        let succeeded = matches!(
+            result,
+            Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_))
+        );
+        if last.is_some() && succeeded {
             self.shared
                 .timings
                 .observe_peer_append(self.target, started.elapsed());

@@ -299,8 +299,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let started = std::time::Instant::now();
         let mut applied = self.view.write();
+        let started = std::time::Instant::now();
         let mut results = Vec::new();
         for entry in entries {
             let log_id = *entry.get_log_id();
