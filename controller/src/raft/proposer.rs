@@ -43,24 +43,27 @@ struct Proposal {
     reply: oneshot::Sender<ProposalResult>,
 }
 
-/// Handle to the proposer's queue.
+/// What both the caller's fast path and the worker's batches write entries with.
 #[derive(Clone)]
-pub struct Proposer {
+struct EntryWriter {
     id: NodeId,
-    queue: mpsc::Sender<Proposal>,
     raft: Raft,
     view: StateView,
     timings: Arc<WriteTimings>,
+}
+
+/// Handle to the proposer's queue.
+#[derive(Clone)]
+pub struct Proposer {
+    writer: EntryWriter,
+    queue: mpsc::Sender<Proposal>,
     /// Shared with the worker: a proposal in flight holds one.
     slots: Arc<Semaphore>,
 }
 
 /// The worker that drains the queue into Raft.
 pub struct ProposerWorker {
-    id: NodeId,
-    raft: Raft,
-    view: StateView,
-    timings: Arc<WriteTimings>,
+    writer: EntryWriter,
     rx: mpsc::Receiver<Proposal>,
     slots: Arc<Semaphore>,
     in_flight: JoinSet<()>,
@@ -78,20 +81,20 @@ impl Proposer {
     ) -> (Proposer, ProposerWorker) {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let writer = EntryWriter {
+            id,
+            raft,
+            view,
+            timings,
+        };
         (
             Proposer {
-                id,
+                writer: writer.clone(),
                 queue: tx,
-                raft: raft.clone(),
-                view: view.clone(),
-                timings: timings.clone(),
                 slots: slots.clone(),
             },
             ProposerWorker {
-                id,
-                raft,
-                view,
-                timings,
+                writer,
                 rx,
                 slots,
                 in_flight: JoinSet::new(),
@@ -112,9 +115,7 @@ impl Proposer {
         {
             if let Ok(_slot) = self.slots.try_acquire() {
                 delay_for_tests(std::iter::once(&command)).await;
-                let stamped = self.view.cluster_level() >= 2;
-                let (index, mut results) =
-                    write_entry(self.id, &self.raft, &self.timings, vec![command], stamped).await?;
+                let (index, mut results) = self.writer.write_entry(vec![command]).await?;
                 return Ok((index, results.remove(0)));
             }
         }
@@ -128,7 +129,7 @@ impl Proposer {
         rx.await.map_err(|_| {
             Error::OutcomeUnknown(format!(
                 "controller {} stopped while the write was being proposed",
-                self.id
+                self.writer.id
             ))
         })?
     }
@@ -168,11 +169,10 @@ impl Worker for ProposerWorker {
                 Err(_) => break,
             }
         }
-        let (id, raft, timings) = (self.id, self.raft.clone(), self.timings.clone());
-        let stamped = self.view.cluster_level() >= 2;
+        let writer = self.writer.clone();
         self.in_flight.spawn(async move {
             let _permit = permit;
-            propose_batch(id, &raft, &timings, batch, stamped).await;
+            propose_batch(&writer, batch).await;
         });
         Ok(Next::Busy)
     }
@@ -186,17 +186,11 @@ impl Worker for ProposerWorker {
     }
 }
 
-async fn propose_batch(
-    id: NodeId,
-    raft: &Raft,
-    timings: &WriteTimings,
-    batch: Vec<Proposal>,
-    stamped: bool,
-) {
+async fn propose_batch(writer: &EntryWriter, batch: Vec<Proposal>) {
     delay_for_tests(batch.iter().map(|p| &p.command)).await;
     let (commands, replies): (Vec<Command>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-    match write_entry(id, raft, timings, commands, stamped).await {
+    match writer.write_entry(commands).await {
         Ok((index, results)) => {
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok((index, result)));
@@ -210,37 +204,41 @@ async fn propose_batch(
     }
 }
 
-/// Proposes `commands` as one log entry (`Stamped` with the leader's clock, or below
-/// level 2 a `Batch`, or the command itself when alone) and returns each one's result.
-async fn write_entry(
-    id: NodeId,
-    raft: &Raft,
-    timings: &WriteTimings,
-    mut commands: Vec<Command>,
-    stamped: bool,
-) -> Result<(u64, Vec<CommandResult>), Error> {
-    let count = commands.len();
-    timings.entry_commands.observe(count as f64);
-    let entry = match (stamped, count) {
-        (false, 1) => commands.remove(0),
-        (false, _) => Command::Batch(commands),
-        (true, _) => Command::Stamped {
-            at_unix_ms: unix_ms(),
-            commands,
-        },
-    };
-    let single = !stamped && count == 1;
-    let started = std::time::Instant::now();
-    let written = write(id, raft, entry).await;
-    if written.is_ok() {
-        timings.proposal.observe(started.elapsed().as_secs_f64());
-    }
-    match written? {
-        (index, result) if single => Ok((index, vec![result])),
-        (index, CommandResult::Batch(results)) if results.len() == count => Ok((index, results)),
-        (_, other) => Err(Error::Internal(format!(
-            "an entry of {count} commands applied with an unexpected result {other:?}"
-        ))),
+impl EntryWriter {
+    /// Proposes `commands` as one log entry (`Stamped` with the leader's clock from
+    /// cluster level 2 on; below it a `Batch`, or the command itself when alone) and
+    /// returns each one's result.
+    async fn write_entry(
+        &self,
+        mut commands: Vec<Command>,
+    ) -> Result<(u64, Vec<CommandResult>), Error> {
+        let (id, raft, timings) = (self.id, &self.raft, &self.timings);
+        let stamped = self.view.cluster_level() >= 2;
+        let count = commands.len();
+        timings.entry_commands.observe(count as f64);
+        let entry = match (stamped, count) {
+            (false, 1) => commands.remove(0),
+            (false, _) => Command::Batch(commands),
+            (true, _) => Command::Stamped {
+                at_unix_ms: unix_ms(),
+                commands,
+            },
+        };
+        let single = !stamped && count == 1;
+        let started = std::time::Instant::now();
+        let written = write(id, raft, entry).await;
+        if written.is_ok() {
+            timings.proposal.observe(started.elapsed().as_secs_f64());
+        }
+        match written? {
+            (index, result) if single => Ok((index, vec![result])),
+            (index, CommandResult::Batch(results)) if results.len() == count => {
+                Ok((index, results))
+            }
+            (_, other) => Err(Error::Internal(format!(
+                "an entry of {count} commands applied with an unexpected result {other:?}"
+            ))),
+        }
     }
 }
 
