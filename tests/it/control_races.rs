@@ -228,7 +228,7 @@ fn cli(addrs: &str, args: &[&str]) -> (bool, String) {
 }
 
 async fn wait_cluster_level(cluster: &ProcCluster, level: u32) -> anyhow::Result<()> {
-    wait_for(
+    let reached = wait_for(
         "the cluster's feature level",
         Duration::from_secs(20),
         || async {
@@ -237,7 +237,31 @@ async fn wait_cluster_level(cluster: &ProcCluster, level: u32) -> anyhow::Result
             (s.cluster_level >= level).then_some(())
         },
     )
-    .await
+    .await;
+    if reached.is_err() {
+        // Say why: each controller's level, role and cluster-level worker, and the end of
+        // its log (the cluster's logs are gone once the test returns its error).
+        for id in cluster.nodes.keys() {
+            let worker = cluster.local_status(*id).await.map(|s| {
+                let w = s
+                    .workers
+                    .iter()
+                    .find(|w| w.name == "cluster-level")
+                    .cloned();
+                format!(
+                    "level {} leader {:?} worker {w:?}",
+                    s.cluster_level, s.leader_id
+                )
+            });
+            let log = cluster.log_text(*id);
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "controller {id}: {worker:?}\nlog tail (newest first):\n{}",
+                tail.join("\n")
+            );
+        }
+    }
+    reached
 }
 
 /// A compare-and-set create through a follower is applied on the leader and its answer is
