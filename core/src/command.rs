@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::Inventory;
+use crate::job::JobSpec;
+use crate::jobs::{AllocReport, GpuHealth, NewAllocation, StopAllocation};
 use crate::node::NodeHealth;
 use crate::state::v1;
 use crate::ControllerId;
@@ -132,7 +134,49 @@ pub enum Command {
     /// when every member reported supporting `level`.
     SetClusterLevel { level: u32 },
 
-    // ---- level 3: exists only in the test build that checks rolling upgrades ----
+    // ---- level 3: jobs ----
+    /// A user submits a job; its id is `NAME-REVISION`.
+    SubmitJob { spec: Box<JobSpec> },
+    /// Stop every allocation of a job and place nothing more of it.
+    CancelJob { job: String },
+    /// Place tasks of `job`, all or none, each re-checked against the capacity the
+    /// committed allocations hold when this applies (a gang: all its tasks).
+    PlaceAllocations {
+        job: String,
+        placements: Vec<NewAllocation>,
+    },
+    /// Ask allocations (of the given generations) to stop: preemption, drain deadlines.
+    StopAllocations { stops: Vec<StopAllocation> },
+    /// Agents' reports of their allocations (a report of another generation is ignored).
+    ReportAllocations {
+        node: String,
+        reports: Vec<AllocReport>,
+    },
+    /// Why a job waits, as the scheduler found it.
+    SetJobPendingReason { job: String, reason: String },
+    /// Cordon (no new placements) or drain a node (`drain_deadline_ms`: cluster time by
+    /// which its allocations stop; `None` ends a drain).
+    SetNodeScheduling {
+        node: String,
+        cordoned: bool,
+        drain_deadline_ms: Option<u64>,
+    },
+    /// A GPU's committed health moves from `from` to `to` (conditional, like node health).
+    TransitionGpuHealth {
+        node: String,
+        gpu: String,
+        from: GpuHealth,
+        to: GpuHealth,
+        reason: String,
+    },
+    /// Forget finished jobs finished at or before `finished_before_ms`, and the oldest
+    /// beyond `keep_at_most` finished jobs.
+    CollectJobs {
+        finished_before_ms: u64,
+        keep_at_most: u32,
+    },
+
+    // ---- level 4: exists only in the test build that checks rolling upgrades ----
     #[cfg(feature = "next-level")]
     LevelProbe { note: String },
 }
@@ -157,6 +201,15 @@ impl Command {
             Command::RestoreChunk { .. } => "restore_chunk",
             Command::RestoreCommit { .. } => "restore_commit",
             Command::SetClusterLevel { .. } => "set_cluster_level",
+            Command::SubmitJob { .. } => "submit_job",
+            Command::CancelJob { .. } => "cancel_job",
+            Command::PlaceAllocations { .. } => "place_allocations",
+            Command::StopAllocations { .. } => "stop_allocations",
+            Command::ReportAllocations { .. } => "report_allocations",
+            Command::SetJobPendingReason { .. } => "set_job_pending_reason",
+            Command::SetNodeScheduling { .. } => "set_node_scheduling",
+            Command::TransitionGpuHealth { .. } => "transition_gpu_health",
+            Command::CollectJobs { .. } => "collect_jobs",
             #[cfg(feature = "next-level")]
             Command::LevelProbe { .. } => "level_probe",
         }
@@ -187,8 +240,17 @@ impl Command {
             | Command::RestoreChunk { .. }
             | Command::RestoreCommit { .. }
             | Command::SetClusterLevel { .. } => 2,
+            Command::SubmitJob { .. }
+            | Command::CancelJob { .. }
+            | Command::PlaceAllocations { .. }
+            | Command::StopAllocations { .. }
+            | Command::ReportAllocations { .. }
+            | Command::SetJobPendingReason { .. }
+            | Command::SetNodeScheduling { .. }
+            | Command::TransitionGpuHealth { .. }
+            | Command::CollectJobs { .. } => 3,
             #[cfg(feature = "next-level")]
-            Command::LevelProbe { .. } => 3,
+            Command::LevelProbe { .. } => 4,
         }
     }
 
@@ -242,6 +304,44 @@ impl Command {
                 Command::RestoreChunk { data, .. } => data.len(),
                 Command::RestoreCommit { digest, .. } => digest.len(),
                 Command::SetClusterLevel { .. } => 0,
+                Command::SubmitJob { spec } => {
+                    spec.name.len()
+                        + spec.command.len()
+                        + spec.args.iter().map(|a| a.len() + 2).sum::<usize>()
+                        + labels_size(&spec.env)
+                        + spec.inputs.iter().map(|i| i.len() + 2).sum::<usize>()
+                        + 256
+                }
+                Command::CancelJob { job } => job.len(),
+                Command::PlaceAllocations { job, placements } => {
+                    job.len()
+                        + placements
+                            .iter()
+                            .map(|p| {
+                                48 + p.node.len()
+                                    + p.gpus.iter().map(|g| g.len() + 1).sum::<usize>()
+                                    + p.rendezvous
+                                        .as_ref()
+                                        .map_or(0, |r| 24 + r.master_addr.len())
+                            })
+                            .sum::<usize>()
+                }
+                Command::StopAllocations { stops } => {
+                    stops.iter().map(|s| s.alloc.len() + 96).sum::<usize>()
+                }
+                Command::ReportAllocations { node, reports } => {
+                    node.len()
+                        + reports
+                            .iter()
+                            .map(|r| r.alloc.len() + r.reason.len() + 32)
+                            .sum::<usize>()
+                }
+                Command::SetJobPendingReason { job, reason } => job.len() + reason.len(),
+                Command::SetNodeScheduling { node, .. } => node.len() + 16,
+                Command::TransitionGpuHealth {
+                    node, gpu, reason, ..
+                } => node.len() + gpu.len() + reason.len(),
+                Command::CollectJobs { .. } => 16,
                 #[cfg(feature = "next-level")]
                 Command::LevelProbe { note } => note.len(),
             }
@@ -343,6 +443,65 @@ pub enum CommandResult {
     /// nothing changed (retry later).
     SessionsFull {
         limit: u64,
+    },
+
+    // ---- level 3 ----
+    JobSubmitted {
+        job: String,
+        revision: u64,
+    },
+    /// An invalid spec, or the job limit; nothing changed.
+    JobRefused {
+        reason: String,
+    },
+    UnknownJob {
+        job: String,
+    },
+    /// A cancel or pending reason: `changed` is false when it already was so.
+    JobUpdated {
+        changed: bool,
+        revision: u64,
+    },
+    AllocationsPlaced {
+        allocs: Vec<String>,
+        revision: u64,
+    },
+    /// A plan that does not fit the committed state (capacity taken, node not ready, task
+    /// already placed); nothing of it was applied.
+    PlacementRefused {
+        reason: String,
+    },
+    AllocationsStopped {
+        stopped: u32,
+        revision: u64,
+    },
+    AllocationsReported {
+        applied: u32,
+        ignored: u32,
+        revision: u64,
+    },
+    NodeSchedulingSet {
+        changed: bool,
+        revision: u64,
+    },
+    UnknownGpu {
+        node: String,
+        gpu: String,
+    },
+    GpuHealthConflict {
+        node: String,
+        gpu: String,
+        expected: GpuHealth,
+        actual: GpuHealth,
+    },
+    GpuHealthSet {
+        changed: bool,
+        revision: u64,
+    },
+    JobsCollected {
+        jobs: u32,
+        allocs: u32,
+        revision: u64,
     },
     #[cfg(feature = "next-level")]
     LevelProbeApplied {

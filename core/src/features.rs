@@ -15,14 +15,17 @@
 //! Level 2: stamped entries (the leader's clock), client request ids (at-most-once
 //! writes), conditional node-health transitions, typed inventories, node removal, chunked
 //! restores, raising the cluster level.
+//! Level 3: jobs and allocations (submission, placement with the capacity re-check, stops,
+//! agents' reports fenced by generation, cancel, pending reasons, garbage collection), node
+//! cordon and drain, GPU health transitions.
 
 /// The level of format 1's commands; a new or migrated cluster starts here.
 pub const BASE_LEVEL: u32 = 1;
 
 /// The highest level this build knows.
 #[cfg(not(feature = "next-level"))]
-pub const SUPPORTED_LEVEL: u32 = 2;
+pub const SUPPORTED_LEVEL: u32 = 3;
 /// The highest level this build knows (a test-only build that adds one command kind, to
 /// test rolling upgrades).
 #[cfg(feature = "next-level")]
-pub const SUPPORTED_LEVEL: u32 = 3;
+pub const SUPPORTED_LEVEL: u32 = 4;

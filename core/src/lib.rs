@@ -13,6 +13,7 @@ pub mod command;
 pub mod features;
 pub mod inventory;
 pub mod job;
+pub mod jobs;
 pub mod kv;
 pub mod liveness;
 pub mod node;

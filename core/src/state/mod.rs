@@ -6,11 +6,13 @@
 //! persistent (`imbl`): cloning the state is O(1), so snapshots, `status` and operator
 //! snapshot files encode a clone without holding up `apply`.
 //!
-//! Stored as a versioned record (`codec::Record`): format 2 is this layout; format 1 is
-//! frozen in `v1` and migrated on load.
+//! Stored as a versioned record (`codec::Record`): format 3 is this layout (jobs,
+//! allocations and node scheduling added); formats 1 and 2 are frozen in `v1` and `v2` and
+//! migrated on load.
 
 mod sessions;
 pub mod v1;
+pub mod v2;
 
 use std::collections::BTreeMap;
 
@@ -21,6 +23,7 @@ use crate::codec::{self, CodecError, Record};
 use crate::command::{Command, CommandResult};
 use crate::features::BASE_LEVEL;
 use crate::inventory::Inventory;
+use crate::jobs::{Allocation, JobRecord, NodeScheduling, NodeUsage};
 use crate::kv::KvEntry;
 use crate::node::{NodeEvent, NodeHealth, NodeRecord, MAX_NODE_EVENTS};
 use crate::ControllerId;
@@ -149,9 +152,19 @@ pub struct ClusterState {
     /// Clients' request sessions, for at-most-once writes.
     pub sessions: OrdMap<u64, ClientSession>,
     pub pending_restore: Option<PendingRestore>,
+    /// Jobs by id (`NAME-REVISION`), running and finished (until collected).
+    pub jobs: OrdMap<String, JobRecord>,
+    /// Allocations by id (`JOB.TASK.N`).
+    pub allocs: OrdMap<String, Allocation>,
+    /// Cordons, drains and GPU health by node id (absent: schedulable, all GPUs healthy).
+    pub node_scheduling: OrdMap<String, NodeScheduling>,
     /// Counted size (not stored: recomputed when a state is decoded).
     #[serde(skip)]
-    counted_bytes: u64,
+    pub(crate) counted_bytes: u64,
+    /// What the live allocations hold on each node (not stored: rebuilt when a state is
+    /// decoded).
+    #[serde(skip)]
+    pub(crate) usage: OrdMap<String, NodeUsage>,
 }
 
 impl Default for ClusterState {
@@ -166,19 +179,24 @@ impl Default for ClusterState {
             clock_unix_ms: 0,
             sessions: OrdMap::new(),
             pending_restore: None,
+            jobs: OrdMap::new(),
+            allocs: OrdMap::new(),
+            node_scheduling: OrdMap::new(),
             counted_bytes: 0,
+            usage: OrdMap::new(),
         }
     }
 }
 
 impl Record for ClusterState {
     const KIND: &'static str = "cluster state";
-    const VERSION: u8 = 2;
+    const VERSION: u8 = 3;
     const OLDEST: u8 = 1;
 
     fn migrate(version: u8, body: &[u8]) -> Result<Self, CodecError> {
         match version {
             1 => Ok(codec::decode_body::<v1::ClusterState>(Self::KIND, body)?.into_current()),
+            2 => Ok(codec::decode_body::<v2::ClusterState>(Self::KIND, body)?.into_current()),
             _ => Err(CodecError::Migration {
                 what: Self::KIND,
                 from: version,
@@ -199,7 +217,15 @@ fn result_changes(result: &CommandResult) -> bool {
         | CommandResult::NodeRegistered { .. }
         | CommandResult::NodeHealthSet { changed: true, .. }
         | CommandResult::NodeRemoved { .. }
-        | CommandResult::ClusterLevelSet { changed: true, .. } => true,
+        | CommandResult::ClusterLevelSet { changed: true, .. }
+        | CommandResult::JobSubmitted { .. }
+        | CommandResult::JobUpdated { changed: true, .. }
+        | CommandResult::AllocationsPlaced { .. }
+        | CommandResult::NodeSchedulingSet { changed: true, .. }
+        | CommandResult::GpuHealthSet { changed: true, .. } => true,
+        CommandResult::AllocationsStopped { stopped, .. } => *stopped > 0,
+        CommandResult::AllocationsReported { applied, .. } => *applied > 0,
+        CommandResult::JobsCollected { jobs, .. } => *jobs > 0,
         #[cfg(feature = "next-level")]
         CommandResult::LevelProbeApplied { .. } => true,
         CommandResult::Nothing
@@ -215,7 +241,15 @@ fn result_changes(result: &CommandResult) -> bool {
         | CommandResult::StateFull { .. }
         | CommandResult::RestoreStaged { .. }
         | CommandResult::RestoreRejected { .. }
-        | CommandResult::ClusterLevelSet { changed: false, .. } => false,
+        | CommandResult::ClusterLevelSet { changed: false, .. }
+        | CommandResult::JobRefused { .. }
+        | CommandResult::UnknownJob { .. }
+        | CommandResult::JobUpdated { changed: false, .. }
+        | CommandResult::PlacementRefused { .. }
+        | CommandResult::NodeSchedulingSet { changed: false, .. }
+        | CommandResult::UnknownGpu { .. }
+        | CommandResult::GpuHealthConflict { .. }
+        | CommandResult::GpuHealthSet { changed: false, .. } => false,
     }
 }
 
@@ -385,6 +419,8 @@ impl ClusterState {
                 None => CommandResult::UnknownNode { node },
                 Some(rec) => {
                     self.counted_bytes = self.counted_bytes.saturating_sub(node_size(&node, &rec));
+                    self.node_lost(revision, &node, true);
+                    self.node_scheduling.remove(&node);
                     self.push_event(NodeEvent {
                         revision,
                         at_unix_ms: self.clock_unix_ms,
@@ -406,6 +442,34 @@ impl ClusterState {
                 bytes,
                 digest,
             } => self.restore_commit(revision, restore, bytes, &digest),
+            Command::SubmitJob { spec } => self.submit_job(revision, *spec),
+            Command::CancelJob { job } => self.cancel_job(revision, job),
+            Command::PlaceAllocations { job, placements } => {
+                self.place_allocations(revision, job, placements)
+            }
+            Command::StopAllocations { stops } => self.stop_allocations(revision, stops),
+            Command::ReportAllocations { node, reports } => {
+                self.report_allocations(revision, node, reports)
+            }
+            Command::SetJobPendingReason { job, reason } => {
+                self.set_pending_reason(revision, job, reason)
+            }
+            Command::SetNodeScheduling {
+                node,
+                cordoned,
+                drain_deadline_ms,
+            } => self.set_node_scheduling(revision, node, cordoned, drain_deadline_ms),
+            Command::TransitionGpuHealth {
+                node,
+                gpu,
+                from,
+                to,
+                reason,
+            } => self.transition_gpu_health(revision, node, gpu, from, to, reason),
+            Command::CollectJobs {
+                finished_before_ms,
+                keep_at_most,
+            } => self.collect_jobs(revision, finished_before_ms, keep_at_most),
             Command::SetClusterLevel { level } if level <= self.cluster_level => {
                 CommandResult::ClusterLevelSet {
                     level: self.cluster_level,
@@ -480,7 +544,7 @@ impl ClusterState {
     }
 
     /// `StateFull` when replacing `old` counted bytes with `new` passes the limit.
-    fn refuse_growth(&self, old: u64, new: u64) -> Option<CommandResult> {
+    pub(crate) fn refuse_growth(&self, old: u64, new: u64) -> Option<CommandResult> {
         let would_be = self.counted_bytes.saturating_sub(old) + new;
         (new > old && would_be > MAX_STATE_BYTES).then_some(CommandResult::StateFull {
             limit: MAX_STATE_BYTES,
@@ -569,18 +633,21 @@ impl ClusterState {
         self.push_event(NodeEvent {
             revision,
             at_unix_ms: self.clock_unix_ms,
-            node,
+            node: node.clone(),
             from: Some(current),
             to: Some(health),
             reason,
         });
+        if health == NodeHealth::Down {
+            self.node_lost(revision, &node, false);
+        }
         CommandResult::NodeHealthSet {
             changed: true,
             revision,
         }
     }
 
-    fn push_event(&mut self, event: NodeEvent) {
+    pub(crate) fn push_event(&mut self, event: NodeEvent) {
         if self.node_events.len() >= MAX_NODE_EVENTS {
             self.node_events.pop_front();
         }
@@ -718,7 +785,14 @@ impl ClusterState {
             + self
                 .pending_restore
                 .as_ref()
-                .map_or(0, |p| p.data.len() as u64);
+                .map_or(0, |p| p.data.len() as u64)
+            + self.jobs.values().map(crate::jobs::job_size).sum::<u64>()
+            + self
+                .allocs
+                .values()
+                .map(crate::jobs::alloc_size)
+                .sum::<u64>();
+        self.rebuild_usage();
     }
 
     /// Entries whose key starts with `prefix`, strictly after `start_after`, at most `limit`.

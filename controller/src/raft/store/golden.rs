@@ -12,6 +12,9 @@ use std::io::Write;
 
 use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership};
+use steward_core::jobs::{
+    AllocReport, AllocState, GpuHealth, NewAllocation, StopAllocation, StopReason,
+};
 use steward_core::node::NodeHealth;
 use steward_core::{ClusterState, Command};
 
@@ -96,6 +99,43 @@ async fn write_golden() {
             at_unix_ms: 1_800_000_000_000 + at,
             commands,
         })
+    };
+    let job = |name: &str, tasks: u32, gpus: u32| {
+        let mut spec = steward_core::job::JobSpec::from_toml(&format!(
+            "name = \"{name}\"\ncommand = \"sleep\"\nargs = [\"60\"]\ntasks = {tasks}\n[resources]\ngpus = {gpus}\ncpu_millicores = 100\nmemory_mib = 64\n"
+        ))
+        .expect("job spec");
+        spec.env.insert("MODEL".into(), "llama".into());
+        spec
+    };
+    let gpu_uuid = |i: usize| inventory_typed.gpus[i].uuid.clone();
+    let place = |job: &str, tasks: &[(u32, usize)]| Command::PlaceAllocations {
+        job: job.into(),
+        placements: tasks
+            .iter()
+            .map(|&(task, g)| NewAllocation {
+                task,
+                node: "node-00000000000000a5".into(),
+                gpus: vec![gpu_uuid(g)],
+                gpu_milli: 1000,
+                cpu_millicores: 100,
+                memory_mib: 64,
+                rendezvous: None,
+            })
+            .collect(),
+    };
+    let report = |alloc: &str, generation: u64, state: AllocState, code: Option<i32>| {
+        Command::ReportAllocations {
+            node: "node-00000000000000a5".into(),
+            reports: vec![AllocReport {
+                alloc: alloc.into(),
+                generation,
+                state,
+                exit_code: code,
+                restarts: 0,
+                reason: String::new(),
+            }],
+        }
     };
     let request = |seq: u64, command: Command| Command::Request {
         id: steward_core::command::RequestId {
@@ -241,6 +281,92 @@ async fn write_golden() {
             2,
             stamped(12, vec![request(3, put("after/3", "last", None))]),
         ),
+        // Format 3: jobs, allocations, node scheduling and GPU health.
+        (
+            2,
+            stamped(
+                13,
+                vec![
+                    Command::SetClusterLevel { level: 3 },
+                    node("node-00000000000000a5", "gpu-5"),
+                ],
+            ),
+        ),
+        (
+            2,
+            stamped(
+                14,
+                vec![
+                    request(
+                        4,
+                        Command::SubmitJob {
+                            spec: Box::new(job("train", 2, 1)),
+                        },
+                    ),
+                    Command::SubmitJob {
+                        spec: Box::new(job("doomed", 1, 1)),
+                    },
+                    Command::SubmitJob {
+                        spec: Box::new(job("waits", 1, 8)),
+                    },
+                ],
+            ),
+        ),
+        (
+            2,
+            stamped(
+                15,
+                vec![
+                    place("train-24", &[(0, 0), (1, 1)]),
+                    // A stale plan for the same GPU: refused.
+                    place("doomed-25", &[(0, 0)]),
+                    place("doomed-25", &[(0, 2)]),
+                    Command::SetJobPendingReason {
+                        job: "waits-26".into(),
+                        reason: "1 node: needs 8 whole GPUs, 5 free".into(),
+                    },
+                ],
+            ),
+        ),
+        (
+            2,
+            stamped(
+                16,
+                vec![
+                    report("train-24.0.1", 27, AllocState::Running, None),
+                    report("train-24.1.1", 27, AllocState::Complete, Some(0)),
+                    // An old generation: ignored.
+                    report("doomed-25.0.1", 1, AllocState::Failed, Some(1)),
+                    Command::TransitionGpuHealth {
+                        node: "node-00000000000000a5".into(),
+                        gpu: inventory_typed.gpus[2].uuid.clone(),
+                        from: GpuHealth::Healthy,
+                        to: GpuHealth::Failed,
+                        reason: "XID 79: GPU fell off the bus".into(),
+                    },
+                    Command::StopAllocations {
+                        stops: vec![StopAllocation {
+                            alloc: "train-24.0.1".into(),
+                            generation: 27,
+                            reason: StopReason::Drained,
+                        }],
+                    },
+                    Command::SetNodeScheduling {
+                        node: "node-00000000000000a5".into(),
+                        cordoned: true,
+                        drain_deadline_ms: None,
+                    },
+                    Command::CancelJob {
+                        job: "doomed-25".into(),
+                    },
+                    report("doomed-25.0.1", 28, AllocState::Stopped, None),
+                    Command::CollectJobs {
+                        finished_before_ms: u64::MAX,
+                        keep_at_most: 0,
+                    },
+                ],
+            ),
+        ),
     ];
     let entries: Vec<Entry> = payloads
         .into_iter()
@@ -310,6 +436,18 @@ async fn write_golden() {
             "revision": e.revision, "node": e.node, "from": e.from.map(|h| h.name()),
             "to": e.to.map(|h| h.name()).unwrap_or("removed"), "reason": e.reason,
         })).collect::<Vec<_>>(),
+        "jobs": state.jobs.iter().map(|(id, j)| (id.clone(), serde_json::json!({
+            "status": j.status.name(), "pending_reason": j.pending_reason,
+            "tasks": j.tasks.len(), "events": j.events.len(),
+        }))).collect::<BTreeMap<_, _>>(),
+        "allocs": state.allocs.iter().map(|(id, a)| (id.clone(), serde_json::json!({
+            "node": a.node, "state": a.state.name(), "generation": a.generation,
+            "stopping": a.desired == steward_core::jobs::DesiredState::Stop,
+        }))).collect::<BTreeMap<_, _>>(),
+        "node_scheduling": state.node_scheduling.iter().map(|(id, n)| (id.clone(), serde_json::json!({
+            "cordoned": n.cordoned,
+            "failed_gpus": n.gpu_health.keys().collect::<Vec<_>>(),
+        }))).collect::<BTreeMap<_, _>>(),
     });
     std::fs::write(
         out.join("expected.json"),
