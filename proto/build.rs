@@ -11,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/steward/v1/admin.proto",
         "proto/steward/v1/agent.proto",
         "proto/steward/v1/inventory.proto",
+        "proto/steward/v1/jobs.proto",
+        "proto/steward/v1/common.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -35,6 +35,13 @@ pub struct AgentConfigFile {
     pub telemetry_interval: Option<Duration>,
     /// "MODEL:COUNT": simulated GPUs instead of NVML.
     pub simulate_gpus: Option<String>,
+    /// Stop `on_disconnect = "stop"` work after this long without a heartbeat acknowledged
+    /// by a leader (default: half of `controller_down_after`).
+    #[serde(default, with = "humantime_serde")]
+    pub fence_after: Option<Duration>,
+    /// The controllers' `liveness.down_after` (default 5 s): fencing must end before it.
+    #[serde(default, with = "humantime_serde")]
+    pub controller_down_after: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +76,13 @@ pub struct AgentConfig {
     pub api_addr: SocketAddr,
     pub advertise_addr: String,
     pub metrics_addr: Option<SocketAddr>,
+    pub fence_after: Duration,
+    /// The `steward` binary that runs allocation shims (`steward agent-shim`).
+    pub shim_exe: PathBuf,
 }
+
+/// The controllers' default `liveness.down_after`.
+pub const DEFAULT_CONTROLLER_DOWN_AFTER: Duration = Duration::from_secs(5);
 
 /// Shortest and longest heartbeat period.
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
@@ -145,7 +158,30 @@ impl AgentConfigFile {
             None if api_addr.ip().is_unspecified() => format!("{hostname}:{}", api_addr.port()),
             None => api_addr.to_string(),
         };
+        let down_after = self
+            .controller_down_after
+            .unwrap_or(DEFAULT_CONTROLLER_DOWN_AFTER);
+        let fence_after = self.fence_after.unwrap_or(down_after / 2);
+        // The timing argument (ARCHITECTURE.md, "Failover and fencing"): the fence clock
+        // starts when the last acknowledged heartbeat was *sent*, which is before the
+        // leader last heard from this node; the work is gone a kill grace after the fence;
+        // all of it must end before the leader declares the node down, with 10 % of
+        // down_after left for the two clocks' rate difference.
+        let worst = fence_after + crate::jobs::FENCE_KILL_GRACE;
+        if fence_after.is_zero() || worst.as_secs_f64() > down_after.as_secs_f64() * 0.9 {
+            return Err(invalid(
+                "fence_after",
+                format!(
+                    "{fence_after:?} + the kill grace {:?} must stay within 90 % of the controllers' down_after ({down_after:?}), or a cut-off node's work could still run when it is placed elsewhere",
+                    crate::jobs::FENCE_KILL_GRACE
+                ),
+            ));
+        }
+        let shim_exe = std::env::current_exe()
+            .map_err(|e| invalid("shim", format!("cannot find the steward binary: {e}")))?;
         Ok(AgentConfig {
+            fence_after,
+            shim_exe,
             data_dir,
             controllers,
             labels: self.labels,

@@ -181,9 +181,21 @@ pub async fn run(
             addr: config.api_addr,
             source,
         })?;
+    let runner = crate::jobs::Runner::start(crate::jobs::RunnerConfig {
+        node_id: id.clone(),
+        data_dir: config.data_dir.clone(),
+        shim_exe: config.shim_exe.clone(),
+        fence_after: config.fence_after,
+        isolation: crate::jobs::Isolation::detect(Path::new("/sys/fs/cgroup")),
+    })
+    .map_err(|source| AgentError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
     tokio::spawn(crate::api::serve(
         api,
         telemetry.clone(),
+        runner.allocs_dir(),
         stop.clone().cancelled_owned(),
     ));
     if let Some(addr) = config.metrics_addr {
@@ -258,6 +270,7 @@ pub async fn run(
                     if moved {
                         tracing::info!(node = %id, leader = %found.addr, term = found.term, "following the leader");
                         stats.leader_changes.fetch_add(1, Ordering::Relaxed);
+                        runner.set_leader(Some((found.addr.clone(), found.client.clone())));
                         leader = Some(found);
                     }
                 }
@@ -296,6 +309,7 @@ pub async fn run(
                 Err(status) => {
                     tracing::debug!(%status, "registration failed; looking for the leader again");
                     leader = None;
+                    runner.set_leader(None);
                     continue;
                 }
             }
@@ -307,9 +321,11 @@ pub async fn run(
             inventory_digest: register.inventory_digest.clone(),
             telemetry: Some(telemetry.latest().to_proto()),
         };
+        let sent_at = Instant::now();
         match l.client.heartbeat(hb).await {
             Ok(reply) => {
                 backoff = Duration::from_millis(100);
+                runner.heartbeat_acknowledged(sent_at);
                 stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
                 if reply.into_inner().register_again {
                     registration.needed = true;
@@ -319,6 +335,7 @@ pub async fn run(
                 stats.heartbeat_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%status, "heartbeat failed; looking for the leader again");
                 leader = None;
+                runner.set_leader(None);
             }
         }
     }

@@ -6,6 +6,8 @@
 //! - `telemetry`: the sampler thread, the GPU event thread, the event log, and GPU health.
 //! - `daemon`: node id, inventory, start-up, heartbeats carrying telemetry summaries;
 //!   `link`: finding the leader and keeping the registration.
+//! - `jobs`: running the allocations placed on this node (shim, isolation, restarts,
+//!   fencing, re-adoption after an agent restart).
 //! - `procfs`: procfs and filesystem readers shared by `hardware` and `telemetry`.
 //! - `api`: the agent's own gRPC API. `metrics`: Prometheus `/metrics`. `config`: settings.
 //!
@@ -15,6 +17,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod hardware;
+pub mod jobs;
 pub mod link;
 pub mod metrics;
 pub mod procfs;

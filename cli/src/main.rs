@@ -54,10 +54,23 @@ enum Command {
     Operator(cmd::operator::OperatorCommand),
     /// Replay a GPU-cluster trace through the scheduler's policies (FGD paper's experiment).
     Sim(cmd::sim::SimArgs),
+    /// Jobs: run, plan, list, show, logs, cancel.
+    #[command(subcommand)]
+    Job(cmd::job::JobCommand),
+    /// Allocations: the placements of jobs' tasks.
+    #[command(subcommand)]
+    Alloc(cmd::job::AllocCommand),
+    /// (internal) The shim the agent starts for each allocation.
+    #[command(hide = true)]
+    AgentShim(cmd::agent::ShimArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The shim runs no async runtime of its own (it outlives the agent; see agent::jobs::shim).
+    if let Command::AgentShim(args) = &cli.command {
+        return ExitCode::from(cmd::agent::run_shim(args).clamp(0, 255) as u8);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,6 +91,9 @@ fn main() -> ExitCode {
             Command::Kv(c) => cmd::kv::run(&cli.addr, cli.output, c).await,
             Command::Operator(c) => cmd::operator::run(&cli.addr, cli.output, c).await,
             Command::Sim(args) => cmd::sim::run(cli.output, args),
+            Command::Job(c) => cmd::job::run(&cli.addr, cli.output, c).await,
+            Command::Alloc(c) => cmd::job::run_alloc(&cli.addr, cli.output, c).await,
+            Command::AgentShim(_) => unreachable!("handled before the runtime starts"),
         }
     });
     match result {

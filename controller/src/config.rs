@@ -36,6 +36,31 @@ pub struct ControllerConfigFile {
     pub raft: RaftTuning,
     #[serde(default)]
     pub liveness: LivenessTuning,
+    #[serde(default)]
+    pub jobs: JobsTuning,
+}
+
+/// The scheduler's settings (the leader's `scheduler` loop).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsTuning {
+    /// Finished jobs (and their allocations) are forgotten this long after they ended.
+    #[serde(with = "humantime_serde")]
+    pub gc_after: Duration,
+    /// At most this many finished jobs are kept, oldest forgotten first.
+    pub history: u32,
+    /// A job preempts only preemptible tasks at least this much lower in priority.
+    pub preemption_gap: u32,
+}
+
+impl Default for JobsTuning {
+    fn default() -> Self {
+        JobsTuning {
+            gc_after: Duration::from_secs(24 * 3600),
+            history: 5_000,
+            preemption_gap: steward_core::jobs::round::DEFAULT_PREEMPTION_GAP,
+        }
+    }
 }
 
 /// Failure detection of agents (the leader's, from heartbeats).
@@ -145,6 +170,7 @@ pub struct ControllerConfig {
     pub cluster_name: String,
     pub raft: RaftTuning,
     pub liveness: steward_core::liveness::LivenessConfig,
+    pub jobs: JobsTuning,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,9 +306,16 @@ impl ControllerConfigFile {
         let cluster_name = self.cluster_name.unwrap_or_else(|| "steward".to_string());
         self.raft.validate()?;
         let liveness = self.liveness.resolve()?;
+        if self.jobs.gc_after.is_zero() {
+            return Err(invalid(
+                "jobs.gc_after",
+                "must be above 0 (finished jobs would vanish before anyone sees them)",
+            ));
+        }
         Ok(ControllerConfig {
             metrics_addr: self.metrics_addr,
             liveness,
+            jobs: self.jobs,
             id,
             data_dir,
             raft_addr,

@@ -144,7 +144,7 @@ impl Controller {
             ),
             None,
         );
-        crate::control::start(&workers, &handle, &liveness);
+        crate::control::start(&workers, &handle, &liveness, &config.jobs);
 
         let ctx = Arc::new(ApiContext {
             raft: handle,

@@ -11,6 +11,7 @@ mod config_examples;
 mod control_races;
 mod deploy_units;
 mod dev_cluster;
+mod jobs;
 mod metrics_promtool;
 mod raft_chaos;
 mod raft_failover;

@@ -54,6 +54,40 @@ pub struct AgentArgs {
     /// Simulate GPUs instead of reading NVML: "MODEL:COUNT", e.g. "H100:8".
     #[arg(long, env = "STEWARD_SIMULATE_GPUS")]
     pub simulate_gpus: Option<String>,
+    /// Stop work that must not run disconnected after this long without a heartbeat
+    /// acknowledged by a leader [default: half of --controller-down-after].
+    #[arg(long, env = "STEWARD_FENCE_AFTER", value_parser = humantime::parse_duration)]
+    pub fence_after: Option<Duration>,
+    /// The controllers' liveness.down_after, which fencing must beat [default: 5s].
+    #[arg(long, env = "STEWARD_CONTROLLER_DOWN_AFTER", value_parser = humantime::parse_duration)]
+    pub controller_down_after: Option<Duration>,
+}
+
+/// `steward agent-shim`: started by the agent for each allocation.
+#[derive(clap::Args, Debug)]
+pub struct ShimArgs {
+    #[arg(long)]
+    pub alloc_dir: PathBuf,
+    /// A cgroup's procs file to join before starting the task (repeatable).
+    #[arg(long = "cgroup-procs")]
+    pub cgroup_procs: Vec<PathBuf>,
+    #[arg(long, default_value_t = steward_agent::jobs::shim::DEFAULT_MAX_LOG_BYTES)]
+    pub max_log_bytes: u64,
+    #[arg(long, default_value_t = steward_agent::jobs::shim::DEFAULT_MAX_LOG_FILES)]
+    pub max_log_files: u32,
+    /// The task's program and arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+pub fn run_shim(args: &ShimArgs) -> i32 {
+    steward_agent::jobs::shim::run(steward_agent::jobs::shim::ShimArgs {
+        alloc_dir: args.alloc_dir.clone(),
+        cgroup_procs: args.cgroup_procs.clone(),
+        max_log_bytes: args.max_log_bytes,
+        max_log_files: args.max_log_files,
+        command: args.command.clone(),
+    })
 }
 
 impl AgentArgs {
@@ -77,6 +111,8 @@ impl AgentArgs {
         file.heartbeat_interval = self.heartbeat_interval.or(file.heartbeat_interval);
         file.telemetry_interval = self.telemetry_interval.or(file.telemetry_interval);
         file.simulate_gpus = self.simulate_gpus.clone().or(file.simulate_gpus);
+        file.fence_after = self.fence_after.or(file.fence_after);
+        file.controller_down_after = self.controller_down_after.or(file.controller_down_after);
         for l in self.labels.iter().filter(|l| !l.trim().is_empty()) {
             let (k, v) = l
                 .split_once('=')

@@ -81,6 +81,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             api_addr: api.parse()?,
             advertise_addr: api,
             metrics_addr: None,
+            fence_after: steward_agent::config::DEFAULT_CONTROLLER_DOWN_AFTER / 2,
+            shim_exe: std::env::current_exe()?,
         };
         let stop = agent_stop.clone();
         agents.push(tokio::spawn(async move {

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod controller;
 pub mod dev;
+pub mod job;
 pub mod kv;
 pub mod node;
 pub mod operator;

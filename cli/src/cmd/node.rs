@@ -31,6 +31,21 @@ pub enum NodeCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Keep new work off a node (what runs there stays).
+    Cordon { id: String },
+    /// Allow new work on a node again (ends a drain too).
+    Uncordon { id: String },
+    /// Move a node's work off: no new placements; its allocations are stopped (now, or at
+    /// the deadline) and placed elsewhere. Follows progress until the node is empty.
+    Drain {
+        id: String,
+        /// Let the work run until this much time has passed (e.g. "30m"); default: now.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        deadline: Option<std::time::Duration>,
+        /// Start the drain and return.
+        #[arg(long)]
+        detach: bool,
+    },
     /// Assign load to a node's simulated GPU; its telemetry follows (development, tests).
     Load {
         id: String,
@@ -271,6 +286,73 @@ fn print_node(n: &NodeSummary, inventory: &serde_json::Value) {
     }
 }
 
+async fn set_scheduling(
+    addrs: &str,
+    output: Output,
+    id: &str,
+    cordoned: bool,
+    drain: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
+    let req = steward_proto::v1::SetNodeSchedulingRequest {
+        node_id: id.to_string(),
+        cordoned,
+        drain_deadline_ms: drain.map(|d| d.as_millis() as u64),
+    };
+    let reply = with_retry(addrs, |mut c| {
+        let req = req.clone();
+        async move { c.set_node_scheduling(req).await.map(|r| r.into_inner()) }
+    })
+    .await?;
+    let what = match (drain, cordoned) {
+        (Some(_), _) => "draining",
+        (None, true) => "cordoned",
+        (None, false) => "uncordoned",
+    };
+    match output {
+        Output::Json if drain.is_none() => print_json(
+            &json!({"node": id, "state": what, "changed": reply.changed, "revision": reply.revision}),
+        )?,
+        Output::Json => {}
+        Output::Table if reply.changed => println!("node {id} {what}"),
+        Output::Table => println!("node {id} was already {what}"),
+    }
+    Ok(())
+}
+
+/// Prints a drain's progress until the node is empty.
+async fn follow_drain(addrs: &str, output: Output, id: &str) -> anyhow::Result<()> {
+    let mut last = None;
+    loop {
+        let req = steward_proto::v1::NodeSchedulingRequest {
+            node_id: id.to_string(),
+        };
+        let s = with_retry(addrs, |mut c| {
+            let req = req.clone();
+            async move { c.node_scheduling(req).await.map(|r| r.into_inner()) }
+        })
+        .await?;
+        if s.drain_complete || (s.draining && s.allocations == 0) {
+            match output {
+                Output::Json => {
+                    print_json(&json!({"node": id, "state": "drained", "allocations": 0}))?
+                }
+                Output::Table => {
+                    println!("node {id} drained: no allocations left (it stays cordoned)")
+                }
+            }
+            return Ok(());
+        }
+        if !s.draining {
+            anyhow::bail!("the drain of node {id} was ended (uncordoned) before it completed");
+        }
+        if output == Output::Table && last != Some(s.allocations) {
+            println!("node {id}: {} allocations left", s.allocations);
+            last = Some(s.allocations);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 /// The agent API of a node: `--agent`, or the address the node registered.
 async fn agent_client(
     addrs: &str,
@@ -461,6 +543,19 @@ pub async fn run(addrs: &str, output: Output, command: NodeCommand) -> anyhow::R
                 Output::Table => {
                     println!("node {id}: injected {} into GPU {gpu}", kind.as_str_name())
                 }
+            }
+        }
+        NodeCommand::Cordon { id } => set_scheduling(addrs, output, &id, true, None).await?,
+        NodeCommand::Uncordon { id } => set_scheduling(addrs, output, &id, false, None).await?,
+        NodeCommand::Drain {
+            id,
+            deadline,
+            detach,
+        } => {
+            let deadline = deadline.unwrap_or_default();
+            set_scheduling(addrs, output, &id, true, Some(deadline)).await?;
+            if !detach {
+                follow_drain(addrs, output, &id).await?;
             }
         }
         NodeCommand::Remove { id, force } => {

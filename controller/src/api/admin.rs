@@ -8,7 +8,7 @@ use steward_proto::v1::*;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::snapshot::ChunkStream;
-use super::{kv, membership, nodes, snapshot, status, ApiContext};
+use super::{jobs, kv, membership, nodes, snapshot, status, ApiContext};
 
 pub struct AdminService {
     ctx: Arc<ApiContext>,
@@ -92,6 +92,63 @@ impl Admin for AdminService {
         r: Request<RemoveNodeRequest>,
     ) -> Result<Response<RemoveNodeReply>, Status> {
         nodes::remove(&self.ctx, r).await
+    }
+
+    async fn submit_job(
+        &self,
+        r: Request<SubmitJobRequest>,
+    ) -> Result<Response<SubmitJobReply>, Status> {
+        jobs::submit(&self.ctx, r).await
+    }
+
+    async fn plan_job(&self, r: Request<PlanJobRequest>) -> Result<Response<PlanJobReply>, Status> {
+        jobs::plan(&self.ctx, r).await
+    }
+
+    async fn list_jobs(
+        &self,
+        r: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsReply>, Status> {
+        jobs::list(&self.ctx, r).await
+    }
+
+    async fn get_job(&self, r: Request<GetJobRequest>) -> Result<Response<JobPb>, Status> {
+        jobs::get(&self.ctx, r).await
+    }
+
+    async fn cancel_job(
+        &self,
+        r: Request<CancelJobRequest>,
+    ) -> Result<Response<CancelJobReply>, Status> {
+        jobs::cancel(&self.ctx, r).await
+    }
+
+    async fn list_allocations(
+        &self,
+        r: Request<ListAllocationsRequest>,
+    ) -> Result<Response<ListAllocationsReply>, Status> {
+        jobs::list_allocations(&self.ctx, r).await
+    }
+
+    async fn get_allocation(
+        &self,
+        r: Request<GetAllocationRequest>,
+    ) -> Result<Response<AllocationPb>, Status> {
+        jobs::get_allocation(&self.ctx, r).await
+    }
+
+    async fn set_node_scheduling(
+        &self,
+        r: Request<SetNodeSchedulingRequest>,
+    ) -> Result<Response<SetNodeSchedulingReply>, Status> {
+        jobs::set_node_scheduling(&self.ctx, r).await
+    }
+
+    async fn node_scheduling(
+        &self,
+        r: Request<NodeSchedulingRequest>,
+    ) -> Result<Response<NodeSchedulingReply>, Status> {
+        jobs::node_scheduling(&self.ctx, r).await
     }
 
     type SnapshotSaveStream = ChunkStream;

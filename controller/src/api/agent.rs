@@ -9,10 +9,32 @@ use steward_core::node::{validate_labels, validate_registration};
 use steward_core::{Command, CommandResult};
 use steward_proto::v1::agent_control_server::AgentControl;
 use steward_proto::v1::{
-    HeartbeatReply, HeartbeatRequest, LeaderHintReply, LeaderHintRequest, RegisterNodeReply,
-    RegisterNodeRequest,
+    AllocationsUpdate, HeartbeatReply, HeartbeatRequest, LeaderHintReply, LeaderHintRequest,
+    RegisterNodeReply, RegisterNodeRequest, ReportAllocationsReply, ReportAllocationsRequest,
+    WatchAllocationsRequest,
 };
 use tonic::{Request, Response, Status};
+
+/// How often an assignment stream re-checks that this controller still leads.
+const WATCH_LEADERSHIP_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+/// Most reports one call may carry.
+pub const MAX_REPORTS_PER_CALL: usize = 1024;
+
+pub type AllocationsStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<AllocationsUpdate, Status>> + Send>>;
+
+/// The node's live allocations, with their specs, as an agent receives them.
+fn node_allocations(ctx: &ApiContext, node: &str) -> (u64, Vec<steward_proto::v1::AllocationPb>) {
+    let applied = ctx.raft.view().read();
+    let s = &applied.state;
+    let list = s
+        .live_allocs_on(node)
+        .iter()
+        .filter_map(|id| s.allocs.get(id))
+        .map(|a| super::jobs::alloc_to_pb(s, a, true))
+        .collect();
+    (s.revision, list)
+}
 
 use super::error::ApiError;
 use super::ApiContext;
@@ -71,6 +93,106 @@ impl TapMessage for Status {
 
 #[tonic::async_trait]
 impl AgentControl for AgentControlService {
+    type WatchAllocationsStream = AllocationsStream;
+
+    /// A full list of the node's allocations now, and again after every change to it,
+    /// for as long as this controller leads. The stream ends with UNAVAILABLE when it stops
+    /// leading; the agent then finds the new leader and watches there.
+    async fn watch_allocations(
+        &self,
+        request: Request<WatchAllocationsRequest>,
+    ) -> Result<Response<AllocationsStream>, Status> {
+        let req = request.into_inner();
+        self.require_leader()?;
+        // Everything committed before this call is applied before the first list.
+        self.ctx.raft.read_barrier().await.map_err(ApiError::from)?;
+        let ctx = self.ctx.clone();
+        let changes = ctx.raft.view().subscribe();
+        let state = (
+            ctx,
+            req.node_id,
+            changes,
+            None::<Vec<steward_proto::v1::AllocationPb>>,
+            false,
+        );
+        let stream =
+            futures::stream::unfold(state, |(ctx, node, mut changes, last, ended)| async move {
+                if ended {
+                    return None;
+                }
+                loop {
+                    if !ctx.raft.holds_leader_lease() {
+                        let status = Status::unavailable(
+                            "this controller no longer leads; ask LeaderHint and watch there",
+                        );
+                        return Some((Err(status), (ctx, node, changes, last, true)));
+                    }
+                    changes.borrow_and_update();
+                    let (revision, list) = node_allocations(&ctx, &node);
+                    if last.as_ref() != Some(&list) {
+                        let update = AllocationsUpdate {
+                            revision,
+                            allocations: list.clone(),
+                        };
+                        return Some((Ok(update), (ctx, node, changes, Some(list), false)));
+                    }
+                    let _ = tokio::time::timeout(WATCH_LEADERSHIP_CHECK, changes.changed()).await;
+                }
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn report_allocations(
+        &self,
+        request: Request<ReportAllocationsRequest>,
+    ) -> Result<Response<ReportAllocationsReply>, Status> {
+        let req = request.into_inner();
+        self.require_leader()?;
+        if req.reports.len() > MAX_REPORTS_PER_CALL {
+            return Err(ApiError::InvalidArgument(format!(
+                "{} reports in one call, the limit is {MAX_REPORTS_PER_CALL}",
+                req.reports.len()
+            ))
+            .into());
+        }
+        let mut reports = Vec::with_capacity(req.reports.len());
+        for r in req.reports {
+            let state = steward_core::jobs::AllocState::parse(&r.state).ok_or_else(|| {
+                ApiError::InvalidArgument(format!(
+                    "allocation {}: unknown state `{}`",
+                    r.alloc_id, r.state
+                ))
+            })?;
+            reports.push(steward_core::jobs::AllocReport {
+                alloc: r.alloc_id,
+                generation: r.generation,
+                state,
+                exit_code: r.exit_code,
+                restarts: r.restarts,
+                reason: steward_core::jobs::bounded_reason(r.reason),
+            });
+        }
+        let command = Command::ReportAllocations {
+            node: req.node_id,
+            reports,
+        };
+        match self
+            .ctx
+            .raft
+            .propose(command)
+            .await
+            .map_err(ApiError::from)?
+        {
+            (
+                _,
+                CommandResult::AllocationsReported {
+                    applied, ignored, ..
+                },
+            ) => Ok(Response::new(ReportAllocationsReply { applied, ignored })),
+            (_, other) => Err(ApiError::Internal(format!("unexpected result {other:?}")).into()),
+        }
+    }
+
     async fn leader_hint(
         &self,
         _request: Request<LeaderHintRequest>,

@@ -3,8 +3,10 @@
 //! validate, turn requests into commands or reads, and map results to replies.
 //!
 //! - `admin.rs`: the `Admin` service, delegating to one file per area: `status.rs`,
-//!   `kv.rs`, `membership.rs`, `nodes.rs`, `snapshot.rs`;
-//! - `agent.rs`: the `AgentControl` service (leader hints, registration, heartbeats);
+//!   `kv.rs`, `membership.rs`, `nodes.rs`, `snapshot.rs`, `jobs.rs` (jobs, allocations,
+//!   cordon and drain);
+//! - `agent.rs`: the `AgentControl` service (leader hints, registration, heartbeats, the
+//!   node's allocations as a stream, and agents' reports of them);
 //! - `forward.rs`: the one read path and the one write path, with forwarding to the leader;
 //! - `error.rs`: errors and their gRPC statuses.
 //!
@@ -18,6 +20,7 @@ mod admin;
 mod agent;
 pub mod error;
 pub mod forward;
+mod jobs;
 mod kv;
 mod membership;
 mod nodes;

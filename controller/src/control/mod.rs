@@ -5,14 +5,20 @@
 //! per event). On a follower each loop idles.
 //!
 //! - `liveness`: agents' heartbeats -> node health (ready, suspect, down);
-//! - `cluster_level`: the members' reported builds -> the cluster's feature level.
+//! - `cluster_level`: the members' reported builds -> the cluster's feature level;
+//! - `scheduler`: waiting tasks -> placements, preemptions, drain stops, pending reasons
+//!   (failover is a node going down: `apply` marks its work lost, the next round places it);
+//! - `gpu_health`: agents' GPU judgements (heartbeat telemetry) -> committed GPU health
+//!   transitions, which withdraw a failed GPU and stop the work on it.
 //!
-//! Scheduling, failover, repair and remediation join here as further loops.
+//! Storage repair and remediation join here as further loops.
 
 pub mod cluster_level;
+pub mod gpu_health;
 #[cfg(feature = "next-level")]
 pub mod level_probe;
 pub mod liveness;
+pub mod scheduler;
 
 use std::sync::Arc;
 
@@ -23,12 +29,25 @@ use cluster_level::ClusterLevelWorker;
 use liveness::{LivenessTracker, LivenessWorker};
 
 /// Starts the leader's control loops on `workers`.
-pub fn start(workers: &WorkerSet, raft: &RaftHandle, liveness: &Arc<LivenessTracker>) {
+pub fn start(
+    workers: &WorkerSet,
+    raft: &RaftHandle,
+    liveness: &Arc<LivenessTracker>,
+    jobs: &crate::config::JobsTuning,
+) {
     workers.spawn(
         LivenessWorker::new(raft.clone(), liveness.clone()),
         Some(liveness.waker()),
     );
     workers.spawn(ClusterLevelWorker::new(raft.clone()), None);
+    workers.spawn(
+        scheduler::SchedulerWorker::new(raft.clone(), jobs.clone()),
+        None,
+    );
+    workers.spawn(
+        gpu_health::GpuHealthWorker::new(raft.clone(), liveness.clone()),
+        None,
+    );
     #[cfg(feature = "next-level")]
     workers.spawn(level_probe::LevelProbeWorker::new(raft.clone()), None);
 }

@@ -752,17 +752,12 @@ impl ClusterState {
             .collect()
     }
 
-    /// The live allocations on `node` (walks every allocation: used on node and GPU
-    /// failures, drains and removals, which are rare).
+    /// The live allocations on `node`.
     pub fn live_allocs_on(&self, node: &str) -> Vec<String> {
-        if self.usage.get(node).is_none_or(NodeUsage::is_empty) {
-            return Vec::new();
-        }
-        self.allocs
-            .values()
-            .filter(|a| a.node == node && !a.state.is_terminal())
-            .map(|a| a.id.clone())
-            .collect()
+        self.usage
+            .get(node)
+            .map(|u| u.alloc_ids.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Marks `id` as asked to stop (its agent stops it and reports the end).

@@ -378,6 +378,8 @@ pub struct NodeUsage {
     pub cpu_millicores: u64,
     pub memory_mib: u64,
     pub allocs: usize,
+    /// The live allocations' ids.
+    pub alloc_ids: std::collections::BTreeSet<String>,
 }
 
 impl NodeUsage {
@@ -388,6 +390,7 @@ impl NodeUsage {
         self.cpu_millicores += a.cpu_millicores;
         self.memory_mib += a.memory_mib;
         self.allocs += 1;
+        self.alloc_ids.insert(a.id.clone());
     }
 
     fn remove(&mut self, a: &Allocation) {
@@ -402,6 +405,7 @@ impl NodeUsage {
         self.cpu_millicores = self.cpu_millicores.saturating_sub(a.cpu_millicores);
         self.memory_mib = self.memory_mib.saturating_sub(a.memory_mib);
         self.allocs = self.allocs.saturating_sub(1);
+        self.alloc_ids.remove(&a.id);
     }
 
     pub fn is_empty(&self) -> bool {

@@ -663,3 +663,38 @@ fn plan_evictions(
         })
         .collect()
 }
+
+/// The earliest cluster time after the current one at which a round would decide
+/// something new: a reschedule delay ending, or a drain deadline. The cluster clock moves
+/// only with stamped entries, so the leader proposes an empty one when its clock passes
+/// this (the scheduler worker's clock tick).
+pub fn next_due_ms(state: &ClusterState) -> Option<u64> {
+    let now = state.clock_unix_ms;
+    let slots = state
+        .jobs
+        .values()
+        .filter(|j| !j.status.is_terminal())
+        .flat_map(|j| j.tasks.iter())
+        .filter(|t| t.outcome == TaskOutcome::Open && t.not_before_ms > now)
+        .map(|t| t.not_before_ms);
+    let drains = state
+        .node_scheduling
+        .values()
+        .filter_map(|s| s.drain.as_ref())
+        .filter(|d| d.completed_at_ms.is_none() && d.deadline_ms > now)
+        .map(|d| d.deadline_ms);
+    slots.chain(drains).min()
+}
+
+/// Whether finished jobs are due for collection: more than `keep` of them, or one that
+/// finished at or before `finished_before_ms`.
+pub fn collection_due(state: &ClusterState, finished_before_ms: u64, keep: u32) -> bool {
+    let mut finished = 0usize;
+    for j in state.jobs.values().filter(|j| j.status.is_terminal()) {
+        if j.status_since_ms <= finished_before_ms {
+            return true;
+        }
+        finished += 1;
+    }
+    finished > keep as usize
+}

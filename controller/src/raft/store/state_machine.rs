@@ -54,12 +54,25 @@ pub struct Applied {
 }
 
 /// Read access to the applied state, shared with the API servers.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct StateView {
     inner: Arc<RwLock<Applied>>,
     /// The applied state's feature level, readable without the lock: every write proposal
     /// checks it, and must not wait behind an apply that holds the lock.
     level: Arc<std::sync::atomic::AtomicU32>,
+    /// The applied state's revision, published after every apply that changed it: the
+    /// control loops and the agents' assignment streams wait on it.
+    revision: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for StateView {
+    fn default() -> Self {
+        StateView {
+            inner: Arc::default(),
+            level: Arc::default(),
+            revision: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
 }
 
 impl StateView {
@@ -81,18 +94,26 @@ impl StateView {
         self.level.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// A receiver of the applied revision: `changed()` wakes after each apply that moved it.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
     fn write(&self) -> AppliedWriteGuard<'_> {
         AppliedWriteGuard {
             guard: self.inner.write().unwrap_or_else(|p| p.into_inner()),
             level: &self.level,
+            revision: &self.revision,
         }
     }
 }
 
-/// Write access to the applied state; publishes its feature level when dropped.
+/// Write access to the applied state; publishes its feature level and revision when
+/// dropped.
 struct AppliedWriteGuard<'a> {
     guard: std::sync::RwLockWriteGuard<'a, Applied>,
     level: &'a std::sync::atomic::AtomicU32,
+    revision: &'a tokio::sync::watch::Sender<u64>,
 }
 
 impl std::ops::Deref for AppliedWriteGuard<'_> {
@@ -114,6 +135,12 @@ impl Drop for AppliedWriteGuard<'_> {
             self.guard.state.cluster_level,
             std::sync::atomic::Ordering::Release,
         );
+        let revision = self.guard.state.revision;
+        self.revision.send_if_modified(|r| {
+            let moved = *r != revision;
+            *r = revision;
+            moved
+        });
     }
 }
 

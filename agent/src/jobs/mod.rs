@@ -1,0 +1,527 @@
+//! Running the allocations the controllers place on this node.
+//!
+//! ```text
+//!  leader ──WatchAllocations (full lists)──► watch task ──reconcile──► one supervisor per
+//!                                                                      allocation
+//!  supervisor: alloc dir, cgroup, `steward agent-shim` (starts the task, rotates its logs,
+//!              records its exit status), restarts in place with back-off, stops on order
+//!  supervisor ──AllocReport──► reporter task ──ReportAllocations (batched)──► leader
+//!  heartbeat acks ──► fence task: no ack for `fence_after` ⇒ stop on_disconnect=stop work
+//! ```
+//!
+//! Invariants:
+//! - An allocation is started at most once per generation on this node: its directory
+//!   (`DATA_DIR/allocs/ID`) records the generation, the shim's pid and start time, and a
+//!   final record once it ended; a final record means never start it again (a returning
+//!   agent never restarts work that moved, and work it fenced stays stopped).
+//! - Anything this agent runs that is not in the leader's latest list has ended or moved:
+//!   it is stopped. The list is level-triggered, so a lost update changes nothing.
+//! - A restarted agent re-adopts running shims by pid and start time (`/proc`), so an agent
+//!   restart neither kills nor restarts the work.
+
+pub mod isolation;
+pub mod shim;
+mod supervisor;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use steward_core::job::{JobSpec, OnDisconnect};
+use steward_proto::v1::agent_control_client::AgentControlClient;
+use steward_proto::v1::{
+    AllocReportPb, AllocationPb, ReportAllocationsRequest, WatchAllocationsRequest,
+};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
+
+pub use isolation::Isolation;
+
+/// Grace between SIGTERM and SIGKILL when an allocation is fenced (its own `kill_timeout`
+/// when shorter): fencing must finish before the controller declares the node down.
+pub const FENCE_KILL_GRACE: Duration = Duration::from_secs(1);
+/// How often the fence is checked.
+pub const FENCE_CHECK: Duration = Duration::from_millis(100);
+/// Most reports sent in one call.
+pub const MAX_REPORTS_PER_CALL: usize = 1024;
+/// Pause before watching again after the stream broke.
+const REWATCH_PAUSE: Duration = Duration::from_millis(200);
+
+/// What the agent keeps about one allocation in its directory (`alloc.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocRecord {
+    pub id: String,
+    pub job: String,
+    pub task: u32,
+    pub generation: u64,
+    pub gpus: Vec<String>,
+    pub gpu_milli: u32,
+    pub cpu_millicores: u64,
+    pub memory_mib: u64,
+    pub spec: JobSpec,
+    pub rendezvous: Option<(String, u32, u32, u32, u32)>,
+}
+
+/// How an allocation ended on this node (`final.json`): it is never started again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinalRecord {
+    pub state: String,
+    pub exit_code: Option<i32>,
+    pub restarts: u32,
+    pub reason: String,
+}
+
+/// The shim of a running allocation (`pid.json`), to re-adopt it after an agent restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PidRecord {
+    pub pid: i32,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22): a reused pid has
+    /// another.
+    pub start_ticks: u64,
+    pub restarts: u32,
+}
+
+/// Why a supervisor must stop its task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StopOrder {
+    pub grace: Duration,
+    /// The state to report once stopped ("stopped", or "lost" for fencing).
+    pub report_as: &'static str,
+    pub reason: String,
+}
+
+struct Running {
+    generation: u64,
+    on_disconnect: OnDisconnect,
+    stop: watch::Sender<Option<StopOrder>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub node_id: String,
+    pub data_dir: PathBuf,
+    /// The `steward` binary, which runs the shim (`steward agent-shim`).
+    pub shim_exe: PathBuf,
+    pub fence_after: Duration,
+    pub isolation: Isolation,
+}
+
+/// The agent's allocation runner (shared by its tasks and the agent API).
+pub struct Runner {
+    config: RunnerConfig,
+    running: Mutex<HashMap<String, Running>>,
+    reports: mpsc::UnboundedSender<AllocReportPb>,
+    last_ack: Mutex<Instant>,
+    /// The current leader's API address and client, set by the heartbeat loop.
+    leader: watch::Sender<Option<(String, AgentControlClient<Channel>)>>,
+}
+
+impl Runner {
+    pub fn allocs_dir(&self) -> PathBuf {
+        self.config.data_dir.join("allocs")
+    }
+
+    pub fn alloc_dir(&self, id: &str) -> PathBuf {
+        self.allocs_dir().join(id)
+    }
+
+    pub fn isolation(&self) -> &Isolation {
+        &self.config.isolation
+    }
+
+    /// A heartbeat sent at `sent_at` was acknowledged by a leader: the fence clock starts
+    /// again from when it was sent (before the leader heard it: the conservative end).
+    pub fn heartbeat_acknowledged(&self, sent_at: Instant) {
+        let mut last = self.last_ack.lock().unwrap_or_else(|p| p.into_inner());
+        *last = (*last).max(sent_at);
+    }
+
+    /// The leader to watch and report to changed (`None`: none known).
+    pub fn set_leader(&self, leader: Option<(String, AgentControlClient<Channel>)>) {
+        self.leader.send_replace(leader);
+    }
+
+    fn report(&self, r: AllocReportPb) {
+        let _ = self.reports.send(r);
+    }
+
+    /// Starts the runner: re-adopts what runs, then watches, reports and fences until the
+    /// process ends.
+    pub fn start(config: RunnerConfig) -> std::io::Result<Arc<Self>> {
+        std::fs::create_dir_all(config.data_dir.join("allocs"))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let runner = Arc::new(Runner {
+            config,
+            running: Mutex::new(HashMap::new()),
+            reports: tx,
+            last_ack: Mutex::new(Instant::now()),
+            leader: watch::channel(None).0,
+        });
+        tracing::info!(
+            isolation = runner.isolation().name(),
+            "allocation runner started"
+        );
+        runner.readopt();
+        tokio::spawn(report_loop(runner.clone(), rx));
+        tokio::spawn(watch_loop(runner.clone()));
+        tokio::spawn(fence_loop(runner.clone()));
+        Ok(runner)
+    }
+
+    /// Re-adopts the shims still running from before this agent started; reports the
+    /// allocations that ended meanwhile.
+    fn readopt(self: &Arc<Self>) {
+        let Ok(entries) = std::fs::read_dir(self.allocs_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let dir = e.path();
+            let Some(record) = read_json::<AllocRecord>(&dir.join("alloc.json")) else {
+                continue;
+            };
+            if dir.join("final.json").exists() {
+                continue;
+            }
+            let pid = read_json::<PidRecord>(&dir.join("pid.json"));
+            match pid
+                .clone()
+                .filter(|p| supervisor::alive(p.pid, p.start_ticks))
+            {
+                Some(p) => {
+                    tracing::info!(alloc = %record.id, pid = p.pid, "re-adopting a running allocation");
+                    self.supervise(record, Some(p));
+                }
+                None => {
+                    // Ended while the agent was away: report how, never restart it here.
+                    let restarts = pid.map_or(0, |p| p.restarts);
+                    let fin =
+                        supervisor::conclude_away(&self.config.isolation, &dir, &record, restarts);
+                    self.report(report_of(&record, &fin));
+                }
+            }
+        }
+    }
+
+    /// Starts a supervisor for `record` (with `adopt`, for a shim already running).
+    fn supervise(self: &Arc<Self>, record: AllocRecord, adopt: Option<PidRecord>) {
+        let (stop_tx, stop_rx) = watch::channel(None);
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                record.id.clone(),
+                Running {
+                    generation: record.generation,
+                    on_disconnect: record.spec.on_disconnect,
+                    stop: stop_tx,
+                },
+            );
+        let runner = self.clone();
+        tokio::spawn(async move {
+            let id = record.id.clone();
+            supervisor::run(runner.clone(), record, adopt, stop_rx).await;
+            runner
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        });
+    }
+
+    /// Brings what runs here in line with the leader's list.
+    fn reconcile(self: &Arc<Self>, list: Vec<AllocationPb>) {
+        let listed: BTreeMap<String, AllocationPb> =
+            list.into_iter().map(|a| (a.id.clone(), a)).collect();
+        // Running here but not listed (ended or moved), or asked to stop, or another
+        // generation: stop.
+        let stops: Vec<(watch::Sender<Option<StopOrder>>, StopOrder)> = {
+            let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            running
+                .iter()
+                .filter_map(|(id, r)| {
+                    let why = match listed.get(id) {
+                        None => {
+                            Some("no longer assigned to this node (it ended or moved)".to_string())
+                        }
+                        Some(a) if a.generation != r.generation => {
+                            Some("moved (new generation)".into())
+                        }
+                        Some(a) if a.desired == "stop" => Some(if a.stop_reason.is_empty() {
+                            "asked to stop".into()
+                        } else {
+                            a.stop_reason.clone()
+                        }),
+                        _ => None,
+                    }?;
+                    let grace = listed
+                        .get(id)
+                        .and_then(|a| JobSpec::from_json(&a.spec_json).ok())
+                        .map_or(Duration::from_secs(30), |s| s.kill_timeout);
+                    Some((
+                        r.stop.clone(),
+                        StopOrder {
+                            grace,
+                            report_as: "stopped",
+                            reason: why,
+                        },
+                    ))
+                })
+                .collect()
+        };
+        for (tx, order) in stops {
+            tx.send_if_modified(|o| {
+                let new = o.is_none();
+                if new {
+                    *o = Some(order.clone());
+                }
+                new
+            });
+        }
+        for (id, a) in listed {
+            let known = self
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&id);
+            if known {
+                continue;
+            }
+            let dir = self.alloc_dir(&id);
+            if let Some(fin) = read_json::<FinalRecord>(&dir.join("final.json")) {
+                // Ended here before: say so again (the first report may have been lost),
+                // never start it again.
+                if let Some(rec) = read_json::<AllocRecord>(&dir.join("alloc.json")) {
+                    if rec.generation == a.generation {
+                        self.report(report_of(&rec, &fin));
+                    }
+                }
+                continue;
+            }
+            if a.desired == "stop" {
+                // Never started here: nothing to stop.
+                self.report(AllocReportPb {
+                    alloc_id: a.id.clone(),
+                    generation: a.generation,
+                    state: "stopped".into(),
+                    exit_code: None,
+                    restarts: 0,
+                    reason: "stopped before it started".into(),
+                });
+                continue;
+            }
+            match record_of(&a) {
+                Ok(record) => self.supervise(record, None),
+                Err(e) => self.report(AllocReportPb {
+                    alloc_id: a.id.clone(),
+                    generation: a.generation,
+                    state: "failed".into(),
+                    exit_code: None,
+                    restarts: 0,
+                    reason: format!("the agent cannot read the job spec: {e}"),
+                }),
+            }
+        }
+    }
+
+    /// Fences: no heartbeat acknowledged for `fence_after`, so stop the work that must not
+    /// run while this node is cut off (it will be placed elsewhere once the node is down).
+    fn fence_if_cut_off(&self) {
+        let silent = self
+            .last_ack
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
+        if silent < self.config.fence_after {
+            return;
+        }
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, r) in running.iter() {
+            if r.on_disconnect != OnDisconnect::Stop {
+                continue;
+            }
+            let fenced = r.stop.send_if_modified(|o| {
+                let new = o.is_none();
+                if new {
+                    *o = Some(StopOrder {
+                        grace: FENCE_KILL_GRACE,
+                        report_as: "lost",
+                        reason: format!(
+                            "fenced: no heartbeat acknowledged by a leader for {} ms",
+                            silent.as_millis()
+                        ),
+                    });
+                }
+                new
+            });
+            if fenced {
+                tracing::warn!(alloc = %id, silent_ms = silent.as_millis() as u64, "fencing: stopping an allocation while cut off from the controllers");
+            }
+        }
+    }
+
+    /// Ids of the allocations with a supervisor here.
+    pub fn running_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+fn record_of(a: &AllocationPb) -> Result<AllocRecord, String> {
+    let spec = JobSpec::from_json(&a.spec_json).map_err(|e| e.to_string())?;
+    Ok(AllocRecord {
+        id: a.id.clone(),
+        job: a.job_id.clone(),
+        task: a.task,
+        generation: a.generation,
+        gpus: a.gpus.clone(),
+        gpu_milli: a.gpu_milli,
+        cpu_millicores: a.cpu_millicores,
+        memory_mib: a.memory_mib,
+        spec,
+        rendezvous: a.rendezvous.as_ref().map(|r| {
+            (
+                r.master_addr.clone(),
+                r.master_port,
+                r.rank,
+                r.world_size,
+                r.local_rank,
+            )
+        }),
+    })
+}
+
+pub(crate) fn report_of(record: &AllocRecord, fin: &FinalRecord) -> AllocReportPb {
+    AllocReportPb {
+        alloc_id: record.id.clone(),
+        generation: record.generation,
+        state: fin.state.clone(),
+        exit_code: fin.exit_code,
+        restarts: fin.restarts,
+        reason: fin.reason.clone(),
+    }
+}
+
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+pub(crate) fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    shim::write_durably(dir, name, &bytes)
+}
+
+/// Follows the leader's list of this node's allocations.
+async fn watch_loop(runner: Arc<Runner>) {
+    let mut leaders = runner.leader.subscribe();
+    let mut after = 0u64;
+    loop {
+        let leader = leaders.borrow_and_update().clone();
+        let Some((addr, _)) = leader else {
+            let _ = leaders.changed().await;
+            continue;
+        };
+        // A channel of its own: the heartbeat client's per-call deadline would cut the stream.
+        let options = steward_runtime::transport::ClientOptions::new(crate::link::CONNECT_TIMEOUT);
+        let mut client = match steward_runtime::transport::connect(&addr, &options).await {
+            Ok(ch) => steward_runtime::transport::agent_control_client(ch),
+            Err(e) => {
+                tracing::debug!(error = %e, %addr, "cannot reach the leader to watch assignments");
+                tokio::time::sleep(REWATCH_PAUSE).await;
+                continue;
+            }
+        };
+        let request = WatchAllocationsRequest {
+            node_id: runner.config.node_id.clone(),
+            after_revision: after,
+        };
+        match client.watch_allocations(request).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    tokio::select! {
+                        msg = stream.message() => match msg {
+                            Ok(Some(update)) => {
+                                after = after.max(update.revision);
+                                runner.reconcile(update.allocations);
+                            }
+                            Ok(None) => break,
+                            Err(status) => {
+                                tracing::debug!(%status, "assignment stream ended");
+                                break;
+                            }
+                        },
+                        _ = leaders.changed() => break,
+                    }
+                }
+            }
+            Err(status) => tracing::debug!(%status, "watching assignments failed"),
+        }
+        tokio::time::sleep(REWATCH_PAUSE).await;
+    }
+}
+
+/// Sends reports to the leader, batched; keeps the latest per allocation until one is
+/// accepted, so a leader change loses nothing.
+async fn report_loop(runner: Arc<Runner>, mut rx: mpsc::UnboundedReceiver<AllocReportPb>) {
+    let mut pending: BTreeMap<String, AllocReportPb> = BTreeMap::new();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(r) => {
+                    pending.insert(r.alloc_id.clone(), r);
+                }
+                None => return,
+            }
+        }
+        while let Ok(r) = rx.try_recv() {
+            pending.insert(r.alloc_id.clone(), r);
+        }
+        let client = runner.leader.borrow().clone();
+        let Some((_, mut client)) = client else {
+            tokio::time::sleep(backoff).await;
+            continue;
+        };
+        let batch: Vec<AllocReportPb> = pending
+            .values()
+            .take(MAX_REPORTS_PER_CALL)
+            .cloned()
+            .collect();
+        let request = ReportAllocationsRequest {
+            node_id: runner.config.node_id.clone(),
+            reports: batch.clone(),
+        };
+        match client.report_allocations(request).await {
+            Ok(_) => {
+                backoff = Duration::from_millis(100);
+                for r in batch {
+                    if pending.get(&r.alloc_id) == Some(&r) {
+                        pending.remove(&r.alloc_id);
+                    }
+                }
+            }
+            Err(status) => {
+                tracing::debug!(%status, "reporting allocations failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn fence_loop(runner: Arc<Runner>) {
+    let mut tick = tokio::time::interval(FENCE_CHECK);
+    loop {
+        tick.tick().await;
+        runner.fence_if_cut_off();
+    }
+}

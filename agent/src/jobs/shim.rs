@@ -1,0 +1,298 @@
+//! The allocation shim: the process the agent starts for each allocation, which starts the
+//! task and outlives the agent (Nomad splits the same job between its executor and
+//! logmon). It runs `steward agent-shim`:
+//!
+//! - joins the allocation's cgroups (the agent made them and set the limits) before
+//!   starting the task, so the task and everything it forks are inside from the start;
+//! - starts the task in the shim's own process group, with stdin closed, and copies its
+//!   stdout and stderr into size-capped rotating files ([`RotatingLog`]): a task that
+//!   prints without pause never holds more than `max_files × max_bytes` per stream;
+//! - waits for the task and writes its exit status durably to `exit-status`, so an agent
+//!   that restarted meanwhile still learns how the task ended;
+//! - survives SIGTERM sent to the group (it waits for the task to finish its shutdown);
+//!   SIGKILL ends it with the task.
+//!
+//! Synchronous std code on purpose: a few threads, no runtime.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Nomad's default for each stream: 10 files of 10 MB.
+pub const DEFAULT_MAX_LOG_BYTES: u64 = 10 * 1024 * 1024;
+pub const DEFAULT_MAX_LOG_FILES: u32 = 10;
+/// The file the shim writes the task's exit status to ("exit N" or "signal N").
+pub const EXIT_STATUS_FILE: &str = "exit-status";
+
+/// What the shim is asked to do (the agent passes it as arguments).
+#[derive(Debug, Clone)]
+pub struct ShimArgs {
+    /// The allocation's directory: logs and the exit status go here.
+    pub alloc_dir: PathBuf,
+    /// `cgroup.procs` (v2) or `tasks`/`cgroup.procs` (v1) files to write the shim's pid to.
+    pub cgroup_procs: Vec<PathBuf>,
+    pub max_log_bytes: u64,
+    pub max_log_files: u32,
+    /// The task's program and arguments.
+    pub command: Vec<String>,
+}
+
+/// A log stream kept as `NAME`, `NAME.1` ... `NAME.(max_files-1)`, newest first, each at
+/// most `max_bytes`.
+pub struct RotatingLog {
+    dir: PathBuf,
+    name: String,
+    max_bytes: u64,
+    max_files: u32,
+    file: File,
+    size: u64,
+}
+
+impl RotatingLog {
+    pub fn open(dir: &Path, name: &str, max_bytes: u64, max_files: u32) -> std::io::Result<Self> {
+        let path = dir.join(name);
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let size = file.metadata()?.len();
+        Ok(RotatingLog {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            max_bytes: max_bytes.max(1),
+            max_files: max_files.max(1),
+            file,
+            size,
+        })
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let path = |i: u32| {
+            if i == 0 {
+                self.dir.join(&self.name)
+            } else {
+                self.dir.join(format!("{}.{i}", self.name))
+            }
+        };
+        let last = self.max_files - 1;
+        if last == 0 {
+            self.file.set_len(0)?;
+            self.size = 0;
+            return Ok(());
+        }
+        let _ = std::fs::remove_file(path(last));
+        for i in (0..last).rev() {
+            if path(i).exists() {
+                std::fs::rename(path(i), path(i + 1))?;
+            }
+        }
+        self.file = OpenOptions::new().create(true).append(true).open(path(0))?;
+        self.size = 0;
+        Ok(())
+    }
+
+    pub fn write(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
+        while !buf.is_empty() {
+            if self.size >= self.max_bytes {
+                self.rotate()?;
+            }
+            let room = (self.max_bytes - self.size) as usize;
+            let n = room.min(buf.len());
+            self.file.write_all(&buf[..n])?;
+            self.size += n as u64;
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+}
+
+/// The files of a stream, oldest first.
+pub fn log_files(dir: &Path, name: &str, max_files: u32) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = (1..max_files.max(1))
+        .rev()
+        .map(|i| dir.join(format!("{name}.{i}")))
+        .filter(|p| p.exists())
+        .collect();
+    let current = dir.join(name);
+    if current.exists() {
+        files.push(current);
+    }
+    files
+}
+
+fn copy_stream(mut from: impl Read, mut to: RotatingLog) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if let Err(e) = to.write(&buf[..n]) {
+                    eprintln!("steward-shim: writing the log failed: {e}");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Publishes `contents` as `dir/name` durably (temporary file, fsync, rename, fsync dir).
+pub fn write_durably(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = File::create(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()
+}
+
+/// Runs the shim; returns the process exit code.
+pub fn run(args: ShimArgs) -> i32 {
+    let pid = std::process::id();
+    for procs in &args.cgroup_procs {
+        if let Err(e) = std::fs::write(procs, pid.to_string()) {
+            eprintln!("steward-shim: joining cgroup {}: {e}", procs.display());
+            return 125;
+        }
+    }
+    // The group's SIGTERM is the task's to handle: the shim waits for it. Handlers (not
+    // SIG_IGN, which the task would inherit; exec resets handlers) keep the shim alive.
+    // tokio's signal registration installs them; nothing ever polls them.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build();
+    let _signals: Vec<tokio::signal::unix::Signal> = match &runtime {
+        Ok(rt) => {
+            let _entered = rt.enter();
+            use tokio::signal::unix::{signal, SignalKind};
+            [
+                SignalKind::terminate(),
+                SignalKind::interrupt(),
+                SignalKind::hangup(),
+            ]
+            .into_iter()
+            .filter_map(|k| signal(k).ok())
+            .collect()
+        }
+        Err(_) => Vec::new(),
+    };
+    let Some((program, rest)) = args.command.split_first() else {
+        eprintln!("steward-shim: no command");
+        return 125;
+    };
+    let open = |name: &str| {
+        RotatingLog::open(
+            &args.alloc_dir,
+            name,
+            args.max_log_bytes,
+            args.max_log_files,
+        )
+    };
+    let (out, err) = match (open("stdout.log"), open("stderr.log")) {
+        (Ok(o), Ok(e)) => (o, e),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("steward-shim: opening the logs: {e}");
+            return 125;
+        }
+    };
+    let child = Command::new(program)
+        .args(rest)
+        .current_dir(&args.alloc_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("cannot start `{program}`: {e}");
+            let _ = write_durably(
+                &args.alloc_dir,
+                EXIT_STATUS_FILE,
+                format!("error {msg}\n").as_bytes(),
+            );
+            eprintln!("steward-shim: {msg}");
+            return 127;
+        }
+    };
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| std::thread::spawn(move || copy_stream(s, out)));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| std::thread::spawn(move || copy_stream(s, err)));
+    let status = loop {
+        match child.wait() {
+            Ok(s) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                eprintln!("steward-shim: waiting for the task: {e}");
+                return 125;
+            }
+        }
+    };
+    for t in [stdout, stderr].into_iter().flatten() {
+        let _ = t.join();
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let (line, code) = match (status.code(), status.signal()) {
+        (Some(c), _) => (format!("exit {c}\n"), c),
+        (None, Some(s)) => (format!("signal {s}\n"), 128 + s),
+        _ => ("exit 255\n".to_string(), 255),
+    };
+    if let Err(e) = write_durably(&args.alloc_dir, EXIT_STATUS_FILE, line.as_bytes()) {
+        eprintln!("steward-shim: recording the exit status: {e}");
+    }
+    code
+}
+
+/// How a task ended, as the shim recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+    /// The program could not be started.
+    StartFailed(String),
+}
+
+pub fn read_exit_status(alloc_dir: &Path) -> Option<ExitStatus> {
+    let text = std::fs::read_to_string(alloc_dir.join(EXIT_STATUS_FILE)).ok()?;
+    let text = text.trim();
+    if let Some(msg) = text.strip_prefix("error ") {
+        return Some(ExitStatus::StartFailed(msg.to_string()));
+    }
+    let (kind, n) = text.split_once(' ')?;
+    let n: i32 = n.parse().ok()?;
+    match kind {
+        "exit" => Some(ExitStatus::Code(n)),
+        "signal" => Some(ExitStatus::Signal(n)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotating_log_stays_under_its_cap() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut log = RotatingLog::open(dir.path(), "stdout.log", 1000, 3).expect("open");
+        for i in 0..100u32 {
+            log.write(format!("line {i:04} ..........\n").as_bytes())
+                .expect("write");
+        }
+        let files = log_files(dir.path(), "stdout.log", 3);
+        assert_eq!(files.len(), 3);
+        let total: u64 = files
+            .iter()
+            .map(|f| std::fs::metadata(f).expect("meta").len())
+            .sum();
+        assert!(total <= 3000, "{total}");
+        let last = std::fs::read_to_string(files.last().expect("current")).expect("read");
+        assert!(last.ends_with("line 0099 ..........\n"), "{last}");
+        let first = std::fs::read_to_string(&files[0]).expect("read");
+        assert!(!first.contains("line 0000"), "the oldest was dropped");
+    }
+}
