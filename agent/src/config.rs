@@ -39,6 +39,10 @@ pub struct AgentConfigFile {
     /// by a leader (default: half of `controller_down_after`).
     #[serde(default, with = "humantime_serde")]
     pub fence_after: Option<Duration>,
+    /// The local address the agent's connections to the controllers come from (default:
+    /// the system's choice), e.g. a multi-homed machine's management network.
+    #[serde(default)]
+    pub source_ip: Option<std::net::IpAddr>,
     /// The controllers' `liveness.down_after` (default 5 s): fencing must end before it.
     #[serde(default, with = "humantime_serde")]
     pub controller_down_after: Option<Duration>,
@@ -79,6 +83,8 @@ pub struct AgentConfig {
     pub fence_after: Duration,
     /// The `steward` binary that runs allocation shims (`steward agent-shim`).
     pub shim_exe: PathBuf,
+    /// Where connections to the controllers come from.
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 /// The controllers' default `liveness.down_after`.
@@ -182,6 +188,7 @@ impl AgentConfigFile {
         Ok(AgentConfig {
             fence_after,
             shim_exe,
+            source_ip: self.source_ip,
             data_dir,
             controllers,
             labels: self.labels,

@@ -186,6 +186,7 @@ pub async fn run(
         data_dir: config.data_dir.clone(),
         shim_exe: config.shim_exe.clone(),
         fence_after: config.fence_after,
+        source_ip: config.source_ip,
         isolation: crate::jobs::Isolation::detect(Path::new("/sys/fs/cgroup")),
     })
     .map_err(|source| AgentError::DataDir {
@@ -264,7 +265,7 @@ pub async fn run(
         }
         if leader.is_none() || last_recheck.elapsed() >= LEADER_RECHECK {
             last_recheck = Instant::now();
-            match find_leader(&config.controllers).await {
+            match find_leader(&config.controllers, config.source_ip).await {
                 Some(found) => {
                     let moved = leader.as_ref().is_none_or(|l| l.addr != found.addr);
                     if moved {

@@ -35,8 +35,21 @@ pub struct Leader {
     pub client: AgentControlClient<Channel>,
 }
 
-async fn client(addr: &str) -> Option<AgentControlClient<Channel>> {
-    let options = ClientOptions::new(CONNECT_TIMEOUT).call_timeout(CALL_TIMEOUT);
+/// How the agent reaches the controllers: connect and call deadlines, and the local
+/// address its connections come from.
+pub fn controller_options(source_ip: Option<std::net::IpAddr>) -> ClientOptions {
+    let options = ClientOptions::new(CONNECT_TIMEOUT);
+    match source_ip {
+        Some(ip) => options.source_ip(ip),
+        None => options,
+    }
+}
+
+async fn client(
+    addr: &str,
+    source_ip: Option<std::net::IpAddr>,
+) -> Option<AgentControlClient<Channel>> {
+    let options = controller_options(source_ip).call_timeout(CALL_TIMEOUT);
     let ch = transport::connect(addr, &options).await.ok()?;
     Some(transport::agent_control_client(ch))
 }
@@ -47,11 +60,14 @@ async fn client(addr: &str) -> Option<AgentControlClient<Channel>> {
 /// term) has a named leader. A leader is elected by a majority, so a majority's answers
 /// include the newest term; a controller that hangs (stopped, overloaded) costs nothing
 /// while the others answer. Failed calls do not count towards the majority.
-pub async fn find_leader(controllers: &[String]) -> Option<Leader> {
+pub async fn find_leader(
+    controllers: &[String],
+    source_ip: Option<std::net::IpAddr>,
+) -> Option<Leader> {
     let mut asks: FuturesUnordered<_> = controllers
         .iter()
         .map(|addr| async move {
-            let mut c = client(addr).await?;
+            let mut c = client(addr, source_ip).await?;
             let hint = tokio::time::timeout(CALL_TIMEOUT, c.leader_hint(LeaderHintRequest {}))
                 .await
                 .ok()?
@@ -85,7 +101,7 @@ pub async fn find_leader(controllers: &[String]) -> Option<Leader> {
     let client = if leader_addr == *asked {
         asked_client
     } else {
-        client(&leader_addr).await?
+        client(&leader_addr, source_ip).await?
     };
     Some(Leader {
         addr: leader_addr,
@@ -188,6 +204,8 @@ mod tests {
 
     #[tokio::test]
     async fn no_controller_answers_no_leader() {
-        assert!(find_leader(&["127.0.0.1:1".to_string()]).await.is_none());
+        assert!(find_leader(&["127.0.0.1:1".to_string()], None)
+            .await
+            .is_none());
     }
 }

@@ -106,3 +106,43 @@ impl Drop for RaftPartition {
         }
     }
 }
+
+/// Every packet from (and to) one local address dropped, until dropped: cuts off a process
+/// whose connections come from that address (an agent started with `--source-ip`), while
+/// everything else on the loopback flows.
+pub struct AddressCut {
+    table: String,
+}
+
+impl AddressCut {
+    pub fn drop_address(ip: &str) -> anyhow::Result<Self> {
+        let table = format!(
+            "steward_it_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let cut = AddressCut { table };
+        let t = &cut.table;
+        nft(&format!("add table inet {t}"))?;
+        nft(&format!(
+            "add chain inet {t} input {{ type filter hook input priority 0 ; policy accept ; }}"
+        ))?;
+        nft(&format!(
+            "add chain inet {t} output {{ type filter hook output priority 0 ; policy accept ; }}"
+        ))?;
+        nft(&format!("add rule inet {t} output ip saddr {ip} drop"))?;
+        nft(&format!("add rule inet {t} input ip daddr {ip} drop"))?;
+        Ok(cut)
+    }
+
+    /// Lets the traffic through again now.
+    pub fn heal(self) {}
+}
+
+impl Drop for AddressCut {
+    fn drop(&mut self) {
+        if let Err(e) = nft(&format!("delete table inet {}", self.table)) {
+            eprintln!("could not remove nftables table {}: {e}", self.table);
+        }
+    }
+}

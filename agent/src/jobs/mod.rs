@@ -105,6 +105,8 @@ pub struct RunnerConfig {
     /// The `steward` binary, which runs the shim (`steward agent-shim`).
     pub shim_exe: PathBuf,
     pub fence_after: Duration,
+    /// Where connections to the controllers come from.
+    pub source_ip: Option<std::net::IpAddr>,
     pub isolation: Isolation,
 }
 
@@ -430,7 +432,7 @@ async fn watch_loop(runner: Arc<Runner>) {
             continue;
         };
         // A channel of its own: the heartbeat client's per-call deadline would cut the stream.
-        let options = steward_runtime::transport::ClientOptions::new(crate::link::CONNECT_TIMEOUT);
+        let options = crate::link::controller_options(runner.config.source_ip);
         let mut client = match steward_runtime::transport::connect(&addr, &options).await {
             Ok(ch) => steward_runtime::transport::agent_control_client(ch),
             Err(e) => {

@@ -291,7 +291,7 @@ mod tests {
             .sum();
         assert!(total <= 3000, "{total}");
         let last = std::fs::read_to_string(files.last().expect("current")).expect("read");
-        assert!(last.ends_with("line 0099 ..........\n"), "{last}");
+        assert!(last.ends_with("line 0199 ..........\n"), "{last}");
         let first = std::fs::read_to_string(&files[0]).expect("read");
         assert!(!first.contains("line 0000"), "the oldest was dropped");
     }

@@ -58,6 +58,9 @@ pub struct AgentArgs {
     /// acknowledged by a leader [default: half of --controller-down-after].
     #[arg(long, env = "STEWARD_FENCE_AFTER", value_parser = humantime::parse_duration)]
     pub fence_after: Option<Duration>,
+    /// The local address connections to the controllers come from [default: the system's].
+    #[arg(long, env = "STEWARD_SOURCE_IP")]
+    pub source_ip: Option<std::net::IpAddr>,
     /// The controllers' liveness.down_after, which fencing must beat [default: 5s].
     #[arg(long, env = "STEWARD_CONTROLLER_DOWN_AFTER", value_parser = humantime::parse_duration)]
     pub controller_down_after: Option<Duration>,
@@ -112,6 +115,7 @@ impl AgentArgs {
         file.telemetry_interval = self.telemetry_interval.or(file.telemetry_interval);
         file.simulate_gpus = self.simulate_gpus.clone().or(file.simulate_gpus);
         file.fence_after = self.fence_after.or(file.fence_after);
+        file.source_ip = self.source_ip.or(file.source_ip);
         file.controller_down_after = self.controller_down_after.or(file.controller_down_after);
         for l in self.labels.iter().filter(|l| !l.trim().is_empty()) {
             let (k, v) = l
