@@ -151,6 +151,26 @@ async fn dev_cluster_then_status_and_restart() -> anyhow::Result<()> {
     let want: std::collections::BTreeSet<String> =
         (20..23).map(|o| (base + o).to_string()).collect();
     assert_eq!(agent_ports, want, "the agents' APIs are on P+20..P+22");
+    // The README's example job runs end to end: placed, started, its output in the logs.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hello-gpu.toml");
+    let run = steward(&["job", "run", example, "--addr", &addrs]);
+    let out = String::from_utf8_lossy(&run.stdout).to_string();
+    assert!(
+        run.status.success() && out.contains("running"),
+        "{out}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let job_id = out.lines().next().unwrap_or_default().trim().to_string();
+    let logs = wait_for("the example's output", Duration::from_secs(20), || async {
+        let l = steward(&["job", "logs", &job_id, "--addr", &addrs]);
+        let text = String::from_utf8_lossy(&l.stdout).to_string();
+        text.contains("CUDA_VISIBLE_DEVICES=GPU-").then_some(text)
+    })
+    .await;
+    if let Err(e) = logs {
+        stop(dev);
+        return Err(e);
+    }
     // Unknown member: a clear error.
     let bad = steward(&["operator", "raft", "promote", "99", "--addr", &addrs]);
     assert!(!bad.status.success());

@@ -12,6 +12,7 @@ mod control_races;
 mod deploy_units;
 mod dev_cluster;
 mod jobs;
+mod jobs_control;
 mod jobs_fencing;
 mod metrics_promtool;
 mod raft_chaos;

@@ -279,7 +279,7 @@ mod tests {
     fn rotating_log_stays_under_its_cap() {
         let dir = tempfile::tempdir().expect("dir");
         let mut log = RotatingLog::open(dir.path(), "stdout.log", 1000, 3).expect("open");
-        for i in 0..100u32 {
+        for i in 0..200u32 {
             log.write(format!("line {i:04} ..........\n").as_bytes())
                 .expect("write");
         }
