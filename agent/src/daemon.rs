@@ -181,14 +181,17 @@ pub async fn run(
             addr: config.api_addr,
             source,
         })?;
-    let runner = crate::jobs::Runner::start(crate::jobs::RunnerConfig {
-        node_id: id.clone(),
-        data_dir: config.data_dir.clone(),
-        shim_exe: config.shim_exe.clone(),
-        fence_after: config.fence_after,
-        source_ip: config.source_ip,
-        isolation: crate::jobs::Isolation::detect(Path::new("/sys/fs/cgroup")),
-    })
+    let runner = crate::jobs::Runner::start(
+        crate::jobs::RunnerConfig {
+            node_id: id.clone(),
+            data_dir: config.data_dir.clone(),
+            shim_exe: config.shim_exe.clone(),
+            fence_after: config.fence_after,
+            source_ip: config.source_ip,
+            isolation: crate::jobs::Isolation::detect(Path::new("/sys/fs/cgroup")),
+        },
+        stop.clone(),
+    )
     .map_err(|source| AgentError::DataDir {
         path: config.data_dir.display().to_string(),
         source,

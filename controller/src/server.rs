@@ -146,7 +146,9 @@ impl Controller {
         );
         crate::control::start(&workers, &handle, &liveness, &config.jobs);
 
+        let stop_servers = CancellationToken::new();
         let ctx = Arc::new(ApiContext {
+            stopping: stop_servers.clone(),
             raft: handle,
             cluster_name: config.cluster_name.clone(),
             liveness,
@@ -164,7 +166,6 @@ impl Controller {
         let (reflection, reflection_alpha) = transport::reflection()
             .map_err(|e| ControllerError::Raft(format!("reflection: {e}")))?;
 
-        let stop_servers = CancellationToken::new();
         let raft_router = transport::grpc_server()
             .add_service(transport::raft_server(RaftServer::new(
                 raft.clone(),

@@ -149,9 +149,13 @@ impl Runner {
         let _ = self.reports.send(r);
     }
 
-    /// Starts the runner: re-adopts what runs, then watches, reports and fences until the
-    /// process ends.
-    pub fn start(config: RunnerConfig) -> std::io::Result<Arc<Self>> {
+    /// Starts the runner: re-adopts what runs, then watches, reports and fences until
+    /// `stop` is cancelled (the agent stops; the tasks keep running, and the next agent
+    /// re-adopts them).
+    pub fn start(
+        config: RunnerConfig,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> std::io::Result<Arc<Self>> {
         std::fs::create_dir_all(config.data_dir.join("allocs"))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let runner = Arc::new(Runner {
@@ -166,9 +170,20 @@ impl Runner {
             "allocation runner started"
         );
         runner.readopt();
-        tokio::spawn(report_loop(runner.clone(), rx));
-        tokio::spawn(watch_loop(runner.clone()));
-        tokio::spawn(fence_loop(runner.clone()));
+        for task in [
+            Box::pin(report_loop(runner.clone(), rx))
+                as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+            Box::pin(watch_loop(runner.clone())),
+            Box::pin(fence_loop(runner.clone())),
+        ] {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = task => {}
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }
         Ok(runner)
     }
 

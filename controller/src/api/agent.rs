@@ -136,7 +136,10 @@ impl AgentControl for AgentControlService {
                         };
                         return Some((Ok(update), (ctx, node, changes, Some(list), false)));
                     }
-                    let _ = tokio::time::timeout(WATCH_LEADERSHIP_CHECK, changes.changed()).await;
+                    tokio::select! {
+                        _ = tokio::time::timeout(WATCH_LEADERSHIP_CHECK, changes.changed()) => {}
+                        _ = ctx.stopping.cancelled() => {}
+                    }
                 }
             });
         Ok(Response::new(Box::pin(stream)))

@@ -46,6 +46,9 @@ pub struct ApiContext {
     pub workers: WorkerSet,
     /// The state digest `status` last computed, by applied log index.
     pub digest_cache: std::sync::Mutex<Option<(u64, String)>>,
+    /// Cancelled when the controller starts to shut down: long-lived streams (agents'
+    /// assignment watches) end then, so the listeners can stop.
+    pub stopping: steward_runtime::CancellationToken,
 }
 
 impl ApiContext {
