@@ -7,7 +7,7 @@ CARGO ?= cargo
 # small machines.
 IT_THREADS ?= 1
 
-.PHONY: all deps dev test build build-next fmt-check lint unit bench-raft bench-scheduler bench-agent clean-dev
+.PHONY: all deps dev test build build-next fmt-check lint unit bench-raft bench-scheduler bench-agent bench-jobs bench-deps clean-dev
 
 all: build
 
@@ -74,6 +74,19 @@ bench-scheduler: build
 # Agent CPU and RSS at 1 s heartbeats; the leader's heartbeat capacity.
 bench-agent: build
 	$(CARGO) run --bin bench-agent
+
+# Jobs: allocations/s with 1,000 simulated nodes, submit -> running (p50/p99) beside Slurm
+# when it is installed (`make bench-deps`), node loss -> work running elsewhere.
+bench-jobs: build
+	$(CARGO) run --bin bench-jobs
+
+# Packages only the benchmarks' peers need (Slurm for bench-jobs).
+bench-deps:
+	@if [ "$$(id -u)" = "0" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge; \
+	else \
+	  echo "run: sudo apt-get update && sudo apt-get install -y slurm-wlm munge"; exit 1; \
+	fi
 
 clean-dev:
 	rm -rf .steward-dev
