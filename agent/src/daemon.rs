@@ -325,13 +325,15 @@ pub async fn run(
             inventory_digest: register.inventory_digest.clone(),
             telemetry: Some(telemetry.latest().to_proto()),
         };
-        let sent_at = Instant::now();
+        let sent_at = crate::jobs::monotonic_ns();
         match l.client.heartbeat(hb).await {
             Ok(reply) => {
                 backoff = Duration::from_millis(100);
                 runner.heartbeat_acknowledged(sent_at);
                 stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
-                if reply.into_inner().register_again {
+                let reply = reply.into_inner();
+                runner.leader_down_after(Duration::from_millis(reply.down_after_ms));
+                if reply.register_again {
                     registration.needed = true;
                 }
             }

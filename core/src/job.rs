@@ -33,6 +33,11 @@ pub const MAX_ARGS: usize = 1024;
 pub const MAX_CONSTRAINTS: usize = 32;
 /// Largest encoded spec, in bytes (command, arguments, environment together).
 pub const MAX_SPEC_BYTES: usize = 64 * 1024;
+/// Largest CPU (milli-cores, 100,000 cores) and memory (64 TiB) one task may ask for.
+pub const MAX_TASK_CPU_MILLICORES: u64 = 100_000_000;
+pub const MAX_TASK_MEMORY_MIB: u64 = 64 * 1024 * 1024;
+/// Most tasks of a gang (all are placed in one command).
+pub const MAX_GANG_TASKS: u32 = 4_096;
 /// Longest kill grace period.
 pub const MAX_KILL_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Most restart or reschedule attempts per interval.
@@ -385,11 +390,32 @@ impl JobSpec {
                 ),
             ));
         }
-        if r.cpu_millicores == 0 {
-            return Err(invalid("resources.cpu_millicores", "must be above 0"));
+        if r.cpu_millicores == 0 || r.cpu_millicores > MAX_TASK_CPU_MILLICORES {
+            return Err(invalid(
+                "resources.cpu_millicores",
+                format!(
+                    "{} must be between 1 and {MAX_TASK_CPU_MILLICORES}",
+                    r.cpu_millicores
+                ),
+            ));
         }
-        if r.memory_mib == 0 {
-            return Err(invalid("resources.memory_mib", "must be above 0"));
+        if r.memory_mib == 0 || r.memory_mib > MAX_TASK_MEMORY_MIB {
+            return Err(invalid(
+                "resources.memory_mib",
+                format!(
+                    "{} must be between 1 and {MAX_TASK_MEMORY_MIB}",
+                    r.memory_mib
+                ),
+            ));
+        }
+        if self.gang && self.tasks > MAX_GANG_TASKS {
+            return Err(invalid(
+                "tasks",
+                format!(
+                    "a gang has at most {MAX_GANG_TASKS} tasks, not {}",
+                    self.tasks
+                ),
+            ));
         }
         if r.gpus == 0 && r.gpu_milli == 0 && (!r.gpu_models.is_empty() || r.min_gpu_memory_mib > 0)
         {

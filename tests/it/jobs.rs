@@ -19,13 +19,14 @@ use steward_proto::v1::{
 use steward_tests::{spawn_agent, steward_bin, wait_for, ProcCluster};
 use tonic::transport::Channel;
 
-/// Fast failure detection; the agents fence after half of down_after.
-const LIVENESS: &str = "[liveness]\nsuspect_after = \"1s\"\ndown_after = \"3s\"\n";
+/// Fast failure detection (with room for a loaded 2-core CI machine); the agents fence after
+/// half of down_after.
+const LIVENESS: &str = "[liveness]\nsuspect_after = \"1s\"\ndown_after = \"4s\"\n";
 const AGENT_FLAGS: &[&str] = &[
     "--heartbeat-interval",
     "200ms",
     "--controller-down-after",
-    "3s",
+    "4s",
 ];
 
 struct Agent {
@@ -70,6 +71,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.sigkill();
+        steward_tests::kill_allocations(&self.data_dir);
     }
 }
 
@@ -256,17 +258,23 @@ async fn jobs_run_on_their_gpus_and_move_when_an_agent_dies() -> anyhow::Result<
     assert_eq!(ranks.len(), 2);
     assert_ne!(gang[0].node_id, gang[1].node_id);
 
-    // Logs come back through the CLI, from the agent.
+    // Logs come back through the CLI, from the agent (once the task has written them).
     let one = running.iter().find(|a| a.job_id == jobs[4].0).expect("one");
-    let out = std::process::Command::new(steward_bin())
-        .args(["--addr", &cluster.addrs(), "job", "logs", &jobs[4].0])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(&format!("started {}", one.id)),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let want = format!("started {}", one.id);
+    wait_for(
+        "the task's output through `steward job logs`",
+        Duration::from_secs(10),
+        || async {
+            let out = std::process::Command::new(steward_bin())
+                .args(["--addr", &cluster.addrs(), "job", "logs", &jobs[4].0])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .contains(&want)
+                .then_some(())
+        },
+    )
+    .await?;
 
     // SIGKILL the agent of the one-GPU job: its work runs elsewhere once the node is down.
     let victim_node = one.node_id.clone();
@@ -439,6 +447,8 @@ async fn jobs_run_on_their_gpus_and_move_when_an_agent_dies() -> anyhow::Result<
         "exec python3 -c 'x = bytearray(512 * 1024 * 1024); print(len(x))'",
     ))?;
     oom["restart"] = serde_json::json!({"mode": "never"});
+    // A whole CPU: at 10 mCPU (1 % of a core, enforced) freeing 512 MiB takes long.
+    oom["resources"]["cpu_millicores"] = 1000.into();
     let oom = submit(&mut c, oom.to_string()).await?;
     let j = wait_for("the greedy job ended", Duration::from_secs(30), || async {
         let j = job(&cluster, &oom).await?;

@@ -15,12 +15,12 @@ use steward_proto::v1::{
 use steward_tests::{spawn_agent, steward_bin, wait_for, ProcCluster};
 use tonic::transport::Channel;
 
-const LIVENESS: &str = "[liveness]\nsuspect_after = \"1s\"\ndown_after = \"3s\"\n";
+const LIVENESS: &str = "[liveness]\nsuspect_after = \"1s\"\ndown_after = \"4s\"\n";
 const AGENT_FLAGS: &[&str] = &[
     "--heartbeat-interval",
     "200ms",
     "--controller-down-after",
-    "3s",
+    "4s",
 ];
 
 async fn client(cluster: &ProcCluster) -> anyhow::Result<AdminClient<Channel>> {
@@ -109,7 +109,7 @@ async fn preemption_gpu_failure_cordon_drain_and_log_caps() -> anyhow::Result<()
             AGENT_FLAGS,
             Some(&cluster.dir.path().join(format!("{name}.log"))),
         )?;
-        agents.push((dir, child));
+        agents.push(steward_tests::AgentGuard::new(&dir, child));
     }
     let nodes = wait_for("both nodes ready", Duration::from_secs(30), || async {
         let n = client(&cluster)
@@ -283,12 +283,14 @@ async fn preemption_gpu_failure_cordon_drain_and_log_caps() -> anyhow::Result<()
         "head -c 104857600 /dev/zero | tr '\\0' x; echo; echo done",
     ))?;
     loud["resources"]["memory_mib"] = 512.into();
+    // A whole CPU: at 10 mCPU (1 % of a core, enforced) 100 MiB takes minutes.
+    loud["resources"]["cpu_millicores"] = 1000.into();
     let loud = submit(&cluster, loud.to_string()).await?;
     let j = wait_job(&cluster, &loud, "complete", |j| j.status == "complete").await?;
     let a = &j.allocations[0];
     let dir = agents
         .iter()
-        .map(|(d, _)| d.join("allocs").join(&a.id))
+        .map(|g| g.data_dir.join("allocs").join(&a.id))
         .find(|d| d.exists())
         .expect("alloc dir");
     let files: Vec<u64> = std::fs::read_dir(&dir)?
@@ -318,10 +320,7 @@ async fn preemption_gpu_failure_cordon_drain_and_log_caps() -> anyhow::Result<()
         ])
         .output()?;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "xxxx\ndone\n");
-    for (_, mut child) in agents {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(agents);
     Ok(())
 }
 

@@ -12,15 +12,15 @@ use nix::unistd::Pid;
 use steward_proto::v1::admin_client::AdminClient;
 use steward_proto::v1::{ListAllocationsRequest, ListNodesRequest, SubmitJobRequest};
 use steward_tests::netfilter::{skip_unless_available, AddressCut};
-use steward_tests::{spawn_agent, wait_for, ProcCluster};
+use steward_tests::{spawn_agent, wait_for, AgentGuard, ProcCluster};
 use tonic::transport::Channel;
 
-const LIVENESS: &str = "[liveness]\nsuspect_after = \"1s\"\ndown_after = \"3s\"\n";
+const LIVENESS: &str = "[liveness]\nsuspect_after = \"1s\"\ndown_after = \"4s\"\n";
 const AGENT_FLAGS: &[&str] = &[
     "--heartbeat-interval",
     "200ms",
     "--controller-down-after",
-    "3s",
+    "4s",
 ];
 /// The loopback address the cut-off agent's connections come from.
 const CUT_IP: &str = "127.0.0.77";
@@ -111,12 +111,15 @@ async fn a_cut_off_agent_stops_its_work_before_it_runs_elsewhere() -> anyhow::Re
     let a_dir = cluster.dir.path().join("agent-a");
     let mut flags = AGENT_FLAGS.to_vec();
     flags.extend(["--source-ip", CUT_IP]);
-    let mut agent_a = spawn_agent(
+    let mut agent_a = AgentGuard::new(
         &a_dir,
-        &cluster.addrs(),
-        &flags,
-        Some(&cluster.dir.path().join("agent-a.log")),
-    )?;
+        spawn_agent(
+            &a_dir,
+            &cluster.addrs(),
+            &flags,
+            Some(&cluster.dir.path().join("agent-a.log")),
+        )?,
+    );
     let node_a = node_id(&a_dir).await?;
     wait_health(&cluster, &node_a, "ready").await?;
 
@@ -146,12 +149,15 @@ async fn a_cut_off_agent_stops_its_work_before_it_runs_elsewhere() -> anyhow::Re
     .await?;
 
     let b_dir = cluster.dir.path().join("agent-b");
-    let mut agent_b = spawn_agent(
+    let agent_b = AgentGuard::new(
         &b_dir,
-        &cluster.addrs(),
-        AGENT_FLAGS,
-        Some(&cluster.dir.path().join("agent-b.log")),
-    )?;
+        spawn_agent(
+            &b_dir,
+            &cluster.addrs(),
+            AGENT_FLAGS,
+            Some(&cluster.dir.path().join("agent-b.log")),
+        )?,
+    );
     let node_b = node_id(&b_dir).await?;
     wait_health(&cluster, &node_b, "ready").await?;
 
@@ -182,7 +188,7 @@ async fn a_cut_off_agent_stops_its_work_before_it_runs_elsewhere() -> anyhow::Re
     );
     let fin = std::fs::read_to_string(first_dir.join("final.json"))?;
     assert!(fin.contains("\"lost\"") && fin.contains("fenced"), "{fin}");
-    assert!(agent_a.try_wait()?.is_none(), "agent A kept running");
+    assert!(agent_a.is_running(), "agent A kept running");
 
     // The network heals: A comes back ready and never starts the old task again.
     cut.heal();
@@ -202,6 +208,27 @@ async fn a_cut_off_agent_stops_its_work_before_it_runs_elsewhere() -> anyhow::Re
     kill(b_pid, Signal::SIGCONT)?;
     let third = third?;
     let third_dir = alloc_dir(&a_dir, &third);
+    let third_started = wait_for(
+        "the third copy started",
+        Duration::from_secs(10),
+        || async { stamps(&third_dir, "started").first().copied() },
+    )
+    .await?;
+    let stale_stopped = stamps(&second_dir, "stopped");
+    assert_eq!(
+        stale_stopped.len(),
+        1,
+        "the paused agent's shim fenced its task"
+    );
+    assert!(
+        stale_stopped[0] < third_started,
+        "the paused agent's task stopped ({}) before the next copy started ({third_started})",
+        stale_stopped[0]
+    );
+    println!(
+        "fencing (paused agent): its shim stopped the task {:.2} s before the next copy started",
+        (third_started - stale_stopped[0]) as f64 / 1e9
+    );
     wait_for(
         "the paused agent's stale task stopped",
         Duration::from_secs(5),
@@ -216,9 +243,6 @@ async fn a_cut_off_agent_stops_its_work_before_it_runs_elsewhere() -> anyhow::Re
         "the paused agent never restarted it"
     );
     assert_eq!(stamps(&third_dir, "started").len(), 1);
-    let _ = agent_a.kill();
-    let _ = agent_b.kill();
-    let _ = agent_a.wait();
-    let _ = agent_b.wait();
+    drop((agent_a, agent_b));
     Ok(())
 }

@@ -466,3 +466,60 @@ impl Drop for ProcCluster {
         }
     }
 }
+
+/// Kills what the agent with data dir `agent_data_dir` started (its allocations' shims and
+/// their process groups): shims outlive their agent by design, so a test cleans up after
+/// itself with this.
+pub fn kill_allocations(agent_data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(agent_data_dir.join("allocs")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let pid = std::fs::read_to_string(e.path().join("pid.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["pid"].as_i64());
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// A spawned agent that is SIGKILLed, with everything it started, when dropped (also
+/// when a test fails half-way).
+pub struct AgentGuard {
+    pub data_dir: std::path::PathBuf,
+    pub child: Option<Child>,
+}
+
+impl AgentGuard {
+    pub fn new(data_dir: &Path, child: Child) -> Self {
+        AgentGuard {
+            data_dir: data_dir.to_path_buf(),
+            child: Some(child),
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for AgentGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        kill_allocations(&self.data_dir);
+    }
+}

@@ -11,5 +11,6 @@ pub mod etcd;
 pub mod netfilter;
 
 pub use cluster::{
-    free_port, http_get, spawn_agent, steward_bin, steward_next_bin, wait_for, ProcCluster,
+    free_port, http_get, kill_allocations, spawn_agent, steward_bin, steward_next_bin, wait_for,
+    AgentGuard, ProcCluster,
 };

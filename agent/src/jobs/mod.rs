@@ -42,8 +42,31 @@ pub use isolation::Isolation;
 /// Grace between SIGTERM and SIGKILL when an allocation is fenced (its own `kill_timeout`
 /// when shorter): fencing must finish before the controller declares the node down.
 pub const FENCE_KILL_GRACE: Duration = Duration::from_secs(1);
-/// How often the fence is checked.
+/// How often the fence is checked (by the agent, and by each shim).
 pub const FENCE_CHECK: Duration = Duration::from_millis(100);
+/// The fence lease file in the data dir: the CLOCK_MONOTONIC time (ns) after which work
+/// that must not run disconnected stops. The agent moves it forward on every acknowledged
+/// heartbeat; every shim reads it, so the work stops even when the agent itself is paused,
+/// crashed or being upgraded.
+pub const FENCE_LEASE_FILE: &str = "fence-lease";
+/// How long an ended allocation's directory (logs, exit status) is kept once the leader no
+/// longer lists it.
+pub const ALLOC_DIR_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// How often ended allocations' directories are considered for removal.
+const ALLOC_DIR_GC_EVERY: Duration = Duration::from_secs(60);
+
+/// CLOCK_MONOTONIC now, in nanoseconds: comparable between the agent and its shims (one
+/// clock for the whole machine, running while a process is stopped).
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
+}
+
+/// The fence lease's deadline, when the file holds one.
+pub fn read_fence_lease(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
 /// Most reports sent in one call.
 pub const MAX_REPORTS_PER_CALL: usize = 1024;
 /// Pause before watching again after the stream broke.
@@ -115,7 +138,15 @@ pub struct Runner {
     config: RunnerConfig,
     running: Mutex<HashMap<String, Running>>,
     reports: mpsc::UnboundedSender<AllocReportPb>,
-    last_ack: Mutex<Instant>,
+    /// CLOCK_MONOTONIC (ns) when the last acknowledged heartbeat was sent.
+    last_ack: Mutex<u64>,
+    /// The fence in effect (ms): the configured one, shortened if the leader's down_after
+    /// needs it.
+    fence_after_ms: std::sync::atomic::AtomicU64,
+    /// Allocations (and generations) that ended here in this process: never started again,
+    /// even if their `final.json` could not be written.
+    ended: Mutex<std::collections::HashSet<(String, u64)>>,
+    last_dir_gc: Mutex<Option<Instant>>,
     /// The current leader's API address and client, set by the heartbeat loop.
     leader: watch::Sender<Option<(String, AgentControlClient<Channel>)>>,
 }
@@ -133,11 +164,59 @@ impl Runner {
         &self.config.isolation
     }
 
-    /// A heartbeat sent at `sent_at` was acknowledged by a leader: the fence clock starts
-    /// again from when it was sent (before the leader heard it: the conservative end).
-    pub fn heartbeat_acknowledged(&self, sent_at: Instant) {
+    /// A heartbeat sent at `sent_mono_ns` (CLOCK_MONOTONIC) was acknowledged by a leader:
+    /// the fence clock starts again from when it was sent (before the leader heard it: the
+    /// conservative end), and the lease file the shims read moves forward.
+    pub fn heartbeat_acknowledged(&self, sent_mono_ns: u64) {
         let mut last = self.last_ack.lock().unwrap_or_else(|p| p.into_inner());
-        *last = (*last).max(sent_at);
+        *last = (*last).max(sent_mono_ns);
+        let deadline = *last + self.fence_after().as_nanos() as u64;
+        drop(last);
+        let dir = &self.config.data_dir;
+        let tmp = dir.join(format!("{FENCE_LEASE_FILE}.tmp"));
+        let written = std::fs::write(&tmp, deadline.to_string())
+            .and_then(|_| std::fs::rename(&tmp, dir.join(FENCE_LEASE_FILE)));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot renew the fence lease; the shims will fence their work");
+        }
+    }
+
+    /// The fence in effect.
+    pub fn fence_after(&self) -> Duration {
+        Duration::from_millis(
+            self.fence_after_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// The fence lease file the shims read.
+    pub fn fence_lease_path(&self) -> PathBuf {
+        self.config.data_dir.join(FENCE_LEASE_FILE)
+    }
+
+    /// The leader's `down_after`: if the fence could end after it, shorten the fence (and
+    /// say so loudly) rather than let a cut-off node's work overlap its replacement.
+    pub fn leader_down_after(&self, down_after: Duration) {
+        if down_after.is_zero() {
+            return;
+        }
+        let budget = down_after
+            .mul_f64(0.9)
+            .saturating_sub(FENCE_KILL_GRACE + FENCE_CHECK);
+        let current = self.fence_after();
+        if current > budget {
+            let fence = budget.max(FENCE_CHECK);
+            self.fence_after_ms.store(
+                fence.as_millis() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            tracing::error!(
+                configured_ms = current.as_millis() as u64,
+                now_ms = fence.as_millis() as u64,
+                leader_down_after_ms = down_after.as_millis() as u64,
+                "fence_after is too long for the leader's down_after; shortened (set --controller-down-after to match the controllers)"
+            );
+        }
     }
 
     /// The leader to watch and report to changed (`None`: none known).
@@ -158,11 +237,19 @@ impl Runner {
     ) -> std::io::Result<Arc<Self>> {
         std::fs::create_dir_all(config.data_dir.join("allocs"))?;
         let (tx, rx) = mpsc::unbounded_channel();
+        // The fence clock continues from the lease the previous agent left (an agent that
+        // was away for long finds its work fenced already), or starts now.
+        let fence_ns = config.fence_after.as_nanos() as u64;
+        let last_ack = read_fence_lease(&config.data_dir.join(FENCE_LEASE_FILE))
+            .map_or_else(monotonic_ns, |deadline| deadline.saturating_sub(fence_ns));
         let runner = Arc::new(Runner {
+            fence_after_ms: std::sync::atomic::AtomicU64::new(config.fence_after.as_millis() as u64),
             config,
             running: Mutex::new(HashMap::new()),
             reports: tx,
-            last_ack: Mutex::new(Instant::now()),
+            last_ack: Mutex::new(last_ack),
+            ended: Mutex::new(Default::default()),
+            last_dir_gc: Mutex::new(None),
             leader: watch::channel(None).0,
         });
         tracing::info!(
@@ -212,9 +299,12 @@ impl Runner {
                 }
                 None => {
                     // Ended while the agent was away: report how, never restart it here.
-                    let restarts = pid.map_or(0, |p| p.restarts);
-                    let fin =
-                        supervisor::conclude_away(&self.config.isolation, &dir, &record, restarts);
+                    let fin = supervisor::conclude_away(
+                        &self.config.isolation,
+                        &dir,
+                        &record,
+                        pid.as_ref(),
+                    );
                     self.report(report_of(&record, &fin));
                 }
             }
@@ -237,8 +327,14 @@ impl Runner {
             );
         let runner = self.clone();
         tokio::spawn(async move {
-            let id = record.id.clone();
+            let key = (record.id.clone(), record.generation);
             supervisor::run(runner.clone(), record, adopt, stop_rx).await;
+            let id = key.0.clone();
+            runner
+                .ended
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key);
             runner
                 .running
                 .lock()
@@ -247,10 +343,37 @@ impl Runner {
         });
     }
 
+    /// Removes the directories of allocations that ended here more than
+    /// [`ALLOC_DIR_RETENTION`] ago and that the leader no longer lists.
+    fn collect_dirs(&self, listed: &BTreeMap<String, AllocationPb>) {
+        {
+            let mut last = self.last_dir_gc.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < ALLOC_DIR_GC_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let Ok(entries) = std::fs::read_dir(self.allocs_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let old = std::fs::metadata(e.path().join("final.json"))
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > ALLOC_DIR_RETENTION));
+            if old && !listed.contains_key(&id) {
+                if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                    tracing::warn!(alloc = %id, error = %err, "cannot remove an ended allocation's directory");
+                }
+            }
+        }
+    }
+
     /// Brings what runs here in line with the leader's list.
     fn reconcile(self: &Arc<Self>, list: Vec<AllocationPb>) {
         let listed: BTreeMap<String, AllocationPb> =
             list.into_iter().map(|a| (a.id.clone(), a)).collect();
+        self.collect_dirs(&listed);
         // Running here but not listed (ended or moved), or asked to stop, or another
         // generation: stop.
         let stops: Vec<(watch::Sender<Option<StopOrder>>, StopOrder)> = {
@@ -306,15 +429,26 @@ impl Runner {
                 continue;
             }
             let dir = self.alloc_dir(&id);
-            if let Some(fin) = read_json::<FinalRecord>(&dir.join("final.json")) {
+            let ended_here = self
+                .ended
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&(id.clone(), a.generation));
+            let recorded = read_json::<AllocRecord>(&dir.join("alloc.json"));
+            match (read_json::<FinalRecord>(&dir.join("final.json")), recorded) {
                 // Ended here before: say so again (the first report may have been lost),
                 // never start it again.
-                if let Some(rec) = read_json::<AllocRecord>(&dir.join("alloc.json")) {
-                    if rec.generation == a.generation {
-                        self.report(report_of(&rec, &fin));
-                    }
+                (Some(fin), Some(rec)) if rec.generation == a.generation => {
+                    self.report(report_of(&rec, &fin));
+                    continue;
                 }
-                continue;
+                _ if ended_here => continue,
+                // An older generation's directory under a reused id (after a restore of an
+                // older state): stale.
+                (Some(_), Some(_)) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                _ => {}
             }
             if a.desired == "stop" {
                 // Never started here: nothing to stop.
@@ -345,12 +479,9 @@ impl Runner {
     /// Fences: no heartbeat acknowledged for `fence_after`, so stop the work that must not
     /// run while this node is cut off (it will be placed elsewhere once the node is down).
     fn fence_if_cut_off(&self) {
-        let silent = self
-            .last_ack
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed();
-        if silent < self.config.fence_after {
+        let last = *self.last_ack.lock().unwrap_or_else(|p| p.into_inner());
+        let silent = Duration::from_nanos(monotonic_ns().saturating_sub(last));
+        if silent < self.fence_after() {
             return;
         }
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -358,8 +489,10 @@ impl Runner {
             if r.on_disconnect != OnDisconnect::Stop {
                 continue;
             }
+            // A stop already under way with a longer grace (a cancel's kill_timeout) is cut
+            // short too: the fence must end before the node is declared down.
             let fenced = r.stop.send_if_modified(|o| {
-                let new = o.is_none();
+                let new = o.as_ref().is_none_or(|o| o.grace > FENCE_KILL_GRACE);
                 if new {
                     *o = Some(StopOrder {
                         grace: FENCE_KILL_GRACE,

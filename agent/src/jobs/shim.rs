@@ -36,7 +36,18 @@ pub struct ShimArgs {
     pub max_log_files: u32,
     /// The task's program and arguments.
     pub command: Vec<String>,
+    /// Fencing: the agent's lease file (a CLOCK_MONOTONIC deadline in ns). Past it, the
+    /// shim stops the task itself (SIGTERM, `fence_grace`, SIGKILL): the agent may be
+    /// paused or gone, and the controllers will place the work elsewhere.
+    pub fence_lease: Option<PathBuf>,
+    /// The deadline while the lease file does not exist yet: start + this.
+    pub fence_after: std::time::Duration,
+    pub fence_grace: std::time::Duration,
 }
+
+/// How long the shim waits for the task's output pipes to close after the task exited (a
+/// daemonised child may hold them open forever).
+const DRAIN_OUTPUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A log stream kept as `NAME`, `NAME.1` ... `NAME.(max_files-1)`, newest first, each at
 /// most `max_bytes`.
@@ -214,14 +225,40 @@ pub fn run(args: ShimArgs) -> i32 {
             return 127;
         }
     };
-    let stdout = child
-        .stdout
-        .take()
-        .map(|s| std::thread::spawn(move || copy_stream(s, out)));
-    let stderr = child
-        .stderr
-        .take()
-        .map(|s| std::thread::spawn(move || copy_stream(s, err)));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let mut copiers = 0;
+    for (stream, log) in [
+        (
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            out,
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            err,
+        ),
+    ] {
+        if let Some(stream) = stream {
+            let done = done_tx.clone();
+            copiers += 1;
+            std::thread::spawn(move || {
+                copy_stream(stream, log);
+                let _ = done.send(());
+            });
+        }
+    }
+    let fenced = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(lease) = args.fence_lease.clone() {
+        let (task, fenced) = (child.id() as i32, fenced.clone());
+        let fallback = super::monotonic_ns() + args.fence_after.as_nanos() as u64;
+        let grace = args.fence_grace;
+        std::thread::spawn(move || fence_watch(&lease, fallback, task, grace, &fenced));
+    }
     let status = loop {
         match child.wait() {
             Ok(s) => break s,
@@ -232,11 +269,17 @@ pub fn run(args: ShimArgs) -> i32 {
             }
         }
     };
-    for t in [stdout, stderr].into_iter().flatten() {
-        let _ = t.join();
+    let drain_until = std::time::Instant::now() + DRAIN_OUTPUT;
+    for _ in 0..copiers {
+        let left = drain_until.saturating_duration_since(std::time::Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            eprintln!("steward-shim: the task exited but something still holds its output open; not waiting");
+            break;
+        }
     }
     use std::os::unix::process::ExitStatusExt;
     let (line, code) = match (status.code(), status.signal()) {
+        _ if fenced.load(std::sync::atomic::Ordering::SeqCst) => ("fenced\n".to_string(), 137),
         (Some(c), _) => (format!("exit {c}\n"), c),
         (None, Some(s)) => (format!("signal {s}\n"), 128 + s),
         _ => ("exit 255\n".to_string(), 255),
@@ -254,11 +297,16 @@ pub enum ExitStatus {
     Signal(i32),
     /// The program could not be started.
     StartFailed(String),
+    /// The shim stopped it: the agent's fence lease ran out.
+    Fenced,
 }
 
 pub fn read_exit_status(alloc_dir: &Path) -> Option<ExitStatus> {
     let text = std::fs::read_to_string(alloc_dir.join(EXIT_STATUS_FILE)).ok()?;
     let text = text.trim();
+    if text == "fenced" {
+        return Some(ExitStatus::Fenced);
+    }
     if let Some(msg) = text.strip_prefix("error ") {
         return Some(ExitStatus::StartFailed(msg.to_string()));
     }
@@ -269,6 +317,39 @@ pub fn read_exit_status(alloc_dir: &Path) -> Option<ExitStatus> {
         "signal" => Some(ExitStatus::Signal(n)),
         _ => None,
     }
+}
+
+/// Watches the agent's fence lease; once it runs out, stops the task: SIGTERM to the
+/// shim's process group (which the task is in; the shim itself survives SIGTERM), the grace,
+/// then SIGKILL to the task.
+fn fence_watch(
+    lease: &Path,
+    fallback: u64,
+    task: i32,
+    grace: std::time::Duration,
+    fenced: &std::sync::atomic::AtomicBool,
+) {
+    use nix::sys::signal::{kill, killpg, Signal};
+    use nix::unistd::{getpgrp, Pid};
+    loop {
+        let deadline = super::read_fence_lease(lease).unwrap_or(fallback);
+        if super::monotonic_ns() > deadline {
+            break;
+        }
+        std::thread::sleep(super::FENCE_CHECK);
+    }
+    fenced.store(true, std::sync::atomic::Ordering::SeqCst);
+    eprintln!("steward-shim: the agent's fence lease ran out: stopping the task");
+    let _ = killpg(getpgrp(), Signal::SIGTERM);
+    let until = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < until {
+        if kill(Pid::from_raw(task), None).is_err() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SIGKILL the task (the group with it would take the shim, which must record the end).
+    let _ = kill(Pid::from_raw(task), Signal::SIGKILL);
 }
 
 #[cfg(test)]

@@ -88,6 +88,15 @@ fn spawn_shim(
     for p in &procs {
         cmd.arg("--cgroup-procs").arg(p);
     }
+    if record.spec.on_disconnect == steward_core::job::OnDisconnect::Stop {
+        // The shim fences its task itself when the agent stops renewing the lease.
+        cmd.arg("--fence-lease")
+            .arg(runner.fence_lease_path())
+            .arg("--fence-after-ms")
+            .arg(runner.fence_after().as_millis().to_string())
+            .arg("--fence-grace-ms")
+            .arg(super::FENCE_KILL_GRACE.as_millis().to_string());
+    }
     cmd.arg("--")
         .arg(&record.spec.command)
         .args(&record.spec.args);
@@ -121,7 +130,11 @@ fn spawn_shim(
         start_ticks: start_ticks(pid).unwrap_or(0),
         restarts,
     };
-    write_json(dir, "pid.json", &record)?;
+    if let Err(e) = write_json(dir, "pid.json", &record) {
+        // Without its record the shim could not be re-adopted or fenced by pid: stop it.
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        return Err(e);
+    }
     Ok((child, record))
 }
 
@@ -146,6 +159,11 @@ fn describe_exit(
         Some(ExitStatus::Code(c)) => (Some(c), false, format!("exited with code {c}")),
         Some(ExitStatus::Signal(s)) => (Some(128 + s), false, format!("killed by signal {s}")),
         Some(ExitStatus::StartFailed(msg)) => (None, false, msg),
+        Some(ExitStatus::Fenced) => (
+            None,
+            false,
+            "fenced by its shim: no heartbeat acknowledged by a leader in time".into(),
+        ),
         None => (None, false, "the task's shim was killed".into()),
     }
 }
@@ -155,8 +173,13 @@ pub fn conclude_away(
     isolation: &Isolation,
     dir: &Path,
     record: &AllocRecord,
-    restarts: u32,
+    pid: Option<&PidRecord>,
 ) -> FinalRecord {
+    let restarts = pid.map_or(0, |p| p.restarts);
+    if let Some(p) = pid {
+        // The shim is gone; anything its task left behind in the group goes with it.
+        let _ = killpg(Pid::from_raw(p.pid), Signal::SIGKILL);
+    }
     let (code, ok, reason) = describe_exit(isolation, record, shim::read_exit_status(dir));
     let fin = FinalRecord {
         state: if ok { "complete" } else { "failed" }.into(),
@@ -188,26 +211,46 @@ async fn wait_exit(child: &mut Option<tokio::process::Child>, pid: &PidRecord) {
     }
 }
 
-/// Stops the task: SIGTERM to its group, `grace`, then SIGKILL to the group and anything
-/// left in its cgroup.
+/// Stops the task: SIGTERM to its group, the grace (cut short when a shorter stop order
+/// arrives, e.g. a fence during a cancel), then SIGKILL to the group and anything left in
+/// its cgroup.
 async fn stop_task(
     isolation: &Isolation,
     id: &str,
     child: &mut Option<tokio::process::Child>,
     pid: &PidRecord,
     grace: Duration,
+    stop: &mut watch::Receiver<Option<StopOrder>>,
 ) {
     let group = Pid::from_raw(pid.pid);
     let _ = killpg(group, Signal::SIGTERM);
-    if tokio::time::timeout(grace, wait_exit(child, pid))
-        .await
-        .is_err()
-    {
+    let mut deadline = tokio::time::Instant::now() + grace;
+    let exited = loop {
+        tokio::select! {
+            _ = wait_exit(child, pid) => break true,
+            _ = tokio::time::sleep_until(deadline) => break false,
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                if let Some(o) = stop.borrow_and_update().clone() {
+                    deadline = deadline.min(tokio::time::Instant::now() + o.grace);
+                }
+            }
+        }
+    };
+    if !exited {
         tracing::info!(alloc = %id, grace_ms = grace.as_millis() as u64, "did not stop after SIGTERM; SIGKILL");
     }
-    let _ = killpg(group, Signal::SIGKILL);
-    isolation.kill_all(id);
+    kill_leftovers(isolation, id, pid);
     wait_exit(child, pid).await;
+}
+
+/// SIGKILLs what is left of an allocation: its process group (a task's leftovers after the
+/// shim exited; the only handle without a cgroup) and everything in its cgroup.
+fn kill_leftovers(isolation: &Isolation, id: &str, pid: &PidRecord) {
+    let _ = killpg(Pid::from_raw(pid.pid), Signal::SIGKILL);
+    isolation.kill_all(id);
 }
 
 pub async fn run(
@@ -274,6 +317,7 @@ pub async fn run(
                 &mut child,
                 &pid,
                 order.grace,
+                &mut stop,
             )
             .await;
             break FinalRecord {
@@ -283,8 +327,20 @@ pub async fn run(
                 reason: order.reason,
             };
         }
-        let (code, ok, reason) =
-            describe_exit(runner.isolation(), &record, shim::read_exit_status(&dir));
+        let status = shim::read_exit_status(&dir);
+        let fenced = status == Some(ExitStatus::Fenced);
+        let (code, ok, reason) = describe_exit(runner.isolation(), &record, status);
+        // What the task left behind (daemonised children) does not outlive it.
+        kill_leftovers(runner.isolation(), &record.id, &pid);
+        if fenced {
+            // Cut off: the work is placed elsewhere; never restart it here.
+            break FinalRecord {
+                state: "lost".into(),
+                exit_code: None,
+                restarts,
+                reason,
+            };
+        }
         let interval = policy.interval;
         restart_times.retain(|t| t.elapsed() < interval);
         let may_restart = policy.restarts_after(if ok { Some(0) } else { code.or(Some(-1)) })
@@ -315,7 +371,6 @@ pub async fn run(
                 delay.as_millis()
             ),
         );
-        runner.isolation().kill_all(&record.id);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             order = wait_order(&mut stop) => {

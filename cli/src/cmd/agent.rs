@@ -78,6 +78,13 @@ pub struct ShimArgs {
     pub max_log_bytes: u64,
     #[arg(long, default_value_t = steward_agent::jobs::shim::DEFAULT_MAX_LOG_FILES)]
     pub max_log_files: u32,
+    /// The agent's fence lease file (fencing of on_disconnect = "stop" work).
+    #[arg(long)]
+    pub fence_lease: Option<PathBuf>,
+    #[arg(long, default_value_t = 2500)]
+    pub fence_after_ms: u64,
+    #[arg(long, default_value_t = 1000)]
+    pub fence_grace_ms: u64,
     /// The task's program and arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -90,6 +97,9 @@ pub fn run_shim(args: &ShimArgs) -> i32 {
         max_log_bytes: args.max_log_bytes,
         max_log_files: args.max_log_files,
         command: args.command.clone(),
+        fence_lease: args.fence_lease.clone(),
+        fence_after: Duration::from_millis(args.fence_after_ms),
+        fence_grace: Duration::from_millis(args.fence_grace_ms),
     })
 }
 

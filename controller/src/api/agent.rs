@@ -25,7 +25,8 @@ pub type AllocationsStream =
 
 /// The node's live allocations, with their specs, as an agent receives them.
 fn node_allocations(ctx: &ApiContext, node: &str) -> (u64, Vec<steward_proto::v1::AllocationPb>) {
-    let applied = ctx.raft.view().read();
+    // A copy (O(1)): the list is built off the state lock (ARCHITECTURE.md, invariant 12).
+    let applied = ctx.raft.view().copy();
     let s = &applied.state;
     let list = s
         .live_allocs_on(node)
@@ -115,8 +116,9 @@ impl AgentControl for AgentControlService {
             None::<Vec<steward_proto::v1::AllocationPb>>,
             false,
         );
-        let stream =
-            futures::stream::unfold(state, |(ctx, node, mut changes, last, ended)| async move {
+        let stream = futures::stream::unfold(
+            state,
+            |(ctx, node, mut changes, last, ended)| async move {
                 if ended {
                     return None;
                 }
@@ -136,12 +138,17 @@ impl AgentControl for AgentControlService {
                         };
                         return Some((Ok(update), (ctx, node, changes, Some(list), false)));
                     }
-                    tokio::select! {
-                        _ = tokio::time::timeout(WATCH_LEADERSHIP_CHECK, changes.changed()) => {}
-                        _ = ctx.stopping.cancelled() => {}
+                    let closed = tokio::select! {
+                        r = tokio::time::timeout(WATCH_LEADERSHIP_CHECK, changes.changed()) => matches!(r, Ok(Err(_))),
+                        _ = ctx.stopping.cancelled() => false,
+                    };
+                    if closed {
+                        let status = Status::unavailable("this controller's state machine stopped");
+                        return Some((Err(status), (ctx, node, changes, last, true)));
                     }
                 }
-            });
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -298,6 +305,7 @@ impl AgentControl for AgentControlService {
                     .heartbeat(&req.node_id, req.telemetry, None);
                 Ok(Response::new(HeartbeatReply {
                     register_again: true,
+                    down_after_ms: self.ctx.liveness.down_after_ms(),
                 }))
             }
             Some((digest, health)) => {
@@ -306,6 +314,7 @@ impl AgentControl for AgentControlService {
                     .heartbeat(&req.node_id, req.telemetry, Some(health));
                 Ok(Response::new(HeartbeatReply {
                     register_again: digest != req.inventory_digest,
+                    down_after_ms: self.ctx.liveness.down_after_ms(),
                 }))
             }
         }

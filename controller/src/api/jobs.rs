@@ -137,6 +137,9 @@ fn job_to_pb(state: &ClusterState, j: &JobRecord, detail: bool) -> JobPb {
 
 fn job_result_error(result: CommandResult) -> ApiError {
     match result {
+        CommandResult::JobRefused { reason } if reason.contains("its limit") => {
+            ApiError::FailedPrecondition(reason)
+        }
         CommandResult::JobRefused { reason } => ApiError::InvalidArgument(reason),
         CommandResult::UnknownJob { job } => {
             ApiError::NotFound(format!("no job `{job}` (see `steward job list`)"))
@@ -210,25 +213,20 @@ pub async fn plan(
         |mut c, r| async move { c.plan_job(r).await },
         |req, applied| {
             let spec = parse_spec(&req.spec_json)?;
-            Ok(dry_run(&applied.state, spec))
+            dry_run(&applied.state, spec)
         },
     )
     .await
 }
 
 /// Where `spec` would go on `state` now: the round run on a copy with the job submitted.
-fn dry_run(state: &ClusterState, spec: JobSpec) -> PlanJobReply {
+fn dry_run(state: &ClusterState, spec: JobSpec) -> Result<PlanJobReply, ApiError> {
     let mut s = state.clone();
     let job = match s.apply(Command::SubmitJob {
         spec: Box::new(spec.clone()),
     }) {
         CommandResult::JobSubmitted { job, .. } => job,
-        other => {
-            return PlanJobReply {
-                pending_reason: format!("{other:?}"),
-                ..Default::default()
-            }
-        }
+        other => return Err(job_result_error(other)),
     };
     let view = SchedulingView::of(&s);
     let round = schedule_round(&s, &RoundConfig::default());
@@ -276,7 +274,7 @@ fn dry_run(state: &ClusterState, spec: JobSpec) -> PlanJobReply {
             spec.resources.gpu_models.join(", ")
         );
     }
-    reply
+    Ok(reply)
 }
 
 pub async fn list(
@@ -368,6 +366,18 @@ pub async fn list_allocations(
         |mut c, r| async move { c.list_allocations(r).await },
         |req, applied| {
             let s = &applied.state;
+            if !req.node_id.is_empty() && !s.nodes.contains_key(&req.node_id) {
+                return Err(ApiError::NotFound(format!(
+                    "no node `{}` (see `steward node list`)",
+                    req.node_id
+                )));
+            }
+            if !req.job_id.is_empty() && !s.jobs.contains_key(&req.job_id) {
+                return Err(ApiError::NotFound(format!(
+                    "no job `{}` (see `steward job list`)",
+                    req.job_id
+                )));
+            }
             Ok(ListAllocationsReply {
                 allocations: s
                     .allocs

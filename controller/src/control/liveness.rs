@@ -28,6 +28,7 @@ pub const MAX_TELEMETRY_BYTES: usize = 64 * 1024;
 
 pub struct LivenessTracker {
     start: Instant,
+    down_after_ms: u64,
     inner: Mutex<Inner>,
     /// Wakes the worker when a heartbeat brings a node back.
     wake: Arc<Notify>,
@@ -46,6 +47,7 @@ impl LivenessTracker {
     pub fn new(config: LivenessConfig) -> Arc<Self> {
         Arc::new(LivenessTracker {
             start: Instant::now(),
+            down_after_ms: config.down_after_ms,
             inner: Mutex::new(Inner {
                 detector: Detector::new(config),
                 led_term: None,
@@ -54,6 +56,11 @@ impl LivenessTracker {
             }),
             wake: Arc::new(Notify::new()),
         })
+    }
+
+    /// The silence after which the leader declares a node down (agents fence before it).
+    pub fn down_after_ms(&self) -> u64 {
+        self.down_after_ms
     }
 
     fn now_ms(&self) -> u64 {

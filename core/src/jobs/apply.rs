@@ -344,7 +344,9 @@ impl ClusterState {
                     ));
                 }
             }
-            if usage.cpu_millicores + p.cpu_millicores > cap.cpu_millicores {
+            let over =
+                |held: u64, want: u64, cap: u64| held.checked_add(want).is_none_or(|t| t > cap);
+            if over(usage.cpu_millicores, p.cpu_millicores, cap.cpu_millicores) {
                 return Err(format!(
                     "node {} has {} mCPU free, task {} needs {}",
                     p.node,
@@ -353,7 +355,7 @@ impl ClusterState {
                     p.cpu_millicores
                 ));
             }
-            if usage.memory_mib + p.memory_mib > cap.memory_mib {
+            if over(usage.memory_mib, p.memory_mib, cap.memory_mib) {
                 return Err(format!(
                     "node {} has {} MiB free, task {} needs {}",
                     p.node,
@@ -876,6 +878,14 @@ impl ClusterState {
         }
         self.job_event(&a.job, revision, message);
         if gang && !cancelled && a.state != AllocState::Complete {
+            // The gang runs again whole: members that already completed run again too.
+            if let Some(job) = self.jobs.get_mut(&a.job) {
+                for t in job.tasks.iter_mut() {
+                    if t.outcome == TaskOutcome::Complete {
+                        t.outcome = TaskOutcome::Open;
+                    }
+                }
+            }
             for other in self.live_allocs_of(&a.job) {
                 self.ask_stop(
                     &other,

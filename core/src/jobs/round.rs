@@ -122,12 +122,19 @@ impl SchedulingView {
                     }
                 }
             }
+            let full = state
+                .node_usage(id)
+                .is_some_and(|u| u.allocs >= MAX_ALLOCS_PER_NODE);
             let excluded = if rec.health != NodeHealth::Ready {
                 Some(format!("node is {}", rec.health.name()))
             } else if sched.is_some_and(|s| s.drain.is_some()) {
                 Some("node is draining".to_string())
             } else if sched.is_some_and(|s| s.cordoned) {
                 Some("node is cordoned".to_string())
+            } else if full {
+                Some(format!(
+                    "node runs {MAX_ALLOCS_PER_NODE} allocations, its limit"
+                ))
             } else {
                 None
             };
@@ -171,8 +178,8 @@ impl SchedulingView {
             (0, 0)
         };
         Some(TaskShape {
-            cpu: r.cpu_millicores as i64,
-            mem: r.memory_mib as i64,
+            cpu: i64::try_from(r.cpu_millicores).ok()?,
+            mem: i64::try_from(r.memory_mib).ok()?,
             num_gpu,
             gpu_milli,
             models: self.model_mask(spec)?,
@@ -381,10 +388,19 @@ pub fn schedule_round(state: &ClusterState, cfg: &RoundConfig) -> Round {
             }) => {
                 let news = new_allocations(state, &view, c.job, &c.tasks, &placements);
                 round.placed += news.len();
-                round.commands.push(Command::PlaceAllocations {
-                    job: c.job.id.clone(),
-                    placements: news,
-                });
+                // A gang goes in one command (all or nothing; validation caps its size);
+                // other jobs in commands of at most MAX_PLACEMENTS_PER_COMMAND.
+                let chunk = if spec.gang {
+                    news.len().max(1)
+                } else {
+                    MAX_PLACEMENTS_PER_COMMAND
+                };
+                for part in news.chunks(chunk) {
+                    round.commands.push(Command::PlaceAllocations {
+                        job: c.job.id.clone(),
+                        placements: part.to_vec(),
+                    });
+                }
                 if unplaced > 0 {
                     let why = why_pending(state, &view, spec, &shape);
                     pend(&mut round, c.job, format!("{unplaced} tasks wait: {why}"));

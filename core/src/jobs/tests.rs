@@ -663,3 +663,64 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_gang_whose_member_completed_runs_again_whole_after_another_fails() {
+    let mut s = cluster(2, 8);
+    let g = submit(
+        &mut s,
+        with_gpus(
+            spec(
+                "gang",
+                "tasks = 2\ngang = true\nreschedule = { attempts = 1, delay = \"1s\" }",
+            ),
+            8,
+            0,
+        ),
+    );
+    settle(&mut s);
+    let members = live_on(&s, &g);
+    assert_eq!(members.len(), 2);
+    report(&mut s, &members[0].0, AllocState::Complete, Some(0));
+    report(&mut s, &members[1].0, AllocState::Failed, Some(1));
+    stamp(&mut s, 1_000_000 + 10_000);
+    settle(&mut s);
+    assert_eq!(
+        live_on(&s, &g).len(),
+        2,
+        "placed again whole, the completed rank too"
+    );
+    assert_eq!(s.jobs[&g].status, JobStatus::Running);
+}
+
+#[test]
+fn absurd_requests_are_refused_not_overflowed() {
+    let huge = spec("huge", "");
+    let mut bad = huge.clone();
+    bad.resources.cpu_millicores = u64::MAX - 10;
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("resources.cpu_millicores"));
+    // A placement that would overflow a node's counters is refused, not wrapped.
+    let mut s = cluster(1, 1);
+    let j = submit(&mut s, huge);
+    let r = s.apply(Command::PlaceAllocations {
+        job: j,
+        placements: vec![NewAllocation {
+            task: 0,
+            node: "n0".into(),
+            gpus: vec![],
+            gpu_milli: 0,
+            cpu_millicores: 1000,
+            memory_mib: 1024,
+            rendezvous: None,
+        }],
+    });
+    assert!(
+        matches!(r, CommandResult::AllocationsPlaced { .. }),
+        "{r:?}"
+    );
+    assert_within_capacity(&s);
+}
