@@ -22,6 +22,8 @@ use tonic::transport::Channel;
 /// Fast failure detection (with room for a loaded 2-core CI machine); the agents fence after
 /// half of down_after.
 const LIVENESS: &str = "[liveness]\nsuspect_after = \"1s\"\ndown_after = \"4s\"\n";
+/// No snapshot during the test: the whole log stays for the replay at the end.
+const KEEP_LOG: &str = "[raft]\nsnapshot_after_entries = 1000000\n";
 const AGENT_FLAGS: &[&str] = &[
     "--heartbeat-interval",
     "200ms",
@@ -209,15 +211,16 @@ fn pid_alive(pid: i32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_run_on_their_gpus_and_move_when_an_agent_dies() -> anyhow::Result<()> {
-    let cluster = ProcCluster::start_with(3, LIVENESS)?;
+    let mut cluster = ProcCluster::start_with(3, &format!("{LIVENESS}{KEEP_LOG}"))?;
     cluster.wait_leader(Duration::from_secs(20)).await?;
-    let mut agents = (1..=5)
+    let mut agents = (1..=6)
         .map(|i| Agent::start(&cluster, &format!("agent-{i}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     wait_ready(&cluster, &mut agents).await?;
     let mut c = client(&cluster).await?;
 
-    // 32 of the 40 GPUs, biggest first: a 2x8 gang, 8, 4, 2 and 1 GPUs, two half GPUs.
+    // 40 jobs on 36 of the 48 GPUs, biggest first: a 2x8 gang, 8, 4, 2 and 1 GPUs, two
+    // half GPUs, then 33 eighth-of-a-GPU jobs of mixed priorities.
     let sleep = "exec sleep 600";
     let mut jobs = Vec::new();
     for (name, prio, gpus, milli, tasks, gang) in [
@@ -232,6 +235,16 @@ async fn jobs_run_on_their_gpus_and_move_when_an_agent_dies() -> anyhow::Result<
         let id = submit(&mut c, spec(name, prio, gpus, milli, tasks, gang, sleep)).await?;
         jobs.push((id, tasks));
     }
+    for i in 0..33u32 {
+        let name = format!("eighth-{i}");
+        let id = submit(
+            &mut c,
+            spec(&name, 100 + 10 * (i % 5), 0, 125, 1, false, sleep),
+        )
+        .await?;
+        jobs.push((id, 1));
+    }
+    assert_eq!(jobs.len(), 40);
     let running = wait_running(&cluster, &jobs, Duration::from_secs(60)).await?;
     // Each task saw exactly its assigned GPUs, by UUID.
     for a in &running {
@@ -465,5 +478,60 @@ async fn jobs_run_on_their_gpus_and_move_when_an_agent_dies() -> anyhow::Result<
         "{a:?}"
     );
     println!("memory limit: {}", a.reason);
+
+    // Replaying the committed log: no GPU (or milli share) or CPU over-committed at any
+    // applied index.
+    drop(agents);
+    let data_dir = cluster.node(1).data_dir.clone();
+    assert_eq!(cluster.terminate(1, Duration::from_secs(10)), Some(0));
+    let replayed = replay_checks_capacity(&data_dir).await?;
+    println!("log replay: {replayed} entries, no GPU or CPU over-committed at any index");
     Ok(())
+}
+
+/// Replays controller `id`'s whole committed log (it must be stopped) through
+/// `ClusterState::apply`, checking after every entry that no GPU holds more than 1000
+/// milli and no node more CPU than it has; returns the number of entries replayed.
+async fn replay_checks_capacity(data_dir: &Path) -> anyhow::Result<usize> {
+    use openraft::storage::{RaftLogReader, RaftLogStorage};
+    use steward_controller::raft::store::{open_stores, Db};
+    let db = Db::open(&data_dir.join("raft"))?;
+    let (mut log, _sm) = open_stores(&db, Default::default()).await?;
+    let state = log.get_log_state().await?;
+    assert!(
+        state.last_purged_log_id.is_none(),
+        "the whole log is kept for the replay"
+    );
+    let last = state.last_log_id.map_or(0, |l| l.index);
+    let entries = log.try_get_log_entries(0..=last).await?;
+    let mut s = steward_core::ClusterState::default();
+    for e in &entries {
+        if let openraft::EntryPayload::Normal(c) = &e.payload {
+            s.apply(c.clone());
+        }
+        let mut gpus: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut cpu: BTreeMap<&str, u64> = BTreeMap::new();
+        for a in s.allocs.values().filter(|a| a.holds_capacity()) {
+            for g in &a.gpus {
+                *gpus.entry(g).or_default() += u32::from(a.gpu_milli);
+            }
+            *cpu.entry(&a.node).or_default() += a.cpu_millicores;
+        }
+        for (g, m) in &gpus {
+            assert!(
+                *m <= 1000,
+                "GPU {g} holds {m} milli at log index {}",
+                e.log_id.index
+            );
+        }
+        for (n, c) in &cpu {
+            let cap = steward_core::jobs::NodeCapacity::of(&s.nodes[*n].inventory).cpu_millicores;
+            assert!(
+                *c <= cap,
+                "node {n} holds {c} of {cap} mCPU at log index {}",
+                e.log_id.index
+            );
+        }
+    }
+    Ok(entries.len())
 }

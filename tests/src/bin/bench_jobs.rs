@@ -300,6 +300,8 @@ async fn slurm_latency() -> anyhow::Result<Option<Vec<f64>>> {
         .arg(d.join("munged.log"))
         .arg("--seed-file")
         .arg(d.join("munged.seed"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()?;
     let host = std::process::Command::new("hostname").arg("-s").output()?;
     let host = String::from_utf8_lossy(&host.stdout).trim().to_string();
