@@ -329,10 +329,10 @@ pub async fn run(
         match l.client.heartbeat(hb).await {
             Ok(reply) => {
                 backoff = Duration::from_millis(100);
-                runner.heartbeat_acknowledged(sent_at);
-                stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
                 let reply = reply.into_inner();
                 runner.leader_down_after(Duration::from_millis(reply.down_after_ms));
+                runner.heartbeat_acknowledged(sent_at);
+                stats.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
                 if reply.register_again {
                     registration.needed = true;
                 }

@@ -165,3 +165,22 @@ pub fn assert_one_leader_per_term(leaderships: &[(u64, u64)]) {
         assert_eq!(ids.len(), 1, "term {term} had leaders {ids:?}");
     }
 }
+
+/// Job tests: fast failure detection, with room for a loaded 2-core CI machine (agents fence
+/// after half of down_after).
+pub const JOBS_LIVENESS: &str = "[liveness]\nsuspect_after = \"1s\"\ndown_after = \"4s\"\n";
+/// Job tests' agent flags: quick heartbeats, and the controllers' down_after to fence by.
+pub const JOBS_AGENT_FLAGS: &[&str] = &[
+    "--heartbeat-interval",
+    "200ms",
+    "--controller-down-after",
+    "4s",
+];
+
+/// An admin client of the current leader.
+pub async fn leader_client(
+    cluster: &steward_tests::ProcCluster,
+) -> anyhow::Result<AdminClient<Channel>> {
+    let (leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;
+    cluster.client(leader).await
+}

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use steward_proto::v1::admin_client::AdminClient;
+use crate::common::{leader_client, JOBS_AGENT_FLAGS, JOBS_LIVENESS};
 use steward_proto::v1::agent_api_client::AgentApiClient;
 use steward_proto::v1::{
     CancelJobRequest, GetJobRequest, GpuFault, InjectGpuFaultRequest, JobPb,
@@ -13,20 +13,6 @@ use steward_proto::v1::{
     SetNodeSchedulingRequest, SubmitJobRequest,
 };
 use steward_tests::{spawn_agent, steward_bin, wait_for, ProcCluster};
-use tonic::transport::Channel;
-
-const LIVENESS: &str = "[liveness]\nsuspect_after = \"1s\"\ndown_after = \"4s\"\n";
-const AGENT_FLAGS: &[&str] = &[
-    "--heartbeat-interval",
-    "200ms",
-    "--controller-down-after",
-    "4s",
-];
-
-async fn client(cluster: &ProcCluster) -> anyhow::Result<AdminClient<Channel>> {
-    let (leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;
-    cluster.client(leader).await
-}
 
 fn spec(
     name: &str,
@@ -50,7 +36,7 @@ fn spec(
 }
 
 async fn submit(cluster: &ProcCluster, spec_json: String) -> anyhow::Result<String> {
-    Ok(client(cluster)
+    Ok(leader_client(cluster)
         .await?
         .submit_job(SubmitJobRequest {
             spec_json,
@@ -62,7 +48,7 @@ async fn submit(cluster: &ProcCluster, spec_json: String) -> anyhow::Result<Stri
 }
 
 async fn job(cluster: &ProcCluster, id: &str) -> Option<JobPb> {
-    client(cluster)
+    leader_client(cluster)
         .await
         .ok()?
         .get_job(GetJobRequest {
@@ -98,7 +84,7 @@ fn running(j: &JobPb) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preemption_gpu_failure_cordon_drain_and_log_caps() -> anyhow::Result<()> {
-    let cluster = ProcCluster::start_with(3, LIVENESS)?;
+    let cluster = ProcCluster::start_with(3, JOBS_LIVENESS)?;
     cluster.wait_leader(Duration::from_secs(20)).await?;
     let mut agents = Vec::new();
     for name in ["agent-a", "agent-b"] {
@@ -106,13 +92,13 @@ async fn preemption_gpu_failure_cordon_drain_and_log_caps() -> anyhow::Result<()
         let child = spawn_agent(
             &dir,
             &cluster.addrs(),
-            AGENT_FLAGS,
+            JOBS_AGENT_FLAGS,
             Some(&cluster.dir.path().join(format!("{name}.log"))),
         )?;
         agents.push(steward_tests::AgentGuard::new(&dir, child));
     }
     let nodes = wait_for("both nodes ready", Duration::from_secs(30), || async {
-        let n = client(&cluster)
+        let n = leader_client(&cluster)
             .await
             .ok()?
             .list_nodes(ListNodesRequest::default())
@@ -146,7 +132,7 @@ async fn preemption_gpu_failure_cordon_drain_and_log_caps() -> anyhow::Result<()
         running(j) == 2
     })
     .await?;
-    client(&cluster)
+    leader_client(&cluster)
         .await?
         .cancel_job(CancelJobRequest {
             job_id: low.clone(),
@@ -194,7 +180,7 @@ async fn preemption_gpu_failure_cordon_drain_and_log_caps() -> anyhow::Result<()
         "{:?}",
         j.allocations
     );
-    let plan = client(&cluster)
+    let plan = leader_client(&cluster)
         .await?
         .plan_job(PlanJobRequest {
             spec_json: spec("whole-node", 100, 8, 1, false, sleep),
@@ -207,7 +193,7 @@ async fn preemption_gpu_failure_cordon_drain_and_log_caps() -> anyhow::Result<()
         .find(|n| n.node_id == a.node_id)
         .expect("verdict");
     assert!(verdict.reason.contains("1 unhealthy"), "{verdict:?}");
-    client(&cluster)
+    leader_client(&cluster)
         .await?
         .cancel_job(CancelJobRequest {
             job_id: victim.clone(),
@@ -221,7 +207,7 @@ async fn preemption_gpu_failure_cordon_drain_and_log_caps() -> anyhow::Result<()
         cordoned,
         drain_deadline_ms: drain,
     };
-    client(&cluster)
+    leader_client(&cluster)
         .await?
         .set_node_scheduling(set(&a_node, true, None))
         .await?;
@@ -231,16 +217,16 @@ async fn preemption_gpu_failure_cordon_drain_and_log_caps() -> anyhow::Result<()
         j.allocations.iter().all(|x| x.node_id == b_node),
         "cordoned {a_node} took work"
     );
-    client(&cluster)
+    leader_client(&cluster)
         .await?
         .set_node_scheduling(set(&a_node, false, None))
         .await?;
-    client(&cluster)
+    leader_client(&cluster)
         .await?
         .set_node_scheduling(set(&b_node, true, Some(0)))
         .await?;
     wait_for("the drain complete", Duration::from_secs(30), || async {
-        let s = client(&cluster)
+        let s = leader_client(&cluster)
             .await
             .ok()?
             .node_scheduling(NodeSchedulingRequest {
@@ -261,7 +247,7 @@ async fn preemption_gpu_failure_cordon_drain_and_log_caps() -> anyhow::Result<()
         .iter()
         .filter(|x| x.state == "running")
         .all(|x| x.node_id == a_node));
-    let live = client(&cluster)
+    let live = leader_client(&cluster)
         .await?
         .list_allocations(ListAllocationsRequest {
             node_id: b_node.clone(),
@@ -353,7 +339,7 @@ async fn submit_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submissions_through_a_leader_kill_are_recorded_once() -> anyhow::Result<()> {
-    let mut cluster = ProcCluster::start_with(3, LIVENESS)?;
+    let mut cluster = ProcCluster::start_with(3, JOBS_LIVENESS)?;
     let (leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;
     let addrs: Vec<String> = cluster.addrs().split(',').map(str::to_string).collect();
     const JOBS: usize = 200;
@@ -390,7 +376,7 @@ async fn submissions_through_a_leader_kill_are_recorded_once() -> anyhow::Result
     for w in writers {
         acknowledged.extend(w.await?);
     }
-    let jobs = client(&cluster)
+    let jobs = leader_client(&cluster)
         .await?
         .list_jobs(steward_proto::v1::ListJobsRequest::default())
         .await?

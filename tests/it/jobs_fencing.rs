@@ -7,28 +7,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::common::{leader_client, JOBS_AGENT_FLAGS, JOBS_LIVENESS};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use steward_proto::v1::admin_client::AdminClient;
 use steward_proto::v1::{ListAllocationsRequest, ListNodesRequest, SubmitJobRequest};
 use steward_tests::netfilter::{skip_unless_available, AddressCut};
 use steward_tests::{spawn_agent, wait_for, AgentGuard, ProcCluster};
-use tonic::transport::Channel;
 
-const LIVENESS: &str = "[liveness]\nsuspect_after = \"1s\"\ndown_after = \"4s\"\n";
-const AGENT_FLAGS: &[&str] = &[
-    "--heartbeat-interval",
-    "200ms",
-    "--controller-down-after",
-    "4s",
-];
 /// The loopback address the cut-off agent's connections come from.
 const CUT_IP: &str = "127.0.0.77";
-
-async fn client(cluster: &ProcCluster) -> anyhow::Result<AdminClient<Channel>> {
-    let (leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;
-    cluster.client(leader).await
-}
 
 async fn node_id(data_dir: &Path) -> anyhow::Result<String> {
     let file = data_dir.join("node-id");
@@ -45,7 +32,7 @@ async fn wait_health(cluster: &ProcCluster, node: &str, health: &str) -> anyhow:
         &format!("node {node} {health}"),
         Duration::from_secs(30),
         || async {
-            let mut c = client(cluster).await.ok()?;
+            let mut c = leader_client(cluster).await.ok()?;
             let nodes = c
                 .list_nodes(ListNodesRequest {
                     node_id: node.to_string(),
@@ -67,7 +54,7 @@ async fn running_on(cluster: &ProcCluster, job: &str, node: &str) -> anyhow::Res
         &format!("{job} running on {node}"),
         Duration::from_secs(30),
         || async {
-            let mut c = client(cluster).await.ok()?;
+            let mut c = leader_client(cluster).await.ok()?;
             let allocs = c
                 .list_allocations(ListAllocationsRequest {
                     job_id: job.to_string(),
@@ -106,10 +93,10 @@ async fn a_cut_off_agent_stops_its_work_before_it_runs_elsewhere() -> anyhow::Re
     ) {
         return Ok(());
     }
-    let cluster = ProcCluster::start_with(3, LIVENESS)?;
+    let cluster = ProcCluster::start_with(3, JOBS_LIVENESS)?;
     cluster.wait_leader(Duration::from_secs(20)).await?;
     let a_dir = cluster.dir.path().join("agent-a");
-    let mut flags = AGENT_FLAGS.to_vec();
+    let mut flags = JOBS_AGENT_FLAGS.to_vec();
     flags.extend(["--source-ip", CUT_IP]);
     let mut agent_a = AgentGuard::new(
         &a_dir,
@@ -132,7 +119,7 @@ async fn a_cut_off_agent_stops_its_work_before_it_runs_elsewhere() -> anyhow::Re
         "kill_timeout": "5s",
         "resources": { "gpus": 1, "cpu_millicores": 10, "memory_mib": 64 },
     });
-    let job = client(&cluster)
+    let job = leader_client(&cluster)
         .await?
         .submit_job(SubmitJobRequest {
             spec_json: spec.to_string(),
@@ -154,7 +141,7 @@ async fn a_cut_off_agent_stops_its_work_before_it_runs_elsewhere() -> anyhow::Re
         spawn_agent(
             &b_dir,
             &cluster.addrs(),
-            AGENT_FLAGS,
+            JOBS_AGENT_FLAGS,
             Some(&cluster.dir.path().join("agent-b.log")),
         )?,
     );

@@ -4,7 +4,7 @@
 //! fail under `STEWARD_REQUIRE_ALL_TESTS=1`.
 //!
 //! The rules live in a table of their own (named after the test process and a counter),
-//! deleted when the [`RaftPartition`] is dropped, even when a test panics.
+//! deleted when the [`RaftPartition`] or [`AddressCut`] is dropped, even when a test panics.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -57,9 +57,46 @@ pub fn skip_unless_available(test: &str) -> bool {
     }
 }
 
+/// An nftables table with an input and an output filter chain, deleted when dropped (even
+/// when a test panics).
+struct Table {
+    name: String,
+}
+
+impl Table {
+    fn new() -> anyhow::Result<Self> {
+        let name = format!(
+            "steward_it_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let t = Table { name };
+        let n = &t.name;
+        nft(&format!("add table inet {n}"))?;
+        for hook in ["input", "output"] {
+            nft(&format!(
+                "add chain inet {n} {hook} {{ type filter hook {hook} priority 0 ; policy accept ; }}"
+            ))?;
+        }
+        Ok(t)
+    }
+
+    fn rule(&self, chain: &str, rule: &str) -> anyhow::Result<()> {
+        nft(&format!("add rule inet {} {chain} {rule}", self.name))
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        if let Err(e) = nft(&format!("delete table inet {}", self.name)) {
+            eprintln!("could not remove nftables table {}: {e}", self.name);
+        }
+    }
+}
+
 /// One controller's Raft traffic dropped in both directions, until dropped.
 pub struct RaftPartition {
-    table: String,
+    _table: Table,
 }
 
 impl RaftPartition {
@@ -67,82 +104,42 @@ impl RaftPartition {
     /// to any of `peer_raft_ports` (its appends and votes to them). Other traffic to and
     /// from `ip` (its API) flows.
     pub fn isolate(ip: &str, raft_port: u16, peer_raft_ports: &[u16]) -> anyhow::Result<Self> {
-        let table = format!(
-            "steward_it_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let p = RaftPartition { table };
-        let t = &p.table;
-        nft(&format!("add table inet {t}"))?;
-        nft(&format!(
-            "add chain inet {t} input {{ type filter hook input priority 0 ; policy accept ; }}"
-        ))?;
-        nft(&format!(
-            "add chain inet {t} output {{ type filter hook output priority 0 ; policy accept ; }}"
-        ))?;
-        nft(&format!(
-            "add rule inet {t} input ip daddr {ip} tcp dport {raft_port} drop"
-        ))?;
+        let table = Table::new()?;
+        table.rule(
+            "input",
+            &format!("ip daddr {ip} tcp dport {raft_port} drop"),
+        )?;
         let ports = peer_raft_ports
             .iter()
             .map(u16::to_string)
             .collect::<Vec<_>>()
             .join(", ");
-        nft(&format!(
-            "add rule inet {t} output ip saddr {ip} tcp dport {{ {ports} }} drop"
-        ))?;
-        Ok(p)
+        table.rule(
+            "output",
+            &format!("ip saddr {ip} tcp dport {{ {ports} }} drop"),
+        )?;
+        Ok(RaftPartition { _table: table })
     }
 
     /// Lifts the partition now.
     pub fn heal(self) {}
 }
 
-impl Drop for RaftPartition {
-    fn drop(&mut self) {
-        if let Err(e) = nft(&format!("delete table inet {}", self.table)) {
-            eprintln!("could not remove nftables table {}: {e}", self.table);
-        }
-    }
-}
-
 /// Every packet from (and to) one local address dropped, until dropped: cuts off a process
 /// whose connections come from that address (an agent started with `--source-ip`), while
 /// everything else on the loopback flows.
 pub struct AddressCut {
-    table: String,
+    _table: Table,
 }
 
 impl AddressCut {
     pub fn drop_address(ip: &str) -> anyhow::Result<Self> {
-        let table = format!(
-            "steward_it_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let cut = AddressCut { table };
-        let t = &cut.table;
-        nft(&format!("add table inet {t}"))?;
-        nft(&format!(
-            "add chain inet {t} input {{ type filter hook input priority 0 ; policy accept ; }}"
-        ))?;
-        nft(&format!(
-            "add chain inet {t} output {{ type filter hook output priority 0 ; policy accept ; }}"
-        ))?;
-        nft(&format!("add rule inet {t} output ip saddr {ip} drop"))?;
-        nft(&format!("add rule inet {t} input ip daddr {ip} drop"))?;
-        Ok(cut)
+        let table = Table::new()?;
+        table.rule("output", &format!("ip saddr {ip} drop"))?;
+        table.rule("input", &format!("ip daddr {ip} drop"))?;
+        Ok(AddressCut { _table: table })
     }
 
     /// Lets the traffic through again now.
     pub fn heal(self) {}
-}
-
-impl Drop for AddressCut {
-    fn drop(&mut self) {
-        if let Err(e) = nft(&format!("delete table inet {}", self.table)) {
-            eprintln!("could not remove nftables table {}: {e}", self.table);
-        }
-    }
 }

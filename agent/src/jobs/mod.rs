@@ -63,9 +63,28 @@ pub fn monotonic_ns() -> u64 {
     })
 }
 
-/// The fence lease's deadline, when the file holds one.
-pub fn read_fence_lease(path: &Path) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+/// This boot's id: CLOCK_MONOTONIC restarts from 0 at boot, so a lease names its boot.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The fence lease's deadline, when the file holds one written in this boot, clamped to
+/// at most `now + fence_after` (a lease never extends the fence beyond one renewal).
+pub fn read_fence_lease(path: &Path, fence_after: Duration) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (boot, deadline) = text.trim().split_once(' ')?;
+    if boot != boot_id() {
+        return None;
+    }
+    let deadline: u64 = deadline.parse().ok()?;
+    Some(deadline.min(monotonic_ns() + fence_after.as_nanos() as u64))
+}
+
+/// The lease file's contents for `deadline` (CLOCK_MONOTONIC ns) in this boot.
+fn fence_lease_text(deadline: u64) -> String {
+    format!("{} {deadline}", boot_id())
 }
 /// Most reports sent in one call.
 pub const MAX_REPORTS_PER_CALL: usize = 1024;
@@ -174,7 +193,7 @@ impl Runner {
         drop(last);
         let dir = &self.config.data_dir;
         let tmp = dir.join(format!("{FENCE_LEASE_FILE}.tmp"));
-        let written = std::fs::write(&tmp, deadline.to_string())
+        let written = std::fs::write(&tmp, fence_lease_text(deadline))
             .and_then(|_| std::fs::rename(&tmp, dir.join(FENCE_LEASE_FILE)));
         if let Err(e) = written {
             tracing::warn!(error = %e, "cannot renew the fence lease; the shims will fence their work");
@@ -240,8 +259,9 @@ impl Runner {
         // The fence clock continues from the lease the previous agent left (an agent that
         // was away for long finds its work fenced already), or starts now.
         let fence_ns = config.fence_after.as_nanos() as u64;
-        let last_ack = read_fence_lease(&config.data_dir.join(FENCE_LEASE_FILE))
-            .map_or_else(monotonic_ns, |deadline| deadline.saturating_sub(fence_ns));
+        let last_ack =
+            read_fence_lease(&config.data_dir.join(FENCE_LEASE_FILE), config.fence_after)
+                .map_or_else(monotonic_ns, |deadline| deadline.saturating_sub(fence_ns));
         let runner = Arc::new(Runner {
             fence_after_ms: std::sync::atomic::AtomicU64::new(config.fence_after.as_millis() as u64),
             config,
@@ -299,6 +319,10 @@ impl Runner {
                 }
                 None => {
                     // Ended while the agent was away: report how, never restart it here.
+                    self.ended
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert((record.id.clone(), record.generation));
                     let fin = supervisor::conclude_away(
                         &self.config.isolation,
                         &dir,

@@ -257,7 +257,23 @@ pub fn run(args: ShimArgs) -> i32 {
         let (task, fenced) = (child.id() as i32, fenced.clone());
         let fallback = super::monotonic_ns() + args.fence_after.as_nanos() as u64;
         let grace = args.fence_grace;
-        std::thread::spawn(move || fence_watch(&lease, fallback, task, grace, &fenced));
+        let (fence_after, dir, procs) = (
+            args.fence_after,
+            args.alloc_dir.clone(),
+            args.cgroup_procs.clone(),
+        );
+        std::thread::spawn(move || {
+            fence_watch(
+                &lease,
+                fallback,
+                fence_after,
+                task,
+                grace,
+                &fenced,
+                &dir,
+                &procs,
+            )
+        });
     }
     let status = loop {
         match child.wait() {
@@ -319,37 +335,56 @@ pub fn read_exit_status(alloc_dir: &Path) -> Option<ExitStatus> {
     }
 }
 
-/// Watches the agent's fence lease; once it runs out, stops the task: SIGTERM to the
-/// shim's process group (which the task is in; the shim itself survives SIGTERM), the grace,
-/// then SIGKILL to the task.
+/// Watches the agent's fence lease; once it runs out while the task still runs, stops it:
+/// SIGTERM to the shim's process group (the task is in it; the shim survives SIGTERM),
+/// the grace, then records `fenced` durably and SIGKILLs the whole group (the shim with it)
+/// and everything in the task's cgroups (children that left the group too).
+#[allow(clippy::too_many_arguments)]
 fn fence_watch(
     lease: &Path,
     fallback: u64,
+    fence_after: std::time::Duration,
     task: i32,
     grace: std::time::Duration,
     fenced: &std::sync::atomic::AtomicBool,
+    alloc_dir: &Path,
+    cgroup_procs: &[PathBuf],
 ) {
     use nix::sys::signal::{kill, killpg, Signal};
     use nix::unistd::{getpgrp, Pid};
     loop {
-        let deadline = super::read_fence_lease(lease).unwrap_or(fallback);
+        let deadline = super::read_fence_lease(lease, fence_after).unwrap_or(fallback);
         if super::monotonic_ns() > deadline {
             break;
         }
         std::thread::sleep(super::FENCE_CHECK);
     }
+    if kill(Pid::from_raw(task), None).is_err() {
+        // The task already ended on its own: nothing to fence.
+        return;
+    }
     fenced.store(true, std::sync::atomic::Ordering::SeqCst);
     eprintln!("steward-shim: the agent's fence lease ran out: stopping the task");
     let _ = killpg(getpgrp(), Signal::SIGTERM);
     let until = std::time::Instant::now() + grace;
-    while std::time::Instant::now() < until {
-        if kill(Pid::from_raw(task), None).is_err() {
-            return;
-        }
+    while std::time::Instant::now() < until && kill(Pid::from_raw(task), None).is_ok() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // SIGKILL the task (the group with it would take the shim, which must record the end).
-    let _ = kill(Pid::from_raw(task), Signal::SIGKILL);
+    let _ = write_durably(alloc_dir, EXIT_STATUS_FILE, b"fenced\n");
+    for procs in cgroup_procs {
+        if let Some(dir) = procs.parent() {
+            // cgroup v2 kills everything inside at once; v1 has no such file.
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            for pid in std::fs::read_to_string(procs).unwrap_or_default().lines() {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    if pid != std::process::id() as i32 {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+    let _ = killpg(getpgrp(), Signal::SIGKILL);
 }
 
 #[cfg(test)]

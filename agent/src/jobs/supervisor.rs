@@ -177,12 +177,26 @@ pub fn conclude_away(
 ) -> FinalRecord {
     let restarts = pid.map_or(0, |p| p.restarts);
     if let Some(p) = pid {
-        // The shim is gone; anything its task left behind in the group goes with it.
-        let _ = killpg(Pid::from_raw(p.pid), Signal::SIGKILL);
+        // The shim is gone; anything its task left behind in the group goes with it. Only
+        // when no process has the pid now: a live process with it (after a reboot or pid
+        // wrap-around) is someone else, and Linux gives no new process the id of a group
+        // that still has members.
+        if !Path::new(&format!("/proc/{}", p.pid)).exists() {
+            let _ = killpg(Pid::from_raw(p.pid), Signal::SIGKILL);
+        }
     }
-    let (code, ok, reason) = describe_exit(isolation, record, shim::read_exit_status(dir));
+    let status = shim::read_exit_status(dir);
+    let fenced = status == Some(ExitStatus::Fenced);
+    let (code, ok, reason) = describe_exit(isolation, record, status);
     let fin = FinalRecord {
-        state: if ok { "complete" } else { "failed" }.into(),
+        state: if fenced {
+            "lost"
+        } else if ok {
+            "complete"
+        } else {
+            "failed"
+        }
+        .into(),
         exit_code: code,
         restarts,
         reason: if ok {

@@ -140,10 +140,10 @@ impl AgentControl for AgentControlService {
                     }
                     let closed = tokio::select! {
                         r = tokio::time::timeout(WATCH_LEADERSHIP_CHECK, changes.changed()) => matches!(r, Ok(Err(_))),
-                        _ = ctx.stopping.cancelled() => false,
+                        _ = ctx.stopping.cancelled() => true,
                     };
                     if closed {
-                        let status = Status::unavailable("this controller's state machine stopped");
+                        let status = Status::unavailable("this controller is stopping");
                         return Some((Err(status), (ctx, node, changes, last, true)));
                     }
                 }

@@ -849,6 +849,8 @@ impl ClusterState {
             let job = self.jobs.get_mut(&a.job).expect("exists");
             let slot = &mut job.tasks[a.task as usize];
             match (a.state, &a.stop_reason) {
+                // Asked to stop for its gang: it runs again with the gang, however it ended.
+                (_, Some(StopReason::GangMemberEnded { .. })) => slot.not_before_ms = now,
                 (AllocState::Complete, _) => slot.outcome = TaskOutcome::Complete,
                 (_, Some(r)) if !r.replaces() => {}
                 (AllocState::Failed, None) => {
