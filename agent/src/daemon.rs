@@ -323,7 +323,11 @@ pub async fn run(
             node_id: id.clone(),
             seq,
             inventory_digest: register.inventory_digest.clone(),
-            telemetry: Some(telemetry.latest().to_proto()),
+            telemetry: Some({
+                let mut t = telemetry.latest().to_proto();
+                t.isolation = runner.isolation().name().to_string();
+                t
+            }),
         };
         let sent_at = crate::jobs::monotonic_ns();
         match l.client.heartbeat(hb).await {

@@ -109,6 +109,32 @@ async fn preemption_gpu_failure_cordon_drain_and_log_caps() -> anyhow::Result<()
         (n.len() == 2 && n.iter().all(|x| x.health == "ready")).then_some(n)
     })
     .await?;
+    // Each agent says how it isolates allocations.
+    wait_for(
+        "the agents' isolation in their telemetry",
+        Duration::from_secs(10),
+        || async {
+            let n = leader_client(&cluster)
+                .await
+                .ok()?
+                .list_nodes(ListNodesRequest {
+                    node_id: String::new(),
+                    with_inventory: true,
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .nodes;
+            n.iter()
+                .all(|x| {
+                    x.telemetry.as_ref().is_some_and(|t| {
+                        ["cgroup-v2", "cgroup-v1", "process-group"].contains(&t.isolation.as_str())
+                    })
+                })
+                .then_some(())
+        },
+    )
+    .await?;
     let sleep = "exec sleep 600";
 
     // Preemption: a low-priority preemptible job fills both nodes; a high-priority one

@@ -158,12 +158,9 @@ async fn a_cut_off_agent_stops_its_work_before_it_runs_elsewhere() -> anyhow::Re
         || async { stamps(&second_dir, "started").first().copied() },
     )
     .await?;
+    // The agent and the shim both fence (whichever is first): the task may see SIGTERM twice.
     let stopped = stamps(&first_dir, "stopped");
-    assert_eq!(
-        stopped.len(),
-        1,
-        "the cut-off task stopped itself once: {stopped:?}"
-    );
+    assert!(!stopped.is_empty(), "the cut-off task was stopped");
     assert!(
         stopped[0] < started,
         "the cut-off task stopped ({}) before its replacement started ({started})",
@@ -202,9 +199,8 @@ async fn a_cut_off_agent_stops_its_work_before_it_runs_elsewhere() -> anyhow::Re
     )
     .await?;
     let stale_stopped = stamps(&second_dir, "stopped");
-    assert_eq!(
-        stale_stopped.len(),
-        1,
+    assert!(
+        !stale_stopped.is_empty(),
         "the paused agent's shim fenced its task"
     );
     assert!(

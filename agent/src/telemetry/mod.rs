@@ -272,6 +272,8 @@ impl TelemetrySnapshot {
                     description: e.kind.describe(),
                 })
                 .collect(),
+            // Set by the daemon, which runs the allocations.
+            isolation: String::new(),
         }
     }
 }

@@ -135,6 +135,7 @@ fn gpu_json(g: &GpuTelemetry) -> serde_json::Value {
 pub fn telemetry_json(t: &NodeTelemetry) -> serde_json::Value {
     json!({
         "sampled_at_unix_ms": t.sampled_at_unix_ms,
+        "isolation": t.isolation,
         "cpu_util_pct": t.cpu_util_pct,
         "load1": t.load1,
         "memory_total_bytes": t.memory_total_bytes,
@@ -213,6 +214,14 @@ fn print_node(n: &NodeSummary, inventory: &serde_json::Value) {
             ),
             ("load (1m)", opt(tel.load1.map(|l| format!("{l:.2}")))),
             ("memory available", gib(tel.memory_available_bytes)),
+            (
+                "allocation isolation",
+                if tel.isolation.is_empty() {
+                    "-".to_string()
+                } else {
+                    tel.isolation.clone()
+                },
+            ),
             (
                 "data dir filesystem",
                 format!(
