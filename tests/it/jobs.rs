@@ -369,7 +369,19 @@ async fn jobs_run_on_their_gpus_and_move_when_an_agent_dies() -> anyhow::Result<
         .parse()?;
     agents[host].sigkill();
     agents[host].restart(&cluster)?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let restarted_log = agents[host].log.with_extension("restarted.log");
+    let adopted = format!("re-adopting a running allocation alloc={}", eight.id);
+    wait_for(
+        "the restarted agent re-adopted its task",
+        Duration::from_secs(10),
+        || async {
+            std::fs::read_to_string(&restarted_log)
+                .ok()?
+                .contains(&adopted)
+                .then_some(())
+        },
+    )
+    .await?;
     let after = job(&cluster, &jobs[1].0).await.expect("job");
     let same = after
         .allocations

@@ -157,15 +157,8 @@ fn job_result_error(result: CommandResult) -> ApiError {
         } => ApiError::FailedPrecondition(format!(
             "jobs need cluster feature level {needs}, the cluster is at {cluster_level}: upgrade every controller first"
         )),
-        CommandResult::RequestForgotten { id } => ApiError::Raft(
-            crate::raft::Error::OutcomeUnknown(format!(
-                "request {id} is older than the results the cluster keeps for its client"
-            )),
-        ),
-        CommandResult::SessionsFull { limit } => ApiError::Overloaded(format!(
-            "the cluster remembers {limit} writing clients, all active recently; retry in a moment"
-        )),
-        other => ApiError::Internal(format!("unexpected result {other:?}")),
+        // Request-session results are the same for every write.
+        other => super::kv::write_error(other),
     }
 }
 
@@ -180,16 +173,7 @@ pub async fn submit(
             let command = Command::SubmitJob {
                 spec: Box::new(spec),
             };
-            Ok(match &req.request_id {
-                Some(id) => Command::Request {
-                    id: steward_core::command::RequestId {
-                        client: id.client,
-                        seq: id.seq,
-                    },
-                    command: Box::new(command),
-                },
-                None => command,
-            })
+            Ok(super::kv::once(req.request_id.as_ref(), command))
         },
         |result| match result {
             CommandResult::JobSubmitted { job, revision } => Ok(SubmitJobReply {

@@ -21,7 +21,7 @@ fn stale(consistency: i32) -> bool {
 /// carries one. Such a write needs feature level 2 (request sessions): on a cluster below
 /// it, it waits for a pending raise and is otherwise refused, not applied without the
 /// guarantee its client counts on (the CLI retries it).
-fn once(id: Option<&RequestId>, command: Command) -> Command {
+pub(super) fn once(id: Option<&RequestId>, command: Command) -> Command {
     match id {
         Some(id) => Command::Request {
             id: steward_core::command::RequestId {
@@ -36,7 +36,7 @@ fn once(id: Option<&RequestId>, command: Command) -> Command {
 
 /// The error for a KV write whose result is not a success: a failed compare-and-set, or
 /// something that cannot happen.
-fn write_error(result: CommandResult) -> ApiError {
+pub(super) fn write_error(result: CommandResult) -> ApiError {
     match result {
         CommandResult::RequestForgotten { id } => ApiError::Raft(
             crate::raft::Error::OutcomeUnknown(format!(

@@ -370,27 +370,8 @@ impl ClusterState {
                     p.node
                 ));
             }
-            // Stand-in allocation to count this placement against the next ones.
-            usage.add(&Allocation {
-                id: String::new(),
-                job: String::new(),
-                task: p.task,
-                node: p.node.clone(),
-                gpus: p.gpus.clone(),
-                gpu_milli: p.gpu_milli,
-                cpu_millicores: p.cpu_millicores,
-                memory_mib: p.memory_mib,
-                generation: 0,
-                desired: DesiredState::Run,
-                stop_reason: None,
-                state: AllocState::Pending,
-                state_since_ms: 0,
-                exit_code: None,
-                restarts: 0,
-                reason: String::new(),
-                created_at_ms: 0,
-                rendezvous: None,
-            });
+            // Count this placement against the next ones of the plan.
+            usage.hold(&p.gpus, p.gpu_milli, p.cpu_millicores, p.memory_mib);
         }
         let grows: u64 = placements
             .iter()

@@ -384,13 +384,18 @@ pub struct NodeUsage {
 
 impl NodeUsage {
     fn add(&mut self, a: &Allocation) {
-        for g in &a.gpus {
-            *self.gpu_milli.entry(g.clone()).or_default() += u32::from(a.gpu_milli);
-        }
-        self.cpu_millicores += a.cpu_millicores;
-        self.memory_mib += a.memory_mib;
-        self.allocs += 1;
+        self.hold(&a.gpus, a.gpu_milli, a.cpu_millicores, a.memory_mib);
         self.alloc_ids.insert(a.id.clone());
+    }
+
+    /// Counts what one placement holds (without an id: a plan's tentative placement).
+    fn hold(&mut self, gpus: &[String], gpu_milli: u16, cpu_millicores: u64, memory_mib: u64) {
+        for g in gpus {
+            *self.gpu_milli.entry(g.clone()).or_default() += u32::from(gpu_milli);
+        }
+        self.cpu_millicores += cpu_millicores;
+        self.memory_mib += memory_mib;
+        self.allocs += 1;
     }
 
     fn remove(&mut self, a: &Allocation) {
