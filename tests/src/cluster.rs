@@ -47,8 +47,21 @@ pub fn steward_next_bin() -> Option<PathBuf> {
 
 /// A free loopback port (bound, then released for the child to take).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr").port()
+    // The kernel may hand the same port out again once it is released (two controllers'
+    // addresses picked one after the other could collide): never return one twice.
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let port = l.local_addr().expect("local addr").port();
+        if HANDED_OUT
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(port)
+        {
+            return port;
+        }
+    }
 }
 
 /// Starts `steward agent` with 8 simulated H100s, its data in `data_dir`, reporting to
