@@ -46,6 +46,9 @@ pub struct AgentConfigFile {
     /// The controllers' `liveness.down_after` (default 5 s): fencing must end before it.
     #[serde(default, with = "humantime_serde")]
     pub controller_down_after: Option<Duration>,
+    /// How allocations are isolated: `auto` (default: cgroup v2, then v1, then a process
+    /// group), `cgroup-v2`, `cgroup-v1` or `process-group`.
+    pub isolation: Option<crate::jobs::IsolationMode>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +88,8 @@ pub struct AgentConfig {
     pub shim_exe: PathBuf,
     /// Where connections to the controllers come from.
     pub source_ip: Option<std::net::IpAddr>,
+    /// How allocations are isolated (checked against the host when the agent starts).
+    pub isolation: crate::jobs::IsolationMode,
 }
 
 /// The controllers' default `liveness.down_after`.
@@ -189,6 +194,7 @@ impl AgentConfigFile {
             fence_after,
             shim_exe,
             source_ip: self.source_ip,
+            isolation: self.isolation.unwrap_or_default(),
             data_dir,
             controllers,
             labels: self.labels,

@@ -56,6 +56,8 @@ pub enum AgentError {
     Telemetry(#[source] std::io::Error),
     #[error("inventory task failed: {0}")]
     Task(String),
+    #[error("{0}")]
+    Isolation(String),
 }
 
 /// Reads the inventory off the runtime (NVML calls block).
@@ -188,7 +190,11 @@ pub async fn run(
             shim_exe: config.shim_exe.clone(),
             fence_after: config.fence_after,
             source_ip: config.source_ip,
-            isolation: crate::jobs::Isolation::detect(Path::new("/sys/fs/cgroup")),
+            isolation: crate::jobs::Isolation::choose(
+                config.isolation,
+                Path::new("/sys/fs/cgroup"),
+            )
+            .map_err(AgentError::Isolation)?,
         },
         stop.clone(),
     )
@@ -196,6 +202,7 @@ pub async fn run(
         path: config.data_dir.display().to_string(),
         source,
     })?;
+    let _ = stats.isolation.set(runner.isolation().name());
     tokio::spawn(crate::api::serve(
         api,
         telemetry.clone(),

@@ -50,7 +50,12 @@ pub struct AgentStats {
     pub registration_errors: AtomicU64,
     /// Times the agent moved to another controller as leader.
     pub leader_changes: AtomicU64,
+    /// How allocations are isolated here (`Isolation::name`), once the runner started.
+    pub isolation: std::sync::OnceLock<&'static str>,
 }
+
+/// Every isolation an agent may report, for the `steward_agent_isolation` state set.
+const ISOLATIONS: [&str; 3] = ["cgroup-v2", "cgroup-v1", "process-group"];
 
 /// dcgm-exporter field name, help, and how to read it.
 type Field = (&'static str, &'static str, fn(&GpuReading) -> Option<f64>);
@@ -464,6 +469,22 @@ pub fn registry(snapshot: &TelemetrySnapshot, hostname: &str, stats: &AgentStats
         c.inc_by(v.load(Ordering::Relaxed));
         reg.register(name, help, c);
     }
+    if let Some(current) = stats.isolation.get() {
+        gauges(
+            &mut reg,
+            "steward_agent_isolation",
+            "How allocations are isolated on this node: 1 for the current mode, 0 for the others.",
+            ISOLATIONS
+                .iter()
+                .map(|m| {
+                    (
+                        vec![("mode", m.to_string())],
+                        f64::from(u8::from(m == current)),
+                    )
+                })
+                .collect(),
+        );
+    }
     if snapshot.sampled_at_unix_ms > 0 {
         let age = crate::telemetry::events::unix_ms().saturating_sub(snapshot.sampled_at_unix_ms);
         gauge(
@@ -525,7 +546,13 @@ mod tests {
         )
         .expect("start");
         let stats = AgentStats::default();
+        stats.isolation.set("cgroup-v1").expect("once");
         let text = render(&t.latest(), "host-a", &stats, false);
+        assert!(
+            text.contains("steward_agent_isolation{mode=\"cgroup-v1\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("steward_agent_isolation{mode=\"process-group\"} 0"));
         assert!(text.contains("# TYPE DCGM_FI_DEV_GPU_TEMP gauge"), "{text}");
         assert!(text.contains("modelName=\"NVIDIA H100 80GB HBM3\""));
         assert!(text.contains("Hostname=\"host-a\""));

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use steward_proto::v1::admin_client::AdminClient;
-use steward_proto::v1::{KvListRequest, KvPutRequest, ReadConsistency};
+use steward_proto::v1::{
+    GetJobRequest, JobPb, KvListRequest, KvPutRequest, ReadConsistency, SubmitJobRequest,
+};
+use steward_tests::{wait_for, ProcCluster};
 use tonic::transport::{Channel, Endpoint};
 
 /// Longest one key is retried before the writer gives up on it.
@@ -183,4 +186,46 @@ pub async fn leader_client(
 ) -> anyhow::Result<AdminClient<Channel>> {
     let (leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;
     cluster.client(leader).await
+}
+
+/// Submits a job to the leader; its id.
+pub async fn submit_job(cluster: &ProcCluster, spec_json: String) -> anyhow::Result<String> {
+    Ok(leader_client(cluster)
+        .await?
+        .submit_job(SubmitJobRequest {
+            spec_json,
+            request_id: None,
+        })
+        .await?
+        .into_inner()
+        .job_id)
+}
+
+/// Job `id` as the leader has it (`None` while there is no leader or no such job).
+pub async fn job(cluster: &ProcCluster, id: &str) -> Option<JobPb> {
+    leader_client(cluster)
+        .await
+        .ok()?
+        .get_job(GetJobRequest {
+            job_id: id.to_string(),
+        })
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+/// Waits (40 s at most) until `check` holds for job `id`.
+pub async fn wait_job(
+    cluster: &ProcCluster,
+    id: &str,
+    what: &str,
+    check: impl Fn(&JobPb) -> bool,
+) -> anyhow::Result<JobPb> {
+    let check = &check;
+    wait_for(
+        &format!("job {id}: {what}"),
+        Duration::from_secs(40),
+        || async move { job(cluster, id).await.filter(|j| check(j)) },
+    )
+    .await
 }

@@ -5,12 +5,14 @@
 
 use std::time::Duration;
 
-use crate::common::{leader_client, JOBS_AGENT_FLAGS, JOBS_LIVENESS};
+use crate::common::{
+    leader_client, submit_job as submit, wait_job, JOBS_AGENT_FLAGS, JOBS_LIVENESS,
+};
 use steward_proto::v1::agent_api_client::AgentApiClient;
 use steward_proto::v1::{
-    CancelJobRequest, GetJobRequest, GpuFault, InjectGpuFaultRequest, JobPb,
-    ListAllocationsRequest, ListNodesRequest, NodeSchedulingRequest, PlanJobRequest,
-    SetNodeSchedulingRequest, SubmitJobRequest,
+    CancelJobRequest, GpuFault, InjectGpuFaultRequest, JobPb, ListAllocationsRequest,
+    ListNodesRequest, NodeSchedulingRequest, PlanJobRequest, SetNodeSchedulingRequest,
+    SubmitJobRequest,
 };
 use steward_tests::{spawn_agent, steward_bin, wait_for, ProcCluster};
 
@@ -33,46 +35,6 @@ fn spec(
         "resources": { "gpus": gpus, "cpu_millicores": 10, "memory_mib": 64 },
     })
     .to_string()
-}
-
-async fn submit(cluster: &ProcCluster, spec_json: String) -> anyhow::Result<String> {
-    Ok(leader_client(cluster)
-        .await?
-        .submit_job(SubmitJobRequest {
-            spec_json,
-            request_id: None,
-        })
-        .await?
-        .into_inner()
-        .job_id)
-}
-
-async fn job(cluster: &ProcCluster, id: &str) -> Option<JobPb> {
-    leader_client(cluster)
-        .await
-        .ok()?
-        .get_job(GetJobRequest {
-            job_id: id.to_string(),
-        })
-        .await
-        .ok()
-        .map(|r| r.into_inner())
-}
-
-/// Waits until `check` holds for job `id`.
-async fn wait_job(
-    cluster: &ProcCluster,
-    id: &str,
-    what: &str,
-    check: impl Fn(&JobPb) -> bool,
-) -> anyhow::Result<JobPb> {
-    let check = &check;
-    wait_for(
-        &format!("job {id}: {what}"),
-        Duration::from_secs(40),
-        || async move { job(cluster, id).await.filter(|j| check(j)) },
-    )
-    .await
 }
 
 fn running(j: &JobPb) -> usize {
@@ -283,6 +245,23 @@ async fn preemption_gpu_failure_cordon_drain_and_log_caps() -> anyhow::Result<()
         .into_inner()
         .allocations;
     assert!(live.is_empty(), "{live:?}");
+    // A ready node that runs work is not removed, --force or not: its work would be placed
+    // again while its agent still runs it.
+    let out = std::process::Command::new(steward_bin())
+        .args([
+            "--addr",
+            &cluster.addrs(),
+            "node",
+            "remove",
+            &a_node,
+            "--force",
+        ])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(" allocations (") && err.contains("drain it first"),
+        "{err}"
+    );
 
     // 100 MiB of output: the files stay under 10 x 10 MiB, and the tail comes back.
     // (Page cache of the log files is charged to the task's cgroup: room for it.)

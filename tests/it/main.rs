@@ -14,6 +14,7 @@ mod dev_cluster;
 mod jobs;
 mod jobs_control;
 mod jobs_fencing;
+mod jobs_isolation;
 mod metrics_promtool;
 mod raft_chaos;
 mod raft_failover;

@@ -37,7 +37,7 @@ use steward_proto::v1::{
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
-pub use isolation::Isolation;
+pub use isolation::{Isolation, IsolationMode};
 
 /// Grace between SIGTERM and SIGKILL when an allocation is fenced (its own `kill_timeout`
 /// when shorter): fencing must finish before the controller declares the node down.
@@ -165,6 +165,10 @@ pub struct Runner {
     /// Allocations (and generations) that ended here in this process: never started again,
     /// even if their `final.json` could not be written.
     ended: Mutex<std::collections::HashSet<(String, u64)>>,
+    /// The leader's latest list, locked while it is reconciled (one reconcile at a time);
+    /// reconciled again when an allocation whose id the list gives another generation (an
+    /// id reused after a restore) has finished stopping.
+    latest: Mutex<Vec<AllocationPb>>,
     last_dir_gc: Mutex<Option<Instant>>,
     /// The current leader's API address and client, set by the heartbeat loop.
     leader: watch::Sender<Option<(String, AgentControlClient<Channel>)>>,
@@ -269,6 +273,7 @@ impl Runner {
             reports: tx,
             last_ack: Mutex::new(last_ack),
             ended: Mutex::new(Default::default()),
+            latest: Mutex::new(Vec::new()),
             last_dir_gc: Mutex::new(None),
             leader: watch::channel(None).0,
         });
@@ -353,7 +358,7 @@ impl Runner {
         tokio::spawn(async move {
             let key = (record.id.clone(), record.generation);
             supervisor::run(runner.clone(), record, adopt, stop_rx).await;
-            let id = key.0.clone();
+            let (id, generation) = key.clone();
             runner
                 .ended
                 .lock()
@@ -364,6 +369,14 @@ impl Runner {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
+            // The list may give this id a new generation that waited for this one to stop.
+            let latest = runner.latest.lock().unwrap_or_else(|p| p.into_inner());
+            if latest
+                .iter()
+                .any(|a| a.id == id && a.generation != generation && a.desired != "stop")
+            {
+                runner.apply_list(&latest);
+            }
         });
     }
 
@@ -395,8 +408,15 @@ impl Runner {
 
     /// Brings what runs here in line with the leader's list.
     fn reconcile(self: &Arc<Self>, list: Vec<AllocationPb>) {
+        let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        *latest = list;
+        self.apply_list(&latest);
+    }
+
+    /// [`Runner::reconcile`]'s work; the caller holds `latest`.
+    fn apply_list(self: &Arc<Self>, list: &[AllocationPb]) {
         let listed: BTreeMap<String, AllocationPb> =
-            list.into_iter().map(|a| (a.id.clone(), a)).collect();
+            list.iter().map(|a| (a.id.clone(), a.clone())).collect();
         self.collect_dirs(&listed);
         // Running here but not listed (ended or moved), or asked to stop, or another
         // generation: stop.

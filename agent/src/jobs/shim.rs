@@ -43,6 +43,9 @@ pub struct ShimArgs {
     /// The deadline while the lease file does not exist yet: start + this.
     pub fence_after: std::time::Duration,
     pub fence_grace: std::time::Duration,
+    /// Process-group isolation (no cgroup): the shim sets the task's RLIMIT_DATA and kills
+    /// the group when its resident memory passes this limit.
+    pub memory_limit_mib: Option<u64>,
 }
 
 /// How long the shim waits for the task's output pipes to close after the task exited (a
@@ -205,6 +208,16 @@ pub fn run(args: ShimArgs) -> i32 {
             return 125;
         }
     };
+    if let Some(limit) = args.memory_limit_mib {
+        // Set on the shim and inherited by the task: the shim's own few MiB fit under it.
+        let data = super::isolation::data_rlimit_bytes(limit);
+        if let Err(e) =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_DATA, data, data)
+        {
+            eprintln!("steward-shim: setting RLIMIT_DATA: {e}");
+            return 125;
+        }
+    }
     let child = Command::new(program)
         .args(rest)
         .current_dir(&args.alloc_dir)
@@ -275,6 +288,11 @@ pub fn run(args: ShimArgs) -> i32 {
             )
         });
     }
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(limit) = args.memory_limit_mib {
+        let (finished, dir) = (finished.clone(), args.alloc_dir.clone());
+        std::thread::spawn(move || memory_watch(limit, &dir, &finished));
+    }
     let status = loop {
         match child.wait() {
             Ok(s) => break s,
@@ -285,6 +303,7 @@ pub fn run(args: ShimArgs) -> i32 {
             }
         }
     };
+    finished.store(true, std::sync::atomic::Ordering::SeqCst);
     let drain_until = std::time::Instant::now() + DRAIN_OUTPUT;
     for _ in 0..copiers {
         let left = drain_until.saturating_duration_since(std::time::Instant::now());
@@ -385,6 +404,39 @@ fn fence_watch(
         }
     }
     let _ = killpg(getpgrp(), Signal::SIGKILL);
+}
+
+/// Process-group isolation's memory limit: every [`MEMORY_WATCH_INTERVAL`], sums the
+/// resident memory of the shim's process group (the task and its children, not the shim);
+/// past `limit_mib`, records why durably and SIGKILLs every member until the task is gone.
+///
+/// [`MEMORY_WATCH_INTERVAL`]: super::isolation::MEMORY_WATCH_INTERVAL
+fn memory_watch(limit_mib: u64, alloc_dir: &Path, finished: &std::sync::atomic::AtomicBool) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::{getpgrp, Pid};
+    let limit = limit_mib.saturating_mul(1024 * 1024);
+    let (group, me) = (getpgrp().as_raw(), std::process::id() as i32);
+    while !finished.load(std::sync::atomic::Ordering::SeqCst) {
+        let (members, resident) = super::isolation::group_resident(group, me);
+        if resident > limit {
+            let why = format!(
+                "resident memory {} MiB over the limit of {limit_mib} MiB\n",
+                resident / (1024 * 1024)
+            );
+            eprintln!("steward-shim: {}", why.trim_end());
+            let _ = write_durably(alloc_dir, super::isolation::OOM_KILLED_FILE, why.as_bytes());
+            let mut members = members;
+            while !finished.load(std::sync::atomic::Ordering::SeqCst) {
+                for pid in &members {
+                    let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                members = super::isolation::group_resident(group, me).0;
+            }
+            return;
+        }
+        std::thread::sleep(super::isolation::MEMORY_WATCH_INTERVAL);
+    }
 }
 
 #[cfg(test)]

@@ -80,13 +80,18 @@ fn spawn_shim(
     restarts: u32,
 ) -> std::io::Result<(tokio::process::Child, PidRecord)> {
     let _ = std::fs::remove_file(dir.join(shim::EXIT_STATUS_FILE));
-    let procs = runner
-        .isolation()
-        .create(&record.id, record.cpu_millicores, record.memory_mib)?;
+    let _ = std::fs::remove_file(dir.join(super::isolation::OOM_KILLED_FILE));
+    let confinement =
+        runner
+            .isolation()
+            .create(&record.id, record.cpu_millicores, record.memory_mib)?;
     let mut cmd = tokio::process::Command::new(&runner.config.shim_exe);
     cmd.arg("agent-shim").arg("--alloc-dir").arg(dir);
-    for p in &procs {
+    for p in &confinement.cgroup_procs {
         cmd.arg("--cgroup-procs").arg(p);
+    }
+    if let Some(mib) = confinement.memory_limit_mib {
+        cmd.arg("--memory-limit-mib").arg(mib.to_string());
     }
     if record.spec.on_disconnect == steward_core::job::OnDisconnect::Stop {
         // The shim fences its task itself when the agent stops renewing the lease.
@@ -141,20 +146,27 @@ fn spawn_shim(
 /// What the task's end means: its final state (or a restart) and why.
 fn describe_exit(
     isolation: &Isolation,
+    dir: &Path,
     record: &AllocRecord,
     status: Option<ExitStatus>,
 ) -> (Option<i32>, bool, String) {
-    let oom = isolation.oom_killed(&record.id);
+    let oom = isolation.oom_killed(&record.id, dir);
     match status {
-        _ if oom => (
-            Some(137),
-            false,
-            format!(
-                "out of memory: killed at its limit of {} MiB ({})",
-                record.memory_mib,
-                isolation.name()
-            ),
-        ),
+        _ if oom => {
+            // A process-group shim wrote what it measured.
+            let measured = std::fs::read_to_string(dir.join(super::isolation::OOM_KILLED_FILE))
+                .map(|t| format!(": {}", t.trim()))
+                .unwrap_or_default();
+            (
+                Some(137),
+                false,
+                format!(
+                    "out of memory: killed at its limit of {} MiB ({}{measured})",
+                    record.memory_mib,
+                    isolation.name()
+                ),
+            )
+        }
         Some(ExitStatus::Code(0)) => (Some(0), true, String::new()),
         Some(ExitStatus::Code(c)) => (Some(c), false, format!("exited with code {c}")),
         Some(ExitStatus::Signal(s)) => (Some(128 + s), false, format!("killed by signal {s}")),
@@ -187,7 +199,7 @@ pub fn conclude_away(
     }
     let status = shim::read_exit_status(dir);
     let fenced = status == Some(ExitStatus::Fenced);
-    let (code, ok, reason) = describe_exit(isolation, record, status);
+    let (code, ok, reason) = describe_exit(isolation, dir, record, status);
     let fin = FinalRecord {
         state: if fenced {
             "lost"
@@ -343,7 +355,7 @@ pub async fn run(
         }
         let status = shim::read_exit_status(&dir);
         let fenced = status == Some(ExitStatus::Fenced);
-        let (code, ok, reason) = describe_exit(runner.isolation(), &record, status);
+        let (code, ok, reason) = describe_exit(runner.isolation(), &dir, &record, status);
         // What the task left behind (daemonised children) does not outlive it.
         kill_leftovers(runner.isolation(), &record.id, &pid);
         if fenced {

@@ -64,6 +64,10 @@ pub struct AgentArgs {
     /// The controllers' liveness.down_after, which fencing must beat [default: 5s].
     #[arg(long, env = "STEWARD_CONTROLLER_DOWN_AFTER", value_parser = humantime::parse_duration)]
     pub controller_down_after: Option<Duration>,
+    /// How allocations are isolated: auto, cgroup-v2, cgroup-v1 or process-group
+    /// [default: auto, the best the host offers].
+    #[arg(long, env = "STEWARD_ISOLATION")]
+    pub isolation: Option<steward_agent::jobs::IsolationMode>,
 }
 
 /// `steward agent-shim`: started by the agent for each allocation.
@@ -85,6 +89,9 @@ pub struct ShimArgs {
     pub fence_after_ms: u64,
     #[arg(long, default_value_t = 1000)]
     pub fence_grace_ms: u64,
+    /// Process-group isolation: the task's resident-memory limit, enforced by the shim.
+    #[arg(long)]
+    pub memory_limit_mib: Option<u64>,
     /// The task's program and arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -100,6 +107,7 @@ pub fn run_shim(args: &ShimArgs) -> i32 {
         fence_lease: args.fence_lease.clone(),
         fence_after: Duration::from_millis(args.fence_after_ms),
         fence_grace: Duration::from_millis(args.fence_grace_ms),
+        memory_limit_mib: args.memory_limit_mib,
     })
 }
 
@@ -127,6 +135,7 @@ impl AgentArgs {
         file.fence_after = self.fence_after.or(file.fence_after);
         file.source_ip = self.source_ip.or(file.source_ip);
         file.controller_down_after = self.controller_down_after.or(file.controller_down_after);
+        file.isolation = self.isolation.or(file.isolation);
         for l in self.labels.iter().filter(|l| !l.trim().is_empty()) {
             let (k, v) = l
                 .split_once('=')

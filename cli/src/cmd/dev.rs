@@ -84,6 +84,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             fence_after: steward_agent::config::DEFAULT_CONTROLLER_DOWN_AFTER / 2,
             shim_exe: std::env::current_exe()?,
             source_ip: None,
+            isolation: steward_agent::jobs::IsolationMode::Auto,
         };
         let stop = agent_stop.clone();
         agents.push(tokio::spawn(async move {

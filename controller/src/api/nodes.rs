@@ -116,6 +116,21 @@ pub async fn remove(
             let node = applied.state.nodes.get(&req.node_id).ok_or_else(|| {
                 ApiError::NotFound(format!("no node `{}` (see `steward node list`)", req.node_id))
             })?;
+            // Removing a node marks its work lost and places it elsewhere at once; while the
+            // node is not down its agent may still run that work (it fences only after
+            // `fence_after`), so two copies could overlap. --force does not change that.
+            let live = applied.state.live_allocs_on(&req.node_id);
+            if node.health != NodeHealth::Down && !live.is_empty() {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "node `{}` is {} and holds {} allocations ({}{}): drain it first (`steward node drain {}`), or stop its agent and wait until it is down",
+                    req.node_id,
+                    node.health.name(),
+                    live.len(),
+                    live.iter().take(3).cloned().collect::<Vec<_>>().join(", "),
+                    if live.len() > 3 { ", ..." } else { "" },
+                    req.node_id
+                )));
+            }
             if node.health == NodeHealth::Ready && !req.force {
                 return Err(ApiError::FailedPrecondition(format!(
                     "node `{}` is ready: its agent is running and would register it again; stop the agent first, or pass --force",

@@ -724,3 +724,36 @@ fn absurd_requests_are_refused_not_overflowed() {
     );
     assert_within_capacity(&s);
 }
+
+#[test]
+fn a_node_near_its_allocation_limit_takes_what_fits_and_no_plan_is_refused() {
+    let mut s = cluster(1, 0);
+    let tiny = |name: &str, tasks: usize, gang: bool| {
+        let mut j = spec(name, &format!("tasks = {tasks}\ngang = {gang}"));
+        j.resources.cpu_millicores = 10;
+        j.resources.memory_mib = 1;
+        j.validate().expect("valid");
+        j
+    };
+    let filler = submit(&mut s, tiny("filler", MAX_ALLOCS_PER_NODE - 1, false));
+    settle(&mut s);
+    assert_eq!(live_on(&s, &filler).len(), MAX_ALLOCS_PER_NODE - 1);
+    // One slot left: a gang of 2 waits whole, a job of 3 gets one task placed.
+    let gang = submit(&mut s, tiny("gang", 2, true));
+    let three = submit(&mut s, tiny("three", 3, false));
+    let round = schedule_round(&s, &RoundConfig::default());
+    for c in round.commands {
+        let result = s.apply(c);
+        assert!(
+            !matches!(result, CommandResult::PlacementRefused { .. }),
+            "{result:?}"
+        );
+    }
+    assert_eq!(live_on(&s, &three).len(), 1);
+    assert!(live_on(&s, &gang).is_empty());
+    let why = &s.jobs[&three].pending_reason;
+    assert!(why.contains("2 tasks wait"), "{why}");
+    settle(&mut s);
+    let why = &s.jobs[&gang].pending_reason;
+    assert!(why.contains("allocations, its limit"), "{why}");
+}
