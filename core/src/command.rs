@@ -503,6 +503,13 @@ pub enum CommandResult {
         allocs: u32,
         revision: u64,
     },
+    /// A node that is not down still holds live allocations: it is not removed (its work
+    /// would be placed again while its agent may still run it); nothing changed.
+    NodeBusy {
+        node: String,
+        health: NodeHealth,
+        allocations: u32,
+    },
     #[cfg(feature = "next-level")]
     LevelProbeApplied {
         revision: u64,

@@ -7,7 +7,7 @@
 //! [`MEMORY_WATCH_INTERVAL`] and kills the group past the limit. What the fallback cannot
 //! do: limit CPU (the scheduler's accounting still keeps the node from being
 //! over-committed), cap the number of processes (RLIMIT_NPROC counts a whole uid), or
-//! follow a process that leaves the group (`setsid`).
+//! follow a process that leaves the group (`setsid`, `setpgid`: a shell's `set -m`).
 //!
 //! The agent reports which isolation it uses (`steward node show`, its log, `/metrics`),
 //! and every allocation's OOM kills are read from its cgroup (or the shim's record).
@@ -109,7 +109,7 @@ impl Isolation {
             Ok(found)
         } else {
             Err(format!(
-                "isolation = \"{wanted}\" was asked for, but {} offers {} (writable cpu, memory and pids controllers are needed; use \"auto\" to take what the host has)",
+                "isolation = \"{wanted}\" was asked for, but {} offers {} (cgroup v2 needs the cpu, memory and pids controllers delegated and writable; cgroup v1 a writable memory hierarchy; \"auto\" takes what the host has)",
                 cgroup_root.display(),
                 found.name()
             ))
@@ -292,8 +292,26 @@ impl Isolation {
     }
 }
 
-/// The processes of process group `pgrp` other than `except`, and their resident memory
-/// in bytes, read from `/proc/PID/stat` (pgrp is its 5th field, rss in pages its 24th).
+/// The process group of `pid` (`None` when it is gone).
+pub fn process_group_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_group_rss(&stat).map(|(group, _)| group)
+}
+
+/// A process's proportional set size (shared pages divided among the processes that
+/// share them, as a cgroup would count them once) in bytes, from `smaps_rollup`.
+fn proportional_bytes(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+}
+
+/// The processes of process group `pgrp` other than `except`, and their memory in bytes:
+/// the members are found in `/proc/PID/stat` (pgrp is its 5th field, rss in pages its
+/// 24th); each counts its proportional set size (so pages that forked workers share are
+/// counted once, not once per worker), or its rss where `smaps_rollup` is unreadable.
 pub fn group_resident(pgrp: i32, except: i32) -> (Vec<i32>, u64) {
     let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
@@ -321,7 +339,8 @@ pub fn group_resident(pgrp: i32, except: i32) -> (Vec<i32>, u64) {
         if let Some((group, rss)) = parse_stat_group_rss(&stat) {
             if group == pgrp {
                 members.push(pid);
-                bytes = bytes.saturating_add(rss.saturating_mul(page));
+                let own = proportional_bytes(pid).unwrap_or(rss.saturating_mul(page));
+                bytes = bytes.saturating_add(own);
             }
         }
     }

@@ -289,10 +289,10 @@ pub fn run(args: ShimArgs) -> i32 {
         });
     }
     let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if let Some(limit) = args.memory_limit_mib {
+    let watch = args.memory_limit_mib.map(|limit| {
         let (finished, dir) = (finished.clone(), args.alloc_dir.clone());
-        std::thread::spawn(move || memory_watch(limit, &dir, &finished));
-    }
+        std::thread::spawn(move || memory_watch(limit, &dir, &finished))
+    });
     let status = loop {
         match child.wait() {
             Ok(s) => break s,
@@ -304,6 +304,10 @@ pub fn run(args: ShimArgs) -> i32 {
         }
     };
     finished.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Its out-of-memory record, if it killed the task, is written before the exit status.
+    if let Some(w) = watch {
+        let _ = w.join();
+    }
     let drain_until = std::time::Instant::now() + DRAIN_OUTPUT;
     for _ in 0..copiers {
         let left = drain_until.saturating_duration_since(std::time::Instant::now());
@@ -419,19 +423,26 @@ fn memory_watch(limit_mib: u64, alloc_dir: &Path, finished: &std::sync::atomic::
     while !finished.load(std::sync::atomic::Ordering::SeqCst) {
         let (members, resident) = super::isolation::group_resident(group, me);
         if resident > limit {
+            // Kill first (the task keeps growing while a record is synced), then record
+            // why; `run` joins this thread before it writes the exit status.
+            let kill_members = |members: &[i32]| {
+                for &pid in members {
+                    // Still ours: a pid freed and reused since the scan is left alone.
+                    if super::isolation::process_group_of(pid) == Some(group) {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                }
+            };
+            kill_members(&members);
             let why = format!(
                 "resident memory {} MiB over the limit of {limit_mib} MiB\n",
                 resident / (1024 * 1024)
             );
             eprintln!("steward-shim: {}", why.trim_end());
             let _ = write_durably(alloc_dir, super::isolation::OOM_KILLED_FILE, why.as_bytes());
-            let mut members = members;
             while !finished.load(std::sync::atomic::Ordering::SeqCst) {
-                for pid in &members {
-                    let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
-                }
+                kill_members(&super::isolation::group_resident(group, me).0);
                 std::thread::sleep(std::time::Duration::from_millis(10));
-                members = super::isolation::group_resident(group, me).0;
             }
             return;
         }

@@ -120,7 +120,7 @@ pub async fn remove(
             // node is not down its agent may still run that work (it fences only after
             // `fence_after`), so two copies could overlap. --force does not change that.
             let live = applied.state.live_allocs_on(&req.node_id);
-            if node.health != NodeHealth::Down && !live.is_empty() {
+            if applied.state.removal_would_duplicate(&req.node_id) {
                 return Err(ApiError::FailedPrecondition(format!(
                     "node `{}` is {} and holds {} allocations ({}{}): drain it first (`steward node drain {}`), or stop its agent and wait until it is down",
                     req.node_id,
@@ -143,6 +143,15 @@ pub async fn remove(
         },
         |result| match result {
             CommandResult::NodeRemoved { revision } => Ok(RemoveNodeReply { revision }),
+            // The node came back (or was given work) after the check above.
+            CommandResult::NodeBusy {
+                node,
+                health,
+                allocations,
+            } => Err(ApiError::FailedPrecondition(format!(
+                "node `{node}` is {} and holds {allocations} allocations: drain it first (`steward node drain {node}`), or stop its agent and wait until it is down",
+                health.name()
+            ))),
             CommandResult::UnknownNode { node } => {
                 Err(ApiError::NotFound(format!("no node `{node}`")))
             }

@@ -736,6 +736,19 @@ impl ClusterState {
     }
 
     /// The live allocations on `node`.
+    /// Whether removing `node` now could run its work twice: it is not down (its agent may
+    /// still run what it holds) and it holds live allocations, which removal would place
+    /// again at once.
+    pub fn removal_would_duplicate(&self, node: &str) -> bool {
+        self.nodes
+            .get(node)
+            .is_some_and(|n| n.health != crate::node::NodeHealth::Down)
+            && self
+                .usage
+                .get(node)
+                .is_some_and(|u| !u.alloc_ids.is_empty())
+    }
+
     pub fn live_allocs_on(&self, node: &str) -> Vec<String> {
         self.usage
             .get(node)

@@ -63,9 +63,6 @@ pub struct SchedulingView {
     pub ids: Vec<String>,
     /// Why a node takes nothing new (not ready, cordoned, draining), by index.
     pub excluded: Vec<Option<String>>,
-    /// How many more allocations each node may hold ([`MAX_ALLOCS_PER_NODE`], which
-    /// `apply` enforces too), by index; the round counts its own placements down.
-    pub slots: Vec<usize>,
     pub models: GpuModels,
 }
 
@@ -78,7 +75,6 @@ impl SchedulingView {
             nodes: Vec::new(),
             ids: Vec::new(),
             excluded: Vec::new(),
-            slots: Vec::new(),
             models: GpuModels::default(),
         };
         for (id, rec) in &state.nodes {
@@ -126,8 +122,11 @@ impl SchedulingView {
                     }
                 }
             }
+            // `apply` refuses a node's allocation past MAX_ALLOCS_PER_NODE: the planner
+            // counts them too (its own placements in this round included).
             let slots =
                 MAX_ALLOCS_PER_NODE.saturating_sub(state.node_usage(id).map_or(0, |u| u.allocs));
+            node.tasks_free = slots as u32;
             let full = slots == 0;
             let excluded = if rec.health != NodeHealth::Ready {
                 Some(format!("node is {}", rec.health.name()))
@@ -146,39 +145,8 @@ impl SchedulingView {
             view.nodes.push(node);
             view.ids.push(id.clone());
             view.excluded.push(excluded);
-            view.slots.push(slots);
         }
         view
-    }
-
-    /// Which of `placements`, in order, still find an allocation slot on their node
-    /// (`apply` refuses a command with one that does not).
-    fn slots_fit(&self, placements: &[crate::scheduler::Placement]) -> Vec<bool> {
-        let mut slots = self.slots.clone();
-        placements
-            .iter()
-            .map(|p| {
-                let ok = slots[p.node] > 0;
-                if ok {
-                    slots[p.node] -= 1;
-                }
-                ok
-            })
-            .collect()
-    }
-
-    /// Takes one allocation slot per placement (all must fit); a node left with none is
-    /// excluded for the rest of the round.
-    fn take_slots(&mut self, placements: &[crate::scheduler::Placement]) {
-        for p in placements {
-            self.slots[p.node] = self.slots[p.node].saturating_sub(1);
-            if self.slots[p.node] == 0 {
-                self.nodes[p.node].cordoned = true;
-                self.excluded[p.node] = Some(format!(
-                    "node runs {MAX_ALLOCS_PER_NODE} allocations, its limit"
-                ));
-            }
-        }
     }
 
     /// The bit mask of node GPU models a job's `gpu_models` allows: a listed name matches
@@ -402,14 +370,13 @@ pub fn schedule_round(state: &ClusterState, cfg: &RoundConfig) -> Round {
         for &i in &held_out {
             view.nodes[i].cordoned = true;
         }
-        let gang = spec.gang && spec.tasks > 1;
         let pending = PendingJob {
             name: c.job.id.clone(),
             priority: spec.priority,
             weight: spec.weight,
             task: shape,
             count: c.tasks.len() as u32,
-            gang,
+            gang: spec.gang && spec.tasks > 1,
             locality: Vec::new(),
         };
         let decisions = plan::schedule(&mut sched, &mut view.nodes, &[pending], &view.models);
@@ -418,28 +385,10 @@ pub fn schedule_round(state: &ClusterState, cfg: &RoundConfig) -> Round {
         }
         match decisions.into_iter().next() {
             Some(Decision::Placed {
-                mut placements,
-                mut unplaced,
+                placements,
+                unplaced,
                 ..
             }) => {
-                // Placements past a node's allocation limit wait; a gang cut short waits
-                // whole. (The capacity they were given stays taken in this round's view:
-                // conservative until the next round.)
-                let fit = view.slots_fit(&placements);
-                if fit.iter().any(|ok| !ok) {
-                    if gang {
-                        pend(
-                            &mut round,
-                            c.job,
-                            format!("gang waits: a node it was given runs {MAX_ALLOCS_PER_NODE} allocations, its limit"),
-                        );
-                        continue;
-                    }
-                    let mut keep = fit.iter();
-                    placements.retain(|_| *keep.next().unwrap_or(&false));
-                    unplaced += fit.iter().filter(|ok| !**ok).count() as u32;
-                }
-                view.take_slots(&placements);
                 let news = new_allocations(state, &view, c.job, &c.tasks, &placements);
                 round.placed += news.len();
                 // A gang goes in one command (all or nothing; validation caps its size);

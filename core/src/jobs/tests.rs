@@ -727,33 +727,77 @@ fn absurd_requests_are_refused_not_overflowed() {
 
 #[test]
 fn a_node_near_its_allocation_limit_takes_what_fits_and_no_plan_is_refused() {
-    let mut s = cluster(1, 0);
-    let tiny = |name: &str, tasks: usize, gang: bool| {
+    let mut s = cluster(2, 0);
+    let tiny = |name: &str, tasks: usize, gang: bool, zone: Option<&str>| {
         let mut j = spec(name, &format!("tasks = {tasks}\ngang = {gang}"));
         j.resources.cpu_millicores = 10;
         j.resources.memory_mib = 1;
+        if let Some(z) = zone {
+            j.constraints = vec![crate::job::Constraint {
+                label: "zone".into(),
+                operator: crate::job::ConstraintOp::Equals,
+                values: vec![z.into()],
+            }];
+        }
         j.validate().expect("valid");
         j
     };
-    let filler = submit(&mut s, tiny("filler", MAX_ALLOCS_PER_NODE - 1, false));
+    let filler = submit(
+        &mut s,
+        tiny("filler", MAX_ALLOCS_PER_NODE - 1, false, Some("z0")),
+    );
     settle(&mut s);
     assert_eq!(live_on(&s, &filler).len(), MAX_ALLOCS_PER_NODE - 1);
-    // One slot left: a gang of 2 waits whole, a job of 3 gets one task placed.
-    let gang = submit(&mut s, tiny("gang", 2, true));
-    let three = submit(&mut s, tiny("three", 3, false));
-    let round = schedule_round(&s, &RoundConfig::default());
-    for c in round.commands {
-        let result = s.apply(c);
-        assert!(
-            !matches!(result, CommandResult::PlacementRefused { .. }),
-            "{result:?}"
-        );
+    // n0 has one slot left: a job of 3 bound to it gets one task placed, the rest wait;
+    // then a gang bound to it waits whole, and a free gang goes whole to n1. No round
+    // sends a plan that apply refuses.
+    let three = submit(&mut s, tiny("three", 3, false, Some("z0")));
+    let bound = submit(&mut s, tiny("bound-gang", 2, true, Some("z0")));
+    let free = submit(&mut s, tiny("free-gang", 2, true, None));
+    for _ in 0..3 {
+        let round = schedule_round(&s, &RoundConfig::default());
+        for c in round.commands {
+            let result = s.apply(c);
+            assert!(
+                !matches!(result, CommandResult::PlacementRefused { .. }),
+                "{result:?}"
+            );
+        }
     }
     assert_eq!(live_on(&s, &three).len(), 1);
-    assert!(live_on(&s, &gang).is_empty());
     let why = &s.jobs[&three].pending_reason;
-    assert!(why.contains("2 tasks wait"), "{why}");
+    assert!(why.contains("runs 512 allocations, its limit"), "{why}");
+    assert!(live_on(&s, &bound).is_empty());
+    let on: Vec<String> = live_on(&s, &free).into_iter().map(|(_, n)| n).collect();
+    assert_eq!(on, ["n1", "n1"]);
+}
+
+#[test]
+fn a_node_that_is_not_down_is_not_removed_while_it_holds_work() {
+    let mut s = cluster(2, 8);
+    let j = submit(&mut s, with_gpus(spec("j", ""), 1, 0));
     settle(&mut s);
-    let why = &s.jobs[&gang].pending_reason;
-    assert!(why.contains("allocations, its limit"), "{why}");
+    let (alloc, node) = live_on(&s, &j)[0].clone();
+    let before = s.digest().expect("digest");
+    match s.apply(Command::RemoveNode { node: node.clone() }) {
+        CommandResult::NodeBusy {
+            allocations: 1,
+            health: NodeHealth::Ready,
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.digest().expect("digest"), before, "nothing changed");
+    assert_eq!(s.allocs[&alloc].state, AllocState::Pending);
+    // Down, its work is lost (and placed elsewhere): now it may go.
+    s.apply(Command::TransitionNodeHealth {
+        node: node.clone(),
+        from: NodeHealth::Ready,
+        to: NodeHealth::Down,
+        reason: "silent".into(),
+    });
+    assert!(matches!(
+        s.apply(Command::RemoveNode { node }),
+        CommandResult::NodeRemoved { .. }
+    ));
 }

@@ -70,6 +70,9 @@ pub struct NodeState {
     pub gpu_group: [u8; MAX_GPUS_PER_NODE],
     /// Memory of each GPU, MiB (0: unknown, which satisfies no minimum).
     pub gpu_mem_mib: u32,
+    /// How many more tasks the node may take (the controller's per-node allocation
+    /// limit; `u32::MAX`, no limit, unless set).
+    pub tasks_free: u32,
 }
 
 impl NodeState {
@@ -95,6 +98,7 @@ impl NodeState {
             unhealthy: 0,
             gpu_group: [0; MAX_GPUS_PER_NODE],
             gpu_mem_mib: 0,
+            tasks_free: u32::MAX,
         })
     }
 
@@ -108,6 +112,7 @@ impl NodeState {
 
     /// Gives back what `task` held on `gpus` (eviction or completion).
     pub fn remove(&mut self, task: &TaskShape, gpus: &[usize]) {
+        self.tasks_free = self.tasks_free.saturating_add(1);
         self.cpu_free += task.cpu;
         self.mem_free += task.mem;
         for &i in gpus {
@@ -132,6 +137,7 @@ impl NodeState {
 
     /// Applies `task` on the GPUs `gpus` (indexes).
     pub fn place(&mut self, task: &TaskShape, gpus: &[usize]) {
+        self.tasks_free = self.tasks_free.saturating_sub(1);
         self.cpu_free -= task.cpu;
         self.mem_free -= task.mem;
         for &i in gpus {

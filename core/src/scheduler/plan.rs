@@ -126,6 +126,9 @@ pub fn explain(node: &NodeState, task: &TaskShape, models: &GpuModels) -> Option
     if node.cordoned {
         return Some("node is cordoned".into());
     }
+    if node.tasks_free == 0 {
+        return Some("node runs as many tasks as it may".into());
+    }
     if task.wants_gpu() {
         if node.gpus == 0 {
             return Some("node has no GPUs".into());

@@ -88,7 +88,8 @@ pub struct Placement {
 
 /// Whether `task` fits on `node` (CPU, memory, GPU model and GPU capacity).
 pub fn fits(node: &NodeState, task: &TaskShape) -> bool {
-    if node.cordoned || node.cpu_free < task.cpu || node.mem_free < task.mem {
+    if node.cordoned || node.tasks_free == 0 || node.cpu_free < task.cpu || node.mem_free < task.mem
+    {
         return false;
     }
     if !task.wants_gpu() {

@@ -6,6 +6,7 @@
 //!
 //! Pure: parsing takes text, runs take a seed; the caller reads files and keeps time.
 
+pub mod generate;
 mod trace;
 
 use rand::seq::SliceRandom;

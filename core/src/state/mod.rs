@@ -249,7 +249,8 @@ fn result_changes(result: &CommandResult) -> bool {
         | CommandResult::NodeSchedulingSet { changed: false, .. }
         | CommandResult::UnknownGpu { .. }
         | CommandResult::GpuHealthConflict { .. }
-        | CommandResult::GpuHealthSet { changed: false, .. } => false,
+        | CommandResult::GpuHealthSet { changed: false, .. }
+        | CommandResult::NodeBusy { .. } => false,
     }
 }
 
@@ -415,6 +416,13 @@ impl ClusterState {
                 },
                 Some(current) => self.set_health(revision, node, current, to, reason),
             },
+            Command::RemoveNode { node } if self.removal_would_duplicate(&node) => {
+                CommandResult::NodeBusy {
+                    health: self.nodes[&node].health,
+                    allocations: self.live_allocs_on(&node).len() as u32,
+                    node,
+                }
+            }
             Command::RemoveNode { node } => match self.nodes.remove(&node) {
                 None => CommandResult::UnknownNode { node },
                 Some(rec) => {
