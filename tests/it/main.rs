@@ -23,4 +23,5 @@ mod raft_snapshot;
 mod raft_wiped;
 mod reflection_health;
 mod rolling_upgrade;
+mod sim_sweep;
 mod sim_trace;

@@ -8,4 +8,5 @@ pub mod kv;
 pub mod node;
 pub mod operator;
 pub mod sim;
+pub mod sim_sweep;
 pub mod status;

@@ -17,6 +17,8 @@ const HEADLINE_LEVEL: usize = 100;
 
 #[derive(clap::Args, Debug)]
 pub struct SimArgs {
+    #[command(subcommand)]
+    pub command: Option<super::sim_sweep::SimCommand>,
     /// Node list CSV (sn,cpu_milli,memory_mib,gpu,model).
     #[arg(
         long,
@@ -95,7 +97,7 @@ fn admission_example(output: Output) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn parse_seeds(s: &str) -> anyhow::Result<Vec<u64>> {
+pub(crate) fn parse_seeds(s: &str) -> anyhow::Result<Vec<u64>> {
     let s = s.trim();
     if let Some((a, b)) = s.split_once("..") {
         let a: u64 = a
@@ -136,6 +138,12 @@ impl PolicySummary {
 }
 
 pub fn run(output: Output, args: SimArgs) -> anyhow::Result<ExitCode> {
+    use super::sim_sweep::{generate_cmd, sweep_cmd, SimCommand};
+    match args.command {
+        Some(SimCommand::Generate(a)) => return generate_cmd(output, a),
+        Some(SimCommand::Sweep(a)) => return sweep_cmd(output, a),
+        None => {}
+    }
     if args.admission_example {
         return admission_example(output);
     }

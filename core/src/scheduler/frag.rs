@@ -86,16 +86,26 @@ impl TypicalTasks {
 
     /// Expected CPU milli per milli-GPU of the typical GPU tasks.
     pub fn cpu_per_gpu_milli(&self) -> f64 {
-        let (cpu, gpu) =
-            self.tasks
-                .iter()
-                .filter(|t| t.shape.wants_gpu())
-                .fold((0.0, 0.0), |(c, g), t| {
-                    (
-                        c + t.p * t.shape.cpu as f64,
-                        g + t.p * t.shape.gpu_total() as f64,
-                    )
-                });
+        self.cpu_per_gpu_milli_where(|_| true)
+    }
+
+    /// Expected CPU milli per milli-GPU of the typical GPU tasks that may run on GPUs of
+    /// `model` (a task constrained to other models never uses this node's GPUs).
+    pub fn cpu_per_gpu_milli_on(&self, model: u8) -> f64 {
+        self.cpu_per_gpu_milli_where(|t| t.model_allowed(model))
+    }
+
+    fn cpu_per_gpu_milli_where(&self, keep: impl Fn(&TaskShape) -> bool) -> f64 {
+        let (cpu, gpu) = self
+            .tasks
+            .iter()
+            .filter(|t| t.shape.wants_gpu() && keep(&t.shape))
+            .fold((0.0, 0.0), |(c, g), t| {
+                (
+                    c + t.p * t.shape.cpu as f64,
+                    g + t.p * t.shape.gpu_total() as f64,
+                )
+            });
         if gpu > 0.0 {
             cpu / gpu
         } else {

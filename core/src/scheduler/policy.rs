@@ -180,6 +180,53 @@ pub struct Scheduler {
     /// Score of each node for a task shape, valid while the node's version matches: task
     /// shapes repeat, and one placement changes one node.
     score_memo: FxHashMap<TaskShape, Vec<(u32, Score)>>,
+    /// The typical tasks' CPU per milli-GPU on each GPU model, counting only the tasks
+    /// that may use that model (Steward's stranded-capacity term).
+    cpu_per_gpu_on: Vec<f64>,
+    /// How contested each GPU model's capacity is ([`contested_share`]), computed from the
+    /// first node list the scheduler sees (Steward's policy).
+    contested: Option<Vec<f64>>,
+}
+
+/// For each GPU model, the share of a GPU of that model that expected demand with no other
+/// choice lays claim to: `max(0, 1 − P̄ / P_m)`, where a typical task's GPU demand
+/// `p·g` is spread evenly over the GPUs of the models it may use, `P_m` is the demand per
+/// GPU that lands on model `m` that way, and `P̄` the cluster's mean demand per GPU. With
+/// no model constraints every `P_m` equals `P̄` and every share is 0; a model that
+/// constrained tasks crowd onto (because it is rare, or wanted) gets a share near 1.
+pub fn contested_share(typical: &TypicalTasks, nodes: &[NodeState]) -> Vec<f64> {
+    let mut capacity = [0f64; 64];
+    for n in nodes {
+        capacity[n.model as usize] += n.gpus as f64;
+    }
+    let total: f64 = capacity.iter().sum();
+    let mut pressure = [0f64; 64];
+    let mut demand = 0.0;
+    for t in typical.tasks.iter().filter(|t| t.shape.wants_gpu()) {
+        let d = t.p * t.shape.gpu_total() as f64;
+        let eligible: f64 = (0..64u8)
+            .filter(|&m| t.shape.model_allowed(m))
+            .map(|m| capacity[m as usize])
+            .sum();
+        if eligible <= 0.0 {
+            continue;
+        }
+        demand += d;
+        for m in (0..64u8).filter(|&m| t.shape.model_allowed(m)) {
+            pressure[m as usize] += d / eligible;
+        }
+    }
+    let mean = if total > 0.0 { demand / total } else { 0.0 };
+    pressure
+        .iter()
+        .map(|&p| {
+            if p > 0.0 {
+                (1.0 - mean / p).max(0.0)
+            } else {
+                0.0
+            }
+        })
+        .collect()
 }
 
 /// Task shapes whose scores are memoised before the memo starts over.
@@ -196,13 +243,15 @@ impl Scheduler {
     pub fn new(policy: Policy, typical: TypicalTasks, rank: Vec<u32>, seed: u64) -> Self {
         Scheduler {
             policy,
-            typical,
             cache: FragCache::default(),
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5c4e_d01e),
             rank,
             node_frag: Vec::new(),
             version: Vec::new(),
             score_memo: FxHashMap::default(),
+            cpu_per_gpu_on: (0..64u8).map(|m| typical.cpu_per_gpu_milli_on(m)).collect(),
+            contested: None,
+            typical,
         }
     }
 
@@ -269,6 +318,9 @@ impl Scheduler {
         task: &TaskShape,
         locality: &[f64],
     ) -> Option<Placement> {
+        if self.policy == Policy::Steward && self.contested.is_none() {
+            self.contested = Some(contested_share(&self.typical, nodes));
+        }
         let feasible: Vec<usize> = (0..nodes.len())
             .filter(|&i| fits(&nodes[i], task))
             .collect();
@@ -380,18 +432,31 @@ impl Scheduler {
     /// ΔF ordering packs too eagerly and does worse.
     pub fn steward_score(&mut self, i: usize, node: &NodeState, task: &TaskShape) -> Score {
         let delta_f = self.steward_best(i, node, task);
-        let stranded_before = self.stranded(node.cpu_free, node.gpu_free_total());
+        let stranded_before = self.stranded(node.model, node.cpu_free, node.gpu_free_total());
         let stranded_after = self.stranded(
+            node.model,
             node.cpu_free - task.cpu,
             node.gpu_free_total() - task.gpu_total(),
         );
-        sigmoid_score(delta_f + stranded_after - stranded_before) as f64
+        // Taking GPUs of a contested model takes them from demand that has no other choice.
+        let contested = self
+            .contested
+            .as_ref()
+            .and_then(|c| c.get(node.model as usize))
+            .copied()
+            .unwrap_or(0.0);
+        let claimed = task.gpu_total() as f64 * contested;
+        sigmoid_score(delta_f + stranded_after - stranded_before + claimed) as f64
     }
 
-    /// GPU milli a node with `cpu` free CPU and `gpu` free milli-GPU cannot use for lack of
-    /// CPU, at the typical tasks' CPU-per-GPU ratio.
-    fn stranded(&self, cpu: i64, gpu: i64) -> f64 {
-        let r = self.typical.cpu_per_gpu_milli();
+    /// GPU milli a node of `model` with `cpu` free CPU and `gpu` free milli-GPU cannot use
+    /// for lack of CPU, at the CPU-per-GPU ratio of the typical tasks that may use it.
+    fn stranded(&self, model: u8, cpu: i64, gpu: i64) -> f64 {
+        let r = self
+            .cpu_per_gpu_on
+            .get(model as usize)
+            .copied()
+            .unwrap_or(0.0);
         if r <= 0.0 {
             return 0.0;
         }
