@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use steward_proto::v1::admin_client::AdminClient;
 use steward_proto::v1::{
-    GetJobRequest, JobPb, KvListRequest, KvPutRequest, ReadConsistency, SubmitJobRequest,
+    GetJobRequest, JobPb, KvListRequest, KvPutRequest, ListNodesRequest, NodeSummary,
+    ReadConsistency, SubmitJobRequest,
 };
 use steward_tests::{wait_for, ProcCluster};
 use tonic::transport::{Channel, Endpoint};
@@ -226,6 +227,29 @@ pub async fn wait_job(
         &format!("job {id}: {what}"),
         Duration::from_secs(40),
         || async move { job(cluster, id).await.filter(|j| check(j)) },
+    )
+    .await
+}
+
+/// Waits (30 s at most) until the leader lists exactly `count` nodes, all ready; returns them.
+pub async fn wait_nodes_ready(
+    cluster: &ProcCluster,
+    count: usize,
+) -> anyhow::Result<Vec<NodeSummary>> {
+    wait_for(
+        &format!("{count} nodes ready"),
+        Duration::from_secs(30),
+        || async {
+            let n = leader_client(cluster)
+                .await
+                .ok()?
+                .list_nodes(ListNodesRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .nodes;
+            (n.len() == count && n.iter().all(|x| x.health == "ready")).then_some(n)
+        },
     )
     .await
 }

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use crate::common::{
-    leader_client, submit_job as submit, wait_job, JOBS_AGENT_FLAGS, JOBS_LIVENESS,
+    leader_client, submit_job as submit, wait_job, wait_nodes_ready, JOBS_AGENT_FLAGS,
+    JOBS_LIVENESS,
 };
 use steward_proto::v1::agent_api_client::AgentApiClient;
 use steward_proto::v1::{
@@ -59,18 +60,7 @@ async fn preemption_gpu_failure_cordon_drain_and_log_caps() -> anyhow::Result<()
         )?;
         agents.push(steward_tests::AgentGuard::new(&dir, child));
     }
-    let nodes = wait_for("both nodes ready", Duration::from_secs(30), || async {
-        let n = leader_client(&cluster)
-            .await
-            .ok()?
-            .list_nodes(ListNodesRequest::default())
-            .await
-            .ok()?
-            .into_inner()
-            .nodes;
-        (n.len() == 2 && n.iter().all(|x| x.health == "ready")).then_some(n)
-    })
-    .await?;
+    let nodes = wait_nodes_ready(&cluster, 2).await?;
     // Each agent says how it isolates allocations.
     wait_for(
         "the agents' isolation in their telemetry",

@@ -5,8 +5,10 @@
 
 use std::time::Duration;
 
-use crate::common::{leader_client, submit_job, wait_job, JOBS_AGENT_FLAGS, JOBS_LIVENESS};
-use steward_proto::v1::{CancelJobRequest, ListNodesRequest};
+use crate::common::{
+    leader_client, submit_job, wait_job, wait_nodes_ready, JOBS_AGENT_FLAGS, JOBS_LIVENESS,
+};
+use steward_proto::v1::CancelJobRequest;
 use steward_tests::{free_port, http_get, spawn_agent, wait_for, ProcCluster};
 
 fn spec(name: &str, memory_mib: u64, script: &str) -> String {
@@ -45,18 +47,7 @@ async fn a_process_group_agent_enforces_memory_and_kills_whole_trees() -> anyhow
         Some(&cluster.dir.path().join("agent.log")),
     )?;
     let _agent = steward_tests::AgentGuard::new(&dir, child);
-    wait_for("the node ready", Duration::from_secs(30), || async {
-        let n = leader_client(&cluster)
-            .await
-            .ok()?
-            .list_nodes(ListNodesRequest::default())
-            .await
-            .ok()?
-            .into_inner()
-            .nodes;
-        (n.len() == 1 && n[0].health == "ready").then_some(())
-    })
-    .await?;
+    wait_nodes_ready(&cluster, 1).await?;
     let text = wait_for("the agent's /metrics", Duration::from_secs(10), || async {
         http_get(&metrics, "/metrics")
     })

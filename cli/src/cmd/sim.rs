@@ -15,17 +15,17 @@ use crate::output::{print_json, table, Output};
 /// Arrived demand, in % of GPU capacity, that the headline figure is read at.
 const HEADLINE_LEVEL: usize = 100;
 
+/// The trace files and the runs' settings, shared by `steward sim` and `steward sim sweep`.
 #[derive(clap::Args, Debug)]
-pub struct SimArgs {
-    #[command(subcommand)]
-    pub command: Option<super::sim_sweep::SimCommand>,
+pub struct RunArgs {
     /// Node list CSV (sn,cpu_milli,memory_mib,gpu,model).
     #[arg(
         long,
         default_value = "tests/data/alibaba-gpu-v2023/openb_node_list_gpu_node.csv"
     )]
     pub nodes: PathBuf,
-    /// Task list CSV (name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,...).
+    /// Task list CSV (name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,...); for a
+    /// sweep, the default trace the families are derived from.
     #[arg(
         long,
         default_value = "tests/data/alibaba-gpu-v2023/openb_pod_list_default.csv"
@@ -44,12 +44,52 @@ pub struct SimArgs {
     /// Workload tuned to this multiple of GPU capacity.
     #[arg(long, default_value_t = 1.3)]
     pub ratio: f64,
-    /// Write an SVG plot of unallocated GPU % against arrived GPU demand.
-    #[arg(long)]
-    pub plot: Option<PathBuf>,
     /// Worker threads (runs are independent).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+}
+
+/// [`RunArgs`] checked.
+pub struct RunSettings {
+    pub policies: Vec<Policy>,
+    pub seeds: Vec<u64>,
+    pub ratio: f64,
+    pub threads: usize,
+}
+
+impl RunArgs {
+    pub fn check(&self) -> anyhow::Result<RunSettings> {
+        let policies = self
+            .policy
+            .iter()
+            .map(|p| p.parse::<Policy>())
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?;
+        if !(self.ratio > 0.0 && self.ratio <= 10.0) {
+            bail!("--ratio {} must be in (0, 10]", self.ratio);
+        }
+        Ok(RunSettings {
+            policies,
+            seeds: parse_seeds(&self.seeds)?,
+            ratio: self.ratio,
+            threads: self.threads.clamp(1, 64),
+        })
+    }
+}
+
+pub(crate) fn read(p: &PathBuf) -> anyhow::Result<String> {
+    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SimArgs {
+    #[command(subcommand)]
+    pub command: Option<super::sim_sweep::SimCommand>,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Write an SVG plot of unallocated GPU % against arrived GPU demand.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     /// Instead of the trace: solve the weighted-admission example (100 GPUs, 10 training
     /// jobs of 8 to 80 GPUs with weights) exactly and greedily, side by side.
     #[arg(long)]
@@ -147,20 +187,13 @@ pub fn run(output: Output, args: SimArgs) -> anyhow::Result<ExitCode> {
     if args.admission_example {
         return admission_example(output);
     }
-    let policies: Vec<Policy> = args
-        .policy
-        .iter()
-        .map(|p| p.parse::<Policy>())
-        .collect::<Result<_, _>>()
-        .map_err(anyhow::Error::msg)?;
-    let seeds = parse_seeds(&args.seeds)?;
-    if !(args.ratio > 0.0 && args.ratio <= 10.0) {
-        bail!("--ratio {} must be in (0, 10]", args.ratio);
-    }
-    let read = |p: &PathBuf| {
-        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
-    };
-    let trace = Trace::parse(&read(&args.nodes)?, &read(&args.pods)?)?;
+    let RunSettings {
+        policies,
+        seeds,
+        ratio,
+        threads,
+    } = args.run.check()?;
+    let trace = Trace::parse(&read(&args.run.nodes)?, &read(&args.run.pods)?)?;
     let typical = sim::typical_tasks(&trace);
     if output == Output::Table {
         println!(
@@ -171,14 +204,13 @@ pub fn run(output: Output, args: SimArgs) -> anyhow::Result<ExitCode> {
             typical.tasks.len(),
             seeds[0],
             seeds[seeds.len() - 1],
-            args.ratio * 100.0
+            ratio * 100.0
         );
     }
-    let threads = args.threads.clamp(1, 64);
     let mut summaries = Vec::new();
     for policy in policies {
         let started = Instant::now();
-        let runs = sim::run_seeds(&trace, &typical, policy, &seeds, args.ratio, threads);
+        let runs = sim::run_seeds(&trace, &typical, policy, &seeds, ratio, threads);
         let cpu_secs = started.elapsed().as_secs_f64() * threads.min(seeds.len()) as f64;
         let tasks: usize = runs.iter().map(|r| r.tasks).sum();
         summaries.push(PolicySummary {

@@ -5,12 +5,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde_json::json;
 use steward_core::scheduler::Policy;
 use steward_core::sim::generate::{self, Family, TaskClass, TaskList, TraceStats};
 use steward_core::sim::{self, mean_sd, Trace};
 
+use super::sim::read;
 use crate::output::{print_json, table, Output};
 
 const DEFAULT_NODES: &str = "tests/data/alibaba-gpu-v2023/openb_node_list_gpu_node.csv";
@@ -53,11 +54,8 @@ pub struct GenerateArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct SweepArgs {
-    #[arg(long, default_value = DEFAULT_NODES)]
-    pub nodes: PathBuf,
-    /// The default trace the families are derived from.
-    #[arg(long, default_value = DEFAULT_PODS)]
-    pub pods: PathBuf,
+    #[command(flatten)]
+    pub run: super::sim::RunArgs,
     /// Families, comma separated.
     #[arg(
         long,
@@ -68,30 +66,12 @@ pub struct SweepArgs {
     /// Only the lowest and the highest level of each family (the CI sweep).
     #[arg(long)]
     pub reduced: bool,
-    /// Policies, comma separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "random,best-fit,dot-product,gpu-packing,gpu-clustering,fgd,steward"
-    )]
-    pub policy: Vec<String>,
-    /// Seeds of the runs (arrival order, tie-breaks), FIRST..LAST or one number.
-    #[arg(long, default_value = "42..51")]
-    pub seeds: String,
     /// Seed of the generated traces (one trace per family and level).
     #[arg(long, default_value_t = 42)]
     pub trace_seed: u64,
-    #[arg(long, default_value_t = 1.3)]
-    pub ratio: f64,
     /// Write `sweep-FAMILY.svg` files here.
     #[arg(long)]
     pub plot_dir: Option<PathBuf>,
-    #[arg(long, default_value_t = 2)]
-    pub threads: usize,
-}
-
-fn read(p: &PathBuf) -> anyhow::Result<String> {
-    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
 }
 
 /// The GPU models of a node list (its `model` column).
@@ -206,20 +186,15 @@ pub fn sweep_cmd(output: Output, args: SweepArgs) -> anyhow::Result<ExitCode> {
         .map(|f| f.parse::<Family>())
         .collect::<Result<_, _>>()
         .map_err(anyhow::Error::msg)?;
-    let policies: Vec<Policy> = args
-        .policy
-        .iter()
-        .map(|p| p.parse::<Policy>())
-        .collect::<Result<_, _>>()
-        .map_err(anyhow::Error::msg)?;
-    let seeds = super::sim::parse_seeds(&args.seeds)?;
-    if !(args.ratio > 0.0 && args.ratio <= 10.0) {
-        bail!("--ratio {} must be in (0, 10]", args.ratio);
-    }
-    let nodes_csv = read(&args.nodes)?;
-    let base = generate::parse_task_list(&read(&args.pods)?).map_err(anyhow::Error::msg)?;
+    let super::sim::RunSettings {
+        policies,
+        seeds,
+        ratio,
+        threads,
+    } = args.run.check()?;
+    let nodes_csv = read(&args.run.nodes)?;
+    let base = generate::parse_task_list(&read(&args.run.pods)?).map_err(anyhow::Error::msg)?;
     let models = node_models(&nodes_csv)?;
-    let threads = args.threads.clamp(1, 64);
     let started = std::time::Instant::now();
     let mut points = Vec::new();
     for &family in &families {
@@ -235,7 +210,7 @@ pub fn sweep_cmd(output: Output, args: SweepArgs) -> anyhow::Result<ExitCode> {
             let trace = Trace::parse(&nodes_csv, &list.to_csv())?;
             let typical = sim::typical_tasks(&trace);
             for &policy in &policies {
-                let runs = sim::run_seeds(&trace, &typical, policy, &seeds, args.ratio, threads);
+                let runs = sim::run_seeds(&trace, &typical, policy, &seeds, ratio, threads);
                 let values = runs
                     .iter()
                     .map(|r| r.unallocated_at(SWEEP_LEVEL))
@@ -280,7 +255,7 @@ pub fn sweep_cmd(output: Output, args: SweepArgs) -> anyhow::Result<ExitCode> {
     };
     match output {
         Output::Json => print_json(&json!({
-            "seeds": seeds, "ratio": args.ratio, "trace_seed": args.trace_seed,
+            "seeds": seeds, "ratio": ratio, "trace_seed": args.trace_seed,
             "points": points.iter().map(|p| {
                 let (mean, sd) = p.mean_sd();
                 json!({"family": p.family.name(), "level": p.level, "policy": p.policy.name(),
