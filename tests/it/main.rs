@@ -23,5 +23,6 @@ mod raft_snapshot;
 mod raft_wiped;
 mod reflection_health;
 mod rolling_upgrade;
+mod sim_churn;
 mod sim_sweep;
 mod sim_trace;

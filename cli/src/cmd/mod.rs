@@ -8,5 +8,6 @@ pub mod kv;
 pub mod node;
 pub mod operator;
 pub mod sim;
+pub mod sim_churn;
 pub mod sim_sweep;
 pub mod status;

@@ -94,6 +94,15 @@ pub struct SimArgs {
     /// jobs of 8 to 80 GPUs with weights) exactly and greedily, side by side.
     #[arg(long)]
     pub admission_example: bool,
+    /// Instead of the placement replay: arrivals and departures at the trace's times
+    /// through the controller's scheduling round, on a simulated clock (needs the task
+    /// list's creation_time, deletion_time and qos columns).
+    #[arg(long)]
+    pub churn: bool,
+    /// With --churn: the paces, comma separated: `trace` (the trace's own times) or the
+    /// GPU demand to offer, as a share of capacity (arrivals compressed, lifetimes kept).
+    #[arg(long, value_delimiter = ',', default_value = "trace,0.8,0.95")]
+    pub load: Vec<String>,
 }
 
 fn admission_example(output: Output) -> anyhow::Result<ExitCode> {
@@ -134,7 +143,63 @@ fn admission_example(output: Output) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    fragmented_example(output)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The same jobs on a real cluster state: gangs of 8-GPU tasks on 16 eight-GPU nodes
+/// with 100 GPUs free in fragments (only 10 whole nodes).
+fn fragmented_example(output: Output) -> anyhow::Result<()> {
+    use steward_core::sim::fragmented::{check, seed_example_fragmented};
+    let (jobs, cluster) = seed_example_fragmented();
+    let c = check(&jobs, &cluster).map_err(anyhow::Error::msg)?;
+    let names = |set: &[usize]| {
+        set.iter()
+            .map(|&j| jobs[j].name.clone())
+            .collect::<Vec<_>>()
+    };
+    match output {
+        Output::Json => print_json(&json!({
+            "fragmented": {
+                "free_gpus_per_node": cluster.free(),
+                "pool_optimum": {"jobs": names(&c.pool.jobs), "weight": c.pool.weight, "placeable": c.pool_fits},
+                "exact_on_nodes": {"jobs": names(&c.exact.jobs), "weight": c.exact.weight},
+                "scheduling_round": {"jobs": names(&c.round.jobs), "weight": c.round.weight},
+                "gap": c.gap,
+            }
+        }))?,
+        Output::Table => {
+            println!(
+                "\non a fragmented cluster (16 nodes of 8 GPUs, free per node {:?}: 100 GPUs, 10 whole nodes), each job k tasks of 8 GPUs as a gang:",
+                cluster.free()
+            );
+            let mut t = table(["SET", "JOBS", "WEIGHT", "PLACEABLE"]);
+            t.add_row(vec![
+                "pool optimum (100 GPUs as one pool)".to_string(),
+                names(&c.pool.jobs).join(" "),
+                format!("{:.1}", c.pool.weight),
+                if c.pool_fits { "yes" } else { "no" }.to_string(),
+            ]);
+            t.add_row(vec![
+                "exact optimum on the nodes".to_string(),
+                names(&c.exact.jobs).join(" "),
+                format!("{:.1}", c.exact.weight),
+                "yes".to_string(),
+            ]);
+            t.add_row(vec![
+                "the scheduling round (priority, then weight)".to_string(),
+                names(&c.round.jobs).join(" "),
+                format!("{:.1}", c.round.weight),
+                "yes".to_string(),
+            ]);
+            println!("{t}");
+            println!(
+                "the round's gap to the exact optimum on the nodes: {:.1} %",
+                c.gap * 100.0
+            );
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn parse_seeds(s: &str) -> anyhow::Result<Vec<u64>> {
@@ -186,6 +251,18 @@ pub fn run(output: Output, args: SimArgs) -> anyhow::Result<ExitCode> {
     }
     if args.admission_example {
         return admission_example(output);
+    }
+    if args.churn {
+        let settings = args.run.check()?;
+        return super::sim_churn::churn_cmd(
+            output,
+            &args.run.nodes,
+            &args.run.pods,
+            &settings.policies,
+            &args.load,
+            settings.threads,
+            args.plot.as_ref(),
+        );
     }
     let RunSettings {
         policies,

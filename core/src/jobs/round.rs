@@ -5,7 +5,7 @@
 //! state's cluster clock). Every placement it proposes is checked again when it applies,
 //! so a round built from a stale view can be refused but never over-commits.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::*;
 use crate::command::Command;
@@ -217,9 +217,14 @@ impl SchedulingView {
 /// [`default_typical`].
 pub fn typical_tasks(state: &ClusterState, view: &SchedulingView) -> TypicalTasks {
     let mut recent: Vec<&JobRecord> = state.jobs.values().collect();
-    recent.sort_by_key(|j| std::cmp::Reverse(j.submitted_revision));
+    if recent.len() > TYPICAL_WINDOW {
+        recent.select_nth_unstable_by_key(TYPICAL_WINDOW, |j| {
+            std::cmp::Reverse(j.submitted_revision)
+        });
+        recent.truncate(TYPICAL_WINDOW);
+    }
     let mut counts: BTreeMap<(i64, u8, u16), f64> = BTreeMap::new();
-    for j in recent.into_iter().take(TYPICAL_WINDOW) {
+    for j in recent {
         if let Some(s) = view.task_shape(&j.spec) {
             *counts.entry((s.cpu, s.num_gpu, s.gpu_milli)).or_default() += f64::from(j.spec.tasks);
         }
@@ -347,6 +352,12 @@ pub fn schedule_round(state: &ClusterState, cfg: &RoundConfig) -> Round {
         }
     }
     let mut stops = Vec::new();
+    // Capacity only shrinks within a round (a stop frees nothing until its process is
+    // gone), so a job like one that found no room finds none either: it waits for the
+    // same reason without a second search. Queues of many like jobs cost one search.
+    let mut no_room: HashMap<LikeJobs, String> = HashMap::new();
+    let mut no_victims: HashSet<(LikeJobs, u32)> = HashSet::new();
+    let mut evictable = Evictable::default();
     for c in candidates(state, cfg.max_jobs) {
         let spec = &c.job.spec;
         let Some(shape) = view.task_shape(spec) else {
@@ -357,38 +368,50 @@ pub fn schedule_round(state: &ClusterState, cfg: &RoundConfig) -> Round {
             pend(&mut round, c.job, reason);
             continue;
         };
-        // Nodes this job may not use (constraints) are held out for its turn only.
-        let held_out: Vec<usize> = (0..view.nodes.len())
-            .filter(|&i| {
-                !view.nodes[i].cordoned
-                    && state
-                        .nodes
-                        .get(&view.ids[i])
-                        .is_some_and(|n| spec.constraint_refusal(&n.labels).is_some())
-            })
-            .collect();
-        for &i in &held_out {
-            view.nodes[i].cordoned = true;
-        }
-        let pending = PendingJob {
-            name: c.job.id.clone(),
-            priority: spec.priority,
-            weight: spec.weight,
-            task: shape,
+        let like = LikeJobs {
+            shape,
             count: c.tasks.len() as u32,
             gang: spec.gang && spec.tasks > 1,
-            locality: Vec::new(),
+            constraints: if spec.constraints.is_empty() {
+                String::new()
+            } else {
+                format!("{:?}", spec.constraints)
+            },
         };
-        let decisions = plan::schedule(&mut sched, &mut view.nodes, &[pending], &view.models);
-        for &i in &held_out {
-            view.nodes[i].cordoned = false;
-        }
-        match decisions.into_iter().next() {
-            Some(Decision::Placed {
+        let known = no_room.get(&like).cloned();
+        if known.is_none() {
+            // Nodes this job may not use (constraints) are held out for its turn only.
+            let held_out: Vec<usize> = (0..view.nodes.len())
+                .filter(|&i| {
+                    !view.nodes[i].cordoned
+                        && state
+                            .nodes
+                            .get(&view.ids[i])
+                            .is_some_and(|n| spec.constraint_refusal(&n.labels).is_some())
+                })
+                .collect();
+            for &i in &held_out {
+                view.nodes[i].cordoned = true;
+            }
+            let pending = PendingJob {
+                name: c.job.id.clone(),
+                priority: spec.priority,
+                weight: spec.weight,
+                task: shape,
+                count: c.tasks.len() as u32,
+                gang: like.gang,
+                locality: Vec::new(),
+            };
+            let decisions = plan::schedule(&mut sched, &mut view.nodes, &[pending], &view.models);
+            for &i in &held_out {
+                view.nodes[i].cordoned = false;
+            }
+            if let Some(Decision::Placed {
                 placements,
                 unplaced,
                 ..
-            }) => {
+            }) = decisions.into_iter().next()
+            {
                 let news = new_allocations(state, &view, c.job, &c.tasks, &placements);
                 round.placed += news.len();
                 // A gang goes in one command (all or nothing; validation caps its size);
@@ -406,27 +429,51 @@ pub fn schedule_round(state: &ClusterState, cfg: &RoundConfig) -> Round {
                 }
                 if unplaced > 0 {
                     let why = why_pending(state, &view, spec, &shape);
+                    no_room.insert(like, why.clone());
                     pend(&mut round, c.job, format!("{unplaced} tasks wait: {why}"));
                 }
-            }
-            _ => {
-                if spec.priority > 0 && !preempting.contains(c.job.id.as_str()) {
-                    let victims = plan_evictions(state, &view, c.job, &shape, c.tasks.len(), cfg);
-                    if !victims.is_empty() {
-                        round.preempted += victims.len();
-                        stops.extend(victims);
-                        pend(
-                            &mut round,
-                            c.job,
-                            "waiting for preempted lower-priority tasks to stop".into(),
-                        );
-                        continue;
-                    }
-                }
-                let why = why_pending(state, &view, spec, &shape);
-                pend(&mut round, c.job, why);
+                continue;
             }
         }
+        // No room for it (found now, or for a like job earlier in this round): evict
+        // lower-priority work if that makes room, else say why it waits.
+        let evicting = spec.priority > 0
+            && !preempting.contains(c.job.id.as_str())
+            && !no_victims.contains(&(like.clone(), spec.priority));
+        if evicting {
+            let victims = plan_evictions(
+                state,
+                &view,
+                c.job,
+                &shape,
+                c.tasks.len(),
+                cfg,
+                &mut evictable,
+            );
+            if !victims.is_empty() {
+                round.preempted += victims.len();
+                evictable
+                    .chosen
+                    .extend(victims.iter().map(|v| v.alloc.clone()));
+                stops.extend(victims);
+                pend(
+                    &mut round,
+                    c.job,
+                    "waiting for preempted lower-priority tasks to stop".into(),
+                );
+                continue;
+            }
+            no_victims.insert((like.clone(), spec.priority));
+        }
+        let why = match known {
+            Some(why) => why,
+            None => {
+                let why = why_pending(state, &view, spec, &shape);
+                no_room.insert(like, why.clone());
+                why
+            }
+        };
+        pend(&mut round, c.job, why);
     }
     // Drains whose deadline has passed: stop what still runs there.
     let now = state.clock_unix_ms;
@@ -451,6 +498,17 @@ pub fn schedule_round(state: &ClusterState, cfg: &RoundConfig) -> Round {
         round.commands.push(Command::StopAllocations { stops });
     }
     round
+}
+
+/// Jobs that, within one round, find room together or not at all: the same task shape,
+/// task count, gang and constraints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LikeJobs {
+    shape: TaskShape,
+    count: u32,
+    gang: bool,
+    /// The constraints, spelled out (empty: none).
+    constraints: String,
 }
 
 /// Records why `job` waits, when that is news.
@@ -591,6 +649,64 @@ pub fn why_pending(
     }
 }
 
+/// What a round may still evict: the preemptible allocations (built when a job first
+/// needs room) and those already chosen for another job's room this round.
+#[derive(Default)]
+struct Evictable {
+    pool: Option<Vec<RunningTask>>,
+    chosen: HashSet<String>,
+}
+
+/// The allocations a round may evict: live, running (not already stopping) and of
+/// preemptible jobs. Built once per round, when a job first needs room; found from the
+/// preemptible jobs' task slots, so the rest of the state costs no lookups.
+fn preemptible_tasks(state: &ClusterState, view: &SchedulingView) -> Vec<RunningTask> {
+    let index: HashMap<&str, usize> = view
+        .ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let mut out = Vec::new();
+    for job in state.jobs.values() {
+        if !job.spec.preemptible || job.status.is_terminal() {
+            continue;
+        }
+        let Some(mut vshape) = view.task_shape(&job.spec) else {
+            continue;
+        };
+        vshape.models = 0;
+        for slot in &job.tasks {
+            let Some(a) = slot.alloc.as_ref().and_then(|id| state.allocs.get(id)) else {
+                continue;
+            };
+            if a.state.is_terminal() || a.desired != DesiredState::Run {
+                continue;
+            }
+            let (Some(&n), Some(node)) = (index.get(a.node.as_str()), state.nodes.get(&a.node))
+            else {
+                continue;
+            };
+            let gpus: Vec<usize> = a
+                .gpus
+                .iter()
+                .filter_map(|u| node.inventory.gpus.iter().position(|g| &g.uuid == u))
+                .collect();
+            out.push(RunningTask {
+                id: a.id.clone(),
+                node: n,
+                gpus,
+                shape: vshape,
+                priority: job.spec.priority,
+                preemptible: true,
+            });
+        }
+    }
+    // The order plans tie-break on: by allocation id, as the state lists them.
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
 /// Preemptible allocations to evict so that `count` tasks of `job` fit (all of them, for a
 /// gang; nothing when they cannot all be made room for).
 fn plan_evictions(
@@ -600,40 +716,24 @@ fn plan_evictions(
     shape: &TaskShape,
     count: usize,
     cfg: &RoundConfig,
+    evictable: &mut Evictable,
 ) -> Vec<StopAllocation> {
-    let index: BTreeMap<&str, usize> = view
-        .ids
+    let Evictable {
+        pool,
+        chosen: already,
+    } = evictable;
+    let pool = pool.get_or_insert_with(|| preemptible_tasks(state, view));
+    // Chosen for another job's room this round, or not low enough in priority.
+    let mut running: Vec<RunningTask> = pool
         .iter()
-        .enumerate()
-        .map(|(i, id)| (id.as_str(), i))
+        .filter(|t| {
+            !already.contains(&t.id)
+                && t.priority.saturating_add(cfg.preemption_gap) <= job.spec.priority
+        })
+        .cloned()
         .collect();
-    let mut running: Vec<RunningTask> = Vec::new();
-    for a in state.allocs.values() {
-        if a.state.is_terminal() || a.desired != DesiredState::Run {
-            continue;
-        }
-        let (Some(&n), Some(victim_job)) = (index.get(a.node.as_str()), state.jobs.get(&a.job))
-        else {
-            continue;
-        };
-        let inv = &state.nodes[&a.node].inventory;
-        let gpus: Vec<usize> = a
-            .gpus
-            .iter()
-            .filter_map(|u| inv.gpus.iter().position(|g| &g.uuid == u))
-            .collect();
-        let Some(mut vshape) = view.task_shape(&victim_job.spec) else {
-            continue;
-        };
-        vshape.models = 0;
-        running.push(RunningTask {
-            id: a.id.clone(),
-            node: n,
-            gpus,
-            shape: vshape,
-            priority: victim_job.spec.priority,
-            preemptible: victim_job.spec.preemptible,
-        });
+    if running.is_empty() {
+        return Vec::new();
     }
     let mut nodes = view.nodes.clone();
     // Constraint-refused nodes cannot host it however much is evicted.

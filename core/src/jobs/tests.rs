@@ -420,6 +420,74 @@ fn a_higher_priority_job_preempts_and_the_victim_runs_later() {
 }
 
 #[test]
+fn two_jobs_preempting_in_one_round_choose_different_victims() {
+    let mut s = cluster(1, 2);
+    let low = submit(
+        &mut s,
+        with_gpus(
+            spec("low", "priority = 10\npreemptible = true\ntasks = 2"),
+            1,
+            0,
+        ),
+    );
+    settle(&mut s);
+    assert_eq!(live_on(&s, &low).len(), 2);
+    submit(&mut s, with_gpus(spec("high-a", "priority = 900"), 1, 0));
+    submit(&mut s, with_gpus(spec("high-b", "priority = 900"), 1, 0));
+    let round = schedule_round(&s, &RoundConfig::default());
+    let stopped: std::collections::BTreeSet<String> = round
+        .commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::StopAllocations { stops } => Some(stops.iter().map(|s| s.alloc.clone())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(
+        (round.preempted, stopped.len()),
+        (2, 2),
+        "each job evicts a task of its own: {stopped:?}"
+    );
+    for c in round.commands {
+        s.apply(c);
+    }
+    for (id, _) in live_on(&s, &low) {
+        report(&mut s, &id, AllocState::Failed, Some(143));
+    }
+    settle(&mut s);
+    let running = s
+        .allocs
+        .values()
+        .filter(|a| a.state == AllocState::Pending && a.job != low)
+        .count();
+    assert_eq!(
+        running, 2,
+        "both high-priority jobs run after one eviction each"
+    );
+}
+
+#[test]
+fn like_jobs_that_find_no_room_wait_for_the_same_reason() {
+    let mut s = cluster(1, 1);
+    let first = submit(&mut s, with_gpus(spec("a", ""), 1, 0));
+    let second = submit(&mut s, with_gpus(spec("b", ""), 1, 0));
+    let third = submit(&mut s, with_gpus(spec("c", ""), 1, 0));
+    settle(&mut s);
+    let placed: Vec<&String> = [&first, &second, &third]
+        .into_iter()
+        .filter(|j| !live_on(&s, j).is_empty())
+        .collect();
+    assert_eq!(placed, vec![&first], "one GPU, the oldest job");
+    let (b, c) = (
+        &s.jobs[&second].pending_reason,
+        &s.jobs[&third].pending_reason,
+    );
+    assert!(b.contains("GPU"), "{b}");
+    assert_eq!(b, c);
+}
+
+#[test]
 fn cancel_drain_cordon_and_gpu_failure() {
     let mut s = cluster(2, 2);
     let j = submit(&mut s, with_gpus(spec("j", "tasks = 2"), 1, 0));

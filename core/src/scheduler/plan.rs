@@ -219,16 +219,21 @@ pub fn plan_preemption(
     min_gap: u32,
 ) -> Option<PreemptionPlan> {
     let mut best: Option<(usize, u64, PreemptionPlan)> = None;
+    // The evictable tasks of each node, in running-list order.
+    let mut by_node: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    for (r, t) in running.iter().enumerate() {
+        if t.node < nodes.len() && t.preemptible && t.priority.saturating_add(min_gap) <= priority {
+            by_node[t.node].push(r);
+        }
+    }
     for (n, node) in nodes.iter().enumerate() {
         if node.cordoned || (task.wants_gpu() && !task.model_allowed(node.model)) {
             continue;
         }
-        let mut candidates: Vec<usize> = (0..running.len())
-            .filter(|&r| {
-                let t = &running[r];
-                t.node == n && t.preemptible && t.priority.saturating_add(min_gap) <= priority
-            })
-            .collect();
+        let mut candidates = std::mem::take(&mut by_node[n]);
+        if candidates.is_empty() {
+            continue;
+        }
         candidates.sort_by_key(|&r| {
             (
                 running[r].priority,
@@ -236,6 +241,14 @@ pub fn plan_preemption(
             )
         });
         candidates.truncate(MAX_CANDIDATES_PER_NODE);
+        // No subset can make room if evicting every candidate does not.
+        let mut emptied = node.clone();
+        for &v in &candidates {
+            emptied.remove(&running[v].shape, &running[v].gpus);
+        }
+        if !fits(&emptied, task) {
+            continue;
+        }
         for k in 0..=candidates.len().min(MAX_VICTIMS) {
             if best.as_ref().is_some_and(|(bk, _, _)| k > *bk) {
                 break;

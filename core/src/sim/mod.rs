@@ -6,6 +6,8 @@
 //!
 //! Pure: parsing takes text, runs take a seed; the caller reads files and keeps time.
 
+pub mod churn;
+pub mod fragmented;
 pub mod generate;
 mod trace;
 
@@ -13,7 +15,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-pub use trace::{parse_nodes, parse_tasks, Trace, TraceError, TraceTask};
+pub use trace::{parse_nodes, parse_tasks, TaskTiming, Trace, TraceError, TraceTask};
 
 use crate::scheduler::frag::{TypicalTasks, TYPICAL_COVERAGE};
 use crate::scheduler::{Policy, Scheduler};

@@ -32,6 +32,17 @@ pub struct TraceTask {
     pub shape: TaskShape,
     /// Grouping key for the typical-task distribution.
     pub key: ShapeKey,
+    /// When it ran and its class, where the list has the columns (`steward sim --churn`).
+    pub timing: Option<TaskTiming>,
+}
+
+/// A task's lifetime and class in the trace: `creation_time` and `deletion_time` (seconds
+/// from the trace's start) and `qos`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskTiming {
+    pub created_s: u64,
+    pub deleted_s: u64,
+    pub qos: String,
 }
 
 /// A parsed trace: nodes and tasks, each sorted by name.
@@ -169,6 +180,14 @@ pub fn parse_tasks(text: &str, models: &mut GpuModels) -> Result<Vec<TraceTask>,
         t.column("gpu_milli")?,
         t.column("gpu_spec").ok(),
     );
+    let timing_columns = match (
+        t.column("creation_time"),
+        t.column("deletion_time"),
+        t.column("qos"),
+    ) {
+        (Ok(c), Ok(d), Ok(q)) => Some((c, d, q)),
+        _ => None,
+    };
     let mut tasks = Vec::new();
     for rec in t.reader.records() {
         let rec = rec.map_err(|source| TraceError::Csv { what, source })?;
@@ -208,10 +227,32 @@ pub fn parse_tasks(text: &str, models: &mut GpuModels) -> Result<Vec<TraceTask>,
             num_gpu: shape.num_gpu,
             spec: spec_text,
         };
+        let timing = match timing_columns {
+            Some((c, d, q)) => {
+                let created_s = num(what, line, &rec, c, "creation_time")? as u64;
+                let deleted_s = num(what, line, &rec, d, "deletion_time")? as u64;
+                if deleted_s < created_s {
+                    return Err(TraceError::Invalid {
+                        what,
+                        line,
+                        message: format!(
+                            "deleted at {deleted_s} s, before its creation at {created_s} s"
+                        ),
+                    });
+                }
+                Some(TaskTiming {
+                    created_s,
+                    deleted_s,
+                    qos: rec.get(q).unwrap_or("").trim().to_string(),
+                })
+            }
+            None => None,
+        };
         tasks.push(TraceTask {
             name: rec.get(name).unwrap_or("").trim().to_string(),
             shape,
             key,
+            timing,
         });
     }
     tasks.sort_by(|a, b| a.name.cmp(&b.name));
