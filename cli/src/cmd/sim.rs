@@ -101,7 +101,7 @@ pub struct SimArgs {
     pub churn: bool,
     /// With --churn: the paces, comma separated: `trace` (the trace's own times) or the
     /// GPU demand to offer, as a share of capacity (arrivals compressed, lifetimes kept).
-    #[arg(long, value_delimiter = ',', default_value = "trace,0.8,0.95")]
+    #[arg(long, value_delimiter = ',', default_value = "trace,0.8")]
     pub load: Vec<String>,
 }
 

@@ -468,6 +468,26 @@ fn two_jobs_preempting_in_one_round_choose_different_victims() {
 }
 
 #[test]
+fn one_eviction_makes_room_for_two_tasks_of_a_higher_priority_job() {
+    let mut s = cluster(1, 8);
+    let low = submit(
+        &mut s,
+        with_gpus(spec("low", "priority = 0\npreemptible = true"), 8, 0),
+    );
+    settle(&mut s);
+    assert_eq!(live_on(&s, &low).len(), 1);
+    submit(
+        &mut s,
+        with_gpus(spec("high", "priority = 900\ntasks = 2"), 1, 0),
+    );
+    let round = schedule_round(&s, &RoundConfig::default());
+    assert_eq!(
+        round.preempted, 1,
+        "the second task fits in the room the first eviction frees"
+    );
+}
+
+#[test]
 fn like_jobs_that_find_no_room_wait_for_the_same_reason() {
     let mut s = cluster(1, 1);
     let first = submit(&mut s, with_gpus(spec("a", ""), 1, 0));

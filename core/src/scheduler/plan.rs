@@ -230,10 +230,9 @@ pub fn plan_preemption(
         if node.cordoned || (task.wants_gpu() && !task.model_allowed(node.model)) {
             continue;
         }
+        // A node with no candidates still counts: the task may fit with no eviction
+        // (room freed for an earlier task of the same job, or free already).
         let mut candidates = std::mem::take(&mut by_node[n]);
-        if candidates.is_empty() {
-            continue;
-        }
         candidates.sort_by_key(|&r| {
             (
                 running[r].priority,

@@ -265,6 +265,14 @@ pub fn workload(trace: &Trace, pace: Pace) -> Result<ChurnWorkload, String> {
                     hi = mid;
                 }
             }
+            if (offered(hi) - load).abs() > 0.01 * load {
+                return Err(format!(
+                    "the trace offers at least {:.1} % of GPU capacity at any pace: {:.1} % \
+                     cannot be reached",
+                    offered(hi) * 100.0,
+                    load * 100.0
+                ));
+            }
             hi
         }
     };
@@ -415,30 +423,45 @@ struct Timeline {
 }
 
 impl Timeline {
-    fn stretch_ms(&self) -> f64 {
-        (self.end - self.start) as f64 / TIMELINE_POINTS as f64
+    /// The end of stretch `i` (absolute ms); stretches split the window in whole ms.
+    fn boundary(&self, i: usize) -> u64 {
+        let len = u128::from(self.end - self.start);
+        self.start + (len * (i as u128 + 1) / TIMELINE_POINTS as u128) as u64
+    }
+
+    /// The stretch holding `t` (`start <= t < end`).
+    fn index(&self, t: u64) -> usize {
+        let len = u128::from(self.end - self.start).max(1);
+        let mut i = ((u128::from(t - self.start) * TIMELINE_POINTS as u128 / len) as usize)
+            .min(TIMELINE_POINTS - 1);
+        while i < TIMELINE_POINTS - 1 && self.boundary(i) <= t {
+            i += 1;
+        }
+        i
     }
 
     /// Adds `values` held over `[from, to)` (absolute simulated ms).
     fn add(&mut self, from: u64, to: u64, values: [f64; 4]) {
-        let (from, to) = (from.max(self.start), to.min(self.end));
-        if to <= from {
-            return;
-        }
-        let w = self.stretch_ms();
-        let mut t = from as f64;
-        while t < to as f64 {
-            let i = (((t - self.start as f64) / w) as usize).min(TIMELINE_POINTS - 1);
-            let stretch_end = (self.start as f64 + (i + 1) as f64 * w).min(to as f64);
-            let dt = (stretch_end - t).max(0.0);
+        let (mut t, to) = (from.max(self.start), to.min(self.end));
+        while t < to {
+            let i = self.index(t);
+            let stretch_end = self.boundary(i).min(to).max(t + 1);
+            let dt = (stretch_end - t) as f64;
             for (s, v) in self.sums[i].iter_mut().zip(values) {
                 *s += v * dt;
             }
-            if dt == 0.0 {
-                break;
-            }
             t = stretch_end;
         }
+    }
+
+    /// Stretch `i`'s length, ms.
+    fn width(&self, i: usize) -> f64 {
+        let begin = if i == 0 {
+            self.start
+        } else {
+            self.boundary(i - 1)
+        };
+        (self.boundary(i) - begin).max(1) as f64
     }
 }
 
@@ -538,10 +561,9 @@ pub fn run(
             ],
         );
         // Fragmentation at the stretch ends passed.
-        let w = timeline.stretch_ms();
         for (i, f) in frag_at.iter_mut().enumerate() {
-            let end = timeline.start as f64 + (i + 1) as f64 * w;
-            if f.is_nan() && end <= now as f64 && end > last_t as f64 {
+            let end = timeline.boundary(i);
+            if f.is_nan() && end <= now && end > last_t {
                 *f = fragmentation(trace, &state, typical) / capacity_milli * 100.0;
             }
         }
@@ -624,7 +646,7 @@ pub fn run(
             }
             continue;
         }
-        for _ in 0..MAX_ROUNDS_PER_INSTANT {
+        for attempt in 0..MAX_ROUNDS_PER_INSTANT {
             if queued == 0 {
                 break;
             }
@@ -699,24 +721,31 @@ pub fn run(
             if !again {
                 break;
             }
+            if attempt + 1 == MAX_ROUNDS_PER_INSTANT && !round_pending {
+                // Still evicting after the most rounds one instant gets: go on next time.
+                events.push(Reverse((now + settings.round_interval_ms, Event::Round)));
+                round_pending = true;
+            }
         }
     }
 
     let total = |k: usize| -> f64 {
         timeline.sums.iter().map(|s| s[k]).sum::<f64>() / (timeline.end - timeline.start) as f64
     };
-    let w = timeline.stretch_ms();
     let samples: Vec<ChurnSample> = timeline
         .sums
         .iter()
         .zip(&frag_at)
         .enumerate()
-        .map(|(i, (s, &f))| ChurnSample {
-            at_ms: ((i + 1) as f64 * w) as u64,
-            alloc_pct: s[0] / w,
-            frag_pct: if f.is_nan() { 0.0 } else { f },
-            idle_while_queued_pct: s[2] / w,
-            queued: s[3] / w,
+        .map(|(i, (s, &f))| {
+            let w = timeline.width(i);
+            ChurnSample {
+                at_ms: timeline.boundary(i) - timeline.start,
+                alloc_pct: s[0] / w,
+                frag_pct: if f.is_nan() { 0.0 } else { f },
+                idle_while_queued_pct: s[2] / w,
+                queued: s[3] / w,
+            }
         })
         .collect();
     let frags: Vec<f64> = frag_at.iter().copied().filter(|f| !f.is_nan()).collect();
@@ -911,6 +940,25 @@ mod tests {
         assert!(workload(&t, Pace::Load(0.0)).is_err());
         let err = workload(&t, Pace::Load(50.0)).expect_err("more than the tasks can offer");
         assert!(err.contains("cannot offer"), "{err}");
+    }
+
+    #[test]
+    fn the_timeline_counts_every_millisecond_of_an_uneven_window() {
+        for len in [1u64, 99, 100, 101, 12_345, 733_981] {
+            let mut t = Timeline {
+                start: 1_000,
+                end: 1_000 + len,
+                sums: vec![[0.0; 4]; TIMELINE_POINTS],
+            };
+            t.add(0, u64::MAX, [1.0, 0.0, 0.0, 0.0]);
+            let total: f64 = t.sums.iter().map(|s| s[0]).sum();
+            assert_eq!(total, len as f64, "window of {len} ms");
+            if len >= TIMELINE_POINTS as u64 {
+                for i in 0..TIMELINE_POINTS {
+                    assert!((t.sums[i][0] / t.width(i) - 1.0).abs() < 1e-9, "{len}: {i}");
+                }
+            }
+        }
     }
 
     #[test]
