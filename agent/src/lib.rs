@@ -14,6 +14,7 @@
 //! Must not depend on: steward-controller, rocksdb. NVML appears only in `hardware::nvml`.
 
 pub mod api;
+pub mod chunks;
 pub mod config;
 pub mod daemon;
 pub mod hardware;

@@ -1,0 +1,366 @@
+//! The agent's chunk store: content-addressed chunks on the node's disk.
+//!
+//! Layout under the store's root:
+//! - `FORMAT`: `steward-chunks 1` (a store of another format is refused, not rewritten);
+//! - `data/ab/cd/<64 hex>`: a chunk, by the first two bytes of its id (65,536 fan-out
+//!   directories, so none grows past a few thousand entries at millions of chunks);
+//! - `tmp/`: writes in progress; whatever is there at open is a crash's leftover and is
+//!   removed;
+//! - `quarantine/<64 hex>`: chunks whose bytes no longer match their id, kept for
+//!   inspection and never served.
+//!
+//! A write goes to a temporary file, is fsynced, renamed into place, and the directory is
+//! fsynced: a crash at any step leaves no chunk or a whole one. Every read re-hashes what
+//! it read; a mismatch is never returned, the file is quarantined and the caller told, so
+//! the chunk can be repaired from another replica. Writes are refused below a free-space
+//! floor, so a full disk never loses what it already holds.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use steward_core::chunk::ChunkId;
+
+/// The format line of `FORMAT`.
+pub const FORMAT_LINE: &str = "steward-chunks 1";
+/// Largest chunk the store takes (content-defined chunks average 4 MiB; the cut-point
+/// limit is far below this).
+pub const MAX_CHUNK_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    #[error("chunk {0} is not stored here")]
+    NotFound(ChunkId),
+    #[error("chunk {id} on disk does not match its id (it hashes to {actual}); quarantined")]
+    Corrupt { id: ChunkId, actual: ChunkId },
+    #[error("the bytes sent as chunk {id} hash to {actual}: refused")]
+    Mismatch { id: ChunkId, actual: ChunkId },
+    #[error("chunk of {0} bytes is over the {MAX_CHUNK_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("{free} bytes free on the chunk disk, below its floor of {floor}: no new chunks")]
+    SpaceLow { free: u64, floor: u64 },
+    #[error("{path}: holds `{found}`, not a `{FORMAT_LINE}` store")]
+    Format { path: PathBuf, found: String },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ChunkError {
+    fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ChunkError {
+        let path = path.to_path_buf();
+        move |source| ChunkError::Io { what, path, source }
+    }
+}
+
+/// What opening found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Leftover temporary files of interrupted writes, removed.
+    pub temp_removed: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Stored,
+    /// The chunk was already here (and verified): nothing written.
+    AlreadyPresent,
+}
+
+/// The steps of a write, in order; a crash can stop it after any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum PutStep {
+    TempCreated,
+    TempWritten,
+    TempSynced,
+    Renamed,
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "a crash point only the tests stop at")
+    )]
+    DirectorySynced,
+}
+
+#[cfg(test)]
+impl PutStep {
+    pub(crate) const ALL: [PutStep; 5] = [
+        PutStep::TempCreated,
+        PutStep::TempWritten,
+        PutStep::TempSynced,
+        PutStep::Renamed,
+        PutStep::DirectorySynced,
+    ];
+}
+
+pub struct ChunkStore {
+    root: PathBuf,
+    free_floor_bytes: u64,
+    temp_seq: AtomicU64,
+}
+
+impl ChunkStore {
+    /// Opens (creating if empty) the store at `root`; removes interrupted writes' leftovers.
+    pub fn open(
+        root: impl Into<PathBuf>,
+        free_floor_bytes: u64,
+    ) -> Result<(Self, OpenReport), ChunkError> {
+        let root = root.into();
+        for dir in ["", "data", "tmp", "quarantine"] {
+            let p = root.join(dir);
+            fs::create_dir_all(&p).map_err(ChunkError::io("creating", &p))?;
+        }
+        let format = root.join("FORMAT");
+        match fs::read_to_string(&format) {
+            Ok(text) if text.trim() == FORMAT_LINE => {}
+            Ok(text) => {
+                return Err(ChunkError::Format {
+                    path: format,
+                    found: text.trim().chars().take(80).collect(),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let tmp = root.join("tmp").join("FORMAT.tmp");
+                write_synced(&tmp, format!("{FORMAT_LINE}\n").as_bytes())?;
+                fs::rename(&tmp, &format).map_err(ChunkError::io("renaming", &format))?;
+                sync_dir(&root)?;
+            }
+            Err(e) => return Err(ChunkError::io("reading", &format)(e)),
+        }
+        let mut report = OpenReport::default();
+        let tmp = root.join("tmp");
+        for entry in fs::read_dir(&tmp).map_err(ChunkError::io("listing", &tmp))? {
+            let entry = entry.map_err(ChunkError::io("listing", &tmp))?;
+            let p = entry.path();
+            fs::remove_file(&p).map_err(ChunkError::io("removing", &p))?;
+            report.temp_removed += 1;
+        }
+        if report.temp_removed > 0 {
+            sync_dir(&tmp)?;
+        }
+        Ok((
+            ChunkStore {
+                root,
+                free_floor_bytes,
+                temp_seq: AtomicU64::new(0),
+            },
+            report,
+        ))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where chunk `id` lives: `data/ab/cd/<id>`.
+    pub fn path_of(&self, id: &ChunkId) -> PathBuf {
+        let hex = id.to_string();
+        self.root
+            .join("data")
+            .join(&hex[0..2])
+            .join(&hex[2..4])
+            .join(hex)
+    }
+
+    /// Bytes available to the store's filesystem.
+    pub fn free_bytes(&self) -> Result<u64, ChunkError> {
+        let st = nix::sys::statvfs::statvfs(&self.root).map_err(|e| ChunkError::Io {
+            what: "statvfs",
+            path: self.root.clone(),
+            source: std::io::Error::from(e),
+        })?;
+        #[allow(
+            clippy::useless_conversion,
+            reason = "the field types differ by platform"
+        )]
+        Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
+    }
+
+    /// Whether writes are refused for lack of space (`None`: they are taken).
+    pub fn space_low(&self) -> Result<Option<ChunkError>, ChunkError> {
+        let free = self.free_bytes()?;
+        Ok(
+            (free < self.free_floor_bytes).then_some(ChunkError::SpaceLow {
+                free,
+                floor: self.free_floor_bytes,
+            }),
+        )
+    }
+
+    /// Stores `bytes` as chunk `id` after checking that they hash to it.
+    pub fn put(&self, id: &ChunkId, bytes: &[u8]) -> Result<PutOutcome, ChunkError> {
+        self.put_until(id, bytes, None)
+    }
+
+    /// [`ChunkStore::put`], stopping after `crash_after` as a crash would (tests).
+    pub(crate) fn put_until(
+        &self,
+        id: &ChunkId,
+        bytes: &[u8],
+        crash_after: Option<PutStep>,
+    ) -> Result<PutOutcome, ChunkError> {
+        if bytes.len() > MAX_CHUNK_BYTES {
+            return Err(ChunkError::TooLarge(bytes.len()));
+        }
+        let actual = ChunkId::of(bytes);
+        if actual != *id {
+            return Err(ChunkError::Mismatch { id: *id, actual });
+        }
+        let path = self.path_of(id);
+        if path.exists() && self.get(id).is_ok() {
+            return Ok(PutOutcome::AlreadyPresent);
+        }
+        if let Some(low) = self.space_low()? {
+            return Err(low);
+        }
+        let dir = path
+            .parent()
+            .expect("a chunk path has a parent")
+            .to_path_buf();
+        fs::create_dir_all(&dir).map_err(ChunkError::io("creating", &dir))?;
+        let tmp = self.root.join("tmp").join(format!(
+            "{id}.{}.{}.tmp",
+            std::process::id(),
+            self.temp_seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        let stop = |step: PutStep| crash_after == Some(step);
+        let mut f = File::create(&tmp).map_err(ChunkError::io("creating", &tmp))?;
+        if stop(PutStep::TempCreated) {
+            return Ok(PutOutcome::Stored);
+        }
+        f.write_all(bytes)
+            .map_err(ChunkError::io("writing", &tmp))?;
+        if stop(PutStep::TempWritten) {
+            return Ok(PutOutcome::Stored);
+        }
+        f.sync_all().map_err(ChunkError::io("syncing", &tmp))?;
+        drop(f);
+        if stop(PutStep::TempSynced) {
+            return Ok(PutOutcome::Stored);
+        }
+        fs::rename(&tmp, &path).map_err(ChunkError::io("renaming into place", &path))?;
+        if stop(PutStep::Renamed) {
+            return Ok(PutOutcome::Stored);
+        }
+        sync_dir(&dir)?;
+        Ok(PutOutcome::Stored)
+    }
+
+    /// Reads chunk `id`, verified; a chunk whose bytes no longer match is quarantined and
+    /// reported, never returned.
+    pub fn get(&self, id: &ChunkId) -> Result<Vec<u8>, ChunkError> {
+        let path = self.path_of(id);
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ChunkError::NotFound(*id))
+            }
+            Err(e) => return Err(ChunkError::io("opening", &path)(e)),
+        };
+        let mut bytes = Vec::new();
+        f.take(MAX_CHUNK_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(ChunkError::io("reading", &path))?;
+        let actual = ChunkId::of(&bytes);
+        if actual != *id {
+            self.quarantine(id)?;
+            return Err(ChunkError::Corrupt { id: *id, actual });
+        }
+        Ok(bytes)
+    }
+
+    /// Re-reads and re-hashes chunk `id` (the scrubber's check); quarantines it on a
+    /// mismatch.
+    pub fn verify(&self, id: &ChunkId) -> Result<(), ChunkError> {
+        self.get(id).map(|_| ())
+    }
+
+    /// Whether chunk `id` is here (not verified: [`ChunkStore::verify`] checks).
+    pub fn has(&self, id: &ChunkId) -> bool {
+        self.path_of(id).is_file()
+    }
+
+    /// Removes chunk `id`; false when it was not here.
+    pub fn remove(&self, id: &ChunkId) -> Result<bool, ChunkError> {
+        let path = self.path_of(id);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                sync_dir(path.parent().expect("a chunk path has a parent"))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(ChunkError::io("removing", &path)(e)),
+        }
+    }
+
+    /// Every stored chunk's id (files whose names are not chunk ids are skipped).
+    pub fn list(&self) -> Result<Vec<ChunkId>, ChunkError> {
+        let mut out = Vec::new();
+        let data = self.root.join("data");
+        for a in read_dir_sorted(&data)? {
+            for b in read_dir_sorted(&a)? {
+                for c in read_dir_sorted(&b)? {
+                    if let Some(id) = c
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| ChunkId::parse(n).ok())
+                    {
+                        out.push(id);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The quarantined chunks' ids.
+    pub fn quarantined(&self) -> Result<Vec<ChunkId>, ChunkError> {
+        Ok(read_dir_sorted(&self.root.join("quarantine"))?
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str().and_then(|n| ChunkId::parse(n).ok()))
+            .collect())
+    }
+
+    fn quarantine(&self, id: &ChunkId) -> Result<(), ChunkError> {
+        let from = self.path_of(id);
+        let to = self.root.join("quarantine").join(id.to_string());
+        fs::rename(&from, &to).map_err(ChunkError::io("quarantining", &from))?;
+        sync_dir(from.parent().expect("a chunk path has a parent"))?;
+        tracing::warn!(chunk = %id, "a chunk's bytes no longer match its id: quarantined");
+        Ok(())
+    }
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, ChunkError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(ChunkError::io("listing", dir))? {
+        out.push(entry.map_err(ChunkError::io("listing", dir))?.path());
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ChunkError> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(ChunkError::io("creating", path))?;
+    f.write_all(bytes)
+        .map_err(ChunkError::io("writing", path))?;
+    f.sync_all().map_err(ChunkError::io("syncing", path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ChunkError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(ChunkError::io("syncing directory", dir))
+}
+
+#[cfg(test)]
+mod tests;
