@@ -398,8 +398,24 @@ async fn submissions_through_a_leader_kill_are_recorded_once() -> anyhow::Result
             named[0]
         );
     }
-    // With no agents, every job waits and says why.
-    let j = jobs.first().expect("jobs");
-    assert!(j.pending_reason.contains("no nodes"), "{j:?}");
+    // With no agents, every job waits and says why, once the new leader's scheduling
+    // loop has had a round over it (the list above may come before that round).
+    wait_for(
+        "every job's pending reason",
+        Duration::from_secs(30),
+        || async {
+            let jobs = leader_client(&cluster)
+                .await
+                .ok()?
+                .list_jobs(steward_proto::v1::ListJobsRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .jobs;
+            (jobs.len() == JOBS && jobs.iter().all(|j| j.pending_reason.contains("no nodes")))
+                .then_some(())
+        },
+    )
+    .await?;
     Ok(())
 }
