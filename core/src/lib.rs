@@ -9,6 +9,7 @@
 //! Must not depend on: tokio, tonic, rocksdb, nvml, or any other I/O crate.
 
 pub mod chunk;
+pub mod chunking;
 pub mod codec;
 pub mod command;
 pub mod features;
