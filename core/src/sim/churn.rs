@@ -468,7 +468,6 @@ impl Timeline {
 /// The per-task bookkeeping of a replay.
 #[derive(Clone, Default)]
 struct TaskRun {
-    job: String,
     first_start_ms: Option<u64>,
     /// The live allocation and when its task ends.
     running: Option<(String, u64)>,
@@ -624,7 +623,6 @@ pub fn run(
             match r {
                 CommandResult::JobSubmitted { job, .. } => {
                     let i = submitted.next().expect("one result per submission");
-                    runs[i].job = job.clone();
                     by_job.insert(job, i);
                     queued += 1;
                     queued_milli += gpu_of(i);
