@@ -41,7 +41,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 build: deps build-next
 	$(CARGO) build --workspace --all-targets
 
-# The test-only build that knows one more command kind (feature level 3), kept as
+# The test-only build that knows one more command kind (feature level 5), kept as
 # steward-next next to steward, for the rolling-upgrade test. Built first: the normal build
 # after it puts the normal `steward` back.
 build-next: deps

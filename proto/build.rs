@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/steward/v1/inventory.proto",
         "proto/steward/v1/jobs.proto",
         "proto/steward/v1/common.proto",
+        "proto/steward/v1/chunks.proto",
+        "proto/steward/v1/objects.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -1,6 +1,6 @@
-//! The agent's own gRPC API (`steward.v1.AgentApi`) on `--api-addr`: the latest telemetry,
-//! the controls of simulated GPUs (assigned load, fault injection), and allocations' logs.
-//! The chunk store will add its service on the same listener.
+//! The agent's own gRPC API on `--api-addr`: `steward.v1.AgentApi` (the latest telemetry,
+//! the controls of simulated GPUs (assigned load, fault injection), and allocations' logs)
+//! and `steward.v1.ChunkService` (the chunk store, `chunks::service`).
 
 use std::sync::Arc;
 
@@ -198,6 +198,8 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     telemetry: Arc<Telemetry>,
     allocs_dir: std::path::PathBuf,
+    chunks: Arc<crate::chunks::ChunkStore>,
+    scrubber: Arc<crate::chunks::scrub::Scrubber>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -208,7 +210,10 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(transport::agent_api_server(AgentApiService::new(
             telemetry, allocs_dir,
-        )));
+        )))
+        .add_service(transport::chunk_server(
+            crate::chunks::service::ChunkApi::with_scrubber(chunks, Some(scrubber)),
+        ));
     if let Err(e) = transport::serve(router, listener, shutdown).await {
         tracing::error!(error = %e, "agent API stopped");
     }

@@ -49,7 +49,19 @@ pub struct AgentConfigFile {
     /// How allocations are isolated: `auto` (default: cgroup v2, then v1, then a process
     /// group), `cgroup-v2`, `cgroup-v1` or `process-group`.
     pub isolation: Option<crate::jobs::IsolationMode>,
+    /// Free space the chunk store's disk keeps: below it, new chunks are refused with
+    /// RESOURCE_EXHAUSTED and the controllers place none here (default 1 GiB), e.g.
+    /// "50 GiB".
+    pub chunk_free_floor: Option<bytesize::ByteSize>,
+    /// Time between two scrub passes over every chunk (default 7 days).
+    #[serde(default, with = "humantime_serde")]
+    pub scrub_interval: Option<Duration>,
+    /// Read rate of a scrub pass, per second (default "50 MiB").
+    pub scrub_rate: Option<bytesize::ByteSize>,
 }
+
+/// Default free-space floor of the chunk store's disk.
+pub const DEFAULT_CHUNK_FREE_FLOOR_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -90,6 +102,9 @@ pub struct AgentConfig {
     pub source_ip: Option<std::net::IpAddr>,
     /// How allocations are isolated (checked against the host when the agent starts).
     pub isolation: crate::jobs::IsolationMode,
+    /// Below this many free bytes on the chunk disk, new chunks are refused.
+    pub chunk_free_floor_bytes: u64,
+    pub scrub: crate::chunks::scrub::ScrubConfig,
 }
 
 /// The controllers' default `liveness.down_after`.
@@ -99,6 +114,31 @@ pub const DEFAULT_CONTROLLER_DOWN_AFTER: Duration = Duration::from_secs(5);
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
 pub const MAX_HEARTBEAT: Duration = Duration::from_secs(60);
 pub use steward_core::node::{MAX_LABELS, MAX_LABEL_BYTES};
+
+fn scrub_config(
+    interval: Option<Duration>,
+    rate: Option<bytesize::ByteSize>,
+) -> Result<crate::chunks::scrub::ScrubConfig, ConfigError> {
+    let d = crate::chunks::scrub::ScrubConfig::default();
+    let interval = interval.unwrap_or(d.interval);
+    if interval < Duration::from_secs(60) {
+        return Err(invalid(
+            "scrub_interval",
+            format!("must be at least 1m, got {interval:?}"),
+        ));
+    }
+    let bytes_per_sec = rate.map_or(d.bytes_per_sec, |r| r.as_u64());
+    if bytes_per_sec < 1 << 20 {
+        return Err(invalid(
+            "scrub_rate",
+            format!("must be at least 1 MiB (per second), got {bytes_per_sec} bytes"),
+        ));
+    }
+    Ok(crate::chunks::scrub::ScrubConfig {
+        interval,
+        bytes_per_sec,
+    })
+}
 
 impl AgentConfigFile {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -195,6 +235,10 @@ impl AgentConfigFile {
             shim_exe,
             source_ip: self.source_ip,
             isolation: self.isolation.unwrap_or_default(),
+            chunk_free_floor_bytes: self
+                .chunk_free_floor
+                .map_or(DEFAULT_CHUNK_FREE_FLOOR_BYTES, |b| b.as_u64()),
+            scrub: scrub_config(self.scrub_interval, self.scrub_rate)?,
             data_dir,
             controllers,
             labels: self.labels,
@@ -251,6 +295,10 @@ mod tests {
         .resolve("h")
         .unwrap_err();
         assert!(e.to_string().starts_with("`labels`"), "{e}");
+        assert_eq!(c.chunk_free_floor_bytes, DEFAULT_CHUNK_FREE_FLOOR_BYTES);
+        let f: AgentConfigFile = toml::from_str("chunk_free_floor = \"50 GiB\"").expect("size");
+        assert_eq!(f.chunk_free_floor.map(|b| b.as_u64()), Some(50 << 30));
+        assert!(toml::from_str::<AgentConfigFile>("chunk_free_floor = \"lots\"").is_err());
         let e = toml::from_str::<AgentConfigFile>("data_dirr = \"/x\"").unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
     }

@@ -58,6 +58,38 @@ pub enum AgentError {
     Task(String),
     #[error("{0}")]
     Isolation(String),
+    #[error("chunk store: {0}")]
+    Chunks(#[from] crate::chunks::ChunkError),
+    #[error("cannot start the scrub thread: {0}")]
+    Scrub(#[source] std::io::Error),
+}
+
+/// Sets its flag when dropped (stops the scrubber's thread when the agent stops).
+struct StopFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopFlag {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Opens `DATA_DIR/chunks` off the runtime (it counts what it holds).
+async fn open_chunk_store(
+    config: &AgentConfig,
+) -> Result<Arc<crate::chunks::ChunkStore>, AgentError> {
+    let root = config.data_dir.join("chunks");
+    let floor = config.chunk_free_floor_bytes;
+    let (store, report) =
+        tokio::task::spawn_blocking(move || crate::chunks::ChunkStore::open(root, floor))
+            .await
+            .map_err(|e| AgentError::Task(e.to_string()))??;
+    tracing::info!(
+        chunks = report.chunks,
+        interrupted_writes_removed = report.temp_removed,
+        free_floor_bytes = floor,
+        "chunk store open"
+    );
+    Ok(Arc::new(store))
 }
 
 /// Reads the inventory off the runtime (NVML calls block).
@@ -203,10 +235,20 @@ pub async fn run(
         source,
     })?;
     let _ = stats.isolation.set(runner.isolation().name());
+    let chunks = open_chunk_store(&config).await?;
+    let scrubber = crate::chunks::scrub::Scrubber::new(chunks.clone(), config.scrub);
+    let scrub_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    scrubber
+        .spawn(scrub_stop.clone())
+        .map_err(AgentError::Scrub)?;
+    let _scrub_guard = StopFlag(scrub_stop);
+    let reporter = crate::chunks::report::Reporter::new(chunks.clone(), id.clone());
     tokio::spawn(crate::api::serve(
         api,
         telemetry.clone(),
         runner.allocs_dir(),
+        chunks.clone(),
+        scrubber,
         stop.clone().cancelled_owned(),
     ));
     if let Some(addr) = config.metrics_addr {
@@ -333,6 +375,11 @@ pub async fn run(
             telemetry: Some({
                 let mut t = telemetry.latest().to_proto();
                 t.isolation = runner.isolation().name().to_string();
+                // statvfs: cheap enough for every heartbeat.
+                t.chunk_space_low = chunks.space_low().ok().map(|low| low.is_some());
+                let stored = chunks.stats();
+                t.chunks = Some(stored.chunks);
+                t.chunk_bytes = Some(stored.bytes);
                 t
             }),
         };
@@ -347,6 +394,9 @@ pub async fn run(
                 if reply.register_again {
                     registration.needed = true;
                 }
+                reporter
+                    .after_heartbeat(&l.client, reply.chunk_report_needed)
+                    .await;
             }
             Err(status) => {
                 stats.heartbeat_failures.fetch_add(1, Ordering::Relaxed);

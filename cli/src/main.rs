@@ -60,6 +60,15 @@ enum Command {
     /// Allocations: the placements of jobs' tasks.
     #[command(subcommand)]
     Alloc(cmd::job::AllocCommand),
+    /// How safe the stored data is: chunks under-replicated, missing, rotten, by node
+    /// (exits 1 when data is at risk).
+    Fsck(cmd::fsck::FsckArgs),
+    /// Chunks: where one is.
+    #[command(subcommand)]
+    Chunk(cmd::fsck::ChunkCommand),
+    /// Objects and their versions: put, get, ls, versions, history, tag, untag, rm.
+    #[command(subcommand)]
+    Object(cmd::object::ObjectCommand),
     /// (internal) The shim the agent starts for each allocation.
     #[command(hide = true)]
     AgentShim(cmd::agent::ShimArgs),
@@ -93,6 +102,9 @@ fn main() -> ExitCode {
             Command::Sim(args) => cmd::sim::run(cli.output, args),
             Command::Job(c) => cmd::job::run(&cli.addr, cli.output, c).await,
             Command::Alloc(c) => cmd::job::run_alloc(&cli.addr, cli.output, c).await,
+            Command::Object(c) => cmd::object::run(&cli.addr, cli.output, c).await,
+            Command::Fsck(args) => cmd::fsck::run(&cli.addr, cli.output, args).await,
+            Command::Chunk(c) => cmd::fsck::run_chunk(&cli.addr, cli.output, c).await,
             Command::AgentShim(_) => unreachable!("handled before the runtime starts"),
         }
     });
@@ -102,5 +114,16 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks the whole command tree (duplicate names, conflicting flags) here rather
+    /// than when an operator first runs the broken subcommand.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

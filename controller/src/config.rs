@@ -38,6 +38,66 @@ pub struct ControllerConfigFile {
     pub liveness: LivenessTuning,
     #[serde(default)]
     pub jobs: JobsTuning,
+    #[serde(default)]
+    pub storage: StorageTuning,
+}
+
+/// Storage repair (the leader's `storage-repair` loop).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageTuning {
+    /// How long a down node keeps its place before its chunks are copied elsewhere; a
+    /// reboot within it causes no copies. Chunks left with one live replica are copied at
+    /// once. 0 repairs at once.
+    #[serde(with = "humantime_serde")]
+    pub repair_delay: Duration,
+    /// Cluster-wide repair and rebalancing budget, per second, e.g. "200 MiB".
+    pub repair_bandwidth: bytesize::ByteSize,
+    /// Copy calls in flight per target node (each up to 64 chunks).
+    pub repair_copies_per_node: u32,
+}
+
+impl Default for StorageTuning {
+    fn default() -> Self {
+        let d = crate::control::repair::RepairTuning::default();
+        StorageTuning {
+            repair_delay: d.repair_delay,
+            repair_bandwidth: bytesize::ByteSize(d.bandwidth_bytes_per_sec),
+            repair_copies_per_node: d.copies_per_node as u32,
+        }
+    }
+}
+
+impl StorageTuning {
+    pub fn repair_tuning(&self) -> crate::control::repair::RepairTuning {
+        crate::control::repair::RepairTuning {
+            repair_delay: self.repair_delay,
+            bandwidth_bytes_per_sec: self.repair_bandwidth.as_u64(),
+            copies_per_node: self.repair_copies_per_node as usize,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.repair_bandwidth.as_u64() < 1 << 20 {
+            return Err(invalid(
+                "storage.repair_bandwidth",
+                format!(
+                    "must be at least 1 MiB (per second), got {}",
+                    self.repair_bandwidth
+                ),
+            ));
+        }
+        if !(1..=64).contains(&self.repair_copies_per_node) {
+            return Err(invalid(
+                "storage.repair_copies_per_node",
+                format!(
+                    "must be between 1 and 64, got {}",
+                    self.repair_copies_per_node
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The scheduler's settings (the leader's `scheduler` loop).
@@ -171,6 +231,7 @@ pub struct ControllerConfig {
     pub raft: RaftTuning,
     pub liveness: steward_core::liveness::LivenessConfig,
     pub jobs: JobsTuning,
+    pub storage: StorageTuning,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -306,6 +367,7 @@ impl ControllerConfigFile {
         let cluster_name = self.cluster_name.unwrap_or_else(|| "steward".to_string());
         self.raft.validate()?;
         let liveness = self.liveness.resolve()?;
+        self.storage.validate()?;
         if self.jobs.gc_after.is_zero() {
             return Err(invalid(
                 "jobs.gc_after",
@@ -316,6 +378,7 @@ impl ControllerConfigFile {
             metrics_addr: self.metrics_addr,
             liveness,
             jobs: self.jobs,
+            storage: self.storage,
             id,
             data_dir,
             raft_addr,

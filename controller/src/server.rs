@@ -144,7 +144,15 @@ impl Controller {
             ),
             None,
         );
-        crate::control::start(&workers, &handle, &liveness, &config.jobs);
+        let replicas: Arc<crate::control::replicas::ReplicaTracker> = Default::default();
+        let repair = crate::control::start(
+            &workers,
+            &handle,
+            &liveness,
+            &replicas,
+            &config.jobs,
+            config.storage.repair_tuning(),
+        );
 
         let stop_servers = CancellationToken::new();
         let ctx = Arc::new(ApiContext {
@@ -154,6 +162,9 @@ impl Controller {
             liveness,
             workers: workers.clone(),
             digest_cache: Default::default(),
+            replicas,
+            repair,
+            repair_delay: config.storage.repair_delay,
         });
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();

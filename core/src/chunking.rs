@@ -81,6 +81,34 @@ pub fn split(bytes: &[u8], params: ChunkingParams) -> Result<Vec<ChunkRef>, Stri
     .collect())
 }
 
+/// Cuts what `source` yields into the same chunks [`split`] makes of the same bytes,
+/// reading it once with bounded memory (one chunk at a time); `on_chunk` sees each chunk's
+/// bytes in order (to hash the whole content, say) before they are dropped.
+pub fn split_reader<R: std::io::Read>(
+    source: R,
+    params: ChunkingParams,
+    mut on_chunk: impl FnMut(&ChunkRef, &[u8]),
+) -> Result<Vec<ChunkRef>, String> {
+    params.validate()?;
+    let mut out = Vec::new();
+    for c in fastcdc::v2020::StreamCDC::new(
+        source,
+        params.min as usize,
+        params.avg as usize,
+        params.max as usize,
+    ) {
+        let c = c.map_err(|e| format!("reading: {e}"))?;
+        let r = ChunkRef {
+            offset: c.offset,
+            len: c.length as u32,
+            id: ChunkId::of(&c.data),
+        };
+        on_chunk(&r, &c.data);
+        out.push(r);
+    }
+    Ok(out)
+}
+
 /// The bytes of `after` held in chunks `before` also has: what a new version re-uses.
 pub fn reused_bytes(before: &[ChunkRef], after: &[ChunkRef]) -> u64 {
     let known: std::collections::HashSet<ChunkId> = before.iter().map(|c| c.id).collect();
@@ -136,6 +164,34 @@ mod tests {
                 43190972, 48467673, 50331648
             ]
         );
+    }
+
+    #[test]
+    fn reading_a_stream_cuts_where_splitting_the_bytes_does() {
+        let data = bytes(0x5eed, 48 << 20);
+        let whole = split(&data, ChunkingParams::DEFAULT).expect("split");
+        let mut seen = 0u64;
+        // A reader that hands out odd-sized pieces, as a pipe or socket would.
+        struct Trickle<'a>(&'a [u8]);
+        impl std::io::Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(self.0.len()).min(77_777);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let streamed = split_reader(Trickle(&data), ChunkingParams::DEFAULT, |c, b| {
+            assert_eq!(c.offset, seen);
+            assert_eq!(ChunkId::of(b), c.id);
+            seen += b.len() as u64;
+        })
+        .expect("split_reader");
+        assert_eq!(streamed, whole);
+        assert_eq!(seen, data.len() as u64);
+        assert!(split_reader(&b""[..], ChunkingParams::DEFAULT, |_, _| {})
+            .expect("empty")
+            .is_empty());
     }
 
     #[test]

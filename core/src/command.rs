@@ -176,7 +176,37 @@ pub enum Command {
         keep_at_most: u32,
     },
 
-    // ---- level 4: exists only in the test build that checks rolling upgrades ----
+    // ---- level 4 ----
+    /// Commit a version of an object (`crate::objects`): a new version unless the newest
+    /// one has the same manifest, factor and labels; its tags moved to it; retention
+    /// applied.
+    PutObjectVersion {
+        put: Box<crate::objects::apply::PutVersion>,
+    },
+    /// Point `tag` of object `name` at version `to` (None: remove the tag), only if it
+    /// names `expected` now (0: only if the tag does not exist; None: unconditionally).
+    MoveObjectTag {
+        name: String,
+        tag: String,
+        to: Option<u64>,
+        expected: Option<u64>,
+    },
+    /// Delete one version, or the whole object (`version` None); tagged versions only with
+    /// `force`.
+    DeleteObject {
+        name: String,
+        version: Option<u64>,
+        force: bool,
+    },
+    /// Planned maintenance of a node: its chunks are not repaired elsewhere while it is
+    /// down (except those left with one live replica).
+    SetNodeMaintenance {
+        node: String,
+        on: bool,
+        reason: String,
+    },
+
+    // ---- level 5: exists only in the test build that checks rolling upgrades ----
     #[cfg(feature = "next-level")]
     LevelProbe { note: String },
 }
@@ -210,6 +240,10 @@ impl Command {
             Command::SetNodeScheduling { .. } => "set_node_scheduling",
             Command::TransitionGpuHealth { .. } => "transition_gpu_health",
             Command::CollectJobs { .. } => "collect_jobs",
+            Command::PutObjectVersion { .. } => "put_object_version",
+            Command::MoveObjectTag { .. } => "move_object_tag",
+            Command::DeleteObject { .. } => "delete_object",
+            Command::SetNodeMaintenance { .. } => "set_node_maintenance",
             #[cfg(feature = "next-level")]
             Command::LevelProbe { .. } => "level_probe",
         }
@@ -249,8 +283,12 @@ impl Command {
             | Command::SetNodeScheduling { .. }
             | Command::TransitionGpuHealth { .. }
             | Command::CollectJobs { .. } => 3,
+            Command::PutObjectVersion { .. }
+            | Command::MoveObjectTag { .. }
+            | Command::DeleteObject { .. }
+            | Command::SetNodeMaintenance { .. } => 4,
             #[cfg(feature = "next-level")]
-            Command::LevelProbe { .. } => 4,
+            Command::LevelProbe { .. } => 5,
         }
     }
 
@@ -342,6 +380,16 @@ impl Command {
                     node, gpu, reason, ..
                 } => node.len() + gpu.len() + reason.len(),
                 Command::CollectJobs { .. } => 16,
+                Command::PutObjectVersion { put } => {
+                    put.name.len()
+                        + put.manifest.chunks.len() * 36
+                        + 48
+                        + labels_size(&put.labels)
+                        + put.tags.iter().map(|t| t.len() + 2).sum::<usize>()
+                }
+                Command::MoveObjectTag { name, tag, .. } => name.len() + tag.len() + 24,
+                Command::DeleteObject { name, .. } => name.len() + 16,
+                Command::SetNodeMaintenance { node, reason, .. } => node.len() + reason.len(),
                 #[cfg(feature = "next-level")]
                 Command::LevelProbe { note } => note.len(),
             }
@@ -509,6 +557,46 @@ pub enum CommandResult {
         node: String,
         health: NodeHealth,
         allocations: u32,
+    },
+
+    // ---- level 4 ----
+    /// `version` is the version the put names: new (`created`) or the unchanged newest;
+    /// `pruned`: versions the retention rule deleted.
+    ObjectVersionPut {
+        version: u64,
+        created: bool,
+        changed: bool,
+        pruned: Vec<u64>,
+        revision: u64,
+    },
+    /// An invalid request, a limit, or a version that is not there; nothing changed.
+    ObjectRefused {
+        reason: String,
+    },
+    UnknownObject {
+        name: String,
+    },
+    /// A tag's compare-and-set failed (0: the tag does not exist); nothing changed.
+    TagConflict {
+        name: String,
+        tag: String,
+        expected: u64,
+        actual: u64,
+    },
+    TagMoved {
+        /// The version it named before.
+        from: Option<u64>,
+        changed: bool,
+        pruned: Vec<u64>,
+        revision: u64,
+    },
+    ObjectDeleted {
+        versions: Vec<u64>,
+        revision: u64,
+    },
+    NodeMaintenanceSet {
+        changed: bool,
+        revision: u64,
     },
     #[cfg(feature = "next-level")]
     LevelProbeApplied {

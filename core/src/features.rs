@@ -18,14 +18,15 @@
 //! Level 3: jobs and allocations (submission, placement with the capacity re-check, stops,
 //! agents' reports fenced by generation, cancel, pending reasons, garbage collection), node
 //! cordon and drain, GPU health transitions.
+//! Level 4: objects and their versions, tags and retention; node maintenance (storage).
 
 /// The level of format 1's commands; a new or migrated cluster starts here.
 pub const BASE_LEVEL: u32 = 1;
 
 /// The highest level this build knows.
 #[cfg(not(feature = "next-level"))]
-pub const SUPPORTED_LEVEL: u32 = 3;
+pub const SUPPORTED_LEVEL: u32 = 4;
 /// The highest level this build knows (a test-only build that adds one command kind, to
 /// test rolling upgrades).
 #[cfg(feature = "next-level")]
-pub const SUPPORTED_LEVEL: u32 = 4;
+pub const SUPPORTED_LEVEL: u32 = 5;

@@ -19,6 +19,7 @@ pub mod jobs;
 pub mod kv;
 pub mod liveness;
 pub mod node;
+pub mod objects;
 pub mod scheduler;
 pub mod sim;
 pub mod state;

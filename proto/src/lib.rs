@@ -1,8 +1,9 @@
 //! steward-proto: the gRPC schema of Steward (package `steward.v1`) and the conversions
 //! between its messages and steward-core's types (`conv/`).
 //!
-//! Three services, each with its own audience: `RaftService` (controller to controller),
-//! `Admin` (operators and scripts) and `AgentControl` (agents). Evolve by adding fields and
+//! Four services, each with its own audience: `RaftService` (controller to controller),
+//! `Admin` (operators and scripts), `AgentControl` (agents), and on each agent `AgentApi`
+//! and `ChunkService` (chunk bytes: clients and peer agents). Evolve by adding fields and
 //! RPCs, never by changing one in place.
 //!
 //! Must not depend on: tokio runtime details, rocksdb, nvml.
@@ -21,6 +22,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 /// Largest admin/agent API message accepted or sent, in bytes.
 pub const MAX_API_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes of chunk data per `ChunkService` message (puts and gets stream a chunk in pieces).
+pub const CHUNK_DATA_PER_MESSAGE: usize = 1024 * 1024;
+/// Largest `ChunkService` message accepted or sent: one piece of chunk data and its fields.
+pub const MAX_CHUNK_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
 /// Largest Raft message accepted or sent, in bytes (AppendEntries batches and snapshot chunks
 /// are sized well below this; a restored snapshot travels as one log entry).
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

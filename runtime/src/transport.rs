@@ -20,9 +20,11 @@ use steward_proto::v1::agent_api_client::AgentApiClient;
 use steward_proto::v1::agent_api_server::{AgentApi, AgentApiServer};
 use steward_proto::v1::agent_control_client::AgentControlClient;
 use steward_proto::v1::agent_control_server::{AgentControl, AgentControlServer};
+use steward_proto::v1::chunk_service_client::ChunkServiceClient;
+use steward_proto::v1::chunk_service_server::{ChunkService, ChunkServiceServer};
 use steward_proto::v1::raft_service_client::RaftServiceClient;
 use steward_proto::v1::raft_service_server::{RaftService, RaftServiceServer};
-use steward_proto::{MAX_API_MESSAGE_BYTES, MAX_RAFT_MESSAGE_BYTES};
+use steward_proto::{MAX_API_MESSAGE_BYTES, MAX_CHUNK_MESSAGE_BYTES, MAX_RAFT_MESSAGE_BYTES};
 use tokio::net::TcpListener;
 use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::{Channel, Endpoint, Server};
@@ -168,6 +170,12 @@ pub fn agent_api_client(ch: Channel) -> AgentApiClient<Channel> {
         .max_encoding_message_size(MAX_API_MESSAGE_BYTES)
 }
 
+pub fn chunk_client(ch: Channel) -> ChunkServiceClient<Channel> {
+    ChunkServiceClient::new(ch)
+        .max_decoding_message_size(MAX_CHUNK_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_CHUNK_MESSAGE_BYTES)
+}
+
 pub fn raft_client(ch: Channel) -> RaftServiceClient<Channel> {
     RaftServiceClient::new(ch)
         .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
@@ -190,6 +198,12 @@ pub fn agent_api_server<S: AgentApi>(service: S) -> AgentApiServer<S> {
     AgentApiServer::new(service)
         .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_API_MESSAGE_BYTES)
+}
+
+pub fn chunk_server<S: ChunkService>(service: S) -> ChunkServiceServer<S> {
+    ChunkServiceServer::new(service)
+        .max_decoding_message_size(MAX_CHUNK_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_CHUNK_MESSAGE_BYTES)
 }
 
 pub fn raft_server<S: RaftService>(service: S) -> RaftServiceServer<S> {

@@ -16,6 +16,7 @@ mod jobs_control;
 mod jobs_fencing;
 mod jobs_isolation;
 mod metrics_promtool;
+mod objects;
 mod raft_chaos;
 mod raft_failover;
 mod raft_membership;

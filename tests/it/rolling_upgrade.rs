@@ -1,5 +1,5 @@
 //! A rolling upgrade, one controller at a time, to a build that knows one more command kind
-//! (the test-only `steward-next`, feature level 4): the new kind is not proposed while any
+//! (the test-only `steward-next`, feature level 5): the new kind is not proposed while any
 //! member runs the current build, nothing stalls at any step, and once every member runs
 //! the new build the cluster's level rises and the new kind is applied everywhere.
 
@@ -88,8 +88,8 @@ async fn one_controller_at_a_time_to_a_build_with_a_new_command_kind() -> anyhow
     cluster.wait_leader(Duration::from_secs(20)).await?;
     let mut n = 0;
     still_moving(&cluster, "start", &mut n).await?;
-    wait_for("cluster level 3", Duration::from_secs(20), || async {
-        (cluster_level(&cluster).await.ok()? == 3).then_some(())
+    wait_for("cluster level 4", Duration::from_secs(20), || async {
+        (cluster_level(&cluster).await.ok()? == 4).then_some(())
     })
     .await?;
 
@@ -115,7 +115,7 @@ async fn one_controller_at_a_time_to_a_build_with_a_new_command_kind() -> anyhow
     wait_for("the probe to wait", Duration::from_secs(10), || async {
         cluster
             .log_text(4)
-            .contains("level probe waits for cluster level 4")
+            .contains("level probe waits for cluster level 5")
             .then_some(())
     })
     .await?;
@@ -124,7 +124,7 @@ async fn one_controller_at_a_time_to_a_build_with_a_new_command_kind() -> anyhow
     for id in 1..=3u64 {
         assert_eq!(
             cluster_level(&cluster).await?,
-            3,
+            4,
             "the level rose while controller {id} still runs the current build"
         );
         for member in 1..=4 {
@@ -145,8 +145,8 @@ async fn one_controller_at_a_time_to_a_build_with_a_new_command_kind() -> anyhow
     }
 
     // Every member runs the new build: the level rises and the new kind applies everywhere.
-    wait_for("cluster level 4", Duration::from_secs(20), || async {
-        (cluster_level(&cluster).await.ok()? == 4).then_some(())
+    wait_for("cluster level 5", Duration::from_secs(20), || async {
+        (cluster_level(&cluster).await.ok()? == 5).then_some(())
     })
     .await?;
     wait_for(

@@ -63,6 +63,8 @@ impl ChunkError {
 pub struct OpenReport {
     /// Leftover temporary files of interrupted writes, removed.
     pub temp_removed: usize,
+    /// Chunks found in the store.
+    pub chunks: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +103,46 @@ pub struct ChunkStore {
     root: PathBuf,
     free_floor_bytes: u64,
     temp_seq: AtomicU64,
+    /// Chunks and bytes stored (counted at open, kept up to date by every change here).
+    chunks: AtomicU64,
+    bytes: AtomicU64,
+    /// Changes not yet reported to the leader.
+    changes: std::sync::Mutex<Changes>,
+}
+
+/// Most changes remembered between two reports; past it the next report is a full list.
+pub const MAX_PENDING_CHANGES: usize = 100_000;
+
+/// What changed in the store since the last report.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub added: Vec<ChunkId>,
+    pub removed: Vec<ChunkId>,
+    /// Found rotten and quarantined (also in `removed`).
+    pub corrupt: Vec<ChunkId>,
+    /// More than [`MAX_PENDING_CHANGES`] happened: only a full list says what is here.
+    pub overflowed: bool,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && !self.overflowed
+    }
+
+    fn push(list: &mut Vec<ChunkId>, id: ChunkId, overflowed: &mut bool) {
+        if list.len() >= MAX_PENDING_CHANGES {
+            *overflowed = true;
+        } else {
+            list.push(id);
+        }
+    }
+}
+
+/// What the store holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub chunks: u64,
+    pub bytes: u64,
 }
 
 impl ChunkStore {
@@ -142,18 +184,69 @@ impl ChunkStore {
         if report.temp_removed > 0 {
             sync_dir(&tmp)?;
         }
-        Ok((
-            ChunkStore {
-                root,
-                free_floor_bytes,
-                temp_seq: AtomicU64::new(0),
-            },
-            report,
-        ))
+        let store = ChunkStore {
+            root,
+            free_floor_bytes,
+            temp_seq: AtomicU64::new(0),
+            chunks: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            changes: Default::default(),
+        };
+        for id in store.list()? {
+            let path = store.path_of(&id);
+            let len = fs::metadata(&path)
+                .map_err(ChunkError::io("reading metadata of", &path))?
+                .len();
+            store.chunks.fetch_add(1, Ordering::Relaxed);
+            store.bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        report.chunks = store.stats().chunks;
+        Ok((store, report))
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Below this many free bytes, new chunks are refused.
+    pub fn free_floor_bytes(&self) -> u64 {
+        self.free_floor_bytes
+    }
+
+    /// Chunks and bytes held.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            chunks: self.chunks.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The changes since the last call (for the leader's replica tracking).
+    pub fn take_changes(&self) -> Changes {
+        std::mem::take(&mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn note(&self, id: ChunkId, change: fn(&mut Changes) -> &mut Vec<ChunkId>) {
+        let mut c = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut overflowed = c.overflowed;
+        Changes::push(change(&mut c), id, &mut overflowed);
+        c.overflowed = overflowed;
+    }
+
+    fn count(&self, added: bool, len: u64) {
+        if added {
+            self.chunks.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fetch_add(len, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .chunks
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_sub(1));
+            let _ = self
+                .bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    Some(b.saturating_sub(len))
+                });
+        }
     }
 
     /// Where chunk `id` lives: `data/ab/cd/<id>`.
@@ -242,7 +335,12 @@ impl ChunkStore {
         if stop(PutStep::TempSynced) {
             return Ok(PutOutcome::Stored);
         }
+        let replaced = path.exists();
         fs::rename(&tmp, &path).map_err(ChunkError::io("renaming into place", &path))?;
+        if !replaced {
+            self.count(true, bytes.len() as u64);
+            self.note(*id, |c| &mut c.added);
+        }
         if stop(PutStep::Renamed) {
             return Ok(PutOutcome::Stored);
         }
@@ -287,8 +385,11 @@ impl ChunkStore {
     /// Removes chunk `id`; false when it was not here.
     pub fn remove(&self, id: &ChunkId) -> Result<bool, ChunkError> {
         let path = self.path_of(id);
+        let len = fs::metadata(&path).map_or(0, |m| m.len());
         match fs::remove_file(&path) {
             Ok(()) => {
+                self.count(false, len);
+                self.note(*id, |c| &mut c.removed);
                 sync_dir(path.parent().expect("a chunk path has a parent"))?;
                 Ok(true)
             }
@@ -328,7 +429,17 @@ impl ChunkStore {
     fn quarantine(&self, id: &ChunkId) -> Result<(), ChunkError> {
         let from = self.path_of(id);
         let to = self.root.join("quarantine").join(id.to_string());
-        fs::rename(&from, &to).map_err(ChunkError::io("quarantining", &from))?;
+        let len = fs::metadata(&from).map_or(0, |m| m.len());
+        match fs::rename(&from, &to) {
+            Ok(()) => {
+                self.count(false, len);
+                self.note(*id, |c| &mut c.removed);
+                self.note(*id, |c| &mut c.corrupt);
+            }
+            // A concurrent read of the same chunk quarantined it first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(ChunkError::io("quarantining", &from)(e)),
+        }
         sync_dir(from.parent().expect("a chunk path has a parent"))?;
         tracing::warn!(chunk = %id, "a chunk's bytes no longer match its id: quarantined");
         Ok(())
@@ -361,6 +472,10 @@ fn sync_dir(dir: &Path) -> Result<(), ChunkError> {
         .and_then(|d| d.sync_all())
         .map_err(ChunkError::io("syncing directory", dir))
 }
+
+pub mod report;
+pub mod scrub;
+pub mod service;
 
 #[cfg(test)]
 mod tests;

@@ -272,8 +272,11 @@ impl TelemetrySnapshot {
                     description: e.kind.describe(),
                 })
                 .collect(),
-            // Set by the daemon, which runs the allocations.
+            // Set by the daemon, which runs the allocations and holds the chunk store.
             isolation: String::new(),
+            chunk_space_low: None,
+            chunks: None,
+            chunk_bytes: None,
         }
     }
 }

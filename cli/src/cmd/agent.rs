@@ -68,6 +68,16 @@ pub struct AgentArgs {
     /// [default: auto, the best the host offers].
     #[arg(long, env = "STEWARD_ISOLATION")]
     pub isolation: Option<steward_agent::jobs::IsolationMode>,
+    /// Free space the chunk store's disk keeps; below it new chunks are refused, e.g.
+    /// "50GiB" [default: 1GiB].
+    #[arg(long, env = "STEWARD_CHUNK_FREE_FLOOR")]
+    pub chunk_free_floor: Option<bytesize::ByteSize>,
+    /// Time between two scrub passes over every chunk [default: 7d].
+    #[arg(long, env = "STEWARD_SCRUB_INTERVAL", value_parser = humantime::parse_duration)]
+    pub scrub_interval: Option<Duration>,
+    /// Read rate of a scrub pass per second, e.g. "100MiB" [default: 50MiB].
+    #[arg(long, env = "STEWARD_SCRUB_RATE")]
+    pub scrub_rate: Option<bytesize::ByteSize>,
 }
 
 /// `steward agent-shim`: started by the agent for each allocation.
@@ -136,6 +146,9 @@ impl AgentArgs {
         file.source_ip = self.source_ip.or(file.source_ip);
         file.controller_down_after = self.controller_down_after.or(file.controller_down_after);
         file.isolation = self.isolation.or(file.isolation);
+        file.chunk_free_floor = self.chunk_free_floor.or(file.chunk_free_floor);
+        file.scrub_interval = self.scrub_interval.or(file.scrub_interval);
+        file.scrub_rate = self.scrub_rate.or(file.scrub_rate);
         for l in self.labels.iter().filter(|l| !l.trim().is_empty()) {
             let (k, v) = l
                 .split_once('=')

@@ -85,6 +85,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             shim_exe: std::env::current_exe()?,
             source_ip: None,
             isolation: steward_agent::jobs::IsolationMode::Auto,
+            chunk_free_floor_bytes: steward_agent::config::DEFAULT_CHUNK_FREE_FLOOR_BYTES,
+            scrub: Default::default(),
         };
         let stop = agent_stop.clone();
         agents.push(tokio::spawn(async move {

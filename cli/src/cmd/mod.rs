@@ -3,9 +3,11 @@
 pub mod agent;
 pub mod controller;
 pub mod dev;
+pub mod fsck;
 pub mod job;
 pub mod kv;
 pub mod node;
+pub mod object;
 pub mod operator;
 pub mod sim;
 pub mod sim_churn;

@@ -31,6 +31,22 @@ pub enum NodeCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Planned maintenance on (or off): while the node is down its chunks are not copied
+    /// elsewhere (except those left with one live replica).
+    Maintenance {
+        id: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Start a scrub pass of the node's chunk store now (every chunk re-read and re-hashed).
+    Scrub {
+        id: String,
+        /// The agent's API address (default: from the node's registration).
+        #[arg(long)]
+        agent: Option<String>,
+    },
     /// Keep new work off a node (what runs there stays).
     Cordon { id: String },
     /// Allow new work on a node again (ends a drain too).
@@ -368,6 +384,73 @@ async fn agent_client(
     id: &str,
     agent: Option<String>,
 ) -> anyhow::Result<AgentApiClient<tonic::transport::Channel>> {
+    Ok(transport::agent_api_client(
+        agent_channel(addrs, id, agent).await?,
+    ))
+}
+
+/// The chunk store's status from the node's agent (None: unreachable).
+async fn chunk_store_status(addr: &str) -> Option<steward_proto::v1::ChunkStoreStatusReply> {
+    let options = ClientOptions::new(CONNECT_TIMEOUT).call_timeout(CALL_TIMEOUT);
+    let ch = transport::connect(addr, &options).await.ok()?;
+    transport::chunk_client(ch)
+        .chunk_store_status(steward_proto::v1::ChunkStoreStatusRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+fn chunk_store_json(s: &steward_proto::v1::ChunkStoreStatusReply) -> serde_json::Value {
+    json!({
+        "chunks": s.chunks, "stored_bytes": s.stored_bytes, "free_bytes": s.free_bytes,
+        "free_floor_bytes": s.free_floor_bytes, "space_low": s.space_low,
+        "quarantined": s.quarantined,
+        "scrub": s.scrub.as_ref().map(|x| json!({
+            "running": x.running, "passes": x.passes, "checked": x.checked,
+            "corrupt_found": x.corrupt_found, "last_pass_ended_unix_ms": x.last_pass_ended_unix_ms,
+            "bytes_per_sec_limit": x.bytes_per_sec_limit,
+        })),
+    })
+}
+
+fn print_chunk_store(s: Option<&steward_proto::v1::ChunkStoreStatusReply>) {
+    let Some(s) = s else {
+        println!("\nChunk store: the agent did not answer");
+        return;
+    };
+    println!(
+        "\nChunk store: {} chunks, {} stored, {} free (floor {}{})",
+        s.chunks,
+        bytesize::ByteSize(s.stored_bytes),
+        bytesize::ByteSize(s.free_bytes),
+        bytesize::ByteSize(s.free_floor_bytes),
+        if s.space_low {
+            ", BELOW: no new chunks"
+        } else {
+            ""
+        }
+    );
+    if !s.quarantined.is_empty() {
+        println!("  quarantined (rotten): {}", s.quarantined.join(", "));
+    }
+    if let Some(x) = &s.scrub {
+        println!(
+            "  scrub: {}, {} passes, {} checked this pass, {} rotten found, limit {}/s",
+            if x.running { "running" } else { "idle" },
+            x.passes,
+            x.checked,
+            x.corrupt_found,
+            bytesize::ByteSize(x.bytes_per_sec_limit)
+        );
+    }
+}
+
+/// A channel to the agent of a node: `--agent`, or the address the node registered.
+async fn agent_channel(
+    addrs: &str,
+    id: &str,
+    agent: Option<String>,
+) -> anyhow::Result<tonic::transport::Channel> {
     let addr = match agent {
         Some(a) => a,
         None => {
@@ -393,10 +476,9 @@ async fn agent_client(
         }
     };
     let options = ClientOptions::new(CONNECT_TIMEOUT).call_timeout(CALL_TIMEOUT);
-    let ch = transport::connect(&addr, &options)
+    transport::connect(&addr, &options)
         .await
-        .with_context(|| format!("cannot reach the agent of `{id}` at {addr}"))?;
-    Ok(transport::agent_api_client(ch))
+        .with_context(|| format!("cannot reach the agent of `{id}` at {addr}"))
 }
 
 pub async fn run(addrs: &str, output: Output, command: NodeCommand) -> anyhow::Result<ExitCode> {
@@ -421,6 +503,11 @@ pub async fn run(addrs: &str, output: Output, command: NodeCommand) -> anyhow::R
                 };
                 let inventory: serde_json::Value =
                     serde_json::from_slice(&n.inventory_json).unwrap_or(serde_json::Value::Null);
+                let store = if n.agent_api_addr.is_empty() {
+                    None
+                } else {
+                    chunk_store_status(&n.agent_api_addr).await
+                };
                 match output {
                     Output::Json => {
                         let mut doc = node_json(n);
@@ -429,9 +516,15 @@ pub async fn run(addrs: &str, output: Output, command: NodeCommand) -> anyhow::R
                             .telemetry
                             .as_ref()
                             .map_or(serde_json::Value::Null, telemetry_json);
+                        doc["chunk_store"] = store
+                            .as_ref()
+                            .map_or(serde_json::Value::Null, chunk_store_json);
                         print_json(&doc)?
                     }
-                    Output::Table => print_node(n, &inventory),
+                    Output::Table => {
+                        print_node(n, &inventory);
+                        print_chunk_store(store.as_ref());
+                    }
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -556,6 +649,46 @@ pub async fn run(addrs: &str, output: Output, command: NodeCommand) -> anyhow::R
         }
         NodeCommand::Cordon { id } => set_scheduling(addrs, output, &id, true, None).await?,
         NodeCommand::Uncordon { id } => set_scheduling(addrs, output, &id, false, None).await?,
+        NodeCommand::Maintenance { id, state, reason } => {
+            let req = steward_proto::v1::SetNodeMaintenanceRequest {
+                node_id: id.clone(),
+                on: state == "on",
+                reason,
+            };
+            let reply = with_retry(addrs, |mut c| {
+                let req = req.clone();
+                async move { c.set_node_maintenance(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+            match output {
+                Output::Json => print_json(
+                    &json!({"node": id, "maintenance": state == "on", "changed": reply.changed, "revision": reply.revision}),
+                )?,
+                Output::Table => println!(
+                    "{id}: maintenance {state}{}",
+                    if reply.changed { "" } else { " (already)" }
+                ),
+            }
+        }
+        NodeCommand::Scrub { id, agent } => {
+            let ch = agent_channel(addrs, &id, agent).await?;
+            let reply = transport::chunk_client(ch)
+                .start_scrub(steward_proto::v1::StartScrubRequest {})
+                .await
+                .map_err(crate::client::status_error)?
+                .into_inner();
+            match output {
+                Output::Json => print_json(&json!({"node": id, "started": reply.started}))?,
+                Output::Table => println!(
+                    "{id}: {}",
+                    if reply.started {
+                        "scrub pass started (`steward node show` follows it)"
+                    } else {
+                        "a scrub pass is already running"
+                    }
+                ),
+            }
+        }
         NodeCommand::Drain {
             id,
             deadline,

@@ -8,7 +8,7 @@ use steward_proto::v1::*;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::snapshot::ChunkStream;
-use super::{jobs, kv, membership, nodes, snapshot, status, ApiContext};
+use super::{jobs, kv, membership, nodes, objects, snapshot, status, storage, ApiContext};
 
 pub struct AdminService {
     ctx: Arc<ApiContext>,
@@ -149,6 +149,73 @@ impl Admin for AdminService {
         r: Request<NodeSchedulingRequest>,
     ) -> Result<Response<NodeSchedulingReply>, Status> {
         jobs::node_scheduling(&self.ctx, r).await
+    }
+
+    async fn plan_object_put(
+        &self,
+        r: Request<PlanObjectPutRequest>,
+    ) -> Result<Response<PlanObjectPutReply>, Status> {
+        objects::plan_put(&self.ctx, r).await
+    }
+
+    async fn commit_object_version(
+        &self,
+        r: Request<CommitObjectVersionRequest>,
+    ) -> Result<Response<CommitObjectVersionReply>, Status> {
+        objects::commit(&self.ctx, r).await
+    }
+
+    async fn get_object(
+        &self,
+        r: Request<GetObjectRequest>,
+    ) -> Result<Response<GetObjectReply>, Status> {
+        objects::get(&self.ctx, r).await
+    }
+
+    async fn list_objects(
+        &self,
+        r: Request<ListObjectsRequest>,
+    ) -> Result<Response<ListObjectsReply>, Status> {
+        objects::list(&self.ctx, r).await
+    }
+
+    async fn object_info(
+        &self,
+        r: Request<ObjectInfoRequest>,
+    ) -> Result<Response<ObjectInfoReply>, Status> {
+        objects::info(&self.ctx, r).await
+    }
+
+    async fn move_object_tag(
+        &self,
+        r: Request<MoveObjectTagRequest>,
+    ) -> Result<Response<MoveObjectTagReply>, Status> {
+        objects::move_tag(&self.ctx, r).await
+    }
+
+    async fn delete_object(
+        &self,
+        r: Request<DeleteObjectRequest>,
+    ) -> Result<Response<DeleteObjectReply>, Status> {
+        objects::delete(&self.ctx, r).await
+    }
+
+    async fn fsck(&self, r: Request<FsckRequest>) -> Result<Response<FsckReply>, Status> {
+        storage::fsck(&self.ctx, r).await
+    }
+
+    async fn locate_chunk(
+        &self,
+        r: Request<LocateChunkRequest>,
+    ) -> Result<Response<LocateChunkReply>, Status> {
+        storage::locate(&self.ctx, r).await
+    }
+
+    async fn set_node_maintenance(
+        &self,
+        r: Request<SetNodeMaintenanceRequest>,
+    ) -> Result<Response<SetNodeMaintenanceReply>, Status> {
+        storage::set_maintenance(&self.ctx, r).await
     }
 
     type SnapshotSaveStream = ChunkStream;

@@ -11,7 +11,7 @@ use steward_proto::v1::agent_control_server::AgentControl;
 use steward_proto::v1::{
     AllocationsUpdate, HeartbeatReply, HeartbeatRequest, LeaderHintReply, LeaderHintRequest,
     RegisterNodeReply, RegisterNodeRequest, ReportAllocationsReply, ReportAllocationsRequest,
-    WatchAllocationsRequest,
+    ReportChunksReply, ReportChunksRequest, WatchAllocationsRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -306,6 +306,7 @@ impl AgentControl for AgentControlService {
                 Ok(Response::new(HeartbeatReply {
                     register_again: true,
                     down_after_ms: self.ctx.liveness.down_after_ms(),
+                    chunk_report_needed: false,
                 }))
             }
             Some((digest, health)) => {
@@ -315,8 +316,51 @@ impl AgentControl for AgentControlService {
                 Ok(Response::new(HeartbeatReply {
                     register_again: digest != req.inventory_digest,
                     down_after_ms: self.ctx.liveness.down_after_ms(),
+                    chunk_report_needed: !self.ctx.replicas.has_full_report(&req.node_id),
                 }))
             }
         }
     }
+
+    /// What a node's chunk store holds (leader memory): a full list in parts, or changes.
+    async fn report_chunks(
+        &self,
+        request: Request<ReportChunksRequest>,
+    ) -> Result<Response<ReportChunksReply>, Status> {
+        let req = request.into_inner();
+        self.require_leader()?;
+        validate_registration(&req.node_id, 0)
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        for (what, list) in [("added", &req.added), ("removed", &req.removed)] {
+            if list.len() > MAX_CHUNK_IDS_PER_REPORT {
+                return Err(ApiError::InvalidArgument(format!(
+                    "{} {what} ids in one report, over the {MAX_CHUNK_IDS_PER_REPORT} limit",
+                    list.len()
+                ))
+                .into());
+            }
+        }
+        let ids = |list: &[Vec<u8>]| {
+            list.iter()
+                .map(|b| steward_proto::conv::chunk_id_from_pb(b))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Status::from(ApiError::InvalidArgument(e)))
+        };
+        let (added, removed, corrupt) = (ids(&req.added)?, ids(&req.removed)?, ids(&req.corrupt)?);
+        let tracker = &self.ctx.replicas;
+        if req.full {
+            tracker.full_report(&req.node_id, req.report_id, added, req.last);
+        } else {
+            tracker.record(&req.node_id, added);
+            tracker.remove(&req.node_id, removed);
+            if !corrupt.is_empty() {
+                tracing::warn!(node = %req.node_id, chunks = corrupt.len(), "an agent found rotten chunks; repair follows");
+                tracker.corrupt(&req.node_id, corrupt);
+            }
+        }
+        Ok(Response::new(ReportChunksReply {}))
+    }
 }
+
+/// Ids per list in one chunk report (the agents send at most 50,000).
+pub const MAX_CHUNK_IDS_PER_REPORT: usize = 100_000;

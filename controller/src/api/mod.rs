@@ -4,7 +4,8 @@
 //!
 //! - `admin.rs`: the `Admin` service, delegating to one file per area: `status.rs`,
 //!   `kv.rs`, `membership.rs`, `nodes.rs`, `snapshot.rs`, `jobs.rs` (jobs, allocations,
-//!   cordon and drain);
+//!   cordon and drain), `objects.rs` (objects, versions, tags; the write path's plan and
+//!   verified commit);
 //! - `agent.rs`: the `AgentControl` service (leader hints, registration, heartbeats, the
 //!   node's allocations as a stream, and agents' reports of them);
 //! - `forward.rs`: the one read path and the one write path, with forwarding to the leader;
@@ -24,8 +25,10 @@ mod jobs;
 mod kv;
 mod membership;
 mod nodes;
+mod objects;
 mod snapshot;
 mod status;
+mod storage;
 
 use std::sync::Arc;
 
@@ -43,6 +46,11 @@ pub struct ApiContext {
     pub cluster_name: String,
     /// Agents' heartbeats and telemetry (leader memory).
     pub liveness: Arc<LivenessTracker>,
+    /// Which agent holds which chunk (leader memory).
+    pub replicas: Arc<crate::control::replicas::ReplicaTracker>,
+    /// The storage repair loop (its progress, for `fsck`).
+    pub repair: crate::control::repair::RepairHandle,
+    pub repair_delay: std::time::Duration,
     pub workers: WorkerSet,
     /// The state digest `status` last computed, by applied log index.
     pub digest_cache: std::sync::Mutex<Option<(u64, String)>>,

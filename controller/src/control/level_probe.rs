@@ -1,5 +1,5 @@
 //! Only in the test build with one more command kind (`next-level`): once the cluster's
-//! feature level reaches 4, the leader proposes that kind (`Command::LevelProbe`) once. The
+//! feature level reaches 5, the leader proposes that kind (`Command::LevelProbe`) once. The
 //! rolling-upgrade test watches for it: it must not be proposed while any member runs a
 //! build that does not know it, and must be proposed once all do.
 
@@ -46,11 +46,11 @@ impl Worker for LevelProbeWorker {
         if done {
             return Ok(Next::Done);
         }
-        if level < 4 {
+        if level < 5 {
             if !self.waiting_logged {
                 tracing::info!(
                     cluster_level = level,
-                    "level probe waits for cluster level 4"
+                    "level probe waits for cluster level 5"
                 );
                 self.waiting_logged = true;
             }

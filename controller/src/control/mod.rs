@@ -11,13 +11,19 @@
 //! - `gpu_health`: agents' GPU judgements (heartbeat telemetry) -> committed GPU health
 //!   transitions, which withdraw a failed GPU and stop the work on it.
 //!
-//! Storage repair and remediation join here as further loops.
+//! - `repair`: referenced chunks' replicas (agents' reports) -> copies between agents
+//!   (repair, rebalancing) and trims of surplus replicas, throttled; `fsck` reads its survey.
+//!
+//! `replicas` is the leader's record of which agent holds which chunk (observations, like
+//! heartbeats). Storage repair and remediation join here as further loops.
 
 pub mod cluster_level;
 pub mod gpu_health;
 #[cfg(feature = "next-level")]
 pub mod level_probe;
 pub mod liveness;
+pub mod repair;
+pub mod replicas;
 pub mod scheduler;
 
 use std::sync::Arc;
@@ -28,13 +34,16 @@ use crate::raft::RaftHandle;
 use cluster_level::ClusterLevelWorker;
 use liveness::{LivenessTracker, LivenessWorker};
 
-/// Starts the leader's control loops on `workers`.
+/// Starts the leader's control loops on `workers`; returns the storage repair loop's
+/// handle (for `fsck`).
 pub fn start(
     workers: &WorkerSet,
     raft: &RaftHandle,
     liveness: &Arc<LivenessTracker>,
+    replicas: &Arc<replicas::ReplicaTracker>,
     jobs: &crate::config::JobsTuning,
-) {
+    storage: repair::RepairTuning,
+) -> repair::RepairHandle {
     workers.spawn(
         LivenessWorker::new(raft.clone(), liveness.clone()),
         Some(liveness.waker()),
@@ -48,6 +57,10 @@ pub fn start(
         gpu_health::GpuHealthWorker::new(raft.clone(), liveness.clone()),
         None,
     );
+    let (repair, handle) =
+        repair::RepairWorker::new(raft.clone(), liveness.clone(), replicas.clone(), storage);
+    workers.spawn(repair, None);
     #[cfg(feature = "next-level")]
     workers.spawn(level_probe::LevelProbeWorker::new(raft.clone()), None);
+    handle
 }

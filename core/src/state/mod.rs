@@ -6,13 +6,14 @@
 //! persistent (`imbl`): cloning the state is O(1), so snapshots, `status` and operator
 //! snapshot files encode a clone without holding up `apply`.
 //!
-//! Stored as a versioned record (`codec::Record`): format 3 is this layout (jobs,
-//! allocations and node scheduling added); formats 1 and 2 are frozen in `v1` and `v2` and
+//! Stored as a versioned record (`codec::Record`): format 4 is this layout (objects and
+//! node storage settings added); formats 1, 2 and 3 are frozen in `v1`, `v2` and `v3` and
 //! migrated on load.
 
 mod sessions;
 pub mod v1;
 pub mod v2;
+pub mod v3;
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,7 @@ use crate::inventory::Inventory;
 use crate::jobs::{Allocation, JobRecord, NodeScheduling, NodeUsage};
 use crate::kv::KvEntry;
 use crate::node::{NodeEvent, NodeHealth, NodeRecord, MAX_NODE_EVENTS};
+use crate::objects::{ChunkUse, NodeStorage, ObjectRecord};
 use crate::ControllerId;
 
 pub use sessions::{
@@ -158,6 +160,10 @@ pub struct ClusterState {
     pub allocs: OrdMap<String, Allocation>,
     /// Cordons, drains and GPU health by node id (absent: schedulable, all GPUs healthy).
     pub node_scheduling: OrdMap<String, NodeScheduling>,
+    /// Objects by name: versions (chunk manifests), tags, retention (`crate::objects`).
+    pub objects: OrdMap<String, ObjectRecord>,
+    /// Nodes' storage settings (maintenance) by node id (absent: none).
+    pub node_storage: OrdMap<String, NodeStorage>,
     /// Counted size (not stored: recomputed when a state is decoded).
     #[serde(skip)]
     pub(crate) counted_bytes: u64,
@@ -165,6 +171,10 @@ pub struct ClusterState {
     /// decoded).
     #[serde(skip)]
     pub(crate) usage: OrdMap<String, NodeUsage>,
+    /// Every chunk the objects' versions reference (not stored: rebuilt when a state is
+    /// decoded).
+    #[serde(skip)]
+    pub(crate) chunk_refs: OrdMap<crate::chunk::ChunkId, ChunkUse>,
 }
 
 impl Default for ClusterState {
@@ -182,21 +192,25 @@ impl Default for ClusterState {
             jobs: OrdMap::new(),
             allocs: OrdMap::new(),
             node_scheduling: OrdMap::new(),
+            objects: OrdMap::new(),
+            node_storage: OrdMap::new(),
             counted_bytes: 0,
             usage: OrdMap::new(),
+            chunk_refs: OrdMap::new(),
         }
     }
 }
 
 impl Record for ClusterState {
     const KIND: &'static str = "cluster state";
-    const VERSION: u8 = 3;
+    const VERSION: u8 = 4;
     const OLDEST: u8 = 1;
 
     fn migrate(version: u8, body: &[u8]) -> Result<Self, CodecError> {
         match version {
             1 => Ok(codec::decode_body::<v1::ClusterState>(Self::KIND, body)?.into_current()),
             2 => Ok(codec::decode_body::<v2::ClusterState>(Self::KIND, body)?.into_current()),
+            3 => Ok(codec::decode_body::<v3::ClusterState>(Self::KIND, body)?.into_current()),
             _ => Err(CodecError::Migration {
                 what: Self::KIND,
                 from: version,
@@ -226,6 +240,10 @@ fn result_changes(result: &CommandResult) -> bool {
         CommandResult::AllocationsStopped { stopped, .. } => *stopped > 0,
         CommandResult::AllocationsReported { applied, .. } => *applied > 0,
         CommandResult::JobsCollected { jobs, .. } => *jobs > 0,
+        CommandResult::ObjectVersionPut { changed, .. }
+        | CommandResult::TagMoved { changed, .. }
+        | CommandResult::NodeMaintenanceSet { changed, .. } => *changed,
+        CommandResult::ObjectDeleted { .. } => true,
         #[cfg(feature = "next-level")]
         CommandResult::LevelProbeApplied { .. } => true,
         CommandResult::Nothing
@@ -250,7 +268,10 @@ fn result_changes(result: &CommandResult) -> bool {
         | CommandResult::UnknownGpu { .. }
         | CommandResult::GpuHealthConflict { .. }
         | CommandResult::GpuHealthSet { changed: false, .. }
-        | CommandResult::NodeBusy { .. } => false,
+        | CommandResult::NodeBusy { .. }
+        | CommandResult::ObjectRefused { .. }
+        | CommandResult::UnknownObject { .. }
+        | CommandResult::TagConflict { .. } => false,
     }
 }
 
@@ -429,6 +450,7 @@ impl ClusterState {
                     self.counted_bytes = self.counted_bytes.saturating_sub(node_size(&node, &rec));
                     self.node_lost(revision, &node, true);
                     self.node_scheduling.remove(&node);
+                    self.node_storage.remove(&node);
                     self.push_event(NodeEvent {
                         revision,
                         at_unix_ms: self.clock_unix_ms,
@@ -492,6 +514,21 @@ impl ClusterState {
                     changed: true,
                     revision,
                 }
+            }
+            Command::PutObjectVersion { put } => self.put_object_version(revision, *put),
+            Command::MoveObjectTag {
+                name,
+                tag,
+                to,
+                expected,
+            } => self.move_object_tag(revision, name, tag, to, expected),
+            Command::DeleteObject {
+                name,
+                version,
+                force,
+            } => self.delete_object(revision, name, version, force),
+            Command::SetNodeMaintenance { node, on, reason } => {
+                self.set_node_maintenance(revision, node, on, reason)
             }
             #[cfg(feature = "next-level")]
             Command::LevelProbe { note } => {
@@ -799,8 +836,10 @@ impl ClusterState {
                 .allocs
                 .values()
                 .map(crate::jobs::alloc_size)
-                .sum::<u64>();
+                .sum::<u64>()
+            + self.objects_size();
         self.rebuild_usage();
+        self.rebuild_chunk_refs();
     }
 
     /// Entries whose key starts with `prefix`, strictly after `start_after`, at most `limit`.

@@ -137,6 +137,35 @@ async fn write_golden() {
             }],
         }
     };
+    let object_put = |name: &str, parts: &[&[u8]], tags: &[&str], keep: Option<u32>| {
+        let mut content = steward_core::chunk::ObjectHash::content_hasher();
+        for p in parts {
+            content.update(p);
+        }
+        Command::PutObjectVersion {
+            put: Box::new(steward_core::objects::apply::PutVersion {
+                name: name.into(),
+                manifest: steward_core::objects::Manifest {
+                    chunks: parts
+                        .iter()
+                        .map(|p| steward_core::objects::ChunkRef {
+                            id: steward_core::chunk::ChunkId::of(p),
+                            size: p.len() as u32,
+                        })
+                        .collect(),
+                    size: parts.iter().map(|p| p.len() as u64).sum(),
+                    content_hash: steward_core::chunk::ObjectHash::from_hash(content.finalize()),
+                },
+                rf: 3,
+                labels: [("step".to_string(), "1000".to_string())].into(),
+                tags: tags.iter().map(|t| t.to_string()).collect(),
+                retention: keep.map(|k| steward_core::objects::Retention {
+                    keep_last: Some(k),
+                    keep_tagged: true,
+                }),
+            }),
+        }
+    };
     let request = |seq: u64, command: Command| Command::Request {
         id: steward_core::command::RequestId {
             client: 0xC11E,
@@ -367,6 +396,62 @@ async fn write_golden() {
                 ],
             ),
         ),
+        // Format 4: objects (versions, tags, retention), node maintenance. The snapshot is
+        // taken after the second of these entries, so it holds objects. (An entry is
+        // checked against the level as a whole: the raise goes first, alone.)
+        (2, stamped(17, vec![Command::SetClusterLevel { level: 4 }])),
+        (
+            2,
+            stamped(
+                17,
+                vec![
+                    object_put("models/llama", &[b"aaaa", b"bbbb"], &["prod"], Some(2)),
+                    request(
+                        5,
+                        object_put("models/llama", &[b"aaaa", b"cccc"], &["candidate"], None),
+                    ),
+                    object_put("datasets/tiny", &[b"dddd"], &[], None),
+                    Command::MoveObjectTag {
+                        name: "models/llama".into(),
+                        tag: "prod".into(),
+                        to: Some(2),
+                        expected: Some(1),
+                    },
+                    // A failed compare-and-set: nothing changes.
+                    Command::MoveObjectTag {
+                        name: "models/llama".into(),
+                        tag: "prod".into(),
+                        to: Some(1),
+                        expected: Some(1),
+                    },
+                    Command::SetNodeMaintenance {
+                        node: "node-00000000000000a5".into(),
+                        on: true,
+                        reason: "kernel upgrade".into(),
+                    },
+                ],
+            ),
+        ),
+        (
+            2,
+            stamped(
+                18,
+                vec![
+                    // Keep 2: version 1 (no longer tagged) is pruned.
+                    object_put("models/llama", &[b"eeee", b"cccc"], &[], None),
+                    Command::DeleteObject {
+                        name: "datasets/tiny".into(),
+                        version: None,
+                        force: false,
+                    },
+                    Command::SetNodeMaintenance {
+                        node: "node-00000000000000a4".into(),
+                        on: true,
+                        reason: "disk swap".into(),
+                    },
+                ],
+            ),
+        ),
     ];
     let entries: Vec<Entry> = payloads
         .into_iter()
@@ -379,13 +464,13 @@ async fn write_golden() {
     let last = entries.last().expect("entries").log_id;
     log.append_now(entries.clone()).expect("append");
 
-    const SNAPSHOT_AT: usize = 14;
-    sm.apply(entries[..=SNAPSHOT_AT].to_vec())
+    let snapshot_at = entries.len() - 2;
+    sm.apply(entries[..=snapshot_at].to_vec())
         .await
         .expect("apply");
     let mut builder = sm.get_snapshot_builder().await;
     builder.build_snapshot().await.expect("snapshot");
-    sm.apply(entries[SNAPSHOT_AT + 1..].to_vec())
+    sm.apply(entries[snapshot_at + 1..].to_vec())
         .await
         .expect("apply");
     log.save_committed(Some(last)).await.expect("committed");
@@ -410,7 +495,7 @@ async fn write_golden() {
     let state = sm.view().read().state.clone();
     let summary = serde_json::json!({
         "applied_index": last.index,
-        "snapshot_index": SNAPSHOT_AT,
+        "snapshot_index": snapshot_at,
         "last_purged_index": 10,
         "revision": state.revision,
         "cluster_level": state.cluster_level,
@@ -448,6 +533,14 @@ async fn write_golden() {
             "cordoned": n.cordoned,
             "failed_gpus": n.gpu_health.keys().collect::<Vec<_>>(),
         }))).collect::<BTreeMap<_, _>>(),
+        "objects": state.objects.iter().map(|(name, o)| (name.clone(), serde_json::json!({
+            "versions": o.versions.keys().collect::<Vec<_>>(),
+            "tags": o.tags,
+            "tag_moves": o.tag_history.len(),
+            "bytes": o.versions.values().map(|v| v.manifest.size).collect::<Vec<_>>(),
+        }))).collect::<BTreeMap<_, _>>(),
+        "chunk_refs": state.chunk_refs().len(),
+        "maintenance": state.node_storage.keys().collect::<Vec<_>>(),
     });
     std::fs::write(
         out.join("expected.json"),

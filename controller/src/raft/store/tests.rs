@@ -146,6 +146,11 @@ mod previous_formats {
         snapshot_and_log_load("format-v3").await;
     }
 
+    #[tokio::test]
+    async fn format_v4_snapshot_and_log_load() {
+        snapshot_and_log_load("format-v4").await;
+    }
+
     /// The digest of `s` encoded in the layout of the golden files' format: the same
     /// format encodes the same state to the same bytes, so a migrated state that lost or
     /// changed anything has another digest.
@@ -167,6 +172,25 @@ mod previous_formats {
                 },
             )
             .expect("encode as format 2"),
+            "format-v3" => steward_core::codec::encode_as(
+                "cluster state",
+                3,
+                &steward_core::state::v3::ClusterState {
+                    revision: s.revision,
+                    kv: s.kv.clone(),
+                    controllers: s.controllers.clone(),
+                    nodes: s.nodes.clone(),
+                    node_events: s.node_events.clone(),
+                    cluster_level: s.cluster_level,
+                    clock_unix_ms: s.clock_unix_ms,
+                    sessions: s.sessions.clone(),
+                    pending_restore: s.pending_restore.clone(),
+                    jobs: s.jobs.clone(),
+                    allocs: s.allocs.clone(),
+                    node_scheduling: s.node_scheduling.clone(),
+                },
+            )
+            .expect("encode as format 3"),
             _ => s.encode().expect("encode"),
         };
         blake3::hash(&bytes).to_hex().to_string()
@@ -389,6 +413,38 @@ mod previous_formats {
                 );
             }
         }
+        // Written by format 4 and later: objects, the chunk reference index, maintenance.
+        if let Some(objects) = expected.get("objects").and_then(|v| v.as_object()) {
+            let got: BTreeMap<String, (Vec<u64>, BTreeMap<String, u64>)> = s
+                .objects
+                .iter()
+                .map(|(n, o)| {
+                    (
+                        n.clone(),
+                        (o.versions.keys().copied().collect(), o.tags.clone()),
+                    )
+                })
+                .collect();
+            let want: BTreeMap<String, (Vec<u64>, BTreeMap<String, u64>)> =
+                serde_json::from_value(serde_json::Value::Object(
+                    objects
+                        .iter()
+                        .map(|(n, o)| (n.clone(), serde_json::json!([o["versions"], o["tags"]])))
+                        .collect(),
+                ))
+                .expect("objects");
+            assert_eq!(got, want);
+            assert_eq!(
+                Some(s.chunk_refs().len() as u64),
+                expected["chunk_refs"].as_u64()
+            );
+            let maintenance: Vec<String> = s.node_storage.keys().cloned().collect();
+            assert_eq!(
+                serde_json::json!(maintenance),
+                expected["maintenance"],
+                "nodes in maintenance"
+            );
+        }
     }
 
     #[test]
@@ -404,6 +460,11 @@ mod previous_formats {
     #[test]
     fn format_v3_operator_snapshot_file_loads() {
         operator_snapshot_file_loads("format-v3");
+    }
+
+    #[test]
+    fn format_v4_operator_snapshot_file_loads() {
+        operator_snapshot_file_loads("format-v4");
     }
 
     fn operator_snapshot_file_loads(format: &str) {

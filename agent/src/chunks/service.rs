@@ -1,0 +1,447 @@
+//! `steward.v1.ChunkService` on the agent's API listener: streaming puts and gets of the
+//! store's chunks, batched presence checks, and copies pulled from peer agents.
+//!
+//! Every filesystem step and every hash runs on the blocking pool. Limits (all explicit):
+//! a chunk is at most [`MAX_CHUNK_BYTES`]; a message carries at most
+//! [`CHUNK_DATA_PER_MESSAGE`] bytes; puts buffer at most [`PUT_BUFFER_BYTES`] across all
+//! streams (a put waits up to [`PUT_BUFFER_WAIT`] for room, then gets RESOURCE_EXHAUSTED);
+//! [`MAX_HAS_IDS`] ids per presence check, [`MAX_COPY_IDS`] per copy, [`COPY_PARALLELISM`]
+//! copies at a time, each source given [`PEER_CALL_TIMEOUT`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use steward_core::chunk::ChunkId;
+use steward_proto::v1::chunk_service_server::ChunkService;
+use steward_proto::v1::{
+    ChunkStoreStatusReply, ChunkStoreStatusRequest, CopyChunkResult, CopyChunksReply,
+    CopyChunksRequest, CopyOutcome, GetChunkReply, GetChunkRequest, HasChunksReply,
+    HasChunksRequest, PutChunkReply, PutChunkRequest, RemoveChunksReply, RemoveChunksRequest,
+    ScrubStatusPb, StartScrubReply, StartScrubRequest,
+};
+use steward_runtime::transport::{self, ChannelPool, ClientOptions};
+use tokio::sync::Semaphore;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{ChunkError, ChunkStore, PutOutcome, MAX_CHUNK_BYTES};
+
+/// Bytes of chunk data per streamed message (both directions).
+pub const CHUNK_DATA_PER_MESSAGE: usize = steward_proto::CHUNK_DATA_PER_MESSAGE;
+/// Chunk bytes all puts in progress may hold in memory together.
+pub const PUT_BUFFER_BYTES: usize = 512 * 1024 * 1024;
+/// How long a put waits for buffer room before it is refused.
+pub const PUT_BUFFER_WAIT: Duration = Duration::from_secs(10);
+/// Ids per `HasChunks` call.
+pub const MAX_HAS_IDS: usize = 10_000;
+/// Ids per `CopyChunks` call.
+pub const MAX_COPY_IDS: usize = 1_024;
+/// Chunks one `CopyChunks` call pulls at a time.
+pub const COPY_PARALLELISM: usize = 4;
+/// Connect timeout and whole-call deadline of one pull from a peer.
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Sources per `CopyChunks` call.
+pub const MAX_COPY_SOURCES: usize = 16;
+
+/// Buffer permits are counted in KiB (a semaphore holds at most `u32::MAX` permits).
+const PERMIT_BYTES: usize = 1024;
+
+pub struct ChunkApi {
+    store: Arc<ChunkStore>,
+    put_buffers: Arc<Semaphore>,
+    peers: Arc<ChannelPool>,
+    scrubber: Option<Arc<super::scrub::Scrubber>>,
+}
+
+/// Ids per `RemoveChunks` call.
+pub const MAX_REMOVE_IDS: usize = 10_000;
+
+impl ChunkApi {
+    pub fn new(store: Arc<ChunkStore>) -> Self {
+        Self::with_scrubber(store, None)
+    }
+
+    pub fn with_scrubber(
+        store: Arc<ChunkStore>,
+        scrubber: Option<Arc<super::scrub::Scrubber>>,
+    ) -> Self {
+        ChunkApi {
+            scrubber,
+            store,
+            put_buffers: Arc::new(Semaphore::new(PUT_BUFFER_BYTES / PERMIT_BYTES)),
+            peers: Arc::new(ChannelPool::new(
+                ClientOptions::new(PEER_CONNECT_TIMEOUT).call_timeout(PEER_CALL_TIMEOUT),
+            )),
+        }
+    }
+}
+
+/// A chunk id from a request, checked before anything touches the filesystem.
+pub fn parse_id(text: &str) -> Result<ChunkId, Status> {
+    ChunkId::parse(text).map_err(|e| Status::invalid_argument(format!("chunk id: {e}")))
+}
+
+/// A request's list of chunk ids (at most `max`), each checked before the filesystem is
+/// touched.
+pub fn parse_ids(what: &str, ids: &[String], max: usize) -> Result<Vec<ChunkId>, Status> {
+    if ids.len() > max {
+        return Err(Status::invalid_argument(format!(
+            "{what} takes at most {max} ids, got {}",
+            ids.len()
+        )));
+    }
+    ids.iter().map(|t| parse_id(t)).collect()
+}
+
+/// The gRPC status of a store error.
+pub fn status_of(e: ChunkError) -> Status {
+    match e {
+        ChunkError::NotFound(_) => Status::not_found(e.to_string()),
+        ChunkError::Corrupt { .. } => Status::data_loss(e.to_string()),
+        ChunkError::Mismatch { .. } | ChunkError::TooLarge(_) => {
+            Status::invalid_argument(e.to_string())
+        }
+        ChunkError::SpaceLow { .. } => Status::resource_exhausted(e.to_string()),
+        ChunkError::Format { .. } | ChunkError::Io { .. } => Status::internal(e.to_string()),
+    }
+}
+
+/// Runs `f` with the store on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<ChunkStore>,
+    f: impl FnOnce(&ChunkStore) -> Result<T, ChunkError> + Send + 'static,
+) -> Result<T, Status> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| Status::internal(format!("chunk store task: {e}")))?
+        .map_err(status_of)
+}
+
+/// The range `[offset, offset + length)` of a chunk of `size` bytes (`length` 0: to the end).
+pub fn range_of(size: usize, offset: u64, length: u64) -> Result<std::ops::Range<usize>, Status> {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    if start > size {
+        return Err(Status::out_of_range(format!(
+            "offset {offset} is past the chunk's end ({size} bytes)"
+        )));
+    }
+    let end = if length == 0 {
+        size
+    } else {
+        start.saturating_add(usize::try_from(length).unwrap_or(usize::MAX))
+    };
+    if end > size {
+        return Err(Status::out_of_range(format!(
+            "range {offset}+{length} is past the chunk's end ({size} bytes)"
+        )));
+    }
+    Ok(start..end)
+}
+
+type GetStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<GetChunkReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ChunkService for ChunkApi {
+    type GetChunkStream = GetStream;
+
+    async fn put_chunk(
+        &self,
+        request: Request<Streaming<PutChunkRequest>>,
+    ) -> Result<Response<PutChunkReply>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("PutChunk: no message"))?;
+        let id = parse_id(&first.chunk_id)?;
+        let size = usize::try_from(first.size).unwrap_or(usize::MAX);
+        if size > MAX_CHUNK_BYTES {
+            return Err(status_of(ChunkError::TooLarge(size)));
+        }
+        // Refuse early, before a byte is buffered, when the disk is below its floor.
+        if let Some(low) = blocking(&self.store, |s| s.space_low()).await? {
+            return Err(status_of(low));
+        }
+        let permits = u32::try_from(size.div_ceil(PERMIT_BYTES).max(1)).unwrap_or(u32::MAX);
+        let _buffer = tokio::time::timeout(
+            PUT_BUFFER_WAIT,
+            self.put_buffers.clone().acquire_many_owned(permits),
+        )
+        .await
+        .map_err(|_| {
+            Status::resource_exhausted(format!(
+                "the agent's chunk write buffers ({} MiB) stayed full for {PUT_BUFFER_WAIT:?}; retry later",
+                PUT_BUFFER_BYTES >> 20
+            ))
+        })?
+        .map_err(|_| Status::unavailable("the agent is stopping"))?;
+        let mut bytes = Vec::with_capacity(size);
+        let mut next = Some(first);
+        while let Some(message) = next {
+            if message.data.len() > CHUNK_DATA_PER_MESSAGE {
+                return Err(Status::invalid_argument(format!(
+                    "a PutChunk message carries {} bytes, over the {CHUNK_DATA_PER_MESSAGE}-byte limit",
+                    message.data.len()
+                )));
+            }
+            if bytes.len() + message.data.len() > size {
+                return Err(Status::invalid_argument(format!(
+                    "chunk {id}: more bytes than the {size} announced"
+                )));
+            }
+            bytes.extend_from_slice(&message.data);
+            next = stream.message().await?;
+        }
+        if bytes.len() != size {
+            return Err(Status::invalid_argument(format!(
+                "chunk {id}: the stream ended after {} of the {size} bytes announced",
+                bytes.len()
+            )));
+        }
+        let outcome = blocking(&self.store, move |s| s.put(&id, &bytes)).await?;
+        Ok(Response::new(PutChunkReply {
+            already_present: outcome == PutOutcome::AlreadyPresent,
+        }))
+    }
+
+    async fn get_chunk(
+        &self,
+        request: Request<GetChunkRequest>,
+    ) -> Result<Response<GetStream>, Status> {
+        let req = request.into_inner();
+        let id = parse_id(&req.chunk_id)?;
+        // The whole chunk is read and re-hashed before any byte is sent: a range of a
+        // rotted chunk is refused like the whole of it.
+        let bytes = blocking(&self.store, move |s| s.get(&id)).await?;
+        let chunk_size = bytes.len() as u64;
+        let range = range_of(bytes.len(), req.offset, req.length)?;
+        let bytes = Arc::new(bytes);
+        let starts: Vec<usize> = range.clone().step_by(CHUNK_DATA_PER_MESSAGE).collect();
+        let end = range.end;
+        let replies = futures::stream::iter(starts).map(move |start| {
+            let stop = (start + CHUNK_DATA_PER_MESSAGE).min(end);
+            Ok(GetChunkReply {
+                data: bytes[start..stop].to_vec(),
+                offset: start as u64,
+                chunk_size,
+            })
+        });
+        Ok(Response::new(Box::pin(replies)))
+    }
+
+    async fn has_chunks(
+        &self,
+        request: Request<HasChunksRequest>,
+    ) -> Result<Response<HasChunksReply>, Status> {
+        let ids = parse_ids("HasChunks", &request.into_inner().chunk_ids, MAX_HAS_IDS)?;
+        let present = blocking(&self.store, move |s| {
+            Ok(ids.iter().map(|id| s.has(id)).collect())
+        })
+        .await?;
+        Ok(Response::new(HasChunksReply { present }))
+    }
+
+    async fn copy_chunks(
+        &self,
+        request: Request<CopyChunksRequest>,
+    ) -> Result<Response<CopyChunksReply>, Status> {
+        let req = request.into_inner();
+        let ids = parse_ids("CopyChunks", &req.chunk_ids, MAX_COPY_IDS)?;
+        if req.sources.is_empty() || req.sources.len() > MAX_COPY_SOURCES {
+            return Err(Status::invalid_argument(format!(
+                "CopyChunks needs 1 to {MAX_COPY_SOURCES} sources, got {}",
+                req.sources.len()
+            )));
+        }
+        let sources = Arc::new(req.sources);
+        let results = futures::stream::iter(ids)
+            .map(|id| {
+                let (store, peers, sources) =
+                    (self.store.clone(), self.peers.clone(), sources.clone());
+                async move { copy_one(&store, &peers, &sources, id).await }
+            })
+            .buffered(COPY_PARALLELISM)
+            .collect::<Vec<_>>()
+            .await;
+        Ok(Response::new(CopyChunksReply { results }))
+    }
+
+    async fn chunk_store_status(
+        &self,
+        _request: Request<ChunkStoreStatusRequest>,
+    ) -> Result<Response<ChunkStoreStatusReply>, Status> {
+        let (stats, free, low, quarantined) = blocking(&self.store, |s| {
+            Ok((s.stats(), s.free_bytes()?, s.space_low()?, s.quarantined()?))
+        })
+        .await?;
+        let scrub = self.scrubber.as_ref().map(|s| {
+            let (running, st) = s.status();
+            ScrubStatusPb {
+                running,
+                passes: st.passes,
+                checked: st.checked,
+                corrupt_found: st.corrupt_found,
+                last_pass_ended_unix_ms: st.last_pass_ended_unix_ms,
+                bytes_per_sec_limit: s.bytes_per_sec(),
+            }
+        });
+        Ok(Response::new(ChunkStoreStatusReply {
+            chunks: stats.chunks,
+            stored_bytes: stats.bytes,
+            free_bytes: free,
+            free_floor_bytes: self.store.free_floor_bytes(),
+            space_low: low.is_some(),
+            quarantined: quarantined.iter().map(ToString::to_string).collect(),
+            scrub,
+        }))
+    }
+
+    async fn remove_chunks(
+        &self,
+        request: Request<RemoveChunksRequest>,
+    ) -> Result<Response<RemoveChunksReply>, Status> {
+        let ids = parse_ids(
+            "RemoveChunks",
+            &request.into_inner().chunk_ids,
+            MAX_REMOVE_IDS,
+        )?;
+        let removed = blocking(&self.store, move |s| {
+            let mut n = 0u32;
+            for id in &ids {
+                n += u32::from(s.remove(id)?);
+            }
+            Ok(n)
+        })
+        .await?;
+        Ok(Response::new(RemoveChunksReply { removed }))
+    }
+
+    async fn start_scrub(
+        &self,
+        _request: Request<StartScrubRequest>,
+    ) -> Result<Response<StartScrubReply>, Status> {
+        let scrubber = self
+            .scrubber
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("this agent runs no scrubber"))?;
+        Ok(Response::new(StartScrubReply {
+            started: scrubber.request(),
+        }))
+    }
+}
+
+/// Pulls chunk `id` from the first source that serves bytes hashing to it, and keeps it.
+async fn copy_one(
+    store: &Arc<ChunkStore>,
+    peers: &Arc<ChannelPool>,
+    sources: &[String],
+    id: ChunkId,
+) -> CopyChunkResult {
+    let result = |outcome: CopyOutcome, detail: String, bytes: u64| CopyChunkResult {
+        chunk_id: id.to_string(),
+        outcome: outcome as i32,
+        detail,
+        bytes,
+    };
+    let present = blocking(store, move |s| Ok(s.has(&id) && s.verify(&id).is_ok())).await;
+    if matches!(present, Ok(true)) {
+        return result(CopyOutcome::AlreadyPresent, String::new(), 0);
+    }
+    let mut errors = Vec::new();
+    for source in sources {
+        let bytes = match fetch(peers, source, id).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                errors.push(format!("{source}: {e}"));
+                continue;
+            }
+        };
+        let len = bytes.len() as u64;
+        // `put` hashes the bytes (off the async workers) and refuses a mismatch.
+        let store = store.clone();
+        let stored = tokio::task::spawn_blocking(move || store.put(&id, &bytes)).await;
+        match stored {
+            Ok(Ok(_)) => return result(CopyOutcome::Copied, source.clone(), len),
+            Ok(Err(e @ ChunkError::Mismatch { .. })) => errors.push(format!("{source}: {e}")),
+            // Our own disk refused it: another source would not help.
+            Ok(Err(e)) => return result(CopyOutcome::Failed, format!("storing: {e}"), 0),
+            Err(e) => return result(CopyOutcome::Failed, format!("storing: {e}"), 0),
+        }
+    }
+    result(CopyOutcome::Failed, errors.join("; "), 0)
+}
+
+/// The whole of chunk `id` from the agent at `addr` (the caller verifies it: the store's
+/// `put` re-hashes).
+pub async fn fetch(peers: &ChannelPool, addr: &str, id: ChunkId) -> Result<Vec<u8>, String> {
+    let channel = peers.get(addr).map_err(|e| e.to_string())?;
+    let mut client = transport::chunk_client(channel);
+    let mut stream = client
+        .get_chunk(GetChunkRequest {
+            chunk_id: id.to_string(),
+            offset: 0,
+            length: 0,
+        })
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(reply) = stream
+        .message()
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+    {
+        if reply.chunk_size > MAX_CHUNK_BYTES as u64
+            || bytes.len() + reply.data.len() > reply.chunk_size as usize
+        {
+            return Err(format!(
+                "the peer sent more than the chunk's {} bytes",
+                reply.chunk_size
+            ));
+        }
+        bytes.extend_from_slice(&reply.data);
+    }
+    Ok(bytes)
+}
+
+/// Stores `bytes` as chunk `id` on the agent at `addr`, streamed in
+/// [`CHUNK_DATA_PER_MESSAGE`] pieces; true when the agent already had it. Clients and
+/// input staging use it.
+pub async fn push(
+    peers: &ChannelPool,
+    addr: &str,
+    id: ChunkId,
+    bytes: Arc<Vec<u8>>,
+) -> Result<bool, Status> {
+    let channel = peers
+        .get(addr)
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut client = transport::chunk_client(channel);
+    let len = bytes.len();
+    let starts: Vec<usize> = if len == 0 {
+        vec![0]
+    } else {
+        (0..len).step_by(CHUNK_DATA_PER_MESSAGE).collect()
+    };
+    let messages = futures::stream::iter(starts).map(move |start| {
+        let end = (start + CHUNK_DATA_PER_MESSAGE).min(len);
+        let first = start == 0;
+        PutChunkRequest {
+            chunk_id: if first { id.to_string() } else { String::new() },
+            size: if first { len as u64 } else { 0 },
+            data: bytes[start..end].to_vec(),
+        }
+    });
+    Ok(client
+        .put_chunk(messages)
+        .await?
+        .into_inner()
+        .already_present)
+}
+
+#[cfg(test)]
+#[path = "service_tests.rs"]
+mod tests;

@@ -1,0 +1,215 @@
+//! Where chunks are: the leader's in-memory record of which agent holds which chunk.
+//!
+//! The Raft state holds no record per replica: placement is computed from the chunk id and
+//! the layout (`steward_core::objects::placement`), and this tracker keeps what agents
+//! showed they hold: replicas verified when a version commits (the leader asks each agent
+//! with `HasChunks`), and what agents report (`AgentControl.ReportChunks`): a full list
+//! when the leader has none of theirs (a new leader, a new node; asked for in the heartbeat
+//! reply), then the changes. A new leader starts empty and learns again; until then reads
+//! fall back to the placement and `fsck` says its view is incomplete.
+//!
+//! Memory: node ids are interned (a `u16` per replica), so a million chunks at three
+//! replicas cost about 80 MB.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use steward_core::chunk::ChunkId;
+
+#[derive(Default)]
+struct Inner {
+    nodes: Vec<String>,
+    index: HashMap<String, u16>,
+    holders: HashMap<ChunkId, Vec<u16>>,
+    /// Nodes whose full list this leader holds.
+    complete: HashSet<u16>,
+    /// Full lists being received: node -> (report id, chunks so far).
+    staging: HashMap<u16, (u64, Vec<ChunkId>)>,
+    /// Chunks with a replica found rotten, and how many times.
+    corrupt: HashMap<ChunkId, u32>,
+}
+
+impl Inner {
+    fn intern(&mut self, node: &str) -> u16 {
+        if let Some(i) = self.index.get(node) {
+            return *i;
+        }
+        let i = u16::try_from(self.nodes.len()).unwrap_or(u16::MAX);
+        self.nodes.push(node.to_string());
+        self.index.insert(node.to_string(), i);
+        i
+    }
+}
+
+#[derive(Default)]
+pub struct ReplicaTracker {
+    inner: Mutex<Inner>,
+}
+
+impl ReplicaTracker {
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `node` holds `chunks`.
+    pub fn record(&self, node: &str, chunks: impl IntoIterator<Item = ChunkId>) {
+        let mut inner = self.inner();
+        let n = inner.intern(node);
+        for c in chunks {
+            let h = inner.holders.entry(c).or_default();
+            if !h.contains(&n) {
+                h.push(n);
+            }
+        }
+    }
+
+    /// `node` no longer holds `chunks`.
+    pub fn remove(&self, node: &str, chunks: impl IntoIterator<Item = ChunkId>) {
+        let mut inner = self.inner();
+        let Some(&n) = inner.index.get(node) else {
+            return;
+        };
+        for c in chunks {
+            if let Some(h) = inner.holders.get_mut(&c) {
+                h.retain(|x| *x != n);
+                if h.is_empty() {
+                    inner.holders.remove(&c);
+                }
+            }
+        }
+    }
+
+    /// A part of `node`'s full list; on the `last` part the node's record is replaced by
+    /// the whole list. A part of another report id starts over.
+    pub fn full_report(&self, node: &str, report_id: u64, chunks: Vec<ChunkId>, last: bool) {
+        let mut inner = self.inner();
+        let n = inner.intern(node);
+        let entry = inner.staging.entry(n).or_insert((report_id, Vec::new()));
+        if entry.0 != report_id {
+            *entry = (report_id, Vec::new());
+        }
+        entry.1.extend(chunks);
+        if !last {
+            return;
+        }
+        let (_, list) = inner.staging.remove(&n).unwrap_or_default();
+        let list: HashSet<ChunkId> = list.into_iter().collect();
+        inner.holders.retain(|c, h| {
+            if !list.contains(c) {
+                h.retain(|x| *x != n);
+            }
+            !h.is_empty()
+        });
+        for c in list {
+            let h = inner.holders.entry(c).or_default();
+            if !h.contains(&n) {
+                h.push(n);
+            }
+        }
+        inner.complete.insert(n);
+    }
+
+    /// Whether this leader holds `node`'s full list.
+    pub fn has_full_report(&self, node: &str) -> bool {
+        let inner = self.inner();
+        inner
+            .index
+            .get(node)
+            .is_some_and(|n| inner.complete.contains(n))
+    }
+
+    /// Forgets that `node`'s list is complete (its agent restarted, or it was removed):
+    /// the next heartbeat asks for a full list again.
+    pub fn needs_full_report(&self, node: &str) {
+        let mut inner = self.inner();
+        if let Some(n) = inner.index.get(node).copied() {
+            inner.complete.remove(&n);
+        }
+    }
+
+    /// `node` found its replica of each of `chunks` rotten (and quarantined it).
+    pub fn corrupt(&self, node: &str, chunks: impl IntoIterator<Item = ChunkId>) {
+        let chunks: Vec<ChunkId> = chunks.into_iter().collect();
+        {
+            let mut inner = self.inner();
+            for c in &chunks {
+                *inner.corrupt.entry(*c).or_default() += 1;
+            }
+        }
+        self.remove(node, chunks);
+    }
+
+    /// Chunks with a replica found rotten since this leader started.
+    pub fn corrupt_chunks(&self) -> HashMap<ChunkId, u32> {
+        self.inner().corrupt.clone()
+    }
+
+    /// Every chunk's holders, as node ids (a copy, for one repair pass or `fsck`).
+    pub fn snapshot(&self) -> (Vec<String>, HashMap<ChunkId, Vec<u16>>) {
+        let inner = self.inner();
+        (inner.nodes.clone(), inner.holders.clone())
+    }
+
+    /// The nodes known to hold `chunk`.
+    pub fn holders(&self, chunk: &ChunkId) -> Vec<String> {
+        let inner = self.inner();
+        inner
+            .holders
+            .get(chunk)
+            .map(|h| h.iter().map(|i| inner.nodes[*i as usize].clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Chunks with at least one known holder.
+    pub fn len(&self) -> usize {
+        self.inner().holders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holders_are_recorded_once_and_removed() {
+        let t = ReplicaTracker::default();
+        let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
+        t.record("n1", [a, b]);
+        t.record("n2", [a]);
+        t.record("n1", [a]);
+        assert_eq!(t.holders(&a), vec!["n1".to_string(), "n2".to_string()]);
+        t.remove("n1", [a, b]);
+        assert_eq!(t.holders(&a), vec!["n2".to_string()]);
+        assert!(t.holders(&b).is_empty());
+        assert_eq!(t.len(), 1);
+        t.remove("unknown", [a]);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_full_report_replaces_what_was_known_of_the_node() {
+        let t = ReplicaTracker::default();
+        let (a, b, c) = (ChunkId::of(b"a"), ChunkId::of(b"b"), ChunkId::of(b"c"));
+        t.record("n1", [a, b]);
+        t.record("n2", [a]);
+        assert!(!t.has_full_report("n1"));
+        t.full_report("n1", 7, vec![b], false);
+        // A part of another report starts over.
+        t.full_report("n1", 8, vec![c], false);
+        assert!(!t.has_full_report("n1"), "not before the last part");
+        t.full_report("n1", 8, vec![b], true);
+        assert!(t.has_full_report("n1"));
+        assert_eq!(t.holders(&a), vec!["n2".to_string()], "n1 no longer has a");
+        assert_eq!(t.holders(&b), vec!["n1".to_string()]);
+        assert_eq!(t.holders(&c), vec!["n1".to_string()]);
+        t.corrupt("n1", [b]);
+        assert!(t.holders(&b).is_empty());
+        assert_eq!(t.corrupt_chunks().get(&b), Some(&1));
+        t.needs_full_report("n1");
+        assert!(!t.has_full_report("n1"));
+    }
+}

@@ -1,0 +1,54 @@
+//! The cluster state as format 3 stored it, frozen: format-3 snapshots and operator snapshot
+//! files are decoded with this layout. [`ClusterState::into_current`] migrates it to the
+//! current one (format 4 added objects and node storage settings, both empty here).
+//!
+//! The field types are today's, which format 4 did not change. A later format that changes
+//! one of them must freeze that type's format-3 layout here first.
+
+use std::collections::BTreeMap;
+
+use imbl::{OrdMap, Vector};
+use serde::{Deserialize, Serialize};
+
+use super::{ClientSession, ControllerRecord, PendingRestore};
+use crate::jobs::{Allocation, JobRecord, NodeScheduling};
+use crate::kv::KvEntry;
+use crate::node::{NodeEvent, NodeRecord};
+use crate::ControllerId;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub revision: u64,
+    pub kv: OrdMap<String, KvEntry>,
+    pub controllers: BTreeMap<ControllerId, ControllerRecord>,
+    pub nodes: OrdMap<String, NodeRecord>,
+    pub node_events: Vector<NodeEvent>,
+    pub cluster_level: u32,
+    pub clock_unix_ms: u64,
+    pub sessions: OrdMap<u64, ClientSession>,
+    pub pending_restore: Option<PendingRestore>,
+    pub jobs: OrdMap<String, JobRecord>,
+    pub allocs: OrdMap<String, Allocation>,
+    pub node_scheduling: OrdMap<String, NodeScheduling>,
+}
+
+impl ClusterState {
+    /// The current layout: no objects or node storage settings yet.
+    pub fn into_current(self) -> super::ClusterState {
+        super::ClusterState {
+            revision: self.revision,
+            kv: self.kv,
+            controllers: self.controllers,
+            nodes: self.nodes,
+            node_events: self.node_events,
+            cluster_level: self.cluster_level,
+            clock_unix_ms: self.clock_unix_ms,
+            sessions: self.sessions,
+            pending_restore: self.pending_restore,
+            jobs: self.jobs,
+            allocs: self.allocs,
+            node_scheduling: self.node_scheduling,
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,667 @@
+//! Objects end to end with real processes: 3 controllers and 4 agents on temp-dir disks,
+//! driven through the `steward object` CLI like an operator would.
+//!
+//! - put and get bit-exact; a second version that changes a part re-sends only the changed
+//!   chunks; an unchanged put makes no version;
+//! - an agent below its free-space floor gets no chunks, and a direct PutChunk to it gets
+//!   RESOURCE_EXHAUSTED while what it holds stays readable;
+//! - tags move by compare-and-set, and readers of `NAME:prod` while it moves always get one
+//!   whole version, old or new;
+//! - the leader SIGKILLed during a put: the put commits whole or reports failure, no
+//!   version is half-visible, and a retry succeeds;
+//! - an agent SIGKILLed (`repair_delay` 0): `fsck` reports nothing under-replicated within
+//!   60 s and every object reads back; restarted, its stand-ins' surplus replicas are
+//!   trimmed;
+//! - with `repair_delay` 2 min, an agent restarted right after it went down causes no copy;
+//! - bit rot in 20 chunk files: a scrub finds 20/20, they are repaired to RF 3, and reads
+//!   meanwhile return the right bytes or an error, never wrong bytes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use steward_proto::v1::{ListNodesRequest, PutChunkRequest};
+use steward_tests::{spawn_agent, steward_bin, wait_for, AgentGuard, ProcCluster};
+use tonic::Code;
+
+use crate::common::leader_client;
+
+/// Agents keep a small floor: CI disks may be small.
+const FLOOR: &str = "64MiB";
+
+struct Storage {
+    cluster: ProcCluster,
+    /// Held: the agents stop when the test ends.
+    _agents: Vec<AgentGuard>,
+    /// The agent whose disk is "full" (a floor no disk meets), when one was asked for.
+    full: Option<usize>,
+}
+
+impl Storage {
+    async fn start(agents: usize, with_full: bool) -> anyhow::Result<Storage> {
+        Self::start_with(agents, with_full, "").await
+    }
+
+    async fn start_with(agents: usize, with_full: bool, toml: &str) -> anyhow::Result<Storage> {
+        let cluster = ProcCluster::start_with(3, toml)?;
+        cluster.wait_leader(Duration::from_secs(20)).await?;
+        let mut guards = Vec::new();
+        for i in 0..agents {
+            let dir = cluster.dir.path().join(format!("agent-{i}"));
+            let floor = if with_full && i == agents - 1 {
+                "1PiB"
+            } else {
+                FLOOR
+            };
+            let log = cluster.dir.path().join(format!("agent-{i}.log"));
+            let child = spawn_agent(&dir, &cluster.addrs(), &agent_flags(floor), Some(&log))?;
+            guards.push(AgentGuard::new(&dir, child));
+        }
+        let s = Storage {
+            cluster,
+            _agents: guards,
+            full: with_full.then_some(agents - 1),
+        };
+        // Every agent registered, ready, and its chunk store reported in a heartbeat.
+        wait_for("agents ready", Duration::from_secs(30), || async {
+            let mut c = leader_client(&s.cluster).await.ok()?;
+            let nodes = c
+                .list_nodes(ListNodesRequest {
+                    node_id: String::new(),
+                    with_inventory: true,
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .nodes;
+            (nodes.len() == agents
+                && nodes.iter().all(|n| {
+                    n.health == "ready" && n.telemetry.as_ref().is_some_and(|t| t.chunks.is_some())
+                }))
+            .then_some(())
+        })
+        .await?;
+        Ok(s)
+    }
+
+    /// SIGKILLs agent `i` (its data stays).
+    fn kill_agent(&mut self, i: usize) {
+        if let Some(mut c) = self._agents[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        let dir = self.agent_dir(i);
+        let log = self
+            .cluster
+            .dir
+            .path()
+            .join(format!("agent-{i}.restarted.log"));
+        let child = spawn_agent(&dir, &self.cluster.addrs(), &agent_flags(FLOOR), Some(&log))?;
+        self._agents[i].child = Some(child);
+        Ok(())
+    }
+
+    fn node_id(&self, i: usize) -> String {
+        std::fs::read_to_string(self.agent_dir(i).join("node-id"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// `steward fsck -o json` (it exits 1 while data is at risk).
+    fn fsck(&self) -> serde_json::Value {
+        let out = self.cli(&["-o", "json", "fsck"]);
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Waits until fsck sees every agent's report and nothing at risk or misplaced.
+    async fn wait_settled(
+        &self,
+        what: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        wait_for(what, timeout, || async {
+            let f = self.fsck();
+            (f["complete"] == true
+                && f["under_replicated"] == 0
+                && f["misplaced"] == 0
+                && f["repairs_in_flight"] == 0)
+                .then_some(f)
+        })
+        .await
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(steward_bin())
+            .args(args)
+            .env("STEWARD_ADDR", self.cluster.addrs())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run steward")
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["-o", "json"];
+        full.extend_from_slice(args);
+        let out = self.cli(&full);
+        assert!(
+            out.status.success(),
+            "steward {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    }
+
+    fn agent_dir(&self, i: usize) -> PathBuf {
+        self.cluster.dir.path().join(format!("agent-{i}"))
+    }
+
+    /// Chunk files in agent `i`'s store.
+    fn chunk_files(&self, i: usize) -> usize {
+        count_files(&self.agent_dir(i).join("chunks").join("data"))
+    }
+}
+
+fn agent_flags(floor: &str) -> Vec<&str> {
+    vec!["--chunk-free-floor", floor, "--heartbeat-interval", "200ms"]
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                count_files(&p)
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// Deterministic bytes that look random.
+fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_get_dedup_and_an_agent_below_its_floor() -> anyhow::Result<()> {
+    let s = Storage::start(4, true).await?;
+    let dir = s.cluster.dir.path();
+    let v1 = bytes(1, 24 << 20);
+    let mut v2 = v1.clone();
+    v2[12 << 20..(12 << 20) + 4096].fill(0xAB);
+    std::fs::write(dir.join("v1.bin"), &v1)?;
+    std::fs::write(dir.join("v2.bin"), &v2)?;
+
+    let put1 = s.cli_ok(&[
+        "object",
+        "put",
+        "models/m",
+        dir.join("v1.bin").to_str().unwrap(),
+        "--tag",
+        "prod",
+    ]);
+    let p1 = &put1["objects"][0];
+    assert_eq!(p1["version"], 1);
+    assert_eq!(p1["size"], v1.len() as u64);
+    assert_eq!(p1["sent_bytes"], 3 * v1.len() as u64, "three replicas sent");
+    let put2 = s.cli_ok(&[
+        "object",
+        "put",
+        "models/m",
+        dir.join("v2.bin").to_str().unwrap(),
+    ]);
+    let p2 = &put2["objects"][0];
+    assert_eq!(p2["version"], 2);
+    let dedup = p2["deduplicated_bytes"].as_u64().unwrap_or(0);
+    assert!(
+        dedup >= v2.len() as u64 / 2,
+        "a 4 KiB edit re-sends only its chunk: {p2}"
+    );
+    let again = s.cli_ok(&[
+        "object",
+        "put",
+        "models/m",
+        dir.join("v2.bin").to_str().unwrap(),
+    ]);
+    assert_eq!(again["objects"][0]["version"], 2);
+    assert_eq!(again["objects"][0]["created"], false);
+    assert_eq!(again["objects"][0]["sent_bytes"], 0);
+
+    for (reference, want) in [
+        ("models/m:prod", &v1),
+        ("models/m@2", &v2),
+        ("models/m", &v2),
+    ] {
+        let out = dir.join("out.bin");
+        s.cli_ok(&["object", "get", reference, out.to_str().unwrap()]);
+        assert!(
+            std::fs::read(&out)? == *want,
+            "{reference} reads back bit-exact"
+        );
+    }
+
+    // The full agent got nothing; the others hold every chunk between them, RF 3.
+    let full = s.full.expect("a full agent");
+    assert_eq!(s.chunk_files(full), 0, "no chunk placed below the floor");
+    let stored: usize = (0..4)
+        .filter(|i| *i != full)
+        .map(|i| s.chunk_files(i))
+        .sum();
+    let versions = s.cli_ok(&["object", "versions", "models/m"]);
+    let chunks_v1 = versions["versions"][0]["chunks"].as_u64().unwrap_or(0) as usize;
+    assert!(
+        stored >= 3 * chunks_v1,
+        "{stored} replicas for {chunks_v1} chunks"
+    );
+
+    // A direct put to the full agent: RESOURCE_EXHAUSTED, nothing written.
+    let addr = std::fs::read_to_string(s.agent_dir(full).join("node-id")).ok();
+    assert!(addr.is_some(), "the full agent has a node id");
+    let mut c = leader_client(&s.cluster).await?;
+    let node = c
+        .list_nodes(ListNodesRequest {
+            node_id: addr.unwrap_or_default().trim().to_string(),
+            with_inventory: false,
+        })
+        .await?
+        .into_inner()
+        .nodes
+        .remove(0);
+    let ch = steward_runtime::transport::connect(
+        &node.agent_api_addr,
+        &steward_runtime::transport::ClientOptions::new(Duration::from_secs(2)),
+    )
+    .await?;
+    let data = b"refused below the floor".to_vec();
+    let first = PutChunkRequest {
+        chunk_id: steward_core::chunk::ChunkId::of(&data).to_string(),
+        size: data.len() as u64,
+        data,
+    };
+    let e = steward_runtime::transport::chunk_client(ch)
+        .put_chunk(futures::stream::iter(vec![first]))
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert_eq!(s.chunk_files(full), 0);
+
+    // Tags: compare-and-set.
+    let out = s.cli(&["object", "tag", "models/m", "2", "prod", "--expect", "2"]);
+    assert!(!out.status.success(), "prod names 1, not 2");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("names version 1"));
+    s.cli_ok(&["object", "tag", "models/m", "2", "prod", "--expect", "1"]);
+    let history = s.cli_ok(&["object", "history", "models/m"]);
+    assert_eq!(history["history"].as_array().map(Vec::len), Some(2));
+    // Bad names never reach the cluster's state.
+    let out = s.cli(&[
+        "object",
+        "put",
+        "../escape",
+        dir.join("v1.bin").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_of_a_moving_tag_get_one_whole_version() -> anyhow::Result<()> {
+    let s = Storage::start(3, false).await?;
+    let dir = s.cluster.dir.path().to_path_buf();
+    let v1 = bytes(11, 6 << 20);
+    let v2 = bytes(12, 6 << 20);
+    std::fs::write(dir.join("v1.bin"), &v1)?;
+    std::fs::write(dir.join("v2.bin"), &v2)?;
+    s.cli_ok(&[
+        "object",
+        "put",
+        "m",
+        dir.join("v1.bin").to_str().unwrap(),
+        "--tag",
+        "prod",
+    ]);
+    s.cli_ok(&["object", "put", "m", dir.join("v2.bin").to_str().unwrap()]);
+    let addrs = s.cluster.addrs();
+    let mover = {
+        let addrs = addrs.clone();
+        std::thread::spawn(move || {
+            let mut moves = 0;
+            for i in 0..30 {
+                let (to, from) = if i % 2 == 0 { ("2", "1") } else { ("1", "2") };
+                let ok = Command::new(steward_bin())
+                    .args(["object", "tag", "m", to, "prod", "--expect", from])
+                    .env("STEWARD_ADDR", &addrs)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|st| st.success());
+                moves += usize::from(ok);
+            }
+            moves
+        })
+    };
+    let mut seen = [0usize; 2];
+    for i in 0..12 {
+        let out = dir.join(format!("read-{i}.bin"));
+        s.cli_ok(&["object", "get", "m:prod", out.to_str().unwrap()]);
+        let got = std::fs::read(&out)?;
+        if got == v1 {
+            seen[0] += 1;
+        } else if got == v2 {
+            seen[1] += 1;
+        } else {
+            panic!(
+                "read {i} of m:prod is neither version ({} bytes)",
+                got.len()
+            );
+        }
+    }
+    let moves = mover.join().expect("mover");
+    assert_eq!(moves, 30, "every compare-and-set move succeeded in turn");
+    eprintln!("m:prod read as v1 {} times, v2 {} times", seen[0], seen[1]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_through_a_leader_kill_commits_whole_or_fails_and_a_retry_succeeds(
+) -> anyhow::Result<()> {
+    let mut s = Storage::start(3, false).await?;
+    let dir = s.cluster.dir.path().to_path_buf();
+    let data = bytes(21, 48 << 20);
+    let file = dir.join("big.bin");
+    std::fs::write(&file, &data)?;
+    let (leader, _) = s.cluster.wait_leader(Duration::from_secs(10)).await?;
+    let before: usize = (0..3).map(|i| s.chunk_files(i)).sum();
+    let mut put = Command::new(steward_bin())
+        .args(["-o", "json", "object", "put", "big", file.to_str().unwrap()])
+        .env("STEWARD_ADDR", s.cluster.addrs())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Kill the leader once chunks are on their way (or the put already ended).
+    wait_for("the put to start sending", Duration::from_secs(30), || {
+        let sent: usize = (0..3).map(|i| s.chunk_files(i)).sum();
+        let done = put.try_wait().ok().flatten().is_some();
+        async move { (sent > before || done).then_some(()) }
+    })
+    .await?;
+    s.cluster.kill(leader);
+    let out = put.wait_with_output()?;
+    let committed = out.status.success();
+    eprintln!(
+        "put during the leader kill: {}",
+        if committed {
+            "committed".to_string()
+        } else {
+            format!("failed: {}", String::from_utf8_lossy(&out.stderr).trim())
+        }
+    );
+    s.cluster.wait_leader(Duration::from_secs(20)).await?;
+    let listed = s.cli_ok(&["object", "ls"]);
+    let objects = listed["objects"].as_array().cloned().unwrap_or_default();
+    if committed {
+        assert_eq!(objects.len(), 1);
+    }
+    // Whatever is visible is whole.
+    for o in &objects {
+        assert_eq!(o["name"], "big");
+        let got = dir.join("got.bin");
+        s.cli_ok(&["object", "get", "big", got.to_str().unwrap()]);
+        assert!(std::fs::read(&got)? == data, "a visible version is whole");
+    }
+    // A retry succeeds and reads back.
+    let retry = s.cli_ok(&["object", "put", "big", file.to_str().unwrap()]);
+    assert_eq!(retry["objects"][0]["version"], 1, "{retry}");
+    let got = dir.join("got2.bin");
+    s.cli_ok(&["object", "get", "big@1", got.to_str().unwrap()]);
+    assert!(std::fs::read(&got)? == data);
+    Ok(())
+}
+
+/// Waits until the leader marks `node` down.
+async fn wait_down(s: &Storage, node: &str) -> anyhow::Result<()> {
+    let c = leader_client(&s.cluster).await?;
+    wait_for("the agent to be down", Duration::from_secs(20), || {
+        let mut c = c.clone();
+        let node_id = node.to_string();
+        async move {
+            let n = c
+                .list_nodes(ListNodesRequest {
+                    node_id,
+                    with_inventory: false,
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .nodes;
+            (n.first()?.health == "down").then_some(())
+        }
+    })
+    .await
+}
+
+/// Puts `n` objects of `mib` MiB each; returns their contents by name.
+fn put_objects(s: &Storage, n: usize, mib: usize) -> Vec<(String, Vec<u8>)> {
+    let dir = s.cluster.dir.path();
+    (0..n)
+        .map(|i| {
+            let name = format!("data/o{i}");
+            let data = bytes(100 + i as u64, mib << 20);
+            let file = dir.join(format!("o{i}.bin"));
+            std::fs::write(&file, &data).expect("write");
+            s.cli_ok(&["object", "put", &name, file.to_str().expect("path")]);
+            (name, data)
+        })
+        .collect()
+}
+
+fn read_back(s: &Storage, objects: &[(String, Vec<u8>)]) {
+    let out = s.cluster.dir.path().join("read.bin");
+    for (name, data) in objects {
+        s.cli_ok(&["object", "get", name, out.to_str().expect("path")]);
+        assert!(
+            std::fs::read(&out).expect("read") == *data,
+            "{name} reads back bit-exact"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_agent_is_repaired_within_a_minute_and_its_return_trimmed() -> anyhow::Result<()> {
+    let mut s = Storage::start_with(5, false, "[storage]\nrepair_delay = \"0s\"\n").await?;
+    let objects = put_objects(&s, 4, 50);
+    let before = s
+        .wait_settled("the puts to settle", Duration::from_secs(60))
+        .await?;
+    let chunks = before["chunks"].as_u64().unwrap_or(0);
+    let victim = 0;
+    let victim_id = s.node_id(victim);
+    let held = s.chunk_files(victim);
+    assert!(held > 0, "agent {victim} holds chunks");
+    s.kill_agent(victim);
+    wait_down(&s, &victim_id).await?;
+    let down_at = std::time::Instant::now();
+    let after = wait_for(
+        "fsck: nothing under-replicated",
+        Duration::from_secs(60),
+        || async {
+            let f = s.fsck();
+            (f["under_replicated"] == 0 && f["repairs_in_flight"] == 0).then_some(f)
+        },
+    )
+    .await?;
+    eprintln!(
+        "{held} replicas on the lost agent; RF restored {:.1} s after it was marked down",
+        down_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(after["chunks"].as_u64(), Some(chunks));
+    read_back(&s, &objects);
+
+    // It returns with its chunks: they are its place again; the stand-ins are trimmed.
+    s.restart_agent(victim)?;
+    wait_for("the agent to be back", Duration::from_secs(30), || async {
+        let f = s.fsck();
+        f["nodes"]
+            .as_array()?
+            .iter()
+            .any(|n| n["node"] == victim_id.as_str() && n["health"] == "ready")
+            .then_some(())
+    })
+    .await?;
+    let settled = s
+        .wait_settled("the return to settle", Duration::from_secs(60))
+        .await?;
+    let replicas: u64 = settled["nodes"]
+        .as_array()
+        .map(|n| n.iter().map(|x| x["replicas"].as_u64().unwrap_or(0)).sum())
+        .unwrap_or(0);
+    assert_eq!(
+        replicas,
+        3 * chunks,
+        "no surplus replica is left: {settled}"
+    );
+    let on_disk: usize = (0..5).map(|i| s.chunk_files(i)).sum();
+    assert_eq!(on_disk as u64, 3 * chunks, "and none on disk");
+    assert_eq!(
+        s.chunk_files(victim),
+        held,
+        "the returning agent kept its chunks"
+    );
+    read_back(&s, &objects);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_back_within_the_repair_delay_causes_no_copy() -> anyhow::Result<()> {
+    let mut s = Storage::start_with(4, false, "[storage]\nrepair_delay = \"2m\"\n").await?;
+    put_objects(&s, 2, 12);
+    s.wait_settled("the puts to settle", Duration::from_secs(60))
+        .await?;
+    let files: Vec<usize> = (0..4).map(|i| s.chunk_files(i)).collect();
+    let victim_id = s.node_id(0);
+    s.kill_agent(0);
+    let killed_at = std::time::Instant::now();
+    wait_down(&s, &victim_id).await?;
+    // Down, within the delay: under-replicated, and nothing copied.
+    let f = s.fsck();
+    assert!(f["under_replicated"].as_u64().unwrap_or(0) > 0, "{f}");
+    s.restart_agent(0)?;
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(10),
+        "restarted within 10 s"
+    );
+    s.wait_settled("the agent's return", Duration::from_secs(30))
+        .await?;
+    let after: Vec<usize> = (0..4).map(|i| s.chunk_files(i)).collect();
+    assert_eq!(after, files, "no replica was copied or removed anywhere");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bit_rot_is_found_by_a_scrub_and_repaired_and_never_read() -> anyhow::Result<()> {
+    let s = Storage::start_with(4, false, "[storage]\nrepair_delay = \"0s\"\n").await?;
+    // About 30 distinct chunks.
+    let objects = put_objects(&s, 3, 40);
+    s.wait_settled("the puts to settle", Duration::from_secs(60))
+        .await?;
+    // Flip one byte in 20 chunk files, spread over the agents, each of a different chunk
+    // (so every chunk keeps good replicas).
+    let mut flipped = Vec::new();
+    let mut chunks_flipped = std::collections::HashSet::new();
+    'agents: for round in 0.. {
+        let mut any = false;
+        for i in 0..4 {
+            let mut files = Vec::new();
+            collect_files(&s.agent_dir(i).join("chunks").join("data"), &mut files);
+            files.sort();
+            if let Some(f) = files.get(round) {
+                any = true;
+                if !chunks_flipped.insert(f.file_name().map(|n| n.to_owned())) {
+                    continue;
+                }
+                let mut b = std::fs::read(f)?;
+                let at = b.len() / 2;
+                b[at] ^= 0x01;
+                std::fs::write(f, b)?;
+                flipped.push((i, f.clone()));
+                if flipped.len() == 20 {
+                    break 'agents;
+                }
+            }
+        }
+        assert!(any, "fewer than 20 chunk files");
+    }
+    // Reads now return the right bytes (a rotten replica is refused, the next one used).
+    read_back(&s, &objects);
+    for i in 0..4 {
+        let out = s.cli(&["node", "scrub", &s.node_id(i)]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let f = wait_for(
+        "20 rotten chunks found and repaired",
+        Duration::from_secs(90),
+        || async {
+            let f = s.fsck();
+            (f["corrupt"].as_u64() == Some(20)
+                && f["under_replicated"] == 0
+                && f["repairs_in_flight"] == 0)
+                .then_some(f)
+        },
+    )
+    .await?;
+    let quarantined: usize = (0..4)
+        .map(|i| count_files(&s.agent_dir(i).join("chunks").join("quarantine")))
+        .sum();
+    assert_eq!(quarantined, 20, "every flipped file quarantined: {f}");
+    for (i, file) in &flipped {
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        assert!(
+            s.agent_dir(*i)
+                .join("chunks")
+                .join("quarantine")
+                .join(name)
+                .exists(),
+            "{name} quarantined on agent {i}"
+        );
+    }
+    read_back(&s, &objects);
+    Ok(())
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            collect_files(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
