@@ -58,6 +58,12 @@ pub struct AgentConfigFile {
     pub scrub_interval: Option<Duration>,
     /// Read rate of a scrub pass, per second (default "50 MiB").
     pub scrub_rate: Option<bytesize::ByteSize>,
+    /// Garbage collection: only chunks written at least this long ago may be collected
+    /// (default 1h), in passes this far apart (default 10m).
+    #[serde(default, with = "humantime_serde")]
+    pub chunk_gc_grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub chunk_gc_interval: Option<Duration>,
 }
 
 /// Default free-space floor of the chunk store's disk.
@@ -105,6 +111,7 @@ pub struct AgentConfig {
     /// Below this many free bytes on the chunk disk, new chunks are refused.
     pub chunk_free_floor_bytes: u64,
     pub scrub: crate::chunks::scrub::ScrubConfig,
+    pub gc: crate::chunks::report::GcConfig,
 }
 
 /// The controllers' default `liveness.down_after`.
@@ -138,6 +145,32 @@ fn scrub_config(
         interval,
         bytes_per_sec,
     })
+}
+
+fn gc_config(
+    grace: Option<Duration>,
+    interval: Option<Duration>,
+) -> Result<crate::chunks::report::GcConfig, ConfigError> {
+    let d = crate::chunks::report::GcConfig::default();
+    let c = crate::chunks::report::GcConfig {
+        grace: grace.unwrap_or(d.grace),
+        interval: interval.unwrap_or(d.interval),
+    };
+    // A put must finish within the grace, or its uncommitted chunks could be collected
+    // (the put then fails and is retried; nothing committed is at risk).
+    if c.grace < Duration::from_secs(1) {
+        return Err(invalid(
+            "chunk_gc_grace",
+            format!("must be at least 1s, got {:?}", c.grace),
+        ));
+    }
+    if c.interval < Duration::from_secs(1) {
+        return Err(invalid(
+            "chunk_gc_interval",
+            format!("must be at least 1s, got {:?}", c.interval),
+        ));
+    }
+    Ok(c)
 }
 
 impl AgentConfigFile {
@@ -239,6 +272,7 @@ impl AgentConfigFile {
                 .chunk_free_floor
                 .map_or(DEFAULT_CHUNK_FREE_FLOOR_BYTES, |b| b.as_u64()),
             scrub: scrub_config(self.scrub_interval, self.scrub_rate)?,
+            gc: gc_config(self.chunk_gc_grace, self.chunk_gc_interval)?,
             data_dir,
             controllers,
             labels: self.labels,
@@ -296,6 +330,21 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().starts_with("`labels`"), "{e}");
         assert_eq!(c.chunk_free_floor_bytes, DEFAULT_CHUNK_FREE_FLOOR_BYTES);
+        assert_eq!(c.gc.grace, Duration::from_secs(3600));
+        let e = AgentConfigFile {
+            chunk_gc_grace: Some(Duration::from_millis(10)),
+            ..base.clone()
+        }
+        .resolve("h")
+        .unwrap_err();
+        assert!(e.to_string().starts_with("`chunk_gc_grace`"), "{e}");
+        let e = AgentConfigFile {
+            scrub_rate: Some(bytesize::ByteSize(1000)),
+            ..base.clone()
+        }
+        .resolve("h")
+        .unwrap_err();
+        assert!(e.to_string().starts_with("`scrub_rate`"), "{e}");
         let f: AgentConfigFile = toml::from_str("chunk_free_floor = \"50 GiB\"").expect("size");
         assert_eq!(f.chunk_free_floor.map(|b| b.as_u64()), Some(50 << 30));
         assert!(toml::from_str::<AgentConfigFile>("chunk_free_floor = \"lots\"").is_err());

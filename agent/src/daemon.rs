@@ -242,7 +242,7 @@ pub async fn run(
         .spawn(scrub_stop.clone())
         .map_err(AgentError::Scrub)?;
     let _scrub_guard = StopFlag(scrub_stop);
-    let reporter = crate::chunks::report::Reporter::new(chunks.clone(), id.clone());
+    let reporter = crate::chunks::report::Reporter::new(chunks.clone(), id.clone(), config.gc);
     tokio::spawn(crate::api::serve(
         api,
         telemetry.clone(),

@@ -14,7 +14,9 @@
 //!   trimmed;
 //! - with `repair_delay` 2 min, an agent restarted right after it went down causes no copy;
 //! - bit rot in 20 chunk files: a scrub finds 20/20, they are repaired to RF 3, and reads
-//!   meanwhile return the right bytes or an error, never wrong bytes.
+//!   meanwhile return the right bytes or an error, never wrong bytes;
+//! - a deleted object's chunks are collected from every agent once the leader confirms no
+//!   version references them, and the chunks another object shares stay.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -35,6 +37,7 @@ struct Storage {
     _agents: Vec<AgentGuard>,
     /// The agent whose disk is "full" (a floor no disk meets), when one was asked for.
     full: Option<usize>,
+    extra: Vec<&'static str>,
 }
 
 impl Storage {
@@ -43,6 +46,16 @@ impl Storage {
     }
 
     async fn start_with(agents: usize, with_full: bool, toml: &str) -> anyhow::Result<Storage> {
+        Self::start_full(agents, with_full, toml, &[]).await
+    }
+
+    /// `extra`: flags every agent gets (and keeps across restarts).
+    async fn start_full(
+        agents: usize,
+        with_full: bool,
+        toml: &str,
+        extra: &[&'static str],
+    ) -> anyhow::Result<Storage> {
         let cluster = ProcCluster::start_with(3, toml)?;
         cluster.wait_leader(Duration::from_secs(20)).await?;
         let mut guards = Vec::new();
@@ -54,13 +67,19 @@ impl Storage {
                 FLOOR
             };
             let log = cluster.dir.path().join(format!("agent-{i}.log"));
-            let child = spawn_agent(&dir, &cluster.addrs(), &agent_flags(floor), Some(&log))?;
+            let child = spawn_agent(
+                &dir,
+                &cluster.addrs(),
+                &agent_flags(floor, extra),
+                Some(&log),
+            )?;
             guards.push(AgentGuard::new(&dir, child));
         }
         let s = Storage {
             cluster,
             _agents: guards,
             full: with_full.then_some(agents - 1),
+            extra: extra.to_vec(),
         };
         // Every agent registered, ready, and its chunk store reported in a heartbeat.
         wait_for("agents ready", Duration::from_secs(30), || async {
@@ -99,7 +118,12 @@ impl Storage {
             .dir
             .path()
             .join(format!("agent-{i}.restarted.log"));
-        let child = spawn_agent(&dir, &self.cluster.addrs(), &agent_flags(FLOOR), Some(&log))?;
+        let child = spawn_agent(
+            &dir,
+            &self.cluster.addrs(),
+            &agent_flags(FLOOR, &self.extra),
+            Some(&log),
+        )?;
         self._agents[i].child = Some(child);
         Ok(())
     }
@@ -165,8 +189,10 @@ impl Storage {
     }
 }
 
-fn agent_flags(floor: &str) -> Vec<&str> {
-    vec!["--chunk-free-floor", floor, "--heartbeat-interval", "200ms"]
+fn agent_flags<'a>(floor: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut flags = vec!["--chunk-free-floor", floor, "--heartbeat-interval", "200ms"];
+    flags.extend_from_slice(extra);
+    flags
 }
 
 fn count_files(dir: &Path) -> usize {
@@ -664,4 +690,46 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
             out.push(p);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreferenced_chunks_are_collected_and_shared_ones_stay() -> anyhow::Result<()> {
+    let s = Storage::start_full(
+        3,
+        false,
+        "",
+        &["--chunk-gc-grace", "1s", "--chunk-gc-interval", "1s"],
+    )
+    .await?;
+    let dir = s.cluster.dir.path();
+    // `b` shares its first half with `a`.
+    let a = bytes(31, 16 << 20);
+    let mut b = a[..8 << 20].to_vec();
+    b.extend(bytes(32, 8 << 20));
+    std::fs::write(dir.join("a.bin"), &a)?;
+    std::fs::write(dir.join("b.bin"), &b)?;
+    s.cli_ok(&["object", "put", "a", dir.join("a.bin").to_str().unwrap()]);
+    s.cli_ok(&["object", "put", "b", dir.join("b.bin").to_str().unwrap()]);
+    let before = s.wait_settled("the puts", Duration::from_secs(60)).await?;
+    let only_b = s.cli_ok(&["fsck", "b"]);
+    assert!(before["chunks"].as_u64() > only_b["chunks"].as_u64());
+    s.cli_ok(&["object", "rm", "a"]);
+    let want = 3 * only_b["chunks"].as_u64().unwrap_or(0) as usize;
+    wait_for(
+        "a's own chunks collected",
+        Duration::from_secs(30),
+        || async {
+            let on_disk: usize = (0..3).map(|i| s.chunk_files(i)).sum();
+            (on_disk == want).then_some(())
+        },
+    )
+    .await?;
+    let out = dir.join("b.out");
+    s.cli_ok(&["object", "get", "b", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out)? == b, "the shared chunks stayed");
+    let f = s
+        .wait_settled("after the collection", Duration::from_secs(30))
+        .await?;
+    assert_eq!(f["under_replicated"], 0);
+    Ok(())
 }

@@ -108,6 +108,9 @@ pub struct ChunkStore {
     bytes: AtomicU64,
     /// Changes not yet reported to the leader.
     changes: std::sync::Mutex<Changes>,
+    /// Garbage collection: chunks removed, and when the last pass ended (unix ms).
+    pub gc_removed: AtomicU64,
+    pub last_gc_unix_ms: AtomicU64,
 }
 
 /// Most changes remembered between two reports; past it the next report is a full list.
@@ -191,6 +194,8 @@ impl ChunkStore {
             chunks: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             changes: Default::default(),
+            gc_removed: AtomicU64::new(0),
+            last_gc_unix_ms: AtomicU64::new(0),
         };
         for id in store.list()? {
             let path = store.path_of(&id);
@@ -375,6 +380,11 @@ impl ChunkStore {
     /// mismatch.
     pub fn verify(&self, id: &ChunkId) -> Result<(), ChunkError> {
         self.get(id).map(|_| ())
+    }
+
+    /// When chunk `id` was written here (None: not here).
+    pub fn written_at(&self, id: &ChunkId) -> Option<std::time::SystemTime> {
+        fs::metadata(self.path_of(id)).ok()?.modified().ok()
     }
 
     /// Whether chunk `id` is here (not verified: [`ChunkStore::verify`] checks).

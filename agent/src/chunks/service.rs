@@ -296,6 +296,14 @@ impl ChunkService for ChunkApi {
             space_low: low.is_some(),
             quarantined: quarantined.iter().map(ToString::to_string).collect(),
             scrub,
+            gc_removed: self
+                .store
+                .gc_removed
+                .load(std::sync::atomic::Ordering::Relaxed),
+            last_gc_unix_ms: self
+                .store
+                .last_gc_unix_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
         }))
     }
 

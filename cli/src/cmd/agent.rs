@@ -78,6 +78,12 @@ pub struct AgentArgs {
     /// Read rate of a scrub pass per second, e.g. "100MiB" [default: 50MiB].
     #[arg(long, env = "STEWARD_SCRUB_RATE")]
     pub scrub_rate: Option<bytesize::ByteSize>,
+    /// Only chunks written at least this long ago are garbage-collected [default: 1h].
+    #[arg(long, env = "STEWARD_CHUNK_GC_GRACE", value_parser = humantime::parse_duration)]
+    pub chunk_gc_grace: Option<Duration>,
+    /// Time between garbage collection passes [default: 10m].
+    #[arg(long, env = "STEWARD_CHUNK_GC_INTERVAL", value_parser = humantime::parse_duration)]
+    pub chunk_gc_interval: Option<Duration>,
 }
 
 /// `steward agent-shim`: started by the agent for each allocation.
@@ -149,6 +155,8 @@ impl AgentArgs {
         file.chunk_free_floor = self.chunk_free_floor.or(file.chunk_free_floor);
         file.scrub_interval = self.scrub_interval.or(file.scrub_interval);
         file.scrub_rate = self.scrub_rate.or(file.scrub_rate);
+        file.chunk_gc_grace = self.chunk_gc_grace.or(file.chunk_gc_grace);
+        file.chunk_gc_interval = self.chunk_gc_interval.or(file.chunk_gc_interval);
         for l in self.labels.iter().filter(|l| !l.trim().is_empty()) {
             let (k, v) = l
                 .split_once('=')

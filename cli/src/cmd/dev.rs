@@ -87,6 +87,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             isolation: steward_agent::jobs::IsolationMode::Auto,
             chunk_free_floor_bytes: steward_agent::config::DEFAULT_CHUNK_FREE_FLOOR_BYTES,
             scrub: Default::default(),
+            gc: Default::default(),
         };
         let stop = agent_stop.clone();
         agents.push(tokio::spawn(async move {

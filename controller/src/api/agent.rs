@@ -9,9 +9,10 @@ use steward_core::node::{validate_labels, validate_registration};
 use steward_core::{Command, CommandResult};
 use steward_proto::v1::agent_control_server::AgentControl;
 use steward_proto::v1::{
-    AllocationsUpdate, HeartbeatReply, HeartbeatRequest, LeaderHintReply, LeaderHintRequest,
-    RegisterNodeReply, RegisterNodeRequest, ReportAllocationsReply, ReportAllocationsRequest,
-    ReportChunksReply, ReportChunksRequest, WatchAllocationsRequest,
+    AllocationsUpdate, ConfirmGarbageReply, ConfirmGarbageRequest, HeartbeatReply,
+    HeartbeatRequest, LeaderHintReply, LeaderHintRequest, RegisterNodeReply, RegisterNodeRequest,
+    ReportAllocationsReply, ReportAllocationsRequest, ReportChunksReply, ReportChunksRequest,
+    WatchAllocationsRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -360,7 +361,46 @@ impl AgentControl for AgentControlService {
         }
         Ok(Response::new(ReportChunksReply {}))
     }
+
+    /// Which of the chunks are referenced by no version and were not planned here lately.
+    /// Confirmed with a quorum first: a deposed leader's state could miss a new version.
+    async fn confirm_garbage(
+        &self,
+        request: Request<ConfirmGarbageRequest>,
+    ) -> Result<Response<ConfirmGarbageReply>, Status> {
+        let req = request.into_inner();
+        self.require_leader()?;
+        if req.chunk_ids.len() > MAX_GARBAGE_IDS {
+            return Err(ApiError::InvalidArgument(format!(
+                "{} ids, over the {MAX_GARBAGE_IDS} a confirmation takes",
+                req.chunk_ids.len()
+            ))
+            .into());
+        }
+        let ids = req
+            .chunk_ids
+            .iter()
+            .map(|b| steward_proto::conv::chunk_id_from_pb(b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::from(ApiError::InvalidArgument(e)))?;
+        self.ctx
+            .raft
+            .read_barrier()
+            .await
+            .map_err(|e| Status::from(ApiError::from(e)))?;
+        let applied = self.ctx.raft.view().read();
+        let refs = applied.state.chunk_refs();
+        let garbage = ids
+            .into_iter()
+            .filter(|id| !refs.contains_key(id) && !self.ctx.replicas.recently_planned(id))
+            .map(|id| id.as_bytes().to_vec())
+            .collect();
+        Ok(Response::new(ConfirmGarbageReply { garbage }))
+    }
 }
+
+/// Ids per garbage confirmation.
+pub const MAX_GARBAGE_IDS: usize = 10_000;
 
 /// Ids per list in one chunk report (the agents send at most 50,000).
 pub const MAX_CHUNK_IDS_PER_REPORT: usize = 100_000;

@@ -154,6 +154,7 @@ pub async fn plan_put(
                 .map(|b| chunk_id_from_pb(b))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(invalid)?;
+            ctx.replicas.planned(ids.iter().copied());
             let view = StorageView::new(ctx, &applied.state);
             let usable = view.usable.iter().filter(|u| **u).count();
             let w = write_quorum(rf);
@@ -312,8 +313,8 @@ pub async fn commit(
     };
     // The leader verifies the replicas before it proposes; a follower forwards the request
     // and the leader verifies it there.
+    let chunks = distinct_in_order(&put.manifest);
     let verified = if ctx.raft.is_leader() {
-        let chunks = distinct_in_order(&put.manifest);
         let claims = &request.get_ref().holders;
         if claims.len() != chunks.len() {
             return Err(invalid(format!(
@@ -329,36 +330,41 @@ pub async fn commit(
     } else {
         false
     };
-    ctx.write(
-        request,
-        |req| {
-            if !verified && ctx.raft.is_leader() {
-                // Leadership arrived here after the check above: nothing verified yet.
-                return Err(ApiError::NoLeader);
-            }
-            Ok(once(
-                req.request_id.as_ref(),
-                Command::PutObjectVersion { put: Box::new(put) },
-            ))
-        },
-        |result| match result {
-            CommandResult::ObjectVersionPut {
-                version,
-                created,
-                pruned,
-                revision,
-                ..
-            } => Ok(CommitObjectVersionReply {
-                version,
-                created,
-                pruned,
-                revision,
-            }),
-            other => Err(object_error(other)),
-        },
-        |mut c, r| async move { c.commit_object_version(r).await },
-    )
-    .await
+    let reply = ctx
+        .write(
+            request,
+            |req| {
+                if !verified && ctx.raft.is_leader() {
+                    // Leadership arrived here after the check above: nothing verified yet.
+                    return Err(ApiError::NoLeader);
+                }
+                Ok(once(
+                    req.request_id.as_ref(),
+                    Command::PutObjectVersion { put: Box::new(put) },
+                ))
+            },
+            |result| match result {
+                CommandResult::ObjectVersionPut {
+                    version,
+                    created,
+                    pruned,
+                    revision,
+                    ..
+                } => Ok(CommitObjectVersionReply {
+                    version,
+                    created,
+                    pruned,
+                    revision,
+                }),
+                other => Err(object_error(other)),
+            },
+            |mut c, r| async move { c.commit_object_version(r).await },
+        )
+        .await;
+    if reply.is_ok() {
+        ctx.replicas.unplanned(chunks);
+    }
+    reply
 }
 
 /// The error of an object write that did not succeed.

@@ -27,7 +27,15 @@ struct Inner {
     staging: HashMap<u16, (u64, Vec<ChunkId>)>,
     /// Chunks with a replica found rotten, and how many times.
     corrupt: HashMap<ChunkId, u32>,
+    /// Chunks of puts planned here, by when (garbage collection leaves them alone).
+    planned: HashMap<ChunkId, std::time::Instant>,
 }
+
+/// How long a planned put's chunks are protected from garbage collection on this leader
+/// (agents also keep every chunk younger than their grace period).
+pub const PLAN_PROTECTION: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Most chunk ids remembered from plans; past it the oldest are forgotten.
+pub const MAX_PLANNED: usize = 1_000_000;
 
 impl Inner {
     fn intern(&mut self, node: &str) -> u16 {
@@ -139,6 +147,39 @@ impl ReplicaTracker {
         self.remove(node, chunks);
     }
 
+    /// A put was planned with `chunks`: they are not garbage for [`PLAN_PROTECTION`].
+    pub fn planned(&self, chunks: impl IntoIterator<Item = ChunkId>) {
+        let mut inner = self.inner();
+        let now = std::time::Instant::now();
+        if inner.planned.len() >= MAX_PLANNED {
+            inner
+                .planned
+                .retain(|_, at| now.duration_since(*at) < PLAN_PROTECTION);
+        }
+        for c in chunks {
+            if inner.planned.len() < MAX_PLANNED {
+                inner.planned.insert(c, now);
+            }
+        }
+    }
+
+    /// A put committed (or gave up): its chunks need the plan's protection no longer (a
+    /// committed version protects them while it references them).
+    pub fn unplanned(&self, chunks: impl IntoIterator<Item = ChunkId>) {
+        let mut inner = self.inner();
+        for c in chunks {
+            inner.planned.remove(&c);
+        }
+    }
+
+    /// Whether a put planned here in the last [`PLAN_PROTECTION`] names `chunk`.
+    pub fn recently_planned(&self, chunk: &ChunkId) -> bool {
+        self.inner()
+            .planned
+            .get(chunk)
+            .is_some_and(|at| at.elapsed() < PLAN_PROTECTION)
+    }
+
     /// Chunks with a replica found rotten since this leader started.
     pub fn corrupt_chunks(&self) -> HashMap<ChunkId, u32> {
         self.inner().corrupt.clone()
@@ -211,5 +252,16 @@ mod tests {
         assert_eq!(t.corrupt_chunks().get(&b), Some(&1));
         t.needs_full_report("n1");
         assert!(!t.has_full_report("n1"));
+    }
+
+    #[test]
+    fn planned_chunks_are_protected_until_their_put_commits() {
+        let t = ReplicaTracker::default();
+        let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
+        t.planned([a, b]);
+        assert!(t.recently_planned(&a) && t.recently_planned(&b));
+        t.unplanned([a]);
+        assert!(!t.recently_planned(&a));
+        assert!(t.recently_planned(&b));
     }
 }
