@@ -15,6 +15,9 @@
 //! - with `repair_delay` 2 min, an agent restarted right after it went down causes no copy;
 //! - bit rot in 20 chunk files: a scrub finds 20/20, they are repaired to RF 3, and reads
 //!   meanwhile return the right bytes or an error, never wrong bytes;
+//! - a node added to a full layout receives its share of the chunks (copied, then the
+//!   displaced replicas trimmed), within the repair budget;
+//! - `steward node drain` moves a node's chunks off before it reports the node drained;
 //! - a deleted object's chunks are collected from every agent once the leader confirms no
 //!   version references them, and the chunks another object shares stay.
 
@@ -126,6 +129,21 @@ impl Storage {
         )?;
         self._agents[i].child = Some(child);
         Ok(())
+    }
+
+    /// Starts one more agent (the next index); returns its index.
+    fn add_agent(&mut self) -> anyhow::Result<usize> {
+        let i = self._agents.len();
+        let dir = self.agent_dir(i);
+        let log = self.cluster.dir.path().join(format!("agent-{i}.log"));
+        let child = spawn_agent(
+            &dir,
+            &self.cluster.addrs(),
+            &agent_flags(FLOOR, &self.extra),
+            Some(&log),
+        )?;
+        self._agents.push(AgentGuard::new(&dir, child));
+        Ok(i)
     }
 
     fn node_id(&self, i: usize) -> String {
@@ -731,5 +749,70 @@ async fn unreferenced_chunks_are_collected_and_shared_ones_stay() -> anyhow::Res
         .wait_settled("after the collection", Duration::from_secs(30))
         .await?;
     assert_eq!(f["under_replicated"], 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_receives_its_share_and_the_displaced_replicas_go() -> anyhow::Result<()> {
+    let mut s = Storage::start(3, false).await?;
+    let objects = put_objects(&s, 3, 16);
+    let before = s.wait_settled("the puts", Duration::from_secs(60)).await?;
+    let chunks = before["chunks"].as_u64().unwrap_or(0) as usize;
+    let new = s.add_agent()?;
+    let new_id = wait_for(
+        "the new agent's node id",
+        Duration::from_secs(20),
+        || async {
+            let id = s.node_id(new);
+            (!id.is_empty()).then_some(id)
+        },
+    )
+    .await?;
+    // Settled with the new node in the layout and holding its place's chunks.
+    let f = wait_for("rebalanced", Duration::from_secs(60), || async {
+        let f = s.fsck();
+        let has_new = f["nodes"].as_array()?.iter().any(|n| {
+            n["node"] == new_id.as_str()
+                && n["health"] == "ready"
+                && n["replicas"].as_u64() > Some(0)
+        });
+        (has_new
+            && f["complete"] == true
+            && f["misplaced"] == 0
+            && f["under_replicated"] == 0
+            && f["repairs_in_flight"] == 0)
+            .then_some(f)
+    })
+    .await?;
+    let on_new = s.chunk_files(new);
+    let total: usize = (0..4).map(|i| s.chunk_files(i)).sum();
+    eprintln!("the new node holds {on_new} of {chunks} chunks");
+    assert!(
+        on_new > chunks / 4,
+        "about 3/4 of the chunks move to the new node: {f}"
+    );
+    assert_eq!(total, 3 * chunks, "displaced replicas were trimmed");
+    read_back(&s, &objects);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_moves_the_nodes_chunks_off_before_it_completes() -> anyhow::Result<()> {
+    let s = Storage::start(4, false).await?;
+    let objects = put_objects(&s, 2, 16);
+    let before = s.wait_settled("the puts", Duration::from_secs(60)).await?;
+    let chunks = before["chunks"].as_u64().unwrap_or(0) as usize;
+    assert!(s.chunk_files(0) > 0);
+    let out = s.cli(&["node", "drain", &s.node_id(0)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no chunk left"));
+    assert_eq!(s.chunk_files(0), 0, "the drained node holds nothing");
+    let total: usize = (1..4).map(|i| s.chunk_files(i)).sum();
+    assert_eq!(total, 3 * chunks, "RF 3 on the other three");
+    read_back(&s, &objects);
     Ok(())
 }

@@ -52,7 +52,8 @@ pub enum NodeCommand {
     /// Allow new work on a node again (ends a drain too).
     Uncordon { id: String },
     /// Move a node's work off: no new placements; its allocations are stopped (now, or at
-    /// the deadline) and placed elsewhere. Follows progress until the node is empty.
+    /// the deadline) and placed elsewhere, and its chunks are copied to other nodes and
+    /// removed from it. Follows progress until the node holds neither.
     Drain {
         id: String,
         /// Let the work run until this much time has passed (e.g. "30m"); default: now.
@@ -345,8 +346,31 @@ async fn set_scheduling(
 }
 
 /// Prints a drain's progress until the node is empty.
+/// Replicas of referenced chunks on `node` as the leader knows them (None: not every live
+/// agent has reported yet).
+async fn chunk_replicas_on(addrs: &str, node: &str) -> anyhow::Result<Option<u64>> {
+    let f = with_retry(addrs, |mut c| async move {
+        c.fsck(steward_proto::v1::FsckRequest {
+            prefix: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner())
+    })
+    .await?;
+    if !f.complete {
+        return Ok(None);
+    }
+    Ok(Some(
+        f.nodes
+            .iter()
+            .find(|n| n.node_id == node)
+            .map_or(0, |n| n.replicas),
+    ))
+}
+
 async fn follow_drain(addrs: &str, output: Output, id: &str) -> anyhow::Result<()> {
     let mut last = None;
+    let mut last_chunks = None;
     loop {
         let req = steward_proto::v1::NodeSchedulingRequest {
             node_id: id.to_string(),
@@ -357,15 +381,28 @@ async fn follow_drain(addrs: &str, output: Output, id: &str) -> anyhow::Result<(
         })
         .await?;
         if s.drain_complete || (s.draining && s.allocations == 0) {
-            match output {
-                Output::Json => {
-                    print_json(&json!({"node": id, "state": "drained", "allocations": 0}))?
+            // The work is off; the node's chunks move too before it may be retired.
+            let left = chunk_replicas_on(addrs, id).await?;
+            if left == Some(0) {
+                match output {
+                    Output::Json => print_json(
+                        &json!({"node": id, "state": "drained", "allocations": 0, "chunk_replicas": 0}),
+                    )?,
+                    Output::Table => println!(
+                        "node {id} drained: no allocations and no chunk left on it (it stays cordoned)"
+                    ),
                 }
-                Output::Table => {
-                    println!("node {id} drained: no allocations left (it stays cordoned)")
-                }
+                return Ok(());
             }
-            return Ok(());
+            if output == Output::Table && last_chunks != left {
+                match left {
+                    Some(n) => println!("node {id}: {n} chunk replicas left to move"),
+                    None => println!("node {id}: waiting for the agents' chunk lists"),
+                }
+                last_chunks = left;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            continue;
         }
         if !s.draining {
             anyhow::bail!("the drain of node {id} was ended (uncordoned) before it completed");
