@@ -215,6 +215,20 @@ pub async fn run(
             addr: config.api_addr,
             source,
         })?;
+    let chunks = open_chunk_store(&config).await?;
+    let stager = {
+        use crate::chunks::service::{PEER_CALL_TIMEOUT, PEER_CONNECT_TIMEOUT};
+        let mut options = steward_runtime::transport::ClientOptions::new(PEER_CONNECT_TIMEOUT)
+            .call_timeout(PEER_CALL_TIMEOUT);
+        if let Some(ip) = config.source_ip {
+            options = options.source_ip(ip);
+        }
+        Arc::new(crate::jobs::inputs::Stager::new(
+            chunks.clone(),
+            Arc::new(steward_runtime::transport::ChannelPool::new(options)),
+            id.clone(),
+        ))
+    };
     let runner = crate::jobs::Runner::start(
         crate::jobs::RunnerConfig {
             node_id: id.clone(),
@@ -228,6 +242,7 @@ pub async fn run(
             )
             .map_err(AgentError::Isolation)?,
         },
+        Some(stager),
         stop.clone(),
     )
     .map_err(|source| AgentError::DataDir {
@@ -235,7 +250,6 @@ pub async fn run(
         source,
     })?;
     let _ = stats.isolation.set(runner.isolation().name());
-    let chunks = open_chunk_store(&config).await?;
     let scrubber = crate::chunks::scrub::Scrubber::new(chunks.clone(), config.scrub);
     let scrub_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     scrubber

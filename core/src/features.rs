@@ -22,6 +22,9 @@
 
 /// The level of format 1's commands; a new or migrated cluster starts here.
 pub const BASE_LEVEL: u32 = 1;
+/// Objects, and the jobs that read them: from this level a submitted job's `inputs` are
+/// checked and pinned to a version when the job is accepted.
+pub const OBJECTS_LEVEL: u32 = 4;
 
 /// The highest level this build knows.
 #[cfg(not(feature = "next-level"))]

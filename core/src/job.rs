@@ -40,6 +40,8 @@ pub const MAX_TASK_MEMORY_MIB: u64 = 64 * 1024 * 1024;
 pub const MAX_GANG_TASKS: u32 = 4_096;
 /// Longest kill grace period.
 pub const MAX_KILL_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Most inputs one job may read.
+pub const MAX_INPUTS: usize = 16;
 /// Most restart or reschedule attempts per interval.
 pub const MAX_ATTEMPTS: u32 = 100;
 
@@ -66,7 +68,11 @@ pub struct JobSpec {
     /// Start all tasks or none.
     #[serde(default)]
     pub gang: bool,
-    /// Objects (by name or BLAKE3 hash) the tasks read; the scheduler prefers nodes holding them.
+    /// Objects the tasks read: `NAME`, `NAME@VERSION` or `NAME:TAG`. The cluster pins each
+    /// to one version when it accepts the job (`NAME@VERSION`), so every task and every
+    /// restart reads the same bytes; the agent stages the file in the allocation's
+    /// directory before the task starts and names it in `STEWARD_INPUT_<NAME>`
+    /// ([`input_env_name`]). The scheduler prefers nodes holding the inputs' chunks.
     #[serde(default)]
     pub inputs: Vec<String>,
     /// Restarts in place, on the same node, when the process exits.
@@ -306,6 +312,49 @@ pub enum JobSpecError {
         field: &'static str,
         message: String,
     },
+}
+
+/// The variable that names where input `object` (an object name) is staged:
+/// `STEWARD_INPUT_` and the name in upper case, every character other than a letter or digit
+/// made `_` (`datasets/tokens-v3` -> `STEWARD_INPUT_DATASETS_TOKENS_V3`).
+pub fn input_env_name(object: &str) -> String {
+    let mut name = String::from("STEWARD_INPUT_");
+    name.extend(object.chars().map(|c| {
+        if c.is_ascii_alphanumeric() {
+            c.to_ascii_uppercase()
+        } else {
+            '_'
+        }
+    }));
+    name
+}
+
+/// Checks `inputs`: at most [`MAX_INPUTS`], each a valid object reference, and no two
+/// with the same variable name. (Separate from [`JobSpec::validate`]: clusters below
+/// [`crate::features::OBJECTS_LEVEL`] accepted any strings here, and must go on
+/// applying old entries the same way.)
+pub fn validate_inputs(inputs: &[String]) -> Result<(), JobSpecError> {
+    if inputs.len() > MAX_INPUTS {
+        return Err(invalid(
+            "inputs",
+            format!("{} inputs, the limit is {MAX_INPUTS}", inputs.len()),
+        ));
+    }
+    let mut names = BTreeMap::new();
+    for input in inputs {
+        let (name, _) = crate::objects::VersionSelector::parse_reference(input)
+            .map_err(|e| invalid("inputs", e))?;
+        let var = input_env_name(&name);
+        if let Some(other) = names.insert(var.clone(), name.clone()) {
+            return Err(invalid(
+                "inputs",
+                format!(
+                    "`{other}` and `{name}` would both be staged as {var}; read one object once"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> JobSpecError {

@@ -73,7 +73,7 @@ impl Storage {
             let child = spawn_agent(
                 &dir,
                 &cluster.addrs(),
-                &agent_flags(floor, extra),
+                &refs(&agent_flags(i, floor, extra)),
                 Some(&log),
             )?;
             guards.push(AgentGuard::new(&dir, child));
@@ -124,7 +124,7 @@ impl Storage {
         let child = spawn_agent(
             &dir,
             &self.cluster.addrs(),
-            &agent_flags(FLOOR, &self.extra),
+            &refs(&agent_flags(i, FLOOR, &self.extra)),
             Some(&log),
         )?;
         self._agents[i].child = Some(child);
@@ -139,7 +139,7 @@ impl Storage {
         let child = spawn_agent(
             &dir,
             &self.cluster.addrs(),
-            &agent_flags(FLOOR, &self.extra),
+            &refs(&agent_flags(i, FLOOR, &self.extra)),
             Some(&log),
         )?;
         self._agents.push(AgentGuard::new(&dir, child));
@@ -207,10 +207,26 @@ impl Storage {
     }
 }
 
-fn agent_flags<'a>(floor: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut flags = vec!["--chunk-free-floor", floor, "--heartbeat-interval", "200ms"];
-    flags.extend_from_slice(extra);
+/// Agent `i`'s flags: its floor, fast heartbeats, a `slot=aI` label (jobs pin themselves
+/// to one agent with it), and `extra`.
+fn agent_flags(i: usize, floor: &str, extra: &[&str]) -> Vec<String> {
+    let mut flags: Vec<String> = [
+        "--chunk-free-floor",
+        floor,
+        "--heartbeat-interval",
+        "200ms",
+        "--label",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    flags.push(format!("slot=a{i}"));
+    flags.extend(extra.iter().map(|s| s.to_string()));
     flags
+}
+
+fn refs(flags: &[String]) -> Vec<&str> {
+    flags.iter().map(String::as_str).collect()
 }
 
 fn count_files(dir: &Path) -> usize {
@@ -814,5 +830,176 @@ async fn a_drain_moves_the_nodes_chunks_off_before_it_completes() -> anyhow::Res
     let total: usize = (1..4).map(|i| s.chunk_files(i)).sum();
     assert_eq!(total, 3 * chunks, "RF 3 on the other three");
     read_back(&s, &objects);
+    Ok(())
+}
+
+/// The chunk files of agent `i`'s store, by chunk id.
+fn chunks_held(s: &Storage, i: usize) -> std::collections::BTreeSet<String> {
+    let mut files = Vec::new();
+    collect_files(&s.agent_dir(i).join("chunks").join("data"), &mut files);
+    files
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+        .collect()
+}
+
+/// A job that runs on agent `slot` and reads `input`: it records the size of the staged
+/// file its variable names, then sleeps until cancelled.
+fn staging_job(name: &str, slot: usize, input: &str) -> String {
+    serde_json::json!({
+        "name": name,
+        "command": "/bin/sh",
+        "args": ["-c", "wc -c < \"$STEWARD_INPUT_MODELS_STAGED\" > seen.tmp && mv seen.tmp seen-size && sleep 600"],
+        "inputs": [input],
+        "kill_timeout": "1s",
+        "reschedule": { "attempts": 0 },
+        "constraints": [{ "label": "slot", "values": [format!("a{slot}")] }],
+        "resources": { "cpu_millicores": 10, "memory_mib": 64 },
+    })
+    .to_string()
+}
+
+/// Waits until `job` runs and has recorded what it saw; returns its allocation's dir on
+/// agent `slot`.
+async fn wait_staged(s: &Storage, job: &str, slot: usize) -> anyhow::Result<PathBuf> {
+    use steward_proto::v1::ListAllocationsRequest;
+    wait_for(
+        &format!("{job} running with its input"),
+        Duration::from_secs(60),
+        || async {
+            let mut c = leader_client(&s.cluster).await.ok()?;
+            let allocs = c
+                .list_allocations(ListAllocationsRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .allocations;
+            let a = allocs.iter().find(|a| a.job_id == job)?;
+            assert!(
+                !matches!(a.state.as_str(), "failed" | "lost"),
+                "{job}: {} ({})",
+                a.state,
+                a.reason
+            );
+            let dir = s.agent_dir(slot).join("allocs").join(&a.id);
+            (a.state == "running" && dir.join("seen-size").exists()).then_some(dir)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_input_is_staged_verified_and_a_second_node_pulls_from_the_first(
+) -> anyhow::Result<()> {
+    use steward_proto::v1::{GetJobRequest, GetObjectRequest, SubmitJobRequest};
+    let s = Storage::start(5, false).await?;
+    let dir = s.cluster.dir.path();
+    let data = bytes(41, 40 << 20);
+    std::fs::write(dir.join("m.bin"), &data)?;
+    s.cli_ok(&[
+        "object",
+        "put",
+        "models/staged",
+        dir.join("m.bin").to_str().unwrap(),
+        "--tag",
+        "prod",
+    ]);
+    s.wait_settled("the put", Duration::from_secs(60)).await?;
+    let mut c = leader_client(&s.cluster).await?;
+    let manifest = c
+        .get_object(GetObjectRequest {
+            reference: "models/staged:prod".into(),
+            consistency: 0,
+        })
+        .await?
+        .into_inner()
+        .manifest
+        .expect("manifest");
+    let ids: Vec<String> = manifest
+        .chunks
+        .iter()
+        .filter_map(|c| steward_proto::conv::chunk_id_from_pb(&c.id).ok())
+        .map(|id| id.to_string())
+        .collect();
+    // RF 3 on 5 agents: each chunk has two agents without it. Take those of the first
+    // chunk: the first stages it from a replica, the second finds it on the first.
+    let held: Vec<_> = (0..5).map(|i| chunks_held(&s, i)).collect();
+    let lacking: Vec<usize> = (0..5).filter(|i| !held[*i].contains(&ids[0])).collect();
+    assert_eq!(lacking.len(), 2, "RF 3 of 5: {lacking:?}");
+    let (first, second) = (lacking[0], lacking[1]);
+
+    let one = c
+        .submit_job(SubmitJobRequest {
+            spec_json: staging_job("reader-one", first, "models/staged:prod"),
+            request_id: None,
+        })
+        .await?
+        .into_inner()
+        .job_id;
+    let pinned = c
+        .get_job(GetJobRequest {
+            job_id: one.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(
+        pinned.spec_json.contains("models/staged@1"),
+        "the input is pinned to the version the tag named: {}",
+        pinned.spec_json
+    );
+    let alloc_one = wait_staged(&s, &one, first).await?;
+    let staged = std::fs::read(alloc_one.join("inputs/models/staged"))?;
+    assert!(staged == data, "the staged file is the version's bytes");
+    assert_eq!(
+        std::fs::read_to_string(alloc_one.join("seen-size"))?.trim(),
+        data.len().to_string(),
+        "the task read the file its STEWARD_INPUT_ variable names"
+    );
+    // The first node now holds every chunk, and the leader knows it.
+    assert!(ids.iter().all(|id| chunks_held(&s, first).contains(id)));
+    let first_node = s.node_id(first);
+    wait_for(
+        "the leader knows the staged copy",
+        Duration::from_secs(20),
+        || async {
+            let out = s.cli_ok(&["chunk", "locate", &ids[0]]);
+            out["holders"]
+                .to_string()
+                .contains(&first_node)
+                .then_some(())
+        },
+    )
+    .await?;
+
+    let two = c
+        .submit_job(SubmitJobRequest {
+            spec_json: staging_job("reader-two", second, "models/staged@1"),
+            request_id: None,
+        })
+        .await?
+        .into_inner()
+        .job_id;
+    let alloc_two = wait_staged(&s, &two, second).await?;
+    assert!(std::fs::read(alloc_two.join("inputs/models/staged"))? == data);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(alloc_two.join("inputs.json"))?)?;
+    let from_first = record[0]["chunks_from"][&first_node].as_u64().unwrap_or(0);
+    assert!(
+        from_first >= 1,
+        "the second node pulled some chunks from the first: {record}"
+    );
+    // Neither staged copy is trimmed while its job runs; once both jobs end, the copies
+    // outside the placement are surplus and go.
+    for job_id in [one, two] {
+        c.cancel_job(steward_proto::v1::CancelJobRequest { job_id })
+            .await?;
+    }
+    wait_for("staged copies trimmed", Duration::from_secs(60), || async {
+        (!chunks_held(&s, first).contains(&ids[0]) && !chunks_held(&s, second).contains(&ids[0]))
+            .then_some(())
+    })
+    .await?;
+    s.wait_settled("after the jobs", Duration::from_secs(60))
+        .await?;
     Ok(())
 }

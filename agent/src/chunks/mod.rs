@@ -111,6 +111,10 @@ pub struct ChunkStore {
     /// Garbage collection: chunks removed, and when the last pass ended (unix ms).
     pub gc_removed: AtomicU64,
     pub last_gc_unix_ms: AtomicU64,
+    /// Held while a chunk is found present and its time refreshed (a writer about to rely
+    /// on it), and while garbage collection checks a chunk's time and removes it: a chunk
+    /// is never removed after a writer was told it is here.
+    keep_lock: std::sync::Mutex<()>,
 }
 
 /// Most changes remembered between two reports; past it the next report is a full list.
@@ -191,6 +195,7 @@ impl ChunkStore {
             root,
             free_floor_bytes,
             temp_seq: AtomicU64::new(0),
+            keep_lock: std::sync::Mutex::new(()),
             chunks: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             changes: Default::default(),
@@ -309,7 +314,7 @@ impl ChunkStore {
             return Err(ChunkError::Mismatch { id: *id, actual });
         }
         let path = self.path_of(id);
-        if path.exists() && self.get(id).is_ok() {
+        if path.exists() && self.get(id).is_ok() && self.touch_if_present(id) {
             return Ok(PutOutcome::AlreadyPresent);
         }
         if let Some(low) = self.space_low()? {
@@ -385,6 +390,35 @@ impl ChunkStore {
     /// When chunk `id` was written here (None: not here).
     pub fn written_at(&self, id: &ChunkId) -> Option<std::time::SystemTime> {
         fs::metadata(self.path_of(id)).ok()?.modified().ok()
+    }
+
+    /// Whether chunk `id` is here; when it is, its time moves to now, so garbage
+    /// collection (which removes only chunks older than its grace, checked under the same
+    /// lock) keeps it for a writer that counts on it (a put that skips sending it).
+    pub fn touch_if_present(&self, id: &ChunkId) -> bool {
+        let _keep = self.keep_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.path_of(id);
+        match File::options().write(true).open(&path) {
+            Ok(f) => {
+                let _ = f.set_modified(std::time::SystemTime::now());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Removes chunk `id` if its time is before `cutoff` (garbage collection: a chunk
+    /// touched since it was listed stays); true when removed.
+    pub fn remove_if_older(
+        &self,
+        id: &ChunkId,
+        cutoff: std::time::SystemTime,
+    ) -> Result<bool, ChunkError> {
+        let _keep = self.keep_lock.lock().unwrap_or_else(|p| p.into_inner());
+        match self.written_at(id) {
+            Some(t) if t < cutoff => self.remove(id),
+            _ => Ok(false),
+        }
     }
 
     /// Whether chunk `id` is here (not verified: [`ChunkStore::verify`] checks).

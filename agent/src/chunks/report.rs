@@ -146,10 +146,13 @@ async fn collect(
     mut client: AgentControlClient<Channel>,
     grace: std::time::Duration,
 ) -> Result<u64, String> {
+    // Candidates were written before `cutoff`; one touched since (a put relying on it)
+    // is kept even if the leader names it garbage.
+    let cutoff = std::time::SystemTime::now() - grace;
     let candidates = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || {
-            let now = std::time::SystemTime::now();
+            let now = cutoff + grace;
             store.list().map(|ids| {
                 ids.into_iter()
                     .filter(|id| {
@@ -185,7 +188,7 @@ async fn collect(
         let store = store.clone();
         removed += tokio::task::spawn_blocking(move || {
             ids.iter()
-                .filter(|id| store.remove(id).unwrap_or(false))
+                .filter(|id| store.remove_if_older(id, cutoff).unwrap_or(false))
                 .count() as u64
         })
         .await

@@ -238,7 +238,9 @@ impl ChunkService for ChunkApi {
     ) -> Result<Response<HasChunksReply>, Status> {
         let ids = parse_ids("HasChunks", &request.into_inner().chunk_ids, MAX_HAS_IDS)?;
         let present = blocking(&self.store, move |s| {
-            Ok(ids.iter().map(|id| s.has(id)).collect())
+            // Touched: a put that skips sending a chunk found here keeps it from a
+            // garbage collection pass already under way.
+            Ok(ids.iter().map(|id| s.touch_if_present(id)).collect())
         })
         .await?;
         Ok(Response::new(HasChunksReply { present }))
@@ -342,7 +344,7 @@ impl ChunkService for ChunkApi {
 }
 
 /// Pulls chunk `id` from the first source that serves bytes hashing to it, and keeps it.
-async fn copy_one(
+pub(crate) async fn copy_one(
     store: &Arc<ChunkStore>,
     peers: &Arc<ChannelPool>,
     sources: &[String],
@@ -354,7 +356,10 @@ async fn copy_one(
         detail,
         bytes,
     };
-    let present = blocking(store, move |s| Ok(s.has(&id) && s.verify(&id).is_ok())).await;
+    let present = blocking(store, move |s| {
+        Ok(s.has(&id) && s.verify(&id).is_ok() && s.touch_if_present(&id))
+    })
+    .await;
     if matches!(present, Ok(true)) {
         return result(CopyOutcome::AlreadyPresent, String::new(), 0);
     }

@@ -135,3 +135,34 @@ fn an_oversized_chunk_is_refused() {
     let err = s.put(&ChunkId::of(&bytes), &bytes).expect_err("too large");
     assert!(matches!(err, ChunkError::TooLarge(_)), "{err}");
 }
+
+#[test]
+fn a_chunk_found_present_after_a_gc_listing_is_not_collected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = store(dir.path());
+    let (old, touched) = (b"an old chunk".to_vec(), b"another old chunk".to_vec());
+    let (a, b) = (ChunkId::of(&old), ChunkId::of(&touched));
+    s.put(&a, &old).expect("put");
+    s.put(&b, &touched).expect("put");
+    // Both written an hour ago.
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for id in [&a, &b] {
+        File::options()
+            .write(true)
+            .open(s.path_of(id))
+            .and_then(|f| f.set_modified(hour_ago))
+            .expect("age the chunk");
+    }
+    // A GC pass lists both (cutoff: 10 minutes ago); a put then finds `b` present and
+    // relies on it (HasChunks, or a put of the same bytes).
+    let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+    assert!(s.touch_if_present(&b));
+    assert_eq!(
+        s.put(&b, &touched).expect("put again"),
+        PutOutcome::AlreadyPresent
+    );
+    assert!(s.remove_if_older(&a, cutoff).expect("remove"));
+    assert!(!s.remove_if_older(&b, cutoff).expect("kept"));
+    assert_eq!(s.get(&b).expect("still here"), touched);
+    assert!(!s.touch_if_present(&a), "a removed chunk is not present");
+}

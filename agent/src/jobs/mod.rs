@@ -19,6 +19,7 @@
 //! - A restarted agent re-adopts running shims by pid and start time (`/proc`), so an agent
 //!   restart neither kills nor restarts the work.
 
+pub mod inputs;
 pub mod isolation;
 pub mod shim;
 mod supervisor;
@@ -172,6 +173,9 @@ pub struct Runner {
     last_dir_gc: Mutex<Option<Instant>>,
     /// The current leader's API address and client, set by the heartbeat loop.
     leader: watch::Sender<Option<(String, AgentControlClient<Channel>)>>,
+    /// Stages jobs' inputs from the chunk store and peers (None: an agent without a chunk
+    /// store, which refuses jobs with inputs).
+    stager: Option<Arc<inputs::Stager>>,
 }
 
 impl Runner {
@@ -243,6 +247,23 @@ impl Runner {
     }
 
     /// The leader to watch and report to changed (`None`: none known).
+    /// The leader's API address, once one is known.
+    pub async fn leader_addr(&self) -> String {
+        let mut rx = self.leader.subscribe();
+        loop {
+            if let Some((addr, _)) = rx.borrow_and_update().as_ref() {
+                return addr.clone();
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    pub fn stager(&self) -> Option<&Arc<inputs::Stager>> {
+        self.stager.as_ref()
+    }
+
     pub fn set_leader(&self, leader: Option<(String, AgentControlClient<Channel>)>) {
         self.leader.send_replace(leader);
     }
@@ -256,6 +277,7 @@ impl Runner {
     /// re-adopts them).
     pub fn start(
         config: RunnerConfig,
+        stager: Option<Arc<inputs::Stager>>,
         stop: tokio_util::sync::CancellationToken,
     ) -> std::io::Result<Arc<Self>> {
         std::fs::create_dir_all(config.data_dir.join("allocs"))?;
@@ -276,6 +298,7 @@ impl Runner {
             latest: Mutex::new(Vec::new()),
             last_dir_gc: Mutex::new(None),
             leader: watch::channel(None).0,
+            stager,
         });
         tracing::info!(
             isolation = runner.isolation().name(),

@@ -39,8 +39,12 @@ pub fn alive(pid: i32, ticks: u64) -> bool {
     !zombie && start_ticks(pid) == Some(ticks)
 }
 
+/// Tries at staging an allocation's inputs, and the pause after a failed one.
+const STAGE_ATTEMPTS: u32 = 3;
+const STAGE_RETRY_PAUSE: Duration = Duration::from_secs(2);
+
 /// The environment of the task: the spec's, then what the agent sets.
-fn environment(record: &AllocRecord) -> Vec<(String, String)> {
+fn environment(record: &AllocRecord, dir: &Path) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = record
         .spec
         .env
@@ -62,6 +66,14 @@ fn environment(record: &AllocRecord) -> Vec<(String, String)> {
     set("STEWARD_JOB_ID", record.job.clone());
     set("STEWARD_TASK_INDEX", record.task.to_string());
     set("STEWARD_GENERATION", record.generation.to_string());
+    for input in &record.spec.inputs {
+        if let Ok((name, _)) = steward_core::objects::VersionSelector::parse_reference(input) {
+            set(
+                &steward_core::job::input_env_name(&name),
+                super::inputs::input_path(dir, &name).display().to_string(),
+            );
+        }
+    }
     if let Some((addr, port, rank, world, local)) = &record.rendezvous {
         set("MASTER_ADDR", addr.clone());
         set("MASTER_PORT", port.to_string());
@@ -111,7 +123,7 @@ fn spawn_shim(
             cmd.env(key, v);
         }
     }
-    cmd.envs(environment(record));
+    cmd.envs(environment(record, dir));
     cmd.current_dir(dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -309,6 +321,26 @@ pub async fn run(
             return;
         }
     }
+    if adopt.is_none() && !record.spec.inputs.is_empty() {
+        let staged = tokio::select! {
+            r = stage_inputs(&runner, &record, &dir, &report) => r,
+            order = wait_order(&mut stop) => Err(order),
+        };
+        if let Err(order) = staged {
+            let fin = FinalRecord {
+                state: order.report_as.into(),
+                exit_code: None,
+                restarts: 0,
+                reason: order.reason,
+            };
+            if let Err(e) = write_json(&dir, "final.json", &fin) {
+                tracing::warn!(alloc = %record.id, error = %e, "cannot record how the allocation ended");
+            }
+            tracing::info!(alloc = %record.id, state = %fin.state, reason = %fin.reason, "allocation ended before it started");
+            report(&fin.state, None, 0, fin.reason);
+            return;
+        }
+    }
     let policy = record.spec.restart;
     let mut restarts = adopt.as_ref().map_or(0, |p| p.restarts);
     let mut restart_times: Vec<Instant> = Vec::new();
@@ -411,6 +443,68 @@ pub async fn run(
     runner.isolation().remove(&record.id);
     tracing::info!(alloc = %record.id, state = %fin.state, reason = %fin.reason, "allocation ended");
     report(&fin.state, fin.exit_code, fin.restarts, fin.reason.clone());
+}
+
+/// Stages the allocation's inputs in its directory, retrying a failed attempt; the error
+/// is the order to end it as failed.
+async fn stage_inputs(
+    runner: &Runner,
+    record: &AllocRecord,
+    dir: &Path,
+    report: &impl Fn(&str, Option<i32>, u32, String),
+) -> Result<(), StopOrder> {
+    let failed = |reason: String| StopOrder {
+        grace: Duration::ZERO,
+        report_as: "failed",
+        reason,
+    };
+    let Some(stager) = runner.stager() else {
+        return Err(failed(
+            "this agent has no chunk store to stage inputs".into(),
+        ));
+    };
+    let mut last = String::new();
+    for attempt in 1..=STAGE_ATTEMPTS {
+        report(
+            "starting",
+            None,
+            0,
+            format!(
+                "staging {} input(s){}",
+                record.spec.inputs.len(),
+                if attempt > 1 {
+                    format!(" (attempt {attempt} of {STAGE_ATTEMPTS}; {last})")
+                } else {
+                    String::new()
+                }
+            ),
+        );
+        let leader = runner.leader_addr().await;
+        let started = Instant::now();
+        match stager.stage_all(&leader, dir, &record.spec.inputs).await {
+            Ok(staged) => {
+                let bytes: u64 = staged.iter().map(|s| s.bytes).sum();
+                let pulled: u64 = staged.iter().flat_map(|s| s.chunks_from.values()).sum();
+                tracing::info!(
+                    alloc = %record.id,
+                    inputs = staged.len(),
+                    bytes,
+                    chunks_pulled = pulled,
+                    ms = started.elapsed().as_millis() as u64,
+                    "inputs staged"
+                );
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(alloc = %record.id, attempt, error = %e, "staging inputs failed");
+                last = e;
+            }
+        }
+        if attempt < STAGE_ATTEMPTS {
+            tokio::time::sleep(STAGE_RETRY_PAUSE * attempt).await;
+        }
+    }
+    Err(failed(last))
 }
 
 /// Resolves once a stop order is given (at once if one already was).

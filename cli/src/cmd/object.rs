@@ -610,7 +610,10 @@ async fn put_file(
         if u.sent_bytes == 0 {
             dedup += u.len;
         }
-        holders.push(ChunkHolders { nodes: u.holders });
+        holders.push(ChunkHolders {
+            nodes: u.holders,
+            spread: 0,
+        });
     }
     bar.finish_and_clear();
     // Repeated chunks in the file are stored once.

@@ -332,7 +332,26 @@ impl AgentControl for AgentControlService {
         self.require_leader()?;
         validate_registration(&req.node_id, 0)
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        for (what, list) in [("added", &req.added), ("removed", &req.removed)] {
+        if !self
+            .ctx
+            .raft
+            .view()
+            .copy()
+            .state
+            .nodes
+            .contains_key(&req.node_id)
+        {
+            return Err(ApiError::NotFound(format!(
+                "node {} is not registered: register before reporting chunks",
+                req.node_id
+            ))
+            .into());
+        }
+        for (what, list) in [
+            ("added", &req.added),
+            ("removed", &req.removed),
+            ("corrupt", &req.corrupt),
+        ] {
             if list.len() > MAX_CHUNK_IDS_PER_REPORT {
                 return Err(ApiError::InvalidArgument(format!(
                     "{} {what} ids in one report, over the {MAX_CHUNK_IDS_PER_REPORT} limit",
@@ -349,10 +368,13 @@ impl AgentControl for AgentControlService {
         };
         let (added, removed, corrupt) = (ids(&req.added)?, ids(&req.removed)?, ids(&req.corrupt)?);
         let tracker = &self.ctx.replicas;
+        let refused = |e: String| Status::from(ApiError::Overloaded(e));
         if req.full {
-            tracker.full_report(&req.node_id, req.report_id, added, req.last);
+            tracker
+                .full_report(&req.node_id, req.report_id, added, req.last)
+                .map_err(refused)?;
         } else {
-            tracker.record(&req.node_id, added);
+            tracker.record(&req.node_id, added).map_err(refused)?;
             tracker.remove(&req.node_id, removed);
             if !corrupt.is_empty() {
                 tracing::warn!(node = %req.node_id, chunks = corrupt.len(), "an agent found rotten chunks; repair follows");

@@ -197,14 +197,18 @@ pub async fn plan(
         |mut c, r| async move { c.plan_job(r).await },
         |req, applied| {
             let spec = parse_spec(&req.spec_json)?;
-            dry_run(&applied.state, spec)
+            dry_run(&applied.state, spec, &ctx.replicas)
         },
     )
     .await
 }
 
 /// Where `spec` would go on `state` now: the round run on a copy with the job submitted.
-fn dry_run(state: &ClusterState, spec: JobSpec) -> Result<PlanJobReply, ApiError> {
+fn dry_run(
+    state: &ClusterState,
+    spec: JobSpec,
+    replicas: &crate::control::replicas::ReplicaTracker,
+) -> Result<PlanJobReply, ApiError> {
     let mut s = state.clone();
     let job = match s.apply(Command::SubmitJob {
         spec: Box::new(spec.clone()),
@@ -213,7 +217,11 @@ fn dry_run(state: &ClusterState, spec: JobSpec) -> Result<PlanJobReply, ApiError
         other => return Err(job_result_error(other)),
     };
     let view = SchedulingView::of(&s);
-    let round = schedule_round(&s, &RoundConfig::default());
+    let config = RoundConfig {
+        input_locality: crate::control::scheduler::input_locality(&s, replicas),
+        ..RoundConfig::default()
+    };
+    let round = schedule_round(&s, &config);
     let mut reply = PlanJobReply::default();
     for c in round.commands {
         match c {

@@ -154,7 +154,9 @@ pub async fn plan_put(
                 .map(|b| chunk_id_from_pb(b))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(invalid)?;
-            ctx.replicas.planned(ids.iter().copied());
+            ctx.replicas
+                .planned(ids.iter().copied())
+                .map_err(ApiError::Overloaded)?;
             let view = StorageView::new(ctx, &applied.state);
             let usable = view.usable.iter().filter(|u| **u).count();
             let w = write_quorum(rf);
@@ -257,7 +259,9 @@ async fn verify_replicas(
                         chunks[*i]
                     })
                     .collect();
-                ctx.replicas.record(node, held);
+                if let Err(e) = ctx.replicas.record(node, held) {
+                    tracing::warn!(%node, error = %e, "replicas verified at commit not tracked");
+                }
             }
             Err(e) => unreachable.push(format!("{node}: {e}")),
         }
@@ -419,17 +423,23 @@ pub async fn get(
             let locations = distinct_in_order(&v.manifest)
                 .iter()
                 .map(|id| {
-                    // Known holders first (ready ones before the rest), then the
-                    // placement's choices.
+                    // Ready copies outside the placement (staged for jobs) first, then
+                    // the ready placed replicas, the other holders, and the placement's
+                    // choices.
+                    let placed = view.ids(&view.layout.place(id, usize::from(v.rf)));
                     let mut nodes: Vec<String> = ctx.replicas.holders(id);
-                    nodes.sort_by_key(|n| !view.is_ready(n));
-                    for n in view.ids(&view.layout.place(id, usize::from(v.rf))) {
+                    nodes.sort_by_key(|n| (!view.is_ready(n), placed.contains(n)));
+                    let spread = nodes
+                        .iter()
+                        .take_while(|n| view.is_ready(n) && !placed.contains(n))
+                        .count() as u32;
+                    for n in placed {
                         if !nodes.contains(&n) {
                             nodes.push(n);
                         }
                     }
                     involved.extend(nodes.iter().cloned());
-                    ChunkHolders { nodes }
+                    ChunkHolders { nodes, spread }
                 })
                 .collect();
             Ok(GetObjectReply {

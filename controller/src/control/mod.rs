@@ -50,7 +50,7 @@ pub fn start(
     );
     workers.spawn(ClusterLevelWorker::new(raft.clone()), None);
     workers.spawn(
-        scheduler::SchedulerWorker::new(raft.clone(), jobs.clone()),
+        scheduler::SchedulerWorker::new(raft.clone(), replicas.clone(), jobs.clone()),
         None,
     );
     workers.spawn(

@@ -21,7 +21,7 @@ use steward_core::chunk::ChunkId;
 use steward_core::node::NodeHealth;
 use steward_core::objects::placement::{Layout, LayoutNode};
 use steward_core::objects::repair::{assess, Assessment, NodeView, Risk};
-use steward_core::objects::ChunkUse;
+use steward_core::objects::{ChunkUse, VersionSelector};
 use steward_core::state::ClusterState;
 use steward_proto::v1::{CopyChunksRequest, CopyOutcome, RemoveChunksRequest};
 use steward_runtime::transport::{self, ChannelPool, ClientOptions};
@@ -97,6 +97,37 @@ pub struct Survey {
     pub complete: bool,
 }
 
+/// Per layout node, the chunks of the inputs of the allocations that run (or are about to
+/// run) there.
+fn staged_inputs(state: &ClusterState, layout: &Layout) -> HashMap<usize, HashSet<ChunkId>> {
+    let mut out: HashMap<usize, HashSet<ChunkId>> = HashMap::new();
+    for a in state.allocs.values().filter(|a| !a.state.is_terminal()) {
+        let Some(job) = state.jobs.get(&a.job).filter(|j| !j.spec.inputs.is_empty()) else {
+            continue;
+        };
+        let Some(node) = layout.index_of(&a.node) else {
+            continue;
+        };
+        for input in &job.spec.inputs {
+            let Ok((name, selector)) = VersionSelector::parse_reference(input) else {
+                continue;
+            };
+            let Some(object) = state.objects.get(&name) else {
+                continue;
+            };
+            if let Some(v) = selector
+                .resolve(object)
+                .and_then(|n| object.versions.get(&n))
+            {
+                out.entry(node)
+                    .or_default()
+                    .extend(v.manifest.chunks.iter().map(|c| c.id));
+            }
+        }
+    }
+    out
+}
+
 impl Survey {
     /// Surveys every referenced chunk, or only those in `only`.
     pub fn take(
@@ -159,6 +190,7 @@ impl Survey {
             .iter()
             .zip(&views)
             .all(|(n, v)| !v.live || replicas.has_full_report(&n.id));
+        let staged = staged_inputs(state, &layout);
         let mut replicas_per_node = vec![0u64; layout.nodes().len()];
         let mut chunks = Vec::with_capacity(state.chunk_refs().len());
         for (id, need) in state.chunk_refs().iter() {
@@ -172,7 +204,18 @@ impl Survey {
             for h in &held {
                 replicas_per_node[*h] += 1;
             }
-            let assessment = assess(&layout, &views, id, usize::from(need.rf), &held);
+            let mut assessment = assess(&layout, &views, id, usize::from(need.rf), &held);
+            // A node running a job that reads the chunk keeps its staged copy (it serves
+            // the job's peers too); it becomes surplus when the job ends there.
+            assessment
+                .trim
+                .retain(|h| !staged.get(h).is_some_and(|s| s.contains(id)));
+            if assessment.risk == Some(Risk::Misplaced)
+                && assessment.copy_to.is_empty()
+                && assessment.trim.is_empty()
+            {
+                assessment.risk = None;
+            }
             chunks.push(ChunkStanding {
                 id: *id,
                 need: *need,
@@ -490,7 +533,9 @@ async fn copy_batch(
         }
     }
     let n = copied.len() as u64;
-    replicas.record(&node, copied);
+    if let Err(e) = replicas.record(&node, copied) {
+        tracing::warn!(%node, error = %e, "copied replicas not tracked");
+    }
     {
         let mut s = shared.status.lock().unwrap_or_else(|p| p.into_inner());
         s.copied_chunks += n;

@@ -27,25 +27,37 @@ struct Inner {
     staging: HashMap<u16, (u64, Vec<ChunkId>)>,
     /// Chunks with a replica found rotten, and how many times.
     corrupt: HashMap<ChunkId, u32>,
-    /// Chunks of puts planned here, by when (garbage collection leaves them alone).
-    planned: HashMap<ChunkId, std::time::Instant>,
+    /// Chunks of puts planned here: when last planned, and by how many puts not yet
+    /// committed (garbage collection leaves them alone).
+    planned: HashMap<ChunkId, (std::time::Instant, u32)>,
 }
 
 /// How long a planned put's chunks are protected from garbage collection on this leader
 /// (agents also keep every chunk younger than their grace period).
 pub const PLAN_PROTECTION: std::time::Duration = std::time::Duration::from_secs(3600);
-/// Most chunk ids remembered from plans; past it the oldest are forgotten.
+/// Most chunk ids remembered from plans.
 pub const MAX_PLANNED: usize = 1_000_000;
+/// Most ids one node's full list may hold while its parts arrive (a larger store is
+/// refused, and the leader keeps what it knew).
+pub const MAX_FULL_REPORT_IDS: usize = 8_000_000;
+/// Distinct nodes this leader can track (ids are `u16`); past it reports are refused
+/// until a new leader starts afresh.
+pub const MAX_TRACKED_NODES: usize = u16::MAX as usize;
 
 impl Inner {
-    fn intern(&mut self, node: &str) -> u16 {
+    fn intern(&mut self, node: &str) -> Result<u16, String> {
         if let Some(i) = self.index.get(node) {
-            return *i;
+            return Ok(*i);
         }
-        let i = u16::try_from(self.nodes.len()).unwrap_or(u16::MAX);
+        let i = u16::try_from(self.nodes.len())
+            .ok()
+            .filter(|i| usize::from(*i) < MAX_TRACKED_NODES)
+            .ok_or_else(|| {
+                format!("this leader tracks {MAX_TRACKED_NODES} nodes, its limit; a new leader starts afresh")
+            })?;
         self.nodes.push(node.to_string());
         self.index.insert(node.to_string(), i);
-        i
+        Ok(i)
     }
 }
 
@@ -60,15 +72,20 @@ impl ReplicaTracker {
     }
 
     /// `node` holds `chunks`.
-    pub fn record(&self, node: &str, chunks: impl IntoIterator<Item = ChunkId>) {
+    pub fn record(
+        &self,
+        node: &str,
+        chunks: impl IntoIterator<Item = ChunkId>,
+    ) -> Result<(), String> {
         let mut inner = self.inner();
-        let n = inner.intern(node);
+        let n = inner.intern(node)?;
         for c in chunks {
             let h = inner.holders.entry(c).or_default();
             if !h.contains(&n) {
                 h.push(n);
             }
         }
+        Ok(())
     }
 
     /// `node` no longer holds `chunks`.
@@ -89,16 +106,28 @@ impl ReplicaTracker {
 
     /// A part of `node`'s full list; on the `last` part the node's record is replaced by
     /// the whole list. A part of another report id starts over.
-    pub fn full_report(&self, node: &str, report_id: u64, chunks: Vec<ChunkId>, last: bool) {
+    pub fn full_report(
+        &self,
+        node: &str,
+        report_id: u64,
+        chunks: Vec<ChunkId>,
+        last: bool,
+    ) -> Result<(), String> {
         let mut inner = self.inner();
-        let n = inner.intern(node);
+        let n = inner.intern(node)?;
         let entry = inner.staging.entry(n).or_insert((report_id, Vec::new()));
         if entry.0 != report_id {
             *entry = (report_id, Vec::new());
         }
+        if entry.1.len() + chunks.len() > MAX_FULL_REPORT_IDS {
+            inner.staging.remove(&n);
+            return Err(format!(
+                "a full chunk list over {MAX_FULL_REPORT_IDS} ids, the leader's limit per node"
+            ));
+        }
         entry.1.extend(chunks);
         if !last {
-            return;
+            return Ok(());
         }
         let (_, list) = inner.staging.remove(&n).unwrap_or_default();
         let list: HashSet<ChunkId> = list.into_iter().collect();
@@ -115,6 +144,7 @@ impl ReplicaTracker {
             }
         }
         inner.complete.insert(n);
+        Ok(())
     }
 
     /// Whether this leader holds `node`'s full list.
@@ -147,37 +177,59 @@ impl ReplicaTracker {
         self.remove(node, chunks);
     }
 
-    /// A put was planned with `chunks`: they are not garbage for [`PLAN_PROTECTION`].
-    pub fn planned(&self, chunks: impl IntoIterator<Item = ChunkId>) {
+    /// A put was planned with `chunks`: they are not garbage until it commits or for
+    /// [`PLAN_PROTECTION`]. Each put counts: one committing does not lift the protection
+    /// another put in flight with shared chunks still needs. Refused (nothing recorded)
+    /// when the record would pass [`MAX_PLANNED`] even after forgetting expired plans.
+    pub fn planned(&self, chunks: impl IntoIterator<Item = ChunkId>) -> Result<(), String> {
+        let chunks: HashSet<ChunkId> = chunks.into_iter().collect();
         let mut inner = self.inner();
         let now = std::time::Instant::now();
-        if inner.planned.len() >= MAX_PLANNED {
+        if inner.planned.len() + chunks.len() > MAX_PLANNED {
             inner
                 .planned
-                .retain(|_, at| now.duration_since(*at) < PLAN_PROTECTION);
+                .retain(|_, (at, _)| now.duration_since(*at) < PLAN_PROTECTION);
+        }
+        let new = chunks
+            .iter()
+            .filter(|c| !inner.planned.contains_key(c))
+            .count();
+        if inner.planned.len() + new > MAX_PLANNED {
+            return Err(format!(
+                "the leader protects the chunks of {} planned puts' chunks, its limit is {MAX_PLANNED}; retry once puts in flight commit",
+                inner.planned.len()
+            ));
         }
         for c in chunks {
-            if inner.planned.len() < MAX_PLANNED {
-                inner.planned.insert(c, now);
+            let entry = inner.planned.entry(c).or_insert((now, 0));
+            *entry = (now, entry.1.saturating_add(1));
+        }
+        Ok(())
+    }
+
+    /// A put committed (or gave up): its chunks need its plan's protection no longer (a
+    /// committed version protects them while it references them); other plans naming
+    /// them still protect them.
+    pub fn unplanned(&self, chunks: impl IntoIterator<Item = ChunkId>) {
+        let chunks: HashSet<ChunkId> = chunks.into_iter().collect();
+        let mut inner = self.inner();
+        for c in chunks {
+            if let Some((_, n)) = inner.planned.get_mut(&c) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    inner.planned.remove(&c);
+                }
             }
         }
     }
 
-    /// A put committed (or gave up): its chunks need the plan's protection no longer (a
-    /// committed version protects them while it references them).
-    pub fn unplanned(&self, chunks: impl IntoIterator<Item = ChunkId>) {
-        let mut inner = self.inner();
-        for c in chunks {
-            inner.planned.remove(&c);
-        }
-    }
-
-    /// Whether a put planned here in the last [`PLAN_PROTECTION`] names `chunk`.
+    /// Whether a put planned here in the last [`PLAN_PROTECTION`] and not yet committed
+    /// names `chunk`.
     pub fn recently_planned(&self, chunk: &ChunkId) -> bool {
         self.inner()
             .planned
             .get(chunk)
-            .is_some_and(|at| at.elapsed() < PLAN_PROTECTION)
+            .is_some_and(|(at, _)| at.elapsed() < PLAN_PROTECTION)
     }
 
     /// Chunks with a replica found rotten since this leader started.
@@ -201,6 +253,26 @@ impl ReplicaTracker {
             .unwrap_or_default()
     }
 
+    /// Bytes of `chunks` (id, size) each node is known to hold, under one lock.
+    pub fn bytes_held<'a>(
+        &self,
+        chunks: impl IntoIterator<Item = (&'a ChunkId, u32)>,
+    ) -> HashMap<String, u64> {
+        let inner = self.inner();
+        let mut per_node = vec![0u64; inner.nodes.len()];
+        for (id, size) in chunks {
+            for h in inner.holders.get(id).into_iter().flatten() {
+                per_node[*h as usize] += u64::from(size);
+            }
+        }
+        per_node
+            .into_iter()
+            .enumerate()
+            .filter(|(_, b)| *b > 0)
+            .map(|(i, b)| (inner.nodes[i].clone(), b))
+            .collect()
+    }
+
     /// Chunks with at least one known holder.
     pub fn len(&self) -> usize {
         self.inner().holders.len()
@@ -219,9 +291,9 @@ mod tests {
     fn holders_are_recorded_once_and_removed() {
         let t = ReplicaTracker::default();
         let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
-        t.record("n1", [a, b]);
-        t.record("n2", [a]);
-        t.record("n1", [a]);
+        t.record("n1", [a, b]).expect("tracked");
+        t.record("n2", [a]).expect("tracked");
+        t.record("n1", [a]).expect("tracked");
         assert_eq!(t.holders(&a), vec!["n1".to_string(), "n2".to_string()]);
         t.remove("n1", [a, b]);
         assert_eq!(t.holders(&a), vec!["n2".to_string()]);
@@ -235,14 +307,14 @@ mod tests {
     fn a_full_report_replaces_what_was_known_of_the_node() {
         let t = ReplicaTracker::default();
         let (a, b, c) = (ChunkId::of(b"a"), ChunkId::of(b"b"), ChunkId::of(b"c"));
-        t.record("n1", [a, b]);
-        t.record("n2", [a]);
+        t.record("n1", [a, b]).expect("tracked");
+        t.record("n2", [a]).expect("tracked");
         assert!(!t.has_full_report("n1"));
-        t.full_report("n1", 7, vec![b], false);
+        t.full_report("n1", 7, vec![b], false).expect("tracked");
         // A part of another report starts over.
-        t.full_report("n1", 8, vec![c], false);
+        t.full_report("n1", 8, vec![c], false).expect("tracked");
         assert!(!t.has_full_report("n1"), "not before the last part");
-        t.full_report("n1", 8, vec![b], true);
+        t.full_report("n1", 8, vec![b], true).expect("tracked");
         assert!(t.has_full_report("n1"));
         assert_eq!(t.holders(&a), vec!["n2".to_string()], "n1 no longer has a");
         assert_eq!(t.holders(&b), vec!["n1".to_string()]);
@@ -258,10 +330,27 @@ mod tests {
     fn planned_chunks_are_protected_until_their_put_commits() {
         let t = ReplicaTracker::default();
         let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
-        t.planned([a, b]);
+        t.planned([a, b]).expect("room");
         assert!(t.recently_planned(&a) && t.recently_planned(&b));
-        t.unplanned([a]);
+        // A second put in flight shares `b`: the first committing leaves it protected.
+        t.planned([b, b]).expect("room");
+        t.unplanned([a, b]);
         assert!(!t.recently_planned(&a));
         assert!(t.recently_planned(&b));
+        t.unplanned([b]);
+        assert!(!t.recently_planned(&b));
+    }
+
+    #[test]
+    fn nodes_past_the_tracking_limit_are_refused_not_aliased() {
+        let t = ReplicaTracker::default();
+        let a = ChunkId::of(b"a");
+        for i in 0..MAX_TRACKED_NODES {
+            t.record(&format!("n{i}"), []).expect("tracked");
+        }
+        assert!(t.record("one-too-many", [a]).is_err());
+        assert!(t.full_report("one-too-many", 1, vec![a], true).is_err());
+        t.record("n0", [a]).expect("a known node still reports");
+        assert_eq!(t.holders(&a), vec!["n0".to_string()]);
     }
 }

@@ -11,13 +11,19 @@
 //! else was proposed, it proposes an empty entry to move it; and it collects finished jobs
 //! (`jobs.gc_after`, `jobs.history`).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use steward_core::objects::VersionSelector;
+use steward_core::state::ClusterState;
 
 use steward_core::jobs::round::{collection_due, next_due_ms, schedule_round, RoundConfig};
 use steward_core::{Command, CommandResult};
 use steward_runtime::{Next, Worker, WorkerError};
 use tokio::sync::watch;
 
+use super::replicas::ReplicaTracker;
 use crate::config::JobsTuning;
 use crate::raft::RaftHandle;
 
@@ -27,9 +33,59 @@ pub const TICK: Duration = Duration::from_secs(1);
 pub const COLLECT_EVERY: Duration = Duration::from_secs(30);
 /// The feature level that brought jobs.
 const JOBS_LEVEL: u32 = 3;
+/// Waiting jobs whose input locality one round measures (the oldest first); the rest are
+/// placed without the preference.
+pub const MAX_LOCALITY_JOBS: usize = 64;
+
+/// For each waiting job with inputs (at most [`MAX_LOCALITY_JOBS`]): the share of its
+/// inputs' distinct chunk bytes each node already holds, from the agents' chunk reports.
+pub fn input_locality(
+    state: &ClusterState,
+    replicas: &ReplicaTracker,
+) -> HashMap<String, HashMap<String, f64>> {
+    let mut waiting: Vec<_> = state
+        .jobs
+        .values()
+        .filter(|j| !j.status.is_terminal() && !j.spec.inputs.is_empty())
+        .filter(|j| j.unplaced_tasks(&state.allocs).next().is_some())
+        .collect();
+    waiting.sort_by_key(|j| j.submitted_revision);
+    waiting.truncate(MAX_LOCALITY_JOBS);
+    let mut out = HashMap::new();
+    for job in waiting {
+        let mut chunks = std::collections::BTreeMap::new();
+        for input in &job.spec.inputs {
+            let Ok((name, selector)) = VersionSelector::parse_reference(input) else {
+                continue;
+            };
+            let Some(object) = state.objects.get(&name) else {
+                continue;
+            };
+            if let Some(v) = selector
+                .resolve(object)
+                .and_then(|n| object.versions.get(&n))
+            {
+                chunks.extend(v.manifest.distinct_chunks());
+            }
+        }
+        let total: u64 = chunks.values().map(|s| u64::from(*s)).sum();
+        if total == 0 {
+            continue;
+        }
+        let held = replicas.bytes_held(chunks.iter().map(|(id, size)| (id, *size)));
+        out.insert(
+            job.id.clone(),
+            held.into_iter()
+                .map(|(node, bytes)| (node, bytes as f64 / total as f64))
+                .collect(),
+        );
+    }
+    out
+}
 
 pub struct SchedulerWorker {
     raft: RaftHandle,
+    replicas: Arc<ReplicaTracker>,
     changes: watch::Receiver<u64>,
     tuning: JobsTuning,
     last_collect: Option<Instant>,
@@ -41,10 +97,11 @@ pub struct SchedulerWorker {
 }
 
 impl SchedulerWorker {
-    pub fn new(raft: RaftHandle, tuning: JobsTuning) -> Self {
+    pub fn new(raft: RaftHandle, replicas: Arc<ReplicaTracker>, tuning: JobsTuning) -> Self {
         SchedulerWorker {
             changes: raft.view().subscribe(),
             raft,
+            replicas,
             tuning,
             last_collect: None,
             rounds: 0,
@@ -81,6 +138,7 @@ impl Worker for SchedulerWorker {
         let state = self.raft.view().copy().state;
         let config = RoundConfig {
             preemption_gap: self.tuning.preemption_gap,
+            input_locality: input_locality(&state, &self.replicas),
             ..RoundConfig::default()
         };
         let started = Instant::now();

@@ -9,6 +9,7 @@ use super::*;
 use crate::command::CommandResult;
 use crate::job::JobSpec;
 use crate::node::{NodeEvent, NodeHealth};
+use crate::objects::VersionSelector;
 use crate::state::ClusterState;
 
 /// One placement of a plan: task `task` of the plan's job on `node`.
@@ -84,11 +85,17 @@ fn refused(reason: impl Into<String>) -> CommandResult {
 }
 
 impl ClusterState {
-    pub(crate) fn submit_job(&mut self, revision: u64, spec: JobSpec) -> CommandResult {
+    pub(crate) fn submit_job(&mut self, revision: u64, mut spec: JobSpec) -> CommandResult {
         if let Err(e) = spec.validate() {
             return CommandResult::JobRefused {
                 reason: e.to_string(),
             };
+        }
+        if self.cluster_level >= crate::features::OBJECTS_LEVEL {
+            match self.pin_inputs(&spec.inputs) {
+                Ok(pinned) => spec.inputs = pinned,
+                Err(reason) => return CommandResult::JobRefused { reason },
+            }
         }
         if self.jobs.len() >= MAX_JOBS {
             return CommandResult::JobRefused {
@@ -117,6 +124,26 @@ impl ClusterState {
         self.jobs.insert(id.clone(), job);
         self.job_event(&id, revision, "submitted".into());
         CommandResult::JobSubmitted { job: id, revision }
+    }
+
+    /// Each input (`NAME`, `NAME@VERSION`, `NAME:TAG`) as the version it names now,
+    /// `NAME@VERSION`: the job reads those bytes however tags move later.
+    pub(crate) fn pin_inputs(&self, inputs: &[String]) -> Result<Vec<String>, String> {
+        crate::job::validate_inputs(inputs).map_err(|e| e.to_string())?;
+        inputs
+            .iter()
+            .map(|input| {
+                let (name, selector) = VersionSelector::parse_reference(input)?;
+                let object = self
+                    .objects
+                    .get(&name)
+                    .ok_or_else(|| format!("input `{input}`: no object `{name}`"))?;
+                let version = selector.resolve(object).ok_or_else(|| {
+                    format!("input `{input}`: `{name}` has no version {selector}")
+                })?;
+                Ok(format!("{name}@{version}"))
+            })
+            .collect()
     }
 
     pub(crate) fn cancel_job(&mut self, revision: u64, job: String) -> CommandResult {

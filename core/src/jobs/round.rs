@@ -34,6 +34,10 @@ pub struct RoundConfig {
     /// A job preempts only tasks at least this much lower in priority.
     pub preemption_gap: u32,
     pub max_jobs: usize,
+    /// Job id -> node id -> the share (0 to 1) of the job's input bytes the node already
+    /// holds: the scheduler's data-locality preference (the leader measures it from the
+    /// agents' chunk reports; absent: no preference).
+    pub input_locality: HashMap<String, HashMap<String, f64>>,
 }
 
 impl Default for RoundConfig {
@@ -42,6 +46,7 @@ impl Default for RoundConfig {
             policy: Policy::Steward,
             preemption_gap: DEFAULT_PREEMPTION_GAP,
             max_jobs: MAX_JOBS_PER_ROUND,
+            input_locality: HashMap::new(),
         }
     }
 }
@@ -400,7 +405,16 @@ pub fn schedule_round(state: &ClusterState, cfg: &RoundConfig) -> Round {
                 task: shape,
                 count: c.tasks.len() as u32,
                 gang: like.gang,
-                locality: Vec::new(),
+                locality: cfg
+                    .input_locality
+                    .get(&c.job.id)
+                    .map(|near| {
+                        view.ids
+                            .iter()
+                            .map(|n| near.get(n).copied().unwrap_or(0.0))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             };
             let decisions = plan::schedule(&mut sched, &mut view.nodes, &[pending], &view.models);
             for &i in &held_out {

@@ -70,6 +70,21 @@ impl ClusterState {
         if let Err(e) = put.validate() {
             return refused(e);
         }
+        // A chunk id names one content, so one size: a manifest that disagrees with what
+        // the versions already referencing the chunk say is wrong (and would make the
+        // derived chunk index depend on the order versions were applied in).
+        if let Some(c) = put.manifest.chunks.iter().find(|c| {
+            self.chunk_refs()
+                .get(&c.id)
+                .is_some_and(|known| known.size != c.size)
+        }) {
+            return refused(format!(
+                "chunk {} is {} bytes in this manifest and {} in the versions that reference it already",
+                c.id,
+                c.size,
+                self.chunk_refs().get(&c.id).map_or(0, |k| k.size)
+            ));
+        }
         let existing = self.objects.get(&put.name).cloned();
         if existing.is_none() && self.objects.len() >= MAX_OBJECTS {
             return refused(format!(

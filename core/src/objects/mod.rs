@@ -89,6 +89,15 @@ impl Manifest {
                 c.id, c.size
             ));
         }
+        let mut sizes: BTreeMap<ChunkId, u32> = BTreeMap::new();
+        for c in &self.chunks {
+            if let Some(other) = sizes.insert(c.id, c.size).filter(|s| *s != c.size) {
+                return Err(format!(
+                    "chunk {} is listed with {other} and {} bytes: one id is one content",
+                    c.id, c.size
+                ));
+            }
+        }
         let sum: u64 = self.chunks.iter().map(|c| u64::from(c.size)).sum();
         if sum != self.size {
             return Err(format!(

@@ -538,3 +538,98 @@ proptest! {
         check_index(&s);
     }
 }
+
+#[test]
+fn job_inputs_are_pinned_to_the_version_they_name_at_submission() {
+    let mut s = state();
+    version_of(&s.apply(put("models/m", &[b"one"], 3, &["prod"])));
+    version_of(&s.apply(put("models/m", &[b"two"], 3, &[])));
+    let job = |inputs: &[&str]| {
+        let mut spec = crate::job::JobSpec::from_toml(
+            "name = \"j\"\ncommand = \"true\"\n[resources]\ncpu_millicores = 100\nmemory_mib = 64\n",
+        )
+        .expect("spec");
+        spec.inputs = inputs.iter().map(|i| i.to_string()).collect();
+        Command::SubmitJob {
+            spec: Box::new(spec),
+        }
+    };
+    let pinned = |s: &ClusterState, r: CommandResult| match r {
+        CommandResult::JobSubmitted { job, .. } => s.jobs[&job].spec.inputs.clone(),
+        other => panic!("submit: {other:?}"),
+    };
+    let r = s.apply(job(&["models/m:prod", "models/m2x@1"]));
+    assert!(
+        matches!(&r, CommandResult::JobRefused { reason } if reason.contains("no object `models/m2x`")),
+        "{r:?}"
+    );
+    let r = s.apply(job(&["models/m:prod"]));
+    assert_eq!(pinned(&s, r), vec!["models/m@1".to_string()]);
+    let r = s.apply(job(&["models/m"]));
+    assert_eq!(pinned(&s, r), vec!["models/m@2".to_string()]);
+    // The tag moves: a job submitted before keeps its version.
+    s.apply(tag("models/m", "prod", Some(2), Some(1)));
+    let first = s.jobs.values().find(|j| j.spec.inputs == ["models/m@1"]);
+    assert!(first.is_some());
+    for bad in [
+        vec!["models/m:nope"],
+        vec!["models/m@9"],
+        vec!["../x"],
+        vec!["models/m", "models_m@1"],
+    ] {
+        let before = s.jobs.len();
+        let r = s.apply(job(&bad));
+        assert!(
+            matches!(r, CommandResult::JobRefused { .. }),
+            "{bad:?}: {r:?}"
+        );
+        assert_eq!(s.jobs.len(), before);
+    }
+    // Below the objects level inputs are kept as given (older controllers did so).
+    let mut old = ClusterState::default();
+    old.apply(Command::SetClusterLevel { level: 3 });
+    let r = old.apply(job(&["anything goes"]));
+    assert_eq!(pinned(&old, r), vec!["anything goes".to_string()]);
+}
+
+#[test]
+fn input_variables_name_the_object() {
+    assert_eq!(
+        crate::job::input_env_name("datasets/tokens-v3.1"),
+        "STEWARD_INPUT_DATASETS_TOKENS_V3_1"
+    );
+}
+
+#[test]
+fn a_chunk_id_has_one_size_in_every_manifest() {
+    let mut s = state();
+    version_of(&s.apply(put("a", &[b"shared", b"own"], 3, &[])));
+    let lying = |m: &mut Manifest| {
+        m.chunks[0].size += 1;
+        m.size += 1;
+    };
+    // Another object names the shared chunk with another size.
+    let mut m = manifest(&[b"shared"]);
+    lying(&mut m);
+    let r = s.apply(Command::PutObjectVersion {
+        put: Box::new(PutVersion {
+            name: "b".into(),
+            manifest: m,
+            rf: 3,
+            labels: BTreeMap::new(),
+            tags: vec![],
+            retention: None,
+        }),
+    });
+    assert!(
+        matches!(&r, CommandResult::ObjectRefused { reason } if reason.contains("bytes in this manifest")),
+        "{r:?}"
+    );
+    assert!(!s.objects.contains_key("b"));
+    // One manifest lists one id with two sizes.
+    let mut m = manifest(&[b"x", b"x"]);
+    m.chunks[1].size += 1;
+    m.size += 1;
+    assert!(m.validate().unwrap_err().contains("one id is one content"));
+    check_index(&s);
+}
