@@ -7,7 +7,7 @@ CARGO ?= cargo
 # small machines.
 IT_THREADS ?= 1
 
-.PHONY: all deps dev test build build-next fmt-check lint unit bench-raft bench-scheduler bench-agent bench-jobs bench-deps clean-dev
+.PHONY: all deps dev test build build-next fmt-check lint unit bench-raft bench-scheduler bench-agent bench-jobs bench-storage bench-deps clean-dev
 
 all: build
 
@@ -79,6 +79,11 @@ bench-agent: build
 # when it is installed (`make bench-deps`), node loss -> work running elsewhere.
 bench-jobs: build
 	$(CARGO) run --bin bench-jobs
+
+# Objects: put/get of 1 GiB beside BLAKE3, 3x fsync'd writes and a read; repair MiB/s
+# against its budget; dedup; 1M chunk references (RSS, snapshot build, survey).
+bench-storage: build
+	$(CARGO) run --bin bench-storage
 
 # Packages only the benchmarks' peers need (Slurm for bench-jobs).
 bench-deps:

@@ -8,6 +8,12 @@
 //! jitter, so a fleet started together does not scrub together; `StartScrub` (`steward
 //! node scrub ID`) starts one now. It runs on its own thread: every step is blocking disk
 //! I/O.
+//!
+//! It gives way to the node's work: every [`BUSY_CHECK`] it reads how busy the data dir's
+//! block device was (`/proc/diskstats`, the share of time with I/O in flight); at
+//! [`BUSY_PAUSE_PCT`] or more it pauses, and resumes once the device, without the
+//! scrubber, is below [`BUSY_RESUME_PCT`]. On a filesystem without a block device of its
+//! own (tmpfs, overlay) it never pauses.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +33,74 @@ pub const DEFAULT_BYTES_PER_SEC: u64 = 50 << 20;
 const CHECKPOINT_EVERY: u64 = 100;
 /// Longest one wait lasts before the stop flag is looked at again.
 const POLL: Duration = Duration::from_millis(200);
+/// How often a pass measures how busy the disk is.
+pub const BUSY_CHECK: Duration = Duration::from_secs(1);
+/// Device utilisation (%) at which a pass pauses for the node's own I/O, and below which
+/// it resumes.
+pub const BUSY_PAUSE_PCT: f64 = 80.0;
+pub const BUSY_RESUME_PCT: f64 = 50.0;
+
+/// How busy one block device is: the growth of its "time spent doing I/O" (`io_ticks`,
+/// milliseconds, field 13 of `/proc/diskstats`) over wall time.
+pub struct DiskBusy {
+    device: Option<(u64, u64)>,
+    read_ticks: fn((u64, u64)) -> Option<u64>,
+    last: Option<(Instant, u64)>,
+}
+
+/// The `io_ticks` of device `major:minor` from `/proc/diskstats`.
+fn diskstats_ticks(device: (u64, u64)) -> Option<u64> {
+    parse_io_ticks(&std::fs::read_to_string("/proc/diskstats").ok()?, device)
+}
+
+/// `io_ticks` of `device` in a `/proc/diskstats` text.
+pub fn parse_io_ticks(text: &str, (major, minor): (u64, u64)) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() >= 13
+            && f[0].parse::<u64>().ok() == Some(major)
+            && f[1].parse::<u64>().ok() == Some(minor))
+        .then(|| f[12].parse().ok())
+        .flatten()
+    })
+}
+
+impl DiskBusy {
+    /// For the device holding `path` (none when it has no block device of its own).
+    pub fn for_path(path: &std::path::Path) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let device = std::fs::metadata(path).ok().map(|m| {
+            let dev = m.dev();
+            // glibc's encoding of dev_t.
+            let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+            let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+            (major, minor)
+        });
+        Self::with_reader(device.filter(|(major, _)| *major != 0), diskstats_ticks)
+    }
+
+    pub fn with_reader(
+        device: Option<(u64, u64)>,
+        read_ticks: fn((u64, u64)) -> Option<u64>,
+    ) -> Self {
+        DiskBusy {
+            device,
+            read_ticks,
+            last: None,
+        }
+    }
+
+    /// The device's utilisation (%) since the previous call (None: the first call, or no
+    /// device to read).
+    pub fn utilisation(&mut self) -> Option<f64> {
+        let ticks = (self.read_ticks)(self.device?)?;
+        let now = Instant::now();
+        let previous = self.last.replace((now, ticks));
+        let (at, before) = previous?;
+        let wall_ms = now.duration_since(at).as_secs_f64() * 1000.0;
+        (wall_ms > 0.0).then(|| (ticks.saturating_sub(before) as f64 / wall_ms * 100.0).min(100.0))
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct ScrubConfig {
@@ -62,6 +136,8 @@ pub struct Scrubber {
     path: PathBuf,
     state: Mutex<ScrubState>,
     running: AtomicBool,
+    /// Paused for the node's own disk I/O.
+    paused: AtomicBool,
     requested: Mutex<bool>,
     wake: Condvar,
 }
@@ -85,6 +161,7 @@ impl Scrubber {
             path,
             state: Mutex::new(state),
             running: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
             requested: Mutex::new(false),
             wake: Condvar::new(),
         })
@@ -142,6 +219,34 @@ impl Scrubber {
         Duration::from_millis(next.saturating_sub(now_ms()))
     }
 
+    /// Pauses while the disk is busy with other I/O (the node's jobs).
+    fn wait_for_quiet_disk(&self, busy: &mut DiskBusy, stop: &AtomicBool) {
+        tracing::info!("scrub paused: the disk is busy");
+        self.paused.store(true, Ordering::Relaxed);
+        let since = Instant::now();
+        loop {
+            let slept = Instant::now();
+            while slept.elapsed() < BUSY_CHECK && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(POLL);
+            }
+            if stop.load(Ordering::Relaxed)
+                || busy.utilisation().is_none_or(|u| u < BUSY_RESUME_PCT)
+            {
+                break;
+            }
+        }
+        self.paused.store(false, Ordering::Relaxed);
+        tracing::info!(
+            paused_ms = since.elapsed().as_millis() as u64,
+            "scrub resumed"
+        );
+    }
+
+    /// Whether a pass is paused for the node's own disk I/O.
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
     fn run(&self, stop: &AtomicBool) {
         let mut due = Instant::now() + self.due_in(&self.status().1);
         while !stop.load(Ordering::Relaxed) {
@@ -180,8 +285,11 @@ impl Scrubber {
             }
         };
         let after: Option<ChunkId> = state.after.as_deref().and_then(|a| ChunkId::parse(a).ok());
-        let started = Instant::now();
+        let mut started = Instant::now();
         let mut read = 0u64;
+        let mut busy = DiskBusy::for_path(self.store.root());
+        let _ = busy.utilisation();
+        let mut last_check = Instant::now();
         for id in ids.into_iter().filter(|id| after.is_none_or(|a| *id > a)) {
             if stop.load(Ordering::Relaxed) {
                 self.save(&state);
@@ -210,6 +318,14 @@ impl Scrubber {
             while started.elapsed() < target && !stop.load(Ordering::Relaxed) {
                 std::thread::sleep((target - started.elapsed()).min(POLL));
             }
+            if last_check.elapsed() >= BUSY_CHECK {
+                last_check = Instant::now();
+                if busy.utilisation().is_some_and(|u| u >= BUSY_PAUSE_PCT) {
+                    self.wait_for_quiet_disk(&mut busy, stop);
+                    // The rate limit counts from the resumption.
+                    (started, read) = (Instant::now(), 0);
+                }
+            }
         }
         state.in_pass = false;
         state.passes += 1;
@@ -228,6 +344,34 @@ impl Scrubber {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_utilisation_comes_from_diskstats_io_ticks() {
+        let text = "   8       0 sda 100 0 800 50 10 0 80 5 0 1234 55 0 0 0 0\n 253       1 vda1 1 2 3 4 5 6 7 8 9 777 11 12 13 14 15 16 17\n";
+        assert_eq!(parse_io_ticks(text, (8, 0)), Some(1234));
+        assert_eq!(parse_io_ticks(text, (253, 1)), Some(777));
+        assert_eq!(parse_io_ticks(text, (9, 9)), None);
+        assert_eq!(parse_io_ticks("8 0 sda 1 2", (8, 0)), None, "a short line");
+        // A device whose ticks grow as fast as the clock is 100 % busy; one that does not
+        // grow is idle; no device is never busy.
+        static TICKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut busy = DiskBusy::with_reader(Some((8, 0)), |_| Some(TICKS.load(Ordering::Relaxed)));
+        assert_eq!(busy.utilisation(), None, "the first reading only starts");
+        std::thread::sleep(Duration::from_millis(50));
+        TICKS.store(1_000, Ordering::Relaxed);
+        assert_eq!(busy.utilisation(), Some(100.0));
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(busy.utilisation(), Some(0.0));
+        let mut none = DiskBusy::with_reader(None, |_| Some(1));
+        assert_eq!(none.utilisation(), None);
+        // The real device of a temp dir reads, or has no device of its own.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut real = DiskBusy::for_path(dir.path());
+        let _ = real.utilisation();
+        assert!(real
+            .utilisation()
+            .is_none_or(|u| (0.0..=100.0).contains(&u)));
+    }
 
     #[test]
     fn a_pass_finds_every_rotten_chunk_and_records_where_it_is() {

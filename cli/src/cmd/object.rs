@@ -599,8 +599,9 @@ async fn put_file(
                 bar.inc(u64::from(r.len));
                 out
             })
-        })
-        .collect::<Vec<_>>();
+        });
+    // Lazy: each upload is spawned when `buffered` takes it, so at most
+    // TRANSFER_PARALLELISM chunks are read into memory and in flight at once.
     let mut holders = Vec::with_capacity(distinct.len());
     let (mut sent, mut dedup) = (0u64, 0u64);
     let mut results = futures::stream::iter(jobs).buffered(TRANSFER_PARALLELISM);

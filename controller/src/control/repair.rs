@@ -36,6 +36,9 @@ const LEVEL: u32 = 4;
 /// Time between passes while there is work; and when there is none.
 const BUSY_TICK: Duration = Duration::from_millis(500);
 const IDLE_TICK: Duration = Duration::from_secs(2);
+/// The loop rests at least this many times as long as its last survey took (so surveys
+/// use at most a quarter of one core on a large store).
+const SURVEY_DUTY: u32 = 3;
 /// Chunks per `CopyChunks` call.
 pub const CHUNKS_PER_COPY: usize = 64;
 /// Chunks per `RemoveChunks` call.
@@ -252,7 +255,9 @@ pub struct RepairStatus {
     pub failed_copies: u64,
 }
 
-/// A token bucket: `rate` bytes per second, at most one second's worth saved up.
+/// A token bucket: `rate` bytes per second, at most one second's worth saved up. A batch
+/// goes whenever the balance is positive and may take it below zero; the debt is repaid
+/// before the next one, so the long-run rate is `rate` whatever the batch sizes.
 struct Budget {
     rate: f64,
     tokens: f64,
@@ -269,12 +274,14 @@ impl Budget {
     }
 
     fn take(&mut self, bytes: u64) -> bool {
-        let now = Instant::now();
+        self.take_at(bytes, Instant::now())
+    }
+
+    fn take_at(&mut self, bytes: u64, now: Instant) -> bool {
         self.tokens =
             (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
         self.at = now;
-        // A batch larger than a second's budget still goes, once the bucket is full.
-        if self.tokens >= bytes as f64 || self.tokens >= self.rate {
+        if self.tokens > 0.0 {
             self.tokens -= bytes as f64;
             true
         } else {
@@ -569,16 +576,20 @@ impl Worker for RepairWorker {
             self.replicas.clone(),
             self.tuning.repair_delay,
         );
+        let started = Instant::now();
         let survey = tokio::task::spawn_blocking(move || {
             Survey::take(&state, &liveness, &replicas, delay, None)
         })
         .await
         .map_err(|e| -> WorkerError { format!("survey: {e}").into() })?;
+        // A pass over a million chunks takes seconds: the loop rests SURVEY_DUTY times as
+        // long as the survey took, so it uses at most a share of one core.
+        let rest = started.elapsed() * SURVEY_DUTY;
         // Only act on a view every live node has reported: before that, a chunk would look
         // under-replicated merely because its holders have not spoken yet.
         if !survey.complete {
             self.last_detail = "waiting for the agents' chunk lists".into();
-            return Ok(Next::Wait(BUSY_TICK));
+            return Ok(Next::Wait(BUSY_TICK.max(rest)));
         }
         let copies = self.dispatch_copies(&survey);
         let trims = self.dispatch_trims(&survey);
@@ -596,14 +607,50 @@ impl Worker for RepairWorker {
             status.trimmed,
             status.failed_copies
         );
-        Ok(Next::Wait(if copies + trims > 0 || at_risk > 0 {
-            BUSY_TICK
-        } else {
-            IDLE_TICK
-        }))
+        Ok(Next::Wait(
+            if copies + trims > 0 || at_risk > 0 {
+                BUSY_TICK
+            } else {
+                IDLE_TICK
+            }
+            .max(rest),
+        ))
     }
 
     fn detail(&self) -> String {
         self.last_detail.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_holds_its_rate_whatever_the_batch_size() {
+        for batch in [1u64 << 20, 64 << 20, 256 << 20] {
+            let rate = 100u64 << 20;
+            let start = Instant::now();
+            let mut b = Budget::new(rate);
+            b.at = start;
+            let mut sent = 0u64;
+            // 60 s in steps of 10 ms.
+            for step in 1..=6_000u64 {
+                let now = start + Duration::from_millis(step * 10);
+                while b.take_at(batch, now) {
+                    sent += batch;
+                }
+            }
+            let per_sec = sent as f64 / 60.0;
+            // One second's worth up front, and at most one batch ahead.
+            let most = (rate * 61 + batch) as f64 / 60.0;
+            assert!(
+                per_sec >= rate as f64 * 0.98 && per_sec <= most,
+                "batches of {} MiB: {:.1} MiB/s against {} MiB/s",
+                batch >> 20,
+                per_sec / 1048576.0,
+                rate >> 20
+            );
+        }
     }
 }

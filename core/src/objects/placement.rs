@@ -47,6 +47,11 @@ pub struct Layout {
     seeds: Vec<u64>,
     zones: Vec<usize>,
     racks: Vec<usize>,
+    /// Distinct zones and racks in the whole layout.
+    zone_count: usize,
+    rack_count: usize,
+    /// Every node has the same weight: the order is the hash order (no logarithms).
+    uniform: bool,
 }
 
 /// splitmix64's finaliser: a fast, well-mixed 64-bit permutation.
@@ -94,7 +99,12 @@ impl Layout {
                 format!("{}/{}", n.zone, n.rack)
             }
         }));
+        let count = |v: &[usize]| v.iter().max().map_or(0, |m| m + 1);
+        let uniform = nodes.windows(2).all(|w| w[0].weight == w[1].weight);
         Layout {
+            zone_count: count(&zones),
+            rack_count: count(&racks),
+            uniform,
             nodes,
             seeds,
             zones,
@@ -115,23 +125,29 @@ impl Layout {
         self.nodes.binary_search_by(|n| n.id.as_str().cmp(id)).ok()
     }
 
+    /// Each node's rank key for `chunk`, smaller first (ties by index): the weighted
+    /// rendezvous score -w / ln(u) inverted, or with equal weights the draw u itself
+    /// (the same order, without a logarithm per node).
+    fn keys(&self, chunk: &ChunkId) -> impl Iterator<Item = (u64, usize)> + '_ {
+        let key = u64::from_le_bytes(chunk.as_bytes()[..8].try_into().expect("8 bytes"));
+        self.seeds.iter().enumerate().map(move |(i, seed)| {
+            let draw = mix(key ^ seed) >> 11;
+            if self.uniform {
+                return (u64::MAX - draw, i);
+            }
+            // A uniform draw in (0, 1]; the score is positive, so its bits order as it does.
+            let u = (draw as f64 + 1.0) / (1u64 << 53) as f64;
+            let w = self.nodes[i].weight.max(f64::MIN_POSITIVE);
+            let score = -w / u.ln().min(-f64::MIN_POSITIVE);
+            (u64::MAX - score.to_bits(), i)
+        })
+    }
+
     /// Every node, best first for `chunk` (weighted rendezvous order).
     pub fn ranking(&self, chunk: &ChunkId) -> Vec<usize> {
-        let key = u64::from_le_bytes(chunk.as_bytes()[..8].try_into().expect("8 bytes"));
-        let mut scored: Vec<(f64, usize)> = self
-            .seeds
-            .iter()
-            .enumerate()
-            .map(|(i, seed)| {
-                // A uniform draw in (0, 1]; the weighted score -w / ln(u) is larger for
-                // larger weights and orders like -ln(u)/w inverted.
-                let u = ((mix(key ^ seed) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-                let w = self.nodes[i].weight.max(f64::MIN_POSITIVE);
-                (-w / u.ln().min(-f64::MIN_POSITIVE), i)
-            })
-            .collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        scored.into_iter().map(|(_, i)| i).collect()
+        let mut keyed: Vec<(u64, usize)> = self.keys(chunk).collect();
+        keyed.sort_unstable();
+        keyed.into_iter().map(|(_, i)| i).collect()
     }
 
     /// The `rf` nodes chunk `chunk` belongs on (fewer when the layout is smaller), spread
@@ -143,11 +159,20 @@ impl Layout {
         rf: usize,
         usable: impl Fn(usize) -> bool,
     ) -> Vec<usize> {
-        let order: Vec<usize> = self
-            .ranking(chunk)
-            .into_iter()
-            .filter(|i| usable(*i))
-            .collect();
+        let mut keyed: Vec<(u64, usize)> = self.keys(chunk).filter(|(_, i)| usable(*i)).collect();
+        // Usually the first few in order decide: sort only those, and the whole order
+        // when spreading needs to look further.
+        let few = (4 * rf + 8).min(keyed.len());
+        if few < keyed.len() && few > 0 {
+            keyed.select_nth_unstable(few - 1);
+            keyed[..few].sort_unstable();
+            let order: Vec<usize> = keyed[..few].iter().map(|(_, i)| *i).collect();
+            if let Some(chosen) = self.spread_within(&order, rf, false) {
+                return chosen;
+            }
+        }
+        keyed.sort_unstable();
+        let order: Vec<usize> = keyed.into_iter().map(|(_, i)| i).collect();
         self.spread(&order, rf)
     }
 
@@ -159,20 +184,57 @@ impl Layout {
     /// Takes `rf` nodes from `order`, each time the first whose zone, then rack, holds the
     /// fewest replicas chosen so far.
     fn spread(&self, order: &[usize], rf: usize) -> Vec<usize> {
+        self.spread_within(order, rf, true)
+            .expect("a whole order always decides")
+    }
+
+    /// [`Layout::spread`] over `order`; when `order` is only the start of the whole order
+    /// (`whole` false), `None` if a choice needed to look past it.
+    fn spread_within(&self, order: &[usize], rf: usize, whole: bool) -> Option<Vec<usize>> {
         let mut chosen: Vec<usize> = Vec::with_capacity(rf);
-        let mut zone_use = vec![0u32; self.nodes.len()];
-        let mut rack_use = vec![0u32; self.nodes.len()];
+        let mut zone_use = vec![0u32; self.zone_count];
+        let mut rack_use = vec![0u32; self.rack_count];
+        let (mut zones_used, mut racks_used) = (0, 0);
         while chosen.len() < rf {
-            let best = order
-                .iter()
-                .filter(|i| !chosen.contains(i))
-                .min_by_key(|i| (zone_use[self.zones[**i]], rack_use[self.racks[**i]]));
-            let Some(&i) = best else { break };
+            // The least use any node could have: 0 while a domain is unused. A candidate
+            // with it is the first minimum; the scan stops there.
+            let floor = |used: usize, count: usize, uses: &[u32]| {
+                if used < count {
+                    0
+                } else {
+                    uses.iter().copied().min().unwrap_or(0)
+                }
+            };
+            let bound = (
+                floor(zones_used, self.zone_count, &zone_use),
+                floor(racks_used, self.rack_count, &rack_use),
+            );
+            let mut best: Option<((u32, u32), usize)> = None;
+            let mut stopped = false;
+            for &i in order {
+                if chosen.contains(&i) {
+                    continue;
+                }
+                let key = (zone_use[self.zones[i]], rack_use[self.racks[i]]);
+                if best.is_none_or(|(k, _)| key < k) {
+                    best = Some((key, i));
+                    if key == bound {
+                        stopped = true;
+                        break;
+                    }
+                }
+            }
+            if !stopped && !whole {
+                return None;
+            }
+            let Some((_, i)) = best else { break };
+            zones_used += usize::from(zone_use[self.zones[i]] == 0);
+            racks_used += usize::from(rack_use[self.racks[i]] == 0);
             zone_use[self.zones[i]] += 1;
             rack_use[self.racks[i]] += 1;
             chosen.push(i);
         }
-        chosen
+        Some(chosen)
     }
 
     /// How many distinct zones and racks the nodes `held` span.
@@ -189,10 +251,8 @@ impl Layout {
     /// Whether replicas on `held` are as spread as `rf` replicas could be in this layout
     /// (so many zones, or all of them; then racks likewise).
     pub fn well_spread(&self, held: &[usize], rf: usize) -> bool {
-        let all: Vec<usize> = (0..self.nodes.len()).collect();
-        let (all_zones, all_racks) = self.domains_of(&all);
         let (zones, racks) = self.domains_of(held);
-        zones >= rf.min(all_zones) && racks >= rf.min(all_racks)
+        zones >= rf.min(self.zone_count) && racks >= rf.min(self.rack_count)
     }
 }
 
@@ -285,6 +345,105 @@ mod tests {
             moved += 3 - kept;
         }
         assert!(moved < (n as usize * 3) / 9, "{moved} replicas moved");
+    }
+
+    /// The plain form of `spread`: the first node in order whose zone, then rack, has the
+    /// fewest replicas, scanning the whole order each time.
+    fn spread_by_full_scan(layout: &Layout, order: &[usize], rf: usize) -> Vec<usize> {
+        let mut chosen: Vec<usize> = Vec::new();
+        let mut zone_use = vec![0u32; layout.nodes.len()];
+        let mut rack_use = vec![0u32; layout.nodes.len()];
+        while chosen.len() < rf {
+            let best = order
+                .iter()
+                .filter(|i| !chosen.contains(i))
+                .min_by_key(|i| (zone_use[layout.zones[**i]], rack_use[layout.racks[**i]]));
+            let Some(&i) = best else { break };
+            zone_use[layout.zones[i]] += 1;
+            rack_use[layout.racks[i]] += 1;
+            chosen.push(i);
+        }
+        chosen
+    }
+
+    #[test]
+    fn spreading_stops_early_and_chooses_as_a_full_scan_does() {
+        for (nodes, zones, racks) in [(5, 0, 0), (12, 2, 4), (40, 3, 7), (9, 1, 3), (30, 5, 30)] {
+            let layout = Layout::new(
+                (0..nodes)
+                    .map(|i| {
+                        let z = if zones == 0 {
+                            String::new()
+                        } else {
+                            format!("z{}", i % zones)
+                        };
+                        let r = if racks == 0 {
+                            String::new()
+                        } else {
+                            format!("r{}", i % racks)
+                        };
+                        node(&format!("n{i:02}"), &z, &r)
+                    })
+                    .collect(),
+            );
+            for i in 0..500 {
+                let c = chunk(i);
+                let order: Vec<usize> = layout
+                    .ranking(&c)
+                    .into_iter()
+                    .filter(|n| !(n + i as usize).is_multiple_of(5))
+                    .collect();
+                for rf in 1..=7 {
+                    assert_eq!(
+                        layout.spread(&order, rf),
+                        spread_by_full_scan(&layout, &order, rf),
+                        "{nodes} nodes, {zones} zones, {racks} racks, rf {rf}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ranks_follow_the_weighted_scores_and_placement_the_whole_order() {
+        let nodes: Vec<LayoutNode> = (0..40)
+            .map(|i| {
+                node(
+                    &format!("n{i:02}"),
+                    &format!("z{}", i % 3),
+                    &format!("r{}", i % 7),
+                )
+            })
+            .collect();
+        let mut weighted = nodes.clone();
+        for (i, n) in weighted.iter_mut().enumerate() {
+            n.weight = 1.0 + (i % 4) as f64;
+        }
+        for layout in [Layout::new(nodes), Layout::new(weighted)] {
+            for i in 0..2_000 {
+                let c = chunk(i);
+                let key = u64::from_le_bytes(c.as_bytes()[..8].try_into().expect("8 bytes"));
+                // The plain definition: sort by -w / ln(u), larger first, ties by index.
+                let mut scored: Vec<(f64, usize)> = (0..layout.nodes.len())
+                    .map(|n| {
+                        let u =
+                            ((mix(key ^ layout.seeds[n]) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+                        (-layout.nodes[n].weight / u.ln(), n)
+                    })
+                    .collect();
+                scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                let plain: Vec<usize> = scored.into_iter().map(|(_, n)| n).collect();
+                assert_eq!(layout.ranking(&c), plain);
+                for rf in [1, 3, 5, 12] {
+                    let usable = |n: usize| !(n + i as usize).is_multiple_of(3);
+                    let order: Vec<usize> = plain.iter().copied().filter(|n| usable(*n)).collect();
+                    assert_eq!(
+                        layout.place_where(&c, rf, usable),
+                        spread_by_full_scan(&layout, &order, rf)
+                    );
+                }
+            }
+        }
     }
 
     #[test]
