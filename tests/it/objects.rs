@@ -636,7 +636,13 @@ async fn an_agent_back_within_the_repair_delay_causes_no_copy() -> anyhow::Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bit_rot_is_found_by_a_scrub_and_repaired_and_never_read() -> anyhow::Result<()> {
-    let s = Storage::start_with(4, false, "[storage]\nrepair_delay = \"0s\"\n").await?;
+    // A small repair budget keeps the repair going while the readers run.
+    let s = Storage::start_with(
+        4,
+        false,
+        "[storage]\nrepair_delay = \"0s\"\nrepair_bandwidth = \"4 MiB\"\n",
+    )
+    .await?;
     // About 30 distinct chunks.
     let objects = put_objects(&s, 3, 40);
     s.wait_settled("the puts to settle", Duration::from_secs(60))
@@ -668,8 +674,6 @@ async fn bit_rot_is_found_by_a_scrub_and_repaired_and_never_read() -> anyhow::Re
         }
         assert!(any, "fewer than 20 chunk files");
     }
-    // Reads now return the right bytes (a rotten replica is refused, the next one used).
-    read_back(&s, &objects);
     for i in 0..4 {
         let out = s.cli(&["node", "scrub", &s.node_id(i)]);
         assert!(
@@ -678,6 +682,60 @@ async fn bit_rot_is_found_by_a_scrub_and_repaired_and_never_read() -> anyhow::Re
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // The scrubs find them all (nothing else reads the chunks meanwhile).
+    let scrub_found = || -> u64 {
+        (0..4)
+            .map(|i| {
+                s.cli_ok(&["node", "show", &s.node_id(i)])["chunk_store"]["scrub"]["corrupt_found"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    wait_for(
+        "the scrubs find 20 of 20",
+        Duration::from_secs(60),
+        || async { (scrub_found() == 20).then_some(()) },
+    )
+    .await?;
+    // Readers run through the repair (slowed by a small budget): every read returns the right bytes
+    // or fails, never wrong bytes (a rotten replica is refused, the next one used).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers = {
+        let (stop, objects, addrs, dir) = (
+            stop.clone(),
+            objects.clone(),
+            s.cluster.addrs(),
+            s.cluster.dir.path().join("reads"),
+        );
+        std::fs::create_dir_all(&dir)?;
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (name, data) in &objects {
+                    let out = dir.join("out.bin");
+                    let _ = std::fs::remove_file(&out);
+                    let status = Command::new(steward_bin())
+                        .args(["object", "get", name, out.to_str().unwrap_or_default()])
+                        .env("STEWARD_ADDR", &addrs)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                    if status.is_ok_and(|s| s.success()) {
+                        let got = std::fs::read(&out).unwrap_or_default();
+                        assert!(got == *data, "{name}: a read returned wrong bytes");
+                        ok += 1;
+                    } else {
+                        // An error is allowed; a partial file is never left as the output.
+                        assert!(!out.exists(), "{name}: a failed read left a file");
+                        failed += 1;
+                    }
+                }
+            }
+            (ok, failed)
+        })
+    };
     let f = wait_for(
         "20 rotten chunks found and repaired",
         Duration::from_secs(90),
@@ -690,6 +748,17 @@ async fn bit_rot_is_found_by_a_scrub_and_repaired_and_never_read() -> anyhow::Re
         },
     )
     .await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reads_ok, reads_failed) = readers.join().expect("the readers saw only right bytes");
+    assert!(
+        reads_ok > 0,
+        "reads succeeded during the repair ({reads_failed} failed)"
+    );
+    assert_eq!(
+        scrub_found(),
+        20,
+        "the reads found no more: the scrubs had them all"
+    );
     let quarantined: usize = (0..4)
         .map(|i| count_files(&s.agent_dir(i).join("chunks").join("quarantine")))
         .sum();

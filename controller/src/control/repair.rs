@@ -23,7 +23,7 @@ use steward_core::objects::placement::{Layout, LayoutNode};
 use steward_core::objects::repair::{assess, Assessment, NodeView, Risk};
 use steward_core::objects::{ChunkUse, VersionSelector};
 use steward_core::state::ClusterState;
-use steward_proto::v1::{CopyChunksRequest, CopyOutcome, RemoveChunksRequest};
+use steward_proto::v1::{CopyChunksRequest, CopyOutcome, HasChunksRequest, RemoveChunksRequest};
 use steward_runtime::transport::{self, ChannelPool, ClientOptions};
 use steward_runtime::{Next, Worker, WorkerError};
 
@@ -437,60 +437,136 @@ impl RepairWorker {
         sent
     }
 
-    /// Removes surplus replicas.
+    /// Removes surplus replicas: each only after every node the chunk is placed on has
+    /// answered that it holds it (the tracker may be a report behind), and not again while
+    /// a removal of it is in flight.
     fn dispatch_trims(&self, survey: &Survey) -> usize {
-        let pending = self
+        let mut pending = self
             .shared
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let mut by_node: BTreeMap<usize, Vec<ChunkId>> = BTreeMap::new();
+        let mut by_node: BTreeMap<usize, Vec<(ChunkId, Vec<String>)>> = BTreeMap::new();
         for c in &survey.chunks {
-            if pending.0.contains(&c.id) {
+            if c.assessment.trim.is_empty() || pending.0.contains(&c.id) {
                 continue;
             }
+            let placed: Vec<String> = survey
+                .layout
+                .place_where(&c.id, usize::from(c.need.rf), |i| survey.views[i].placed)
+                .into_iter()
+                .filter_map(|i| survey.addr(i).map(str::to_string))
+                .collect();
+            pending.0.insert(c.id);
             for t in &c.assessment.trim {
-                by_node.entry(*t).or_default().push(c.id);
+                by_node.entry(*t).or_default().push((c.id, placed.clone()));
             }
         }
         drop(pending);
         let mut n = 0;
-        for (node, ids) in by_node {
+        for (node, chunks) in by_node {
+            let id = survey.layout.nodes()[node].id.clone();
             let Some(addr) = survey.addr(node).map(str::to_string) else {
+                self.release(chunks.iter().map(|(c, _)| *c));
                 continue;
             };
-            for batch in ids.chunks(CHUNKS_PER_TRIM) {
+            for batch in chunks.chunks(CHUNKS_PER_TRIM) {
                 n += batch.len();
-                let (pool, replicas, shared) = (
+                tokio::spawn(trim_batch(
                     self.pool.clone(),
                     self.replicas.clone(),
                     self.shared.clone(),
-                );
-                let (node, addr, batch) = (
-                    survey.layout.nodes()[node].id.clone(),
+                    id.clone(),
                     addr.clone(),
                     batch.to_vec(),
-                );
-                tokio::spawn(async move {
-                    let Ok(ch) = pool.get(&addr) else { return };
-                    let req = RemoveChunksRequest {
-                        chunk_ids: batch.iter().map(ToString::to_string).collect(),
-                    };
-                    match transport::chunk_client(ch).remove_chunks(req).await {
-                        Ok(r) => {
-                            replicas.remove(&node, batch);
-                            shared
-                                .status
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .trimmed += u64::from(r.into_inner().removed);
-                        }
-                        Err(s) => tracing::debug!(%node, %s, "trimming surplus replicas failed"),
-                    }
-                });
+                ));
             }
         }
         n
+    }
+
+    /// Forgets that `chunks` have work in flight.
+    fn release(&self, chunks: impl IntoIterator<Item = ChunkId>) {
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for c in chunks {
+            pending.0.remove(&c);
+        }
+    }
+}
+
+/// Removes surplus replicas of `batch` (chunk, its placed nodes' addresses) from `node`,
+/// once each placed node confirms (HasChunks) that it holds the chunk.
+async fn trim_batch(
+    pool: Arc<ChannelPool>,
+    replicas: Arc<ReplicaTracker>,
+    shared: Arc<Shared>,
+    node: String,
+    addr: String,
+    batch: Vec<(ChunkId, Vec<String>)>,
+) {
+    let mut asks: BTreeMap<&str, Vec<ChunkId>> = BTreeMap::new();
+    for (id, placed) in &batch {
+        for a in placed {
+            asks.entry(a.as_str()).or_default().push(*id);
+        }
+    }
+    let mut unconfirmed: HashSet<ChunkId> = HashSet::new();
+    for (placed, ids) in &asks {
+        let answer = match pool.get(placed) {
+            Ok(ch) => transport::chunk_client(ch)
+                .has_chunks(HasChunksRequest {
+                    chunk_ids: ids.iter().map(ToString::to_string).collect(),
+                })
+                .await
+                .map(|r| r.into_inner().present)
+                .ok(),
+            Err(_) => None,
+        };
+        match answer {
+            Some(present) if present.len() == ids.len() => {
+                unconfirmed.extend(
+                    ids.iter()
+                        .zip(present)
+                        .filter(|(_, here)| !here)
+                        .map(|(id, _)| *id),
+                );
+            }
+            _ => unconfirmed.extend(ids.iter().copied()),
+        }
+    }
+    let remove: Vec<ChunkId> = batch
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !unconfirmed.contains(id))
+        .collect();
+    if !unconfirmed.is_empty() {
+        tracing::debug!(%node, chunks = unconfirmed.len(), "surplus replicas kept: a placed node did not confirm its copy");
+    }
+    if !remove.is_empty() {
+        if let Ok(ch) = pool.get(&addr) {
+            let req = RemoveChunksRequest {
+                chunk_ids: remove.iter().map(ToString::to_string).collect(),
+            };
+            match transport::chunk_client(ch).remove_chunks(req).await {
+                Ok(r) => {
+                    replicas.remove(&node, remove.iter().copied());
+                    shared
+                        .status
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .trimmed += u64::from(r.into_inner().removed);
+                }
+                Err(s) => tracing::debug!(%node, %s, "trimming surplus replicas failed"),
+            }
+        }
+    }
+    let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+    for (id, _) in &batch {
+        pending.0.remove(id);
     }
 }
 
