@@ -216,25 +216,42 @@ mod tests {
     }
 
     #[test]
-    fn a_1_mib_edit_in_the_middle_of_256_mib_reuses_95_percent_of_the_bytes() {
+    fn a_1_mib_edit_in_256_mib_reuses_95_percent_of_the_bytes_even_when_it_shifts_the_rest() {
         let before = bytes(11, 256 << 20);
-        let mut after = before.clone();
-        let mid = after.len() / 2;
-        after[mid..mid + (1 << 20)].copy_from_slice(&bytes(99, 1 << 20));
-        let (a, b) = (
-            split(&before, ChunkingParams::DEFAULT).expect("split"),
-            split(&after, ChunkingParams::DEFAULT).expect("split"),
-        );
-        let reused = reused_bytes(&a, &b);
-        println!(
-            "1 MiB changed in 256 MiB: {reused} bytes re-used ({:.2} %)",
-            reused as f64 / after.len() as f64 * 100.0
-        );
-        assert!(
-            reused as f64 >= 0.95 * after.len() as f64,
-            "{reused} of {} bytes re-used",
-            after.len()
-        );
+        let a = split(&before, ChunkingParams::DEFAULT).expect("split");
+        let patch = bytes(99, 1 << 20);
+        let len = before.len();
+        // 1 MiB overwritten in the middle; inserted at a third (the rest shifts right);
+        // removed at two thirds (the rest shifts left). Positions are off any chunk edge.
+        let edits: [(&str, Vec<u8>); 3] = [
+            ("overwritten", {
+                let mut v = before.clone();
+                let at = len / 2 + 12_345;
+                v[at..at + patch.len()].copy_from_slice(&patch);
+                v
+            }),
+            ("inserted", {
+                let at = len / 3 + 777;
+                [&before[..at], &patch[..], &before[at..]].concat()
+            }),
+            ("removed", {
+                let at = 2 * len / 3 + 4_321;
+                [&before[..at], &before[at + patch.len()..]].concat()
+            }),
+        ];
+        for (kind, after) in edits {
+            let b = split(&after, ChunkingParams::DEFAULT).expect("split");
+            let reused = reused_bytes(&a, &b);
+            println!(
+                "1 MiB {kind} in 256 MiB: {reused} bytes re-used ({:.2} %)",
+                reused as f64 / after.len() as f64 * 100.0
+            );
+            assert!(
+                reused as f64 >= 0.95 * after.len() as f64,
+                "1 MiB {kind}: {reused} of {} bytes re-used",
+                after.len()
+            );
+        }
     }
 
     #[test]

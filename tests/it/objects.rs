@@ -1,4 +1,4 @@
-//! Objects end to end with real processes: 3 controllers and 4 agents on temp-dir disks,
+//! Objects end to end with real processes: 3 controllers and 5 agents on temp-dir disks,
 //! driven through the `steward object` CLI like an operator would.
 //!
 //! - put and get bit-exact; a second version that changes a part re-sends only the changed
@@ -115,6 +115,11 @@ impl Storage {
     }
 
     fn restart_agent(&mut self, i: usize) -> anyhow::Result<()> {
+        self.restart_agent_with_floor(i, FLOOR)
+    }
+
+    /// Restarts agent `i` (stopped) with free-space floor `floor`.
+    fn restart_agent_with_floor(&mut self, i: usize, floor: &str) -> anyhow::Result<()> {
         let dir = self.agent_dir(i);
         let log = self
             .cluster
@@ -124,7 +129,7 @@ impl Storage {
         let child = spawn_agent(
             &dir,
             &self.cluster.addrs(),
-            &refs(&agent_flags(i, FLOOR, &self.extra)),
+            &refs(&agent_flags(i, floor, &self.extra)),
             Some(&log),
         )?;
         self._agents[i].child = Some(child);
@@ -144,6 +149,21 @@ impl Storage {
         )?;
         self._agents.push(AgentGuard::new(&dir, child));
         Ok(i)
+    }
+
+    fn agents(&self) -> usize {
+        self._agents.len()
+    }
+
+    /// Live (not killed) agents holding each chunk, from the files in their stores.
+    fn live_holders(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut holders = std::collections::BTreeMap::new();
+        for i in (0..self.agents()).filter(|i| self._agents[*i].child.is_some()) {
+            for id in chunks_held(self, i) {
+                *holders.entry(id).or_insert(0) += 1;
+            }
+        }
+        holders
     }
 
     fn node_id(&self, i: usize) -> String {
@@ -261,8 +281,8 @@ fn bytes(seed: u64, len: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_get_dedup_and_an_agent_below_its_floor() -> anyhow::Result<()> {
-    let s = Storage::start(4, true).await?;
-    let dir = s.cluster.dir.path();
+    let mut s = Storage::start(5, true).await?;
+    let dir = s.cluster.dir.path().to_path_buf();
     let v1 = bytes(1, 24 << 20);
     let mut v2 = v1.clone();
     v2[12 << 20..(12 << 20) + 4096].fill(0xAB);
@@ -320,7 +340,7 @@ async fn put_get_dedup_and_an_agent_below_its_floor() -> anyhow::Result<()> {
     // The full agent got nothing; the others hold every chunk between them, RF 3.
     let full = s.full.expect("a full agent");
     assert_eq!(s.chunk_files(full), 0, "no chunk placed below the floor");
-    let stored: usize = (0..4)
+    let stored: usize = (0..s.agents())
         .filter(|i| *i != full)
         .map(|i| s.chunk_files(i))
         .sum();
@@ -377,12 +397,63 @@ async fn put_get_dedup_and_an_agent_below_its_floor() -> anyhow::Result<()> {
         dir.join("v1.bin").to_str().unwrap(),
     ]);
     assert!(!out.status.success());
+
+    // An agent that holds chunks falls below its floor (restarted with one no disk meets):
+    // it keeps and serves what it has, and gets nothing new.
+    let low = (0..s.agents())
+        .find(|i| *i != full && s.chunk_files(*i) > 0)
+        .expect("an agent holds chunks");
+    let low_id = s.node_id(low);
+    let kept = chunks_held(&s, low);
+    s.kill_agent(low);
+    s.restart_agent_with_floor(low, "1PiB")?;
+    wait_for(
+        "the leader to see the agent below its floor",
+        Duration::from_secs(30),
+        || async {
+            let mut c = leader_client(&s.cluster).await.ok()?;
+            let n = c
+                .list_nodes(ListNodesRequest {
+                    node_id: low_id.clone(),
+                    with_inventory: true,
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .nodes;
+            let t = n.first()?.telemetry.as_ref()?;
+            (n.first()?.health == "ready" && t.chunk_space_low == Some(true)).then_some(())
+        },
+    )
+    .await?;
+    let v3 = bytes(3, 16 << 20);
+    std::fs::write(dir.join("v3.bin"), &v3)?;
+    s.cli_ok(&[
+        "object",
+        "put",
+        "models/other",
+        dir.join("v3.bin").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        chunks_held(&s, low),
+        kept,
+        "below its floor: nothing new placed, nothing lost"
+    );
+    for (reference, want) in [
+        ("models/m@1", &v1),
+        ("models/m@2", &v2),
+        ("models/other", &v3),
+    ] {
+        let out = dir.join("out.bin");
+        s.cli_ok(&["object", "get", reference, out.to_str().unwrap()]);
+        assert!(std::fs::read(&out)? == *want, "{reference} reads back");
+    }
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_of_a_moving_tag_get_one_whole_version() -> anyhow::Result<()> {
-    let s = Storage::start(3, false).await?;
+    let s = Storage::start(5, false).await?;
     let dir = s.cluster.dir.path().to_path_buf();
     let v1 = bytes(11, 6 << 20);
     let v2 = bytes(12, 6 << 20);
@@ -398,12 +469,18 @@ async fn readers_of_a_moving_tag_get_one_whole_version() -> anyhow::Result<()> {
     ]);
     s.cli_ok(&["object", "put", "m", dir.join("v2.bin").to_str().unwrap()]);
     let addrs = s.cluster.addrs();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The tag moves back and forth, by compare-and-set, until the readers are done.
     let mover = {
-        let addrs = addrs.clone();
+        let (addrs, stop) = (addrs.clone(), stop.clone());
         std::thread::spawn(move || {
-            let mut moves = 0;
-            for i in 0..30 {
-                let (to, from) = if i % 2 == 0 { ("2", "1") } else { ("1", "2") };
+            let (mut moves, mut failed) = (0usize, 0usize);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (to, from) = if moves % 2 == 0 {
+                    ("2", "1")
+                } else {
+                    ("1", "2")
+                };
                 let ok = Command::new(steward_bin())
                     .args(["object", "tag", "m", to, "prod", "--expect", from])
                     .env("STEWARD_ADDR", &addrs)
@@ -411,43 +488,89 @@ async fn readers_of_a_moving_tag_get_one_whole_version() -> anyhow::Result<()> {
                     .stderr(Stdio::null())
                     .status()
                     .is_ok_and(|st| st.success());
-                moves += usize::from(ok);
+                if ok {
+                    moves += 1;
+                } else {
+                    failed += 1;
+                }
             }
-            moves
+            (moves, failed)
         })
     };
+    // Two readers at once, each reading `m:prod` whole, while it moves.
+    let readers: Vec<_> = (0..2)
+        .map(|r| {
+            let (addrs, dir, v1, v2) = (addrs.clone(), dir.clone(), v1.clone(), v2.clone());
+            std::thread::spawn(move || {
+                let mut seen = [0usize; 2];
+                for i in 0..10 {
+                    let out = dir.join(format!("read-{r}-{i}.bin"));
+                    let ok = Command::new(steward_bin())
+                        .args(["object", "get", "m:prod", out.to_str().unwrap_or_default()])
+                        .env("STEWARD_ADDR", &addrs)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .is_ok_and(|st| st.success());
+                    assert!(ok, "reader {r}: read {i} of m:prod failed");
+                    let got = std::fs::read(&out).unwrap_or_default();
+                    if got == v1 {
+                        seen[0] += 1;
+                    } else if got == v2 {
+                        seen[1] += 1;
+                    } else {
+                        panic!(
+                            "reader {r}: read {i} of m:prod is neither version ({} bytes)",
+                            got.len()
+                        );
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
     let mut seen = [0usize; 2];
-    for i in 0..12 {
-        let out = dir.join(format!("read-{i}.bin"));
-        s.cli_ok(&["object", "get", "m:prod", out.to_str().unwrap()]);
-        let got = std::fs::read(&out)?;
-        if got == v1 {
-            seen[0] += 1;
-        } else if got == v2 {
-            seen[1] += 1;
-        } else {
-            panic!(
-                "read {i} of m:prod is neither version ({} bytes)",
-                got.len()
-            );
-        }
+    for r in readers {
+        let got = r.join().expect("every read was one whole version");
+        seen[0] += got[0];
+        seen[1] += got[1];
     }
-    let moves = mover.join().expect("mover");
-    assert_eq!(moves, 30, "every compare-and-set move succeeded in turn");
-    eprintln!("m:prod read as v1 {} times, v2 {} times", seen[0], seen[1]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (moves, failed) = mover.join().expect("mover");
+    eprintln!(
+        "m:prod read as v1 {} times, v2 {} times; {moves} moves",
+        seen[0], seen[1]
+    );
+    assert_eq!(failed, 0, "every compare-and-set move succeeded in turn");
+    assert!(
+        moves >= 4,
+        "the tag moved while the readers read ({moves} moves)"
+    );
+    assert!(
+        seen[0] > 0 && seen[1] > 0,
+        "the readers saw the tag on both versions: {seen:?}"
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_through_a_leader_kill_commits_whole_or_fails_and_a_retry_succeeds(
 ) -> anyhow::Result<()> {
-    let mut s = Storage::start(3, false).await?;
+    let mut s = Storage::start(5, false).await?;
     let dir = s.cluster.dir.path().to_path_buf();
     let data = bytes(21, 48 << 20);
     let file = dir.join("big.bin");
     std::fs::write(&file, &data)?;
+    // The replicas the put writes before it commits: RF 3 of each distinct chunk.
+    let distinct: std::collections::BTreeSet<_> =
+        steward_core::chunking::split(&data, Default::default())
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
     let (leader, _) = s.cluster.wait_leader(Duration::from_secs(10)).await?;
-    let before: usize = (0..3).map(|i| s.chunk_files(i)).sum();
+    let before: usize = (0..s.agents()).map(|i| s.chunk_files(i)).sum();
     let mut put = Command::new(steward_bin())
         .args(["-o", "json", "object", "put", "big", file.to_str().unwrap()])
         .env("STEWARD_ADDR", s.cluster.addrs())
@@ -455,11 +578,13 @@ async fn a_put_through_a_leader_kill_commits_whole_or_fails_and_a_retry_succeeds
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    // Kill the leader once chunks are on their way (or the put already ended).
-    wait_for("the put to start sending", Duration::from_secs(30), || {
-        let sent: usize = (0..3).map(|i| s.chunk_files(i)).sum();
+    // Kill the leader when every replica is written, as the put turns to commit (or
+    // once it has ended), so the kill meets the commit, not the upload.
+    let written = before + 3 * distinct.len();
+    wait_for("the put's uploads to end", Duration::from_secs(60), || {
+        let sent: usize = (0..s.agents()).map(|i| s.chunk_files(i)).sum();
         let done = put.try_wait().ok().flatten().is_some();
-        async move { (sent > before || done).then_some(()) }
+        async move { (sent >= written || done).then_some(()) }
     })
     .await?;
     s.cluster.kill(leader);
@@ -555,6 +680,12 @@ async fn a_lost_agent_is_repaired_within_a_minute_and_its_return_trimmed() -> an
     let victim_id = s.node_id(victim);
     let held = s.chunk_files(victim);
     assert!(held > 0, "agent {victim} holds chunks");
+    let all_chunks = s.live_holders();
+    assert_eq!(all_chunks.len() as u64, chunks, "every chunk on disk");
+    assert!(
+        all_chunks.values().all(|n| *n == 3),
+        "RF 3 on disk before the loss"
+    );
     s.kill_agent(victim);
     wait_down(&s, &victim_id).await?;
     let down_at = std::time::Instant::now();
@@ -563,15 +694,27 @@ async fn a_lost_agent_is_repaired_within_a_minute_and_its_return_trimmed() -> an
         Duration::from_secs(60),
         || async {
             let f = s.fsck();
-            (f["under_replicated"] == 0 && f["repairs_in_flight"] == 0).then_some(f)
+            (f["complete"] == true && f["under_replicated"] == 0 && f["repairs_in_flight"] == 0)
+                .then_some(f)
         },
     )
     .await?;
     eprintln!(
-        "{held} replicas on the lost agent; RF restored {:.1} s after it was marked down",
-        down_at.elapsed().as_secs_f64()
+        "{held} replicas on the lost agent; RF restored {:.1} s after it was marked down: {}",
+        down_at.elapsed().as_secs_f64(),
+        after["repair"]
     );
     assert_eq!(after["chunks"].as_u64(), Some(chunks));
+    // Not fsck's word alone: the live agents' disks hold 3 copies of every chunk.
+    let live = s.live_holders();
+    let short: Vec<_> = all_chunks
+        .keys()
+        .filter(|id| live.get(*id).copied().unwrap_or(0) < 3)
+        .collect();
+    assert!(
+        short.is_empty(),
+        "chunks below 3 live copies on disk: {short:?}"
+    );
     read_back(&s, &objects);
 
     // It returns with its chunks: they are its place again; the stand-ins are trimmed.
@@ -610,12 +753,23 @@ async fn a_lost_agent_is_repaired_within_a_minute_and_its_return_trimmed() -> an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_back_within_the_repair_delay_causes_no_copy() -> anyhow::Result<()> {
-    let mut s = Storage::start_with(4, false, "[storage]\nrepair_delay = \"2m\"\n").await?;
+    let mut s = Storage::start_with(5, false, "[storage]\nrepair_delay = \"2m\"\n").await?;
     put_objects(&s, 2, 12);
     s.wait_settled("the puts to settle", Duration::from_secs(60))
         .await?;
-    let files: Vec<usize> = (0..4).map(|i| s.chunk_files(i)).collect();
+    let held: Vec<_> = (0..s.agents()).map(|i| chunks_held(&s, i)).collect();
     let victim_id = s.node_id(0);
+    // Copies pulled by the agents that stay up: their counters run through the test.
+    let copied_in = |s: &Storage| -> u64 {
+        (1..s.agents())
+            .map(|i| {
+                s.cli_ok(&["node", "show", &s.node_id(i)])["chunk_store"]["copied_in_chunks"]
+                    .as_u64()
+                    .unwrap_or(u64::MAX)
+            })
+            .sum()
+    };
+    let copied_before = copied_in(&s);
     s.kill_agent(0);
     let killed_at = std::time::Instant::now();
     wait_down(&s, &victim_id).await?;
@@ -629,8 +783,13 @@ async fn an_agent_back_within_the_repair_delay_causes_no_copy() -> anyhow::Resul
     );
     s.wait_settled("the agent's return", Duration::from_secs(30))
         .await?;
-    let after: Vec<usize> = (0..4).map(|i| s.chunk_files(i)).collect();
-    assert_eq!(after, files, "no replica was copied or removed anywhere");
+    let after: Vec<_> = (0..s.agents()).map(|i| chunks_held(&s, i)).collect();
+    assert!(after == held, "no replica was copied or removed anywhere");
+    assert_eq!(
+        copied_in(&s),
+        copied_before,
+        "no agent pulled a copy while the node was away"
+    );
     Ok(())
 }
 
@@ -638,7 +797,7 @@ async fn an_agent_back_within_the_repair_delay_causes_no_copy() -> anyhow::Resul
 async fn bit_rot_is_found_by_a_scrub_and_repaired_and_never_read() -> anyhow::Result<()> {
     // A small repair budget keeps the repair going while the readers run.
     let s = Storage::start_with(
-        4,
+        5,
         false,
         "[storage]\nrepair_delay = \"0s\"\nrepair_bandwidth = \"4 MiB\"\n",
     )
@@ -653,7 +812,7 @@ async fn bit_rot_is_found_by_a_scrub_and_repaired_and_never_read() -> anyhow::Re
     let mut chunks_flipped = std::collections::HashSet::new();
     'agents: for round in 0.. {
         let mut any = false;
-        for i in 0..4 {
+        for i in 0..s.agents() {
             let mut files = Vec::new();
             collect_files(&s.agent_dir(i).join("chunks").join("data"), &mut files);
             files.sort();
@@ -674,7 +833,7 @@ async fn bit_rot_is_found_by_a_scrub_and_repaired_and_never_read() -> anyhow::Re
         }
         assert!(any, "fewer than 20 chunk files");
     }
-    for i in 0..4 {
+    for i in 0..s.agents() {
         let out = s.cli(&["node", "scrub", &s.node_id(i)]);
         assert!(
             out.status.success(),
@@ -684,7 +843,7 @@ async fn bit_rot_is_found_by_a_scrub_and_repaired_and_never_read() -> anyhow::Re
     }
     // The scrubs find them all (nothing else reads the chunks meanwhile).
     let scrub_found = || -> u64 {
-        (0..4)
+        (0..s.agents())
             .map(|i| {
                 s.cli_ok(&["node", "show", &s.node_id(i)])["chunk_store"]["scrub"]["corrupt_found"]
                     .as_u64()
@@ -742,6 +901,7 @@ async fn bit_rot_is_found_by_a_scrub_and_repaired_and_never_read() -> anyhow::Re
         || async {
             let f = s.fsck();
             (f["corrupt"].as_u64() == Some(20)
+                && f["complete"] == true
                 && f["under_replicated"] == 0
                 && f["repairs_in_flight"] == 0)
                 .then_some(f)
@@ -759,7 +919,7 @@ async fn bit_rot_is_found_by_a_scrub_and_repaired_and_never_read() -> anyhow::Re
         20,
         "the reads found no more: the scrubs had them all"
     );
-    let quarantined: usize = (0..4)
+    let quarantined: usize = (0..s.agents())
         .map(|i| count_files(&s.agent_dir(i).join("chunks").join("quarantine")))
         .sum();
     assert_eq!(quarantined, 20, "every flipped file quarantined: {f}");
@@ -775,6 +935,19 @@ async fn bit_rot_is_found_by_a_scrub_and_repaired_and_never_read() -> anyhow::Re
                 .join(name)
                 .exists(),
             "{name} quarantined on agent {i}"
+        );
+    }
+    // Repaired to RF 3 on disk, not by fsck's word alone.
+    let live = s.live_holders();
+    for (i, file) in &flipped {
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let copies = live.get(name).copied().unwrap_or(0);
+        assert!(
+            copies >= 3,
+            "{name} (rotten on agent {i}) has {copies} good copies, not 3"
         );
     }
     read_back(&s, &objects);

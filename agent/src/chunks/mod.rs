@@ -40,6 +40,8 @@ pub enum ChunkError {
     TooLarge(usize),
     #[error("{free} bytes free on the chunk disk, below its floor of {floor}: no new chunks")]
     SpaceLow { free: u64, floor: u64 },
+    #[error("{0}")]
+    Busy(String),
     #[error("{path}: holds `{found}`, not a `{FORMAT_LINE}` store")]
     Format { path: PathBuf, found: String },
     #[error("{what} {path}: {source}")]
@@ -111,10 +113,83 @@ pub struct ChunkStore {
     /// Garbage collection: chunks removed, and when the last pass ended (unix ms).
     pub gc_removed: AtomicU64,
     pub last_gc_unix_ms: AtomicU64,
+    /// Chunks and bytes pulled from peers (copies: repair, rebalancing, staging).
+    pub copied_in_chunks: AtomicU64,
+    pub copied_in_bytes: AtomicU64,
     /// Held while a chunk is found present and its time refreshed (a writer about to rely
     /// on it), and while garbage collection checks a chunk's time and removes it: a chunk
     /// is never removed after a writer was told it is here.
     keep_lock: std::sync::Mutex<()>,
+    /// Chunk bytes that transfers may hold in memory at once, shared by everything that
+    /// moves this store's chunks (the chunk service, the repair copies, input staging).
+    pub(crate) memory: TransferMemory,
+}
+
+/// Chunk bytes held in memory by transfers in progress, in two budgets: bytes on their
+/// way into the store (puts, copies pulled from peers, staging) and bytes on their way out
+/// (gets served to clients and peers). A transfer reserves its chunk's size before it
+/// buffers a byte, waits up to [`MEMORY_WAIT`] for room, then is refused with
+/// RESOURCE_EXHAUSTED: the agent's memory stays bounded however many streams arrive.
+pub(crate) struct TransferMemory {
+    pub(crate) incoming: MemoryBudget,
+    pub(crate) outgoing: MemoryBudget,
+}
+
+/// Chunk bytes all incoming transfers (puts, copies, staging) may hold together.
+pub const INCOMING_MEMORY_BYTES: usize = 512 * 1024 * 1024;
+/// Chunk bytes all gets being served may hold together.
+pub const OUTGOING_MEMORY_BYTES: usize = 512 * 1024 * 1024;
+/// How long a transfer waits for memory before it is refused.
+pub const MEMORY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Memory permits are counted in KiB (a semaphore holds at most `u32::MAX` permits).
+const MEMORY_PERMIT_BYTES: usize = 1024;
+
+impl TransferMemory {
+    fn new() -> Self {
+        TransferMemory {
+            incoming: MemoryBudget::new(INCOMING_MEMORY_BYTES, MEMORY_WAIT),
+            outgoing: MemoryBudget::new(OUTGOING_MEMORY_BYTES, MEMORY_WAIT),
+        }
+    }
+}
+
+/// One budget of bytes in memory.
+pub(crate) struct MemoryBudget {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    bytes: usize,
+    wait: std::time::Duration,
+}
+
+impl MemoryBudget {
+    fn new(bytes: usize, wait: std::time::Duration) -> Self {
+        MemoryBudget {
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(bytes / MEMORY_PERMIT_BYTES)),
+            bytes,
+            wait,
+        }
+    }
+
+    /// Reserves `bytes` (at most the whole budget); the permit gives them back when
+    /// dropped. Waits up to its wait ([`MEMORY_WAIT`] in the agent), then refuses with
+    /// [`ChunkError::Busy`].
+    pub(crate) async fn reserve(
+        &self,
+        bytes: usize,
+        what: &str,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ChunkError> {
+        let permits = bytes.min(self.bytes).div_ceil(MEMORY_PERMIT_BYTES).max(1);
+        let permits = u32::try_from(permits).unwrap_or(u32::MAX);
+        let acquire = self.permits.clone().acquire_many_owned(permits);
+        match tokio::time::timeout(self.wait, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(ChunkError::Busy(format!("{what}: the agent is stopping"))),
+            Err(_) => Err(ChunkError::Busy(format!(
+                "{what}: the agent's transfer memory ({} MiB) stayed full for {:?}; retry later",
+                self.bytes >> 20,
+                self.wait
+            ))),
+        }
+    }
 }
 
 /// Most changes remembered between two reports; past it the next report is a full list.
@@ -201,6 +276,9 @@ impl ChunkStore {
             changes: Default::default(),
             gc_removed: AtomicU64::new(0),
             last_gc_unix_ms: AtomicU64::new(0),
+            copied_in_chunks: AtomicU64::new(0),
+            copied_in_bytes: AtomicU64::new(0),
+            memory: TransferMemory::new(),
         };
         for id in store.list()? {
             let path = store.path_of(&id);
@@ -385,6 +463,11 @@ impl ChunkStore {
     /// mismatch.
     pub fn verify(&self, id: &ChunkId) -> Result<(), ChunkError> {
         self.get(id).map(|_| ())
+    }
+
+    /// The size of chunk `id`'s file here (None: not here), from its metadata.
+    pub fn stored_size(&self, id: &ChunkId) -> Option<u64> {
+        fs::metadata(self.path_of(id)).ok().map(|m| m.len())
     }
 
     /// When chunk `id` was written here (None: not here).

@@ -3,11 +3,14 @@
 //!
 //! Every filesystem step and every hash runs on the blocking pool. Limits (all explicit):
 //! a chunk is at most [`MAX_CHUNK_BYTES`]; a message carries at most
-//! [`CHUNK_DATA_PER_MESSAGE`] bytes; puts buffer at most [`PUT_BUFFER_BYTES`] across all
-//! streams (a put waits up to [`PUT_BUFFER_WAIT`] for room, then gets RESOURCE_EXHAUSTED);
+//! [`CHUNK_DATA_PER_MESSAGE`] bytes; chunk bytes in memory are bounded by the store's two
+//! budgets (`super::TransferMemory`: puts, copies and staging share one, gets served the
+//! other; a transfer waits up to `super::MEMORY_WAIT` for room, then gets
+//! RESOURCE_EXHAUSTED);
 //! [`MAX_HAS_IDS`] ids per presence check, [`MAX_COPY_IDS`] per copy, [`COPY_PARALLELISM`]
 //! copies at a time, each source given [`PEER_CALL_TIMEOUT`].
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,17 +24,12 @@ use steward_proto::v1::{
     ScrubStatusPb, StartScrubReply, StartScrubRequest,
 };
 use steward_runtime::transport::{self, ChannelPool, ClientOptions};
-use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{ChunkError, ChunkStore, PutOutcome, MAX_CHUNK_BYTES};
 
 /// Bytes of chunk data per streamed message (both directions).
 pub const CHUNK_DATA_PER_MESSAGE: usize = steward_proto::CHUNK_DATA_PER_MESSAGE;
-/// Chunk bytes all puts in progress may hold in memory together.
-pub const PUT_BUFFER_BYTES: usize = 512 * 1024 * 1024;
-/// How long a put waits for buffer room before it is refused.
-pub const PUT_BUFFER_WAIT: Duration = Duration::from_secs(10);
 /// Ids per `HasChunks` call.
 pub const MAX_HAS_IDS: usize = 10_000;
 /// Ids per `CopyChunks` call.
@@ -44,12 +42,8 @@ pub const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Sources per `CopyChunks` call.
 pub const MAX_COPY_SOURCES: usize = 16;
 
-/// Buffer permits are counted in KiB (a semaphore holds at most `u32::MAX` permits).
-const PERMIT_BYTES: usize = 1024;
-
 pub struct ChunkApi {
     store: Arc<ChunkStore>,
-    put_buffers: Arc<Semaphore>,
     peers: Arc<ChannelPool>,
     scrubber: Option<Arc<super::scrub::Scrubber>>,
 }
@@ -69,7 +63,6 @@ impl ChunkApi {
         ChunkApi {
             scrubber,
             store,
-            put_buffers: Arc::new(Semaphore::new(PUT_BUFFER_BYTES / PERMIT_BYTES)),
             peers: Arc::new(ChannelPool::new(
                 ClientOptions::new(PEER_CONNECT_TIMEOUT).call_timeout(PEER_CALL_TIMEOUT),
             )),
@@ -102,7 +95,9 @@ pub fn status_of(e: ChunkError) -> Status {
         ChunkError::Mismatch { .. } | ChunkError::TooLarge(_) => {
             Status::invalid_argument(e.to_string())
         }
-        ChunkError::SpaceLow { .. } => Status::resource_exhausted(e.to_string()),
+        ChunkError::SpaceLow { .. } | ChunkError::Busy(_) => {
+            Status::resource_exhausted(e.to_string())
+        }
         ChunkError::Format { .. } | ChunkError::Io { .. } => Status::internal(e.to_string()),
     }
 }
@@ -165,19 +160,13 @@ impl ChunkService for ChunkApi {
         if let Some(low) = blocking(&self.store, |s| s.space_low()).await? {
             return Err(status_of(low));
         }
-        let permits = u32::try_from(size.div_ceil(PERMIT_BYTES).max(1)).unwrap_or(u32::MAX);
-        let _buffer = tokio::time::timeout(
-            PUT_BUFFER_WAIT,
-            self.put_buffers.clone().acquire_many_owned(permits),
-        )
-        .await
-        .map_err(|_| {
-            Status::resource_exhausted(format!(
-                "the agent's chunk write buffers ({} MiB) stayed full for {PUT_BUFFER_WAIT:?}; retry later",
-                PUT_BUFFER_BYTES >> 20
-            ))
-        })?
-        .map_err(|_| Status::unavailable("the agent is stopping"))?;
+        let _memory = self
+            .store
+            .memory
+            .incoming
+            .reserve(size, &format!("PutChunk {id}"))
+            .await
+            .map_err(status_of)?;
         let mut bytes = Vec::with_capacity(size);
         let mut next = Some(first);
         while let Some(message) = next {
@@ -213,6 +202,22 @@ impl ChunkService for ChunkApi {
     ) -> Result<Response<GetStream>, Status> {
         let req = request.into_inner();
         let id = parse_id(&req.chunk_id)?;
+        // Memory for the whole chunk is reserved before it is read, and held until the
+        // last message is sent.
+        let size = blocking(&self.store, move |s| {
+            s.stored_size(&id).ok_or(ChunkError::NotFound(id))
+        })
+        .await?;
+        let memory = self
+            .store
+            .memory
+            .outgoing
+            .reserve(
+                usize::try_from(size).unwrap_or(usize::MAX),
+                &format!("GetChunk {id}"),
+            )
+            .await
+            .map_err(status_of)?;
         // The whole chunk is read and re-hashed before any byte is sent: a range of a
         // rotted chunk is refused like the whole of it.
         let bytes = blocking(&self.store, move |s| s.get(&id)).await?;
@@ -222,6 +227,7 @@ impl ChunkService for ChunkApi {
         let starts: Vec<usize> = range.clone().step_by(CHUNK_DATA_PER_MESSAGE).collect();
         let end = range.end;
         let replies = futures::stream::iter(starts).map(move |start| {
+            let _held = &memory;
             let stop = (start + CHUNK_DATA_PER_MESSAGE).min(end);
             Ok(GetChunkReply {
                 data: bytes[start..stop].to_vec(),
@@ -298,14 +304,10 @@ impl ChunkService for ChunkApi {
             space_low: low.is_some(),
             quarantined: quarantined.iter().map(ToString::to_string).collect(),
             scrub,
-            gc_removed: self
-                .store
-                .gc_removed
-                .load(std::sync::atomic::Ordering::Relaxed),
-            last_gc_unix_ms: self
-                .store
-                .last_gc_unix_ms
-                .load(std::sync::atomic::Ordering::Relaxed),
+            gc_removed: self.store.gc_removed.load(Ordering::Relaxed),
+            last_gc_unix_ms: self.store.last_gc_unix_ms.load(Ordering::Relaxed),
+            copied_in_chunks: self.store.copied_in_chunks.load(Ordering::Relaxed),
+            copied_in_bytes: self.store.copied_in_bytes.load(Ordering::Relaxed),
         }))
     }
 
@@ -365,8 +367,9 @@ pub(crate) async fn copy_one(
     }
     let mut errors = Vec::new();
     for source in sources {
-        let bytes = match fetch(peers, source, id).await {
-            Ok(bytes) => bytes,
+        let fetched = fetch_reserving(peers, source, id, Some(&store.memory.incoming)).await;
+        let (bytes, memory) = match fetched {
+            Ok(fetched) => fetched,
             Err(e) => {
                 errors.push(format!("{source}: {e}"));
                 continue;
@@ -374,10 +377,15 @@ pub(crate) async fn copy_one(
         };
         let len = bytes.len() as u64;
         // `put` hashes the bytes (off the async workers) and refuses a mismatch.
-        let store = store.clone();
-        let stored = tokio::task::spawn_blocking(move || store.put(&id, &bytes)).await;
+        let keeper = store.clone();
+        let stored = tokio::task::spawn_blocking(move || keeper.put(&id, &bytes)).await;
+        drop(memory);
         match stored {
-            Ok(Ok(_)) => return result(CopyOutcome::Copied, source.clone(), len),
+            Ok(Ok(_)) => {
+                store.copied_in_chunks.fetch_add(1, Ordering::Relaxed);
+                store.copied_in_bytes.fetch_add(len, Ordering::Relaxed);
+                return result(CopyOutcome::Copied, source.clone(), len);
+            }
             Ok(Err(e @ ChunkError::Mismatch { .. })) => errors.push(format!("{source}: {e}")),
             // Our own disk refused it: another source would not help.
             Ok(Err(e)) => return result(CopyOutcome::Failed, format!("storing: {e}"), 0),
@@ -387,9 +395,22 @@ pub(crate) async fn copy_one(
     result(CopyOutcome::Failed, errors.join("; "), 0)
 }
 
-/// The whole of chunk `id` from the agent at `addr` (the caller verifies it: the store's
-/// `put` re-hashes).
+/// The whole of chunk `id` from the agent at `addr`; the caller verifies it (the store's
+/// `put` re-hashes). For clients, whose memory is their own.
 pub async fn fetch(peers: &ChannelPool, addr: &str, id: ChunkId) -> Result<Vec<u8>, String> {
+    fetch_reserving(peers, addr, id, None)
+        .await
+        .map(|(bytes, _)| bytes)
+}
+
+/// [`fetch`], holding a reservation of `memory` for the bytes (taken when the first message
+/// announces the size, before they are buffered) until the caller drops it.
+async fn fetch_reserving(
+    peers: &ChannelPool,
+    addr: &str,
+    id: ChunkId,
+    memory: Option<&super::MemoryBudget>,
+) -> Result<(Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>), String> {
     let channel = peers.get(addr).map_err(|e| e.to_string())?;
     let mut client = transport::chunk_client(channel);
     let mut stream = client
@@ -402,6 +423,7 @@ pub async fn fetch(peers: &ChannelPool, addr: &str, id: ChunkId) -> Result<Vec<u
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
         .into_inner();
     let mut bytes = Vec::new();
+    let (mut held, mut first) = (None, true);
     while let Some(reply) = stream
         .message()
         .await
@@ -415,9 +437,22 @@ pub async fn fetch(peers: &ChannelPool, addr: &str, id: ChunkId) -> Result<Vec<u
                 reply.chunk_size
             ));
         }
+        if first {
+            first = false;
+            let size = reply.chunk_size as usize;
+            if let Some(memory) = memory {
+                held = Some(
+                    memory
+                        .reserve(size, &format!("copying chunk {id}"))
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            bytes.reserve_exact(size);
+        }
         bytes.extend_from_slice(&reply.data);
     }
-    Ok(bytes)
+    Ok((bytes, held))
 }
 
 /// Stores `bytes` as chunk `id` on the agent at `addr`, streamed in

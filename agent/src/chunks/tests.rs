@@ -166,3 +166,22 @@ fn a_chunk_found_present_after_a_gc_listing_is_not_collected() {
     assert_eq!(s.get(&b).expect("still here"), touched);
     assert!(!s.touch_if_present(&a), "a removed chunk is not present");
 }
+
+#[tokio::test]
+async fn transfer_memory_is_bounded_and_a_waiter_is_refused_then_served() {
+    let wait = std::time::Duration::from_millis(50);
+    let budget = MemoryBudget::new(2 << 20, wait);
+    let whole = budget.reserve(2 << 20, "first").await.expect("room");
+    // Full: the next reservation waits, then is refused with a clear error.
+    let started = std::time::Instant::now();
+    let e = budget.reserve(1024, "second").await.expect_err("no room");
+    assert!(started.elapsed() >= wait, "it waited for room first");
+    assert!(
+        matches!(&e, ChunkError::Busy(m) if m.contains("second") && m.contains("2 MiB")),
+        "{e}"
+    );
+    drop(whole);
+    // Room again; a request larger than the whole budget takes all of it, never hangs.
+    let big = budget.reserve(64 << 20, "larger than the budget").await;
+    assert!(big.is_ok());
+}

@@ -82,18 +82,19 @@ impl Stager {
         }
     }
 
-    /// Stages every input of an allocation in `alloc_dir`, reading manifests from the
-    /// leader at `leader_addr`; records them in `inputs.json`.
+    /// Stages every input of an allocation of job `job_id` in `alloc_dir`, reading
+    /// manifests from the leader at `leader_addr`; records them in `inputs.json`.
     pub async fn stage_all(
         &self,
         leader_addr: &str,
         alloc_dir: &Path,
+        job_id: &str,
         inputs: &[String],
     ) -> Result<Vec<StagedInput>, String> {
         let mut staged = Vec::with_capacity(inputs.len());
         for input in inputs {
             staged.push(
-                self.stage(leader_addr, alloc_dir, input)
+                self.stage(leader_addr, alloc_dir, job_id, input)
                     .await
                     .map_err(|e| format!("staging input `{input}`: {e}"))?,
             );
@@ -108,9 +109,10 @@ impl Stager {
         &self,
         leader_addr: &str,
         alloc_dir: &Path,
+        job_id: &str,
         reference: &str,
     ) -> Result<StagedInput, String> {
-        let (name, _) = VersionSelector::parse_reference(reference)?;
+        let (name, selector) = VersionSelector::parse_reference(reference)?;
         let channel = self.pool.get(leader_addr).map_err(|e| e.to_string())?;
         let reply = transport::admin_client(channel)
             .get_object(GetObjectRequest {
@@ -121,6 +123,14 @@ impl Stager {
             .map_err(|s| format!("asking the leader for it: {}: {}", s.code(), s.message()))?
             .into_inner();
         let version = reply.version.as_ref().map_or(0, |v| v.version);
+        // A version number (what acceptance pins) must name the version the job saw.
+        if matches!(selector, VersionSelector::Number(_)) {
+            steward_core::jobs::check_pinned_version(
+                job_id,
+                reference,
+                reply.version.as_ref().map_or(0, |v| v.created_revision),
+            )?;
+        }
         let manifest = steward_proto::conv::manifest_from_pb(
             reply
                 .manifest

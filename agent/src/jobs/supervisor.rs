@@ -481,7 +481,10 @@ async fn stage_inputs(
         );
         let leader = runner.leader_addr().await;
         let started = Instant::now();
-        match stager.stage_all(&leader, dir, &record.spec.inputs).await {
+        match stager
+            .stage_all(&leader, dir, &record.job, &record.spec.inputs)
+            .await
+        {
             Ok(staged) => {
                 let bytes: u64 = staged.iter().map(|s| s.bytes).sum();
                 let pulled: u64 = staged.iter().flat_map(|s| s.chunks_from.values()).sum();

@@ -23,6 +23,30 @@ pub enum ChunkCommand {
     Locate { id: String },
 }
 
+/// Replicas and nodes by failure domain (`zone/rack`; `-` where a label is unset), from
+/// the per-node rows: where the data sits when a rack or a zone goes.
+fn domains(nodes: &[FsckNodePb]) -> Vec<serde_json::Value> {
+    let mut by: std::collections::BTreeMap<(String, String), (u64, u64, u64)> = Default::default();
+    for n in nodes {
+        let label = |v: &str| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        let e = by.entry((label(&n.zone), label(&n.rack))).or_default();
+        e.0 += 1;
+        e.1 += u64::from(n.health == "ready");
+        e.2 += n.replicas;
+    }
+    by.into_iter()
+        .map(|((zone, rack), (nodes, ready, replicas))| {
+            json!({"zone": zone, "rack": rack, "nodes": nodes, "ready": ready, "replicas": replicas})
+        })
+        .collect()
+}
+
 fn node_json(n: &FsckNodePb) -> serde_json::Value {
     json!({
         "node": n.node_id, "health": n.health, "zone": n.zone, "rack": n.rack,
@@ -48,7 +72,12 @@ pub async fn run(addrs: &str, output: Output, args: FsckArgs) -> anyhow::Result<
             "misplaced": r.misplaced, "repairs_in_flight": r.repairs_in_flight,
             "complete": r.complete, "healthy": !at_risk,
             "at_risk": r.at_risk,
+            "repair": {
+                "copied_chunks": r.repair_copied_chunks, "copied_bytes": r.repair_copied_bytes,
+                "trimmed": r.repair_trimmed, "failed_copies": r.repair_failed_copies,
+            },
             "nodes": r.nodes.iter().map(node_json).collect::<Vec<_>>(),
+            "domains": domains(&r.nodes),
         }))?,
         Output::Table => {
             println!(
@@ -61,6 +90,13 @@ pub async fn run(addrs: &str, output: Output, args: FsckArgs) -> anyhow::Result<
             println!(
                 "under-replicated {} (one live replica: {}, no live replica: {}), badly spread {}, misplaced {}, found rotten {}; repairs in flight {}",
                 r.under_replicated, r.one_live, r.missing, r.badly_spread, r.misplaced, r.corrupt, r.repairs_in_flight
+            );
+            println!(
+                "repair on this leader: {} chunks copied ({}), {} surplus replicas trimmed, {} copies failed",
+                r.repair_copied_chunks,
+                bytesize::ByteSize(r.repair_copied_bytes),
+                r.repair_trimmed,
+                r.repair_failed_copies
             );
             if !r.complete {
                 println!("(not every live agent has reported its chunks to this leader yet)");
@@ -81,6 +117,14 @@ pub async fn run(addrs: &str, output: Output, args: FsckArgs) -> anyhow::Result<
                 ]);
             }
             println!("{t}");
+            let mut d = table(["ZONE", "RACK", "NODES", "READY", "REPLICAS"]);
+            for row in domains(&r.nodes) {
+                d.add_row(
+                    ["zone", "rack", "nodes", "ready", "replicas"]
+                        .map(|k| row[k].to_string().trim_matches('"').to_string()),
+                );
+            }
+            println!("{d}");
             for line in &r.at_risk {
                 println!("at risk: {line}");
             }

@@ -442,6 +442,7 @@ fn chunk_store_json(s: &steward_proto::v1::ChunkStoreStatusReply) -> serde_json:
         "chunks": s.chunks, "stored_bytes": s.stored_bytes, "free_bytes": s.free_bytes,
         "free_floor_bytes": s.free_floor_bytes, "space_low": s.space_low,
         "quarantined": s.quarantined,
+        "copied_in_chunks": s.copied_in_chunks, "copied_in_bytes": s.copied_in_bytes,
         "scrub": s.scrub.as_ref().map(|x| json!({
             "running": x.running, "passes": x.passes, "checked": x.checked,
             "corrupt_found": x.corrupt_found, "last_pass_ended_unix_ms": x.last_pass_ended_unix_ms,
@@ -470,6 +471,12 @@ fn print_chunk_store(s: Option<&steward_proto::v1::ChunkStoreStatusReply>) {
     if !s.quarantined.is_empty() {
         println!("  quarantined (rotten): {}", s.quarantined.join(", "));
     }
+    println!(
+        "  copied in from peers: {} chunks ({}); garbage collected: {}",
+        s.copied_in_chunks,
+        bytesize::ByteSize(s.copied_in_bytes),
+        s.gc_removed
+    );
     if let Some(x) = &s.scrub {
         println!(
             "  scrub: {}, {} passes, {} checked this pass, {} rotten found, limit {}/s",

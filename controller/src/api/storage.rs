@@ -121,6 +121,10 @@ pub async fn fsck(
         .collect();
     let status = ctx.repair.status();
     reply.repairs_in_flight = status.chunks_in_flight as u64;
+    reply.repair_copied_chunks = status.copied_chunks;
+    reply.repair_copied_bytes = status.copied_bytes;
+    reply.repair_trimmed = status.trimmed;
+    reply.repair_failed_copies = status.failed_copies;
     Ok(Response::new(reply))
 }
 

@@ -104,7 +104,7 @@ impl ClusterState {
                 ),
             };
         }
-        let id = format!("{}-{revision}", spec.name);
+        let id = crate::jobs::job_id(&spec.name, revision);
         let job = JobRecord {
             id: id.clone(),
             tasks: vec![TaskSlot::default(); spec.tasks as usize],

@@ -443,6 +443,38 @@ impl NodeCapacity {
     }
 }
 
+/// A job's id: its name and the revision that accepted it (`NAME-REVISION`).
+pub fn job_id(name: &str, revision: u64) -> String {
+    format!("{name}-{revision}")
+}
+
+/// The revision that accepted job `id` (None: not a job id). Anything a job pinned when it
+/// was accepted (its inputs' versions) existed at that revision.
+pub fn accepted_revision(id: &str) -> Option<u64> {
+    id.rsplit_once('-')?.1.parse().ok()
+}
+
+/// Checks that input `reference`, pinned when job `job_id` was accepted, still names the
+/// version the job pinned: a version created after the job (its object deleted and put
+/// again, which reuses the numbers) holds other bytes.
+pub fn check_pinned_version(
+    job_id: &str,
+    reference: &str,
+    version_created_revision: u64,
+) -> Result<(), String> {
+    let Some(accepted) = accepted_revision(job_id) else {
+        return Err(format!("`{job_id}` is not a job id (NAME-REVISION)"));
+    };
+    if version_created_revision > accepted {
+        return Err(format!(
+            "`{reference}` was created at revision {version_created_revision}, after the job was \
+             accepted at revision {accepted}: the object was deleted and put again since, and \
+             this is not the version the job pinned"
+        ));
+    }
+    Ok(())
+}
+
 /// Cuts `reason` to [`MAX_REASON_BYTES`] on a character boundary.
 pub fn bounded_reason(mut reason: String) -> String {
     if reason.len() > MAX_REASON_BYTES {

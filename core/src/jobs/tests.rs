@@ -889,3 +889,22 @@ fn a_node_that_is_not_down_is_not_removed_while_it_holds_work() {
         CommandResult::NodeRemoved { .. }
     ));
 }
+
+#[test]
+fn a_pinned_input_is_refused_once_its_object_was_put_again() {
+    use crate::jobs::{accepted_revision, check_pinned_version, job_id};
+    let id = job_id("train-my-model", 41);
+    assert_eq!(id, "train-my-model-41");
+    assert_eq!(accepted_revision(&id), Some(41));
+    assert_eq!(accepted_revision("no-revision-here"), None);
+    // Created before or at the job's acceptance: the pinned version.
+    assert!(check_pinned_version(&id, "m@3", 12).is_ok());
+    assert!(check_pinned_version(&id, "m@3", 41).is_ok());
+    // Created later: the object was deleted and put again, the number reused.
+    let e = check_pinned_version(&id, "m@3", 42).expect_err("refused");
+    assert!(
+        e.contains("revision 42") && e.contains("not the version the job pinned"),
+        "{e}"
+    );
+    assert!(check_pinned_version("bad", "m@3", 1).is_err());
+}

@@ -61,6 +61,7 @@ pub fn version_to_pb(number: u64, v: &ObjectVersion, tags: Vec<String>) -> Objec
         rf: u32::from(v.rf),
         tags,
         content_hash: v.manifest.content_hash.to_string(),
+        created_revision: v.created_revision,
     }
 }
 
