@@ -74,8 +74,53 @@ enum Command {
     AgentShim(cmd::agent::ShimArgs),
 }
 
+/// `steward object get REF -o PATH`: there `-o` names the destination file, as operators
+/// expect of a download, while everywhere else it picks the output format. After
+/// `object get`, a `-o`/`--output` whose value is not a format becomes `--dest VALUE`.
+fn rewrite_get_destination(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let is = |a: &std::ffi::OsString, s: &str| a.to_str() == Some(s);
+    let Some(get_at) = args
+        .windows(2)
+        .position(|w| is(&w[0], "object") && is(&w[1], "get"))
+    else {
+        return args;
+    };
+    let is_format = |v: &str| ["json", "table"].contains(&v);
+    let mut out = Vec::with_capacity(args.len());
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].to_str().unwrap_or_default();
+        if i > get_at + 1 {
+            if (a == "-o" || a == "--output")
+                && args
+                    .get(i + 1)
+                    .and_then(|v| v.to_str())
+                    .is_some_and(|v| !is_format(v))
+            {
+                out.push("--dest".into());
+                out.push(args[i + 1].clone());
+                i += 2;
+                continue;
+            }
+            let joined = a.strip_prefix("--output=").or_else(|| {
+                a.strip_prefix("-o")
+                    .filter(|v| !v.is_empty() && !v.starts_with('='))
+            });
+            if let Some(v) = joined.filter(|v| !is_format(v)) {
+                out.push("--dest".into());
+                out.push(v.into());
+                i += 1;
+                continue;
+            }
+        }
+        out.push(args[i].clone());
+        i += 1;
+    }
+    out
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(rewrite_get_destination(std::env::args_os().collect()));
     // The shim runs no async runtime of its own (it outlives the agent; see agent::jobs::shim).
     if let Command::AgentShim(args) = &cli.command {
         return ExitCode::from(cmd::agent::run_shim(args).clamp(0, 255) as u8);
@@ -125,5 +170,46 @@ mod tests {
     fn the_command_line_is_well_formed() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn object_get_takes_its_destination_from_dash_o() {
+        use clap::Parser;
+        let parse = |line: &str| {
+            let args = line.split(' ').map(std::ffi::OsString::from).collect();
+            super::Cli::try_parse_from(super::rewrite_get_destination(args))
+        };
+        let dest = |line: &str| match parse(line).expect("parses").command {
+            super::Command::Object(crate::cmd::object::ObjectCommand::Get {
+                dest,
+                dest_flag,
+                ..
+            }) => dest.or(dest_flag),
+            _ => panic!("not object get"),
+        };
+        let path = |p: &str| Some(std::path::PathBuf::from(p));
+        assert_eq!(
+            dest("steward object get m -o /tmp/m.bin"),
+            path("/tmp/m.bin")
+        );
+        assert_eq!(
+            dest("steward object get m --output=out.bin"),
+            path("out.bin")
+        );
+        assert_eq!(dest("steward object get m -oout.bin"), path("out.bin"));
+        assert_eq!(dest("steward object get m out.bin"), path("out.bin"));
+        assert_eq!(
+            dest("steward object get m -o json out.bin"),
+            path("out.bin")
+        );
+        let cli = parse("steward -o json object get m:prod -o x").expect("parses");
+        assert!(matches!(cli.output, crate::output::Output::Json));
+        // Elsewhere `-o` stays the format, and a bad one is still an error.
+        assert!(parse("steward fsck -o json").is_ok());
+        assert!(parse("steward fsck -o /tmp/x").is_err());
+        assert!(
+            parse("steward object get m -o a.bin b.bin").is_err(),
+            "two destinations"
+        );
     }
 }

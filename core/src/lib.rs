@@ -8,11 +8,13 @@
 //!
 //! Must not depend on: tokio, tonic, rocksdb, nvml, or any other I/O crate.
 
+pub mod authz;
 pub mod chunk;
 pub mod chunking;
 pub mod codec;
 pub mod command;
 pub mod features;
+pub mod identity;
 pub mod inventory;
 pub mod job;
 pub mod jobs;

@@ -29,3 +29,45 @@ pub const MAX_CHUNK_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
 /// Largest Raft message accepted or sent, in bytes (AppendEntries batches and snapshot chunks
 /// are sized well below this; a restored snapshot travels as one log entry).
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    /// Every method of every Steward service has an authorization rule
+    /// (`steward_core::authz::METHODS`), and every rule names a method that exists: a new
+    /// RPC cannot ship without deciding who may call it.
+    #[test]
+    fn every_method_has_exactly_one_authorization_rule() {
+        let set = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET)
+            .expect("descriptor set");
+        let mut served = std::collections::BTreeSet::new();
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    served.insert(format!(
+                        "/{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+        assert!(served.len() > 50, "{} methods", served.len());
+        for path in &served {
+            assert!(
+                steward_core::authz::rule_for(path).is_some(),
+                "{path} has no authorization rule in steward_core::authz::METHODS"
+            );
+        }
+        for (service, method, _) in steward_core::authz::METHODS {
+            let path = format!("/{service}/{method}");
+            let standard = service.starts_with("grpc.");
+            assert!(
+                standard || served.contains(&path),
+                "{path} has a rule but Steward serves no such method"
+            );
+        }
+    }
+}

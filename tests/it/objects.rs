@@ -660,7 +660,7 @@ fn put_objects(s: &Storage, n: usize, mib: usize) -> Vec<(String, Vec<u8>)> {
 fn read_back(s: &Storage, objects: &[(String, Vec<u8>)]) {
     let out = s.cluster.dir.path().join("read.bin");
     for (name, data) in objects {
-        s.cli_ok(&["object", "get", name, out.to_str().expect("path")]);
+        s.cli_ok(&["object", "get", name, "-o", out.to_str().expect("path")]);
         assert!(
             std::fs::read(&out).expect("read") == *data,
             "{name} reads back bit-exact"

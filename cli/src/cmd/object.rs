@@ -61,11 +61,16 @@ pub enum ObjectCommand {
         keep_last: Option<u32>,
     },
     /// Write NAME (NAME@VERSION, NAME:TAG) to DEST, verified [default: the name's last
-    /// segment in the current directory; "-": standard output]. (`-o` is the output format,
-    /// as everywhere.)
+    /// segment in the current directory; "-": standard output]. `-o PATH` names DEST too:
+    /// after `object get`, a `-o` value other than `json` or `table` is the destination
+    /// (write `./json` for a file of that name).
     Get {
         reference: String,
+        #[arg(conflicts_with = "dest_flag")]
         dest: Option<PathBuf>,
+        /// The destination (what `-o PATH` becomes).
+        #[arg(long = "dest", id = "dest_flag", value_name = "PATH")]
+        dest_flag: Option<PathBuf>,
     },
     /// List objects whose names start with PREFIX.
     Ls {
@@ -141,8 +146,10 @@ pub async fn run(addrs: &str, output: Output, command: ObjectCommand) -> anyhow:
         }
         ObjectCommand::Get {
             reference,
-            dest: path,
+            dest,
+            dest_flag,
         } => {
+            let path = dest.or(dest_flag);
             let r = get_object(addrs, &reference, path.as_deref()).await?;
             match output {
                 Output::Json => print_json(&json!({
