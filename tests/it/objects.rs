@@ -373,7 +373,7 @@ async fn put_get_dedup_and_an_agent_below_its_floor() -> anyhow::Result<()> {
     let first = PutChunkRequest {
         chunk_id: steward_core::chunk::ChunkId::of(&data).to_string(),
         size: data.len() as u64,
-        data,
+        data: data.into(),
     };
     let e = steward_runtime::transport::chunk_client(ch)
         .put_chunk(futures::stream::iter(vec![first]))

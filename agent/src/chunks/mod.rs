@@ -447,7 +447,13 @@ impl ChunkStore {
             }
             Err(e) => return Err(ChunkError::io("opening", &path)(e)),
         };
-        let mut bytes = Vec::new();
+        // Sized from the file's length (one allocation, no regrowth); at most one byte past
+        // the largest chunk is read, so a grown file cannot make it allocate more.
+        let len = f
+            .metadata()
+            .map_or(0, |m| m.len())
+            .min(MAX_CHUNK_BYTES as u64 + 1);
+        let mut bytes = Vec::with_capacity(len as usize + 1);
         f.take(MAX_CHUNK_BYTES as u64 + 1)
             .read_to_end(&mut bytes)
             .map_err(ChunkError::io("reading", &path))?;

@@ -223,14 +223,15 @@ impl ChunkService for ChunkApi {
         let bytes = blocking(&self.store, move |s| s.get(&id)).await?;
         let chunk_size = bytes.len() as u64;
         let range = range_of(bytes.len(), req.offset, req.length)?;
-        let bytes = Arc::new(bytes);
+        // Every message is a slice of the one buffer, not a copy.
+        let bytes = bytes::Bytes::from(bytes);
         let starts: Vec<usize> = range.clone().step_by(CHUNK_DATA_PER_MESSAGE).collect();
         let end = range.end;
         let replies = futures::stream::iter(starts).map(move |start| {
             let _held = &memory;
             let stop = (start + CHUNK_DATA_PER_MESSAGE).min(end);
             Ok(GetChunkReply {
-                data: bytes[start..stop].to_vec(),
+                data: bytes.slice(start..stop),
                 offset: start as u64,
                 chunk_size,
             })
@@ -369,7 +370,7 @@ pub(crate) async fn copy_one(
     for source in sources {
         let fetched = fetch_reserving(peers, source, id, Some(&store.memory.incoming)).await;
         let (bytes, memory) = match fetched {
-            Ok(fetched) => fetched,
+            Ok((pieces, memory)) => (pieces.concat(), memory),
             Err(e) => {
                 errors.push(format!("{source}: {e}"));
                 continue;
@@ -395,12 +396,17 @@ pub(crate) async fn copy_one(
     result(CopyOutcome::Failed, errors.join("; "), 0)
 }
 
-/// The whole of chunk `id` from the agent at `addr`; the caller verifies it (the store's
-/// `put` re-hashes). For clients, whose memory is their own.
-pub async fn fetch(peers: &ChannelPool, addr: &str, id: ChunkId) -> Result<Vec<u8>, String> {
+/// The whole of chunk `id` from the agent at `addr`, as the pieces it arrived in (slices
+/// of the receive buffers, not copied); the caller verifies it. For clients, whose memory
+/// is their own.
+pub async fn fetch(
+    peers: &ChannelPool,
+    addr: &str,
+    id: ChunkId,
+) -> Result<Vec<bytes::Bytes>, String> {
     fetch_reserving(peers, addr, id, None)
         .await
-        .map(|(bytes, _)| bytes)
+        .map(|(pieces, _)| pieces)
 }
 
 /// [`fetch`], holding a reservation of `memory` for the bytes (taken when the first message
@@ -410,7 +416,7 @@ async fn fetch_reserving(
     addr: &str,
     id: ChunkId,
     memory: Option<&super::MemoryBudget>,
-) -> Result<(Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>), String> {
+) -> Result<(Vec<bytes::Bytes>, Option<tokio::sync::OwnedSemaphorePermit>), String> {
     let channel = peers.get(addr).map_err(|e| e.to_string())?;
     let mut client = transport::chunk_client(channel);
     let mut stream = client
@@ -422,15 +428,15 @@ async fn fetch_reserving(
         .await
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
         .into_inner();
-    let mut bytes = Vec::new();
-    let (mut held, mut first) = (None, true);
+    let mut pieces = Vec::new();
+    let (mut received, mut held, mut first) = (0usize, None, true);
     while let Some(reply) = stream
         .message()
         .await
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
     {
         if reply.chunk_size > MAX_CHUNK_BYTES as u64
-            || bytes.len() + reply.data.len() > reply.chunk_size as usize
+            || received + reply.data.len() > reply.chunk_size as usize
         {
             return Err(format!(
                 "the peer sent more than the chunk's {} bytes",
@@ -439,8 +445,8 @@ async fn fetch_reserving(
         }
         if first {
             first = false;
-            let size = reply.chunk_size as usize;
             if let Some(memory) = memory {
+                let size = reply.chunk_size as usize;
                 held = Some(
                     memory
                         .reserve(size, &format!("copying chunk {id}"))
@@ -448,11 +454,20 @@ async fn fetch_reserving(
                         .map_err(|e| e.to_string())?,
                 );
             }
-            bytes.reserve_exact(size);
         }
-        bytes.extend_from_slice(&reply.data);
+        received += reply.data.len();
+        pieces.push(reply.data);
     }
-    Ok((bytes, held))
+    Ok((pieces, held))
+}
+
+/// The chunk id `pieces` hash to, taken together.
+pub fn id_of_pieces(pieces: &[bytes::Bytes]) -> ChunkId {
+    let mut h = blake3::Hasher::new();
+    for p in pieces {
+        h.update(p);
+    }
+    ChunkId::from_hash(h.finalize())
 }
 
 /// Stores `bytes` as chunk `id` on the agent at `addr`, streamed in
@@ -462,7 +477,7 @@ pub async fn push(
     peers: &ChannelPool,
     addr: &str,
     id: ChunkId,
-    bytes: Arc<Vec<u8>>,
+    bytes: bytes::Bytes,
 ) -> Result<bool, Status> {
     let channel = peers
         .get(addr)
@@ -480,7 +495,7 @@ pub async fn push(
         PutChunkRequest {
             chunk_id: if first { id.to_string() } else { String::new() },
             size: if first { len as u64 } else { 0 },
-            data: bytes[start..end].to_vec(),
+            data: bytes.slice(start..end),
         }
     });
     Ok(client

@@ -69,7 +69,7 @@ fn put_messages(id: &str, size: u64, data: &[u8]) -> Vec<PutChunkRequest> {
     let mut out: Vec<PutChunkRequest> = data
         .chunks(CHUNK_DATA_PER_MESSAGE)
         .map(|d| PutChunkRequest {
-            data: d.to_vec(),
+            data: bytes::Bytes::copy_from_slice(d),
             ..Default::default()
         })
         .collect();

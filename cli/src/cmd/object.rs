@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use futures::StreamExt;
 use serde_json::json;
-use steward_agent::chunks::service::{fetch, push};
+use steward_agent::chunks::service::{fetch, id_of_pieces, push};
 use steward_core::chunk::{ChunkId, ObjectHash};
 use steward_core::chunking::{split_reader, ChunkingParams};
 use steward_core::objects::{validate_object_name, ChunkRef, Manifest, VersionSelector};
@@ -680,7 +680,7 @@ async fn upload_chunk(
     let mut sent = 0u64;
     let mut errors = Vec::new();
     if holders.len() < rf {
-        let bytes = Arc::new(read_at(path.to_path_buf(), r.offset, r.len).await?);
+        let bytes = bytes::Bytes::from(read_at(path.to_path_buf(), r.offset, r.len).await?);
         if ChunkId::of(&bytes) != r.id {
             bail!(
                 "{} changed while it was being put (chunk at offset {} no longer matches)",
@@ -753,24 +753,26 @@ pub struct GetResult {
     pub path: Option<PathBuf>,
 }
 
-/// Reads chunk `id` from the first of `nodes` that serves bytes hashing to it.
+/// Reads chunk `id` from the first of `nodes` that serves bytes hashing to it, as the
+/// pieces it arrived in.
 async fn fetch_verified(
     pool: &ChannelPool,
     node_addrs: &HashMap<String, String>,
     nodes: &[String],
     id: ChunkId,
-) -> anyhow::Result<Vec<u8>> {
+) -> anyhow::Result<Vec<bytes::Bytes>> {
     let mut errors = Vec::new();
     for node in nodes {
         let Some(addr) = node_addrs.get(node) else {
             continue;
         };
         match fetch(pool, addr, id).await {
-            Ok(bytes) => {
-                let (ok, bytes) =
-                    tokio::task::spawn_blocking(move || (ChunkId::of(&bytes) == id, bytes)).await?;
+            Ok(pieces) => {
+                let (ok, pieces) =
+                    tokio::task::spawn_blocking(move || (id_of_pieces(&pieces) == id, pieces))
+                        .await?;
                 if ok {
-                    return Ok(bytes);
+                    return Ok(pieces);
                 }
                 errors.push(format!(
                     "{node}: sent bytes that do not hash to the chunk id"
@@ -857,11 +859,12 @@ pub async fn get_object(
                 })
             })
             .buffered(TRANSFER_PARALLELISM);
-        while let Some(bytes) = chunks.next().await {
-            let bytes = bytes??;
-            content.update(&bytes);
-            sink.write_all(&bytes)?;
-            bar.inc(bytes.len() as u64);
+        while let Some(pieces) = chunks.next().await {
+            for piece in pieces?? {
+                content.update(&piece);
+                sink.write_all(&piece)?;
+                bar.inc(piece.len() as u64);
+            }
         }
         bar.finish_and_clear();
         sink.flush()?;
