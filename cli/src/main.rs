@@ -69,6 +69,9 @@ enum Command {
     /// Objects and their versions: put, get, ls, versions, history, tag, untag, rm.
     #[command(subcommand)]
     Object(cmd::object::ObjectCommand),
+    /// Certificates: the cluster's CA, and TLS dirs for controllers, agents and clients.
+    #[command(subcommand)]
+    Tls(cmd::tls::TlsCommand),
     /// (internal) The shim the agent starts for each allocation.
     #[command(hide = true)]
     AgentShim(cmd::agent::ShimArgs),
@@ -150,6 +153,7 @@ fn main() -> ExitCode {
             Command::Object(c) => cmd::object::run(&cli.addr, cli.output, c).await,
             Command::Fsck(args) => cmd::fsck::run(&cli.addr, cli.output, args).await,
             Command::Chunk(c) => cmd::fsck::run_chunk(&cli.addr, cli.output, c).await,
+            Command::Tls(c) => cmd::tls::run(cli.output, c),
             Command::AgentShim(_) => unreachable!("handled before the runtime starts"),
         }
     });

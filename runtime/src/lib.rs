@@ -2,15 +2,20 @@
 //!
 //! - `transport`: every gRPC channel and server Steward builds: endpoint options (connect
 //!   and call timeouts, HTTP/2 keepalive, TCP_NODELAY, source address), message-size limits
-//!   per service, listeners, gRPC health and reflection. TLS will be added here, once.
+//!   per service, listeners, gRPC health and reflection.
+//! - `tls`: mutual TLS: the TLS dir (`ca.pem`, `cert.pem`, `key.pem`) reloaded when it
+//!   changes, accepted connections with their peer's identity, client connections, and
+//!   issuing the cluster's CA and certificates (rcgen). Not yet wired into `transport`.
 //! - `worker`: background work behind one abstraction: a name, a state, error counts and
 //!   back-off, tracked tasks and an ordered shutdown; `steward status` lists them.
 //! - `metrics_http`: the `/metrics` endpoint, with Prometheus exposition-format negotiation.
 //!
-//! Depends on steward-proto (for the generated clients and servers) and tokio; must not
+//! Depends on steward-core (identities), steward-proto (for the generated clients and
+//! servers), tokio and rustls (with ring); must not
 //! depend on steward-controller, steward-agent, rocksdb or nvml.
 
 pub mod metrics_http;
+pub mod tls;
 pub mod transport;
 pub mod worker;
 

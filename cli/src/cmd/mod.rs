@@ -13,3 +13,4 @@ pub mod sim;
 pub mod sim_churn;
 pub mod sim_sweep;
 pub mod status;
+pub mod tls;

@@ -1,0 +1,221 @@
+//! TLS on the wire: a listener's accepted connections (handshakes run concurrently, each
+//! bounded by [`HANDSHAKE_TIMEOUT`], and the peer's identity attached for tonic), and the
+//! client's connections.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use steward_core::identity::Identity;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{identity_of, Tls, TlsError, HANDSHAKE_TIMEOUT};
+
+/// Handshakes in progress on one listener at most; past it new connections are closed
+/// (a flood of idle TCP connections cannot hold memory).
+pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+
+/// Who is on the other end of an accepted connection: what its certificate names. tonic
+/// puts it in every request's extensions.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity {
+    pub identity: Identity,
+    pub remote: Option<SocketAddr>,
+}
+
+/// A connection accepted with TLS, with its peer.
+pub struct TlsConn {
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: PeerIdentity,
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = PeerIdentity;
+
+    fn connect_info(&self) -> PeerIdentity {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Connections refused at or right after the handshake, by reason, for `/metrics` and
+/// tests.
+#[derive(Debug, Default)]
+pub struct HandshakeStats {
+    pub accepted: AtomicU64,
+    /// The handshake failed: plaintext, no certificate, another CA, expired, timed out.
+    pub failed: AtomicU64,
+    /// The certificate was good but named no identity of this cluster.
+    pub no_identity: AtomicU64,
+    /// Closed at once: too many handshakes in progress.
+    pub shed: AtomicU64,
+}
+
+/// The stream of TLS connections accepted on a listener.
+pub type TlsIncoming =
+    Pin<Box<dyn futures::Stream<Item = Result<TlsConn, std::io::Error>> + Send + 'static>>;
+
+/// Accepts connections on `listener` and runs their handshakes with `tls`'s current
+/// server configuration; yields the ones whose peer names an identity of our cluster.
+/// Refusals are logged (with the remote address and why) and counted in `stats`.
+pub fn accept(listener: TcpListener, tls: Tls, stats: Arc<HandshakeStats>) -> TlsIncoming {
+    let (tx, rx) = tokio::sync::mpsc::channel::<TlsConn>(64);
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                return;
+            }
+            let Ok(permit) = pending.clone().try_acquire_owned() else {
+                stats.shed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%remote, "too many TLS handshakes in progress: connection closed");
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let (tls, tx, stats) = (tls.clone(), tx.clone(), stats.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+                let stream =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            stats.failed.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(%remote, error = %e, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            stats.failed.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(%remote, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                let ours = tls.identity().cluster;
+                let peer = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .ok_or_else(|| TlsError::Identity("no client certificate".into()))
+                    .and_then(identity_of)
+                    .and_then(|id| {
+                        if id.cluster == ours {
+                            Ok(id)
+                        } else {
+                            Err(TlsError::Identity(format!(
+                                "{} is of cluster {}, not {ours}",
+                                id.uri(),
+                                id.cluster
+                            )))
+                        }
+                    });
+                match peer {
+                    Ok(identity) => {
+                        stats.accepted.fetch_add(1, Ordering::Relaxed);
+                        let conn = TlsConn {
+                            stream,
+                            peer: PeerIdentity {
+                                identity,
+                                remote: Some(remote),
+                            },
+                        };
+                        let _ = tx.send(conn).await;
+                    }
+                    Err(e) => {
+                        stats.no_identity.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%remote, error = %e, "TLS peer refused");
+                    }
+                }
+            });
+        }
+    });
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|c| (Ok(c), rx))
+    }))
+}
+
+/// A client connection to `addr` over TLS with `tls`'s current client configuration:
+/// TCP connect and handshake together bounded by `timeout`; the server must prove it is
+/// a server of our cluster.
+pub async fn connect(
+    tls: &Tls,
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
+    let name = tls
+        .server_name()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let connector = tokio_rustls::TlsConnector::from(tls.client_config());
+    let attempt = async move {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if let Some(ip) = source {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        let tcp = socket.connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        connector.connect(name, tcp).await
+    };
+    tokio::time::timeout(timeout, attempt).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("TLS connection to {addr} took over {timeout:?}"),
+        )
+    })?
+}
