@@ -206,7 +206,9 @@ pub async fn serve(
     health
         .set_serving::<AgentApiServer<AgentApiService>>()
         .await;
-    let router = transport::grpc_server()
+    // Plaintext until the agent takes --tls-dir (issue 12).
+    let security = transport::ServerSecurity::insecure();
+    let router = transport::grpc_server(&security)
         .add_service(health_service)
         .add_service(transport::agent_api_server(AgentApiService::new(
             telemetry, allocs_dir,
@@ -214,7 +216,7 @@ pub async fn serve(
         .add_service(transport::chunk_server(
             crate::chunks::service::ChunkApi::with_scrubber(chunks, Some(scrubber)),
         ));
-    if let Err(e) = transport::serve(router, listener, shutdown).await {
+    if let Err(e) = transport::serve(router, listener, shutdown, security).await {
         tracing::error!(error = %e, "agent API stopped");
     }
 }

@@ -177,7 +177,9 @@ impl Controller {
         let (reflection, reflection_alpha) = transport::reflection()
             .map_err(|e| ControllerError::Raft(format!("reflection: {e}")))?;
 
-        let raft_router = transport::grpc_server()
+        // Plaintext until the controller takes --tls-dir (issue 12).
+        let security = transport::ServerSecurity::insecure();
+        let raft_router = transport::grpc_server(&security)
             .add_service(transport::raft_server(RaftServer::new(
                 raft.clone(),
                 peers.clone(),
@@ -185,7 +187,7 @@ impl Controller {
                 config.raft.election_timeout_max,
             )))
             .add_service(health_service.clone());
-        let api_router = transport::grpc_server()
+        let api_router = transport::grpc_server(&security)
             .add_service(transport::admin_server(AdminService::new(ctx.clone())))
             .add_service(transport::agent_control_server(AgentControlService::new(
                 ctx.clone(),
@@ -198,9 +200,11 @@ impl Controller {
             ("raft", raft_router, raft_listener),
             ("api", api_router, api_listener),
         ] {
-            let stop = stop_servers.clone();
+            let (stop, security) = (stop_servers.clone(), security.clone());
             servers.push(tokio::spawn(async move {
-                if let Err(e) = transport::serve(router, listener, stop.cancelled_owned()).await {
+                if let Err(e) =
+                    transport::serve(router, listener, stop.cancelled_owned(), security).await
+                {
                     tracing::error!(error = %e, "{what} server stopped");
                 }
             }));

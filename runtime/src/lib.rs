@@ -5,7 +5,9 @@
 //!   per service, listeners, gRPC health and reflection.
 //! - `tls`: mutual TLS: the TLS dir (`ca.pem`, `cert.pem`, `key.pem`) reloaded when it
 //!   changes, accepted connections with their peer's identity, client connections, and
-//!   issuing the cluster's CA and certificates (rcgen). Not yet wired into `transport`.
+//!   issuing the cluster's CA and certificates (rcgen).
+//! - `access`: the tower layer that checks every request against `core::authz` with the
+//!   caller's identity (and bearer token), in front of every service `transport` builds.
 //! - `worker`: background work behind one abstraction: a name, a state, error counts and
 //!   back-off, tracked tasks and an ordered shutdown; `steward status` lists them.
 //! - `metrics_http`: the `/metrics` endpoint, with Prometheus exposition-format negotiation.
@@ -14,6 +16,7 @@
 //! servers), tokio and rustls (with ring); must not
 //! depend on steward-controller, steward-agent, rocksdb or nvml.
 
+pub mod access;
 pub mod metrics_http;
 pub mod tls;
 pub mod transport;

@@ -6,12 +6,13 @@
 //! limits. Servers: [`bind`] reports a taken port as a start-up error, [`serve`] runs a
 //! router on a bound listener with TCP_NODELAY on every accepted connection (tonic's own
 //! flag reaches only listeners it binds itself), and the `*_server` functions apply the
-//! message limits. TLS, when it comes, is added here and nowhere else.
+//! message limits. TLS ([`crate::tls`]) and the access check ([`crate::access`]) come in
+//! through [`ClientOptions::tls`] and [`ServerSecurity`], here and nowhere else.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use steward_proto::v1::admin_client::AdminClient;
@@ -28,6 +29,10 @@ use steward_proto::{MAX_API_MESSAGE_BYTES, MAX_CHUNK_MESSAGE_BYTES, MAX_RAFT_MES
 use tokio::net::TcpListener;
 use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::{Channel, Endpoint, Server};
+use tower::layer::util::{Identity as NoLayer, Stack};
+
+use crate::access::AccessLayer;
+use crate::tls::{HandshakeStats, Tls};
 
 /// HTTP/2 keepalive: a ping after this much silence on a connection...
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -70,6 +75,8 @@ pub struct ClientOptions {
     /// Send from this address (a multi-homed host, or one loopback address per
     /// controller in tests); `None`: the kernel chooses.
     pub source_ip: Option<IpAddr>,
+    /// Mutual TLS with this TLS dir; `None`: plaintext.
+    pub tls: Option<Tls>,
 }
 
 impl ClientOptions {
@@ -78,7 +85,14 @@ impl ClientOptions {
             connect_timeout,
             call_timeout: None,
             source_ip: None,
+            tls: None,
         }
+    }
+
+    /// Connects with mutual TLS (`Some`) or in plaintext (`None`).
+    pub fn tls(mut self, tls: Option<Tls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
@@ -111,20 +125,63 @@ pub fn endpoint(addr: &str, options: &ClientOptions) -> Result<Endpoint, Transpo
     Ok(ep)
 }
 
+/// The connector of a TLS channel to `addr`: resolve, TCP connect from the source
+/// address, handshake, all within the connect timeout.
+fn tls_connector(
+    addr: &str,
+    tls: Tls,
+    options: &ClientOptions,
+) -> impl tower::Service<
+    http::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    let (addr, source, timeout) = (addr.to_string(), options.source_ip, options.connect_timeout);
+    tower::service_fn(move |_: http::Uri| {
+        let (addr, tls) = (addr.clone(), tls.clone());
+        async move {
+            let resolved = tokio::net::lookup_host(&addr)
+                .await?
+                .next()
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{addr} resolves to no address"),
+                    )
+                })?;
+            crate::tls::connect(&tls, resolved, source, timeout)
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+        }
+    })
+}
+
 /// A channel to `addr`, connected now.
 pub async fn connect(addr: &str, options: &ClientOptions) -> Result<Channel, TransportError> {
-    endpoint(addr, options)?
-        .connect()
-        .await
-        .map_err(|source| TransportError::Connect {
-            addr: addr.to_string(),
-            source,
-        })
+    let ep = endpoint(addr, options)?;
+    let connected = match &options.tls {
+        None => ep.connect().await,
+        Some(tls) => {
+            ep.connect_with_connector(tls_connector(addr, tls.clone(), options))
+                .await
+        }
+    };
+    connected.map_err(|source| TransportError::Connect {
+        addr: addr.to_string(),
+        source,
+    })
 }
 
 /// A channel to `addr` that connects on first use and reconnects by itself.
 pub fn lazy_channel(addr: &str, options: &ClientOptions) -> Result<Channel, TransportError> {
-    Ok(endpoint(addr, options)?.connect_lazy())
+    let ep = endpoint(addr, options)?;
+    Ok(match &options.tls {
+        None => ep.connect_lazy(),
+        Some(tls) => ep.connect_with_connector_lazy(tls_connector(addr, tls.clone(), options)),
+    })
 }
 
 /// One lazily connected channel per address, reused by every caller.
@@ -219,26 +276,86 @@ pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, B
         .map_err(|source| BindError { what, addr, source })
 }
 
-/// The gRPC server builder every Steward server starts from.
-pub fn grpc_server() -> Server {
+/// How a server admits callers: mutual TLS and the access check on every request, or
+/// neither (plaintext, `--insecure`).
+#[derive(Clone)]
+pub struct ServerSecurity {
+    tls: Option<Tls>,
+    access: AccessLayer,
+    handshakes: Arc<HandshakeStats>,
+}
+
+impl ServerSecurity {
+    /// Plaintext, every request admitted.
+    pub fn insecure() -> Self {
+        ServerSecurity {
+            tls: None,
+            access: AccessLayer::open(),
+            handshakes: Arc::default(),
+        }
+    }
+
+    /// Mutual TLS with `tls`; every request checked (`core::authz`), with bearer tokens
+    /// resolved by `tokens`.
+    pub fn mutual_tls(tls: Tls, tokens: Option<Arc<dyn crate::access::TokenRoles>>) -> Self {
+        ServerSecurity {
+            tls: Some(tls),
+            access: AccessLayer::enforcing(tokens),
+            handshakes: Arc::default(),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    pub fn handshakes(&self) -> Arc<HandshakeStats> {
+        self.handshakes.clone()
+    }
+
+    pub fn access(&self) -> Arc<crate::access::AccessStats> {
+        self.access.stats()
+    }
+}
+
+/// The server builder every Steward server starts from, and its router.
+pub type GrpcServer = Server<Stack<AccessLayer, NoLayer>>;
+pub type GrpcRouter = Router<Stack<AccessLayer, NoLayer>>;
+
+/// The gRPC server builder every Steward server starts from, with `security`'s access
+/// check in front of every service.
+pub fn grpc_server(security: &ServerSecurity) -> GrpcServer {
     Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(security.access.clone())
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves.
+/// Serves `router` on `listener` until `shutdown` resolves, with TLS when `security`
+/// has it.
 pub async fn serve(
-    router: Router,
+    router: GrpcRouter,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
+    security: ServerSecurity,
 ) -> Result<(), tonic::transport::Error> {
-    router
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
+    match &security.tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown,
+                )
+                .await
+        }
+        Some(tls) => {
+            let incoming = crate::tls::accept(listener, tls.clone(), security.handshakes.clone());
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    }
 }
 
 /// gRPC reflection (v1 and v1alpha, which grpcurl and older tools ask for) over Steward's
@@ -285,5 +402,76 @@ mod tests {
         ));
         let pool = ChannelPool::new(o);
         assert!(pool.get("127.0.0.1:1").is_ok(), "lazy: no connection yet");
+    }
+
+    #[tokio::test]
+    async fn a_tls_server_and_its_clients_through_the_one_transport() {
+        use crate::tls::issue::{create_ca, create_cert, write_cert};
+        use steward_core::identity::{Identity, Principal, Role};
+        let root = tempfile::tempdir().expect("tempdir");
+        let ca = create_ca("prod", 30).expect("ca");
+        let tls_for = |name: &str, p: Principal| {
+            let dir = root.path().join(name);
+            let id = Identity::new("prod", p).expect("id");
+            write_cert(&dir, &create_cert(&ca, &id, 30, 0).expect("cert"), true).expect("write");
+            Tls::load(&dir).expect("load")
+        };
+        let security = ServerSecurity::mutual_tls(tls_for("ctl", Principal::Controller(1)), None);
+        let listener = bind("api address", "127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let router = grpc_server(&security).add_service(health);
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(serve(
+            router,
+            listener,
+            stop.clone().cancelled_owned(),
+            security.clone(),
+        ));
+        let check = |ch: Channel| async move {
+            tonic_health::pb::health_client::HealthClient::new(ch)
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+        };
+        let client = tls_for(
+            "alice",
+            Principal::Client {
+                name: "alice".into(),
+                role: Role::Viewer,
+            },
+        );
+        let options = ClientOptions::new(Duration::from_secs(2))
+            .call_timeout(Duration::from_secs(5))
+            .tls(Some(client));
+        let ch = connect(&addr, &options).await.expect("TLS connect");
+        check(ch).await.expect("served over TLS");
+        let pool = ChannelPool::new(options);
+        check(pool.get(&addr).expect("lazy"))
+            .await
+            .expect("a lazy TLS channel");
+        // Plaintext to a TLS server: refused.
+        let plain = ClientOptions::new(Duration::from_secs(2)).call_timeout(Duration::from_secs(5));
+        let refused = match connect(&addr, &plain).await {
+            Ok(ch) => check(ch).await.is_err(),
+            Err(_) => true,
+        };
+        assert!(refused, "plaintext is refused");
+        assert_eq!(
+            security
+                .handshakes()
+                .accepted
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        assert_eq!(
+            security
+                .access()
+                .allowed
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        stop.cancel();
     }
 }

@@ -36,12 +36,13 @@ async fn serve_store(store: Arc<ChunkStore>, dir: Option<tempfile::TempDir>) -> 
         .expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let stop = tokio_util::sync::CancellationToken::new();
-    let router =
-        transport::grpc_server().add_service(transport::chunk_server(ChunkApi::new(store.clone())));
+    let router = transport::grpc_server(&transport::ServerSecurity::insecure())
+        .add_service(transport::chunk_server(ChunkApi::new(store.clone())));
     tokio::spawn(transport::serve(
         router,
         listener,
         stop.clone().cancelled_owned(),
+        transport::ServerSecurity::insecure(),
     ));
     let channel = transport::connect(
         &addr,

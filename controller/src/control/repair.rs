@@ -21,7 +21,7 @@ use steward_core::chunk::ChunkId;
 use steward_core::node::NodeHealth;
 use steward_core::objects::placement::{Layout, LayoutNode};
 use steward_core::objects::repair::{assess, Assessment, NodeView, Risk};
-use steward_core::objects::{ChunkUse, VersionSelector};
+use steward_core::objects::ChunkUse;
 use steward_core::state::ClusterState;
 use steward_proto::v1::{CopyChunksRequest, CopyOutcome, HasChunksRequest, RemoveChunksRequest};
 use steward_runtime::transport::{self, ChannelPool, ClientOptions};
@@ -111,21 +111,15 @@ fn staged_inputs(state: &ClusterState, layout: &Layout) -> HashMap<usize, HashSe
         let Some(node) = layout.index_of(&a.node) else {
             continue;
         };
-        for input in &job.spec.inputs {
-            let Ok((name, selector)) = VersionSelector::parse_reference(input) else {
-                continue;
-            };
-            let Some(object) = state.objects.get(&name) else {
-                continue;
-            };
-            if let Some(v) = selector
-                .resolve(object)
-                .and_then(|n| object.versions.get(&n))
-            {
-                out.entry(node)
-                    .or_default()
-                    .extend(v.manifest.chunks.iter().map(|c| c.id));
-            }
+        for v in job
+            .spec
+            .inputs
+            .iter()
+            .filter_map(|i| state.version_named(i))
+        {
+            out.entry(node)
+                .or_default()
+                .extend(v.manifest.chunks.iter().map(|c| c.id));
         }
     }
     out

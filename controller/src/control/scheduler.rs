@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use steward_core::objects::VersionSelector;
 use steward_core::state::ClusterState;
 
 use steward_core::jobs::round::{collection_due, next_due_ms, schedule_round, RoundConfig};
@@ -54,19 +53,13 @@ pub fn input_locality(
     let mut out = HashMap::new();
     for job in waiting {
         let mut chunks = std::collections::BTreeMap::new();
-        for input in &job.spec.inputs {
-            let Ok((name, selector)) = VersionSelector::parse_reference(input) else {
-                continue;
-            };
-            let Some(object) = state.objects.get(&name) else {
-                continue;
-            };
-            if let Some(v) = selector
-                .resolve(object)
-                .and_then(|n| object.versions.get(&n))
-            {
-                chunks.extend(v.manifest.distinct_chunks());
-            }
+        for v in job
+            .spec
+            .inputs
+            .iter()
+            .filter_map(|i| state.version_named(i))
+        {
+            chunks.extend(v.manifest.distinct_chunks());
         }
         let total: u64 = chunks.values().map(|s| u64::from(*s)).sum();
         if total == 0 {

@@ -61,6 +61,14 @@ fn refused(reason: impl Into<String>) -> CommandResult {
 }
 
 impl ClusterState {
+    /// The version a reference (`NAME`, `NAME@VERSION`, `NAME:TAG`, as job inputs name
+    /// them) names now; None when it is malformed or names nothing.
+    pub fn version_named(&self, reference: &str) -> Option<&ObjectVersion> {
+        let (name, selector) = super::VersionSelector::parse_reference(reference).ok()?;
+        let object = self.objects.get(&name)?;
+        object.versions.get(&selector.resolve(object)?)
+    }
+
     /// Every chunk some version references, with what it needs.
     pub fn chunk_refs(&self) -> &imbl::OrdMap<ChunkId, ChunkUse> {
         &self.chunk_refs

@@ -300,7 +300,16 @@ impl Tls {
 }
 
 pub mod net;
-pub use net::{accept, connect, PeerIdentity, TlsIncoming};
+pub use net::{accept, connect, HandshakeStats, PeerIdentity, TlsIncoming};
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("dir", &self.inner.dir)
+            .field("identity", &self.identity().uri())
+            .finish()
+    }
+}
 
 #[cfg(test)]
 mod tests;

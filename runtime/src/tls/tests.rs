@@ -322,7 +322,7 @@ async fn replaced_files_are_used_for_new_connections_without_a_restart() {
 #[test]
 fn a_dir_that_does_not_load_says_which_file() {
     let root = tempfile::tempdir().expect("tempdir");
-    let e = Tls::load(root.path()).err().expect("empty dir");
+    let e = Tls::load(root.path()).expect_err("empty dir");
     assert!(e.to_string().contains(CA_FILE), "{e}");
     let ca = create_ca("prod", 30).expect("ca");
     let cert = create_cert(&ca, &id("prod", Principal::Controller(2)), 30, 0).expect("cert");
@@ -340,7 +340,7 @@ fn a_dir_that_does_not_load_says_which_file() {
         "-----BEGIN CERTIFICATE-----\nAAAA\n",
     )
     .expect("w");
-    let e = Tls::load(root.path()).err().expect("bad pem");
+    let e = Tls::load(root.path()).expect_err("bad pem");
     assert!(e.to_string().contains(CERT_FILE), "{e}");
     assert!(create_ca("Bad_Name", 30).is_err());
     assert!(create_ca("prod", 0).is_err());
