@@ -295,6 +295,7 @@ impl ChunkService for ChunkApi {
                 corrupt_found: st.corrupt_found,
                 last_pass_ended_unix_ms: st.last_pass_ended_unix_ms,
                 bytes_per_sec_limit: s.bytes_per_sec(),
+                paused_for_disk_io: s.paused(),
             }
         });
         Ok(Response::new(ChunkStoreStatusReply {

@@ -447,6 +447,7 @@ fn chunk_store_json(s: &steward_proto::v1::ChunkStoreStatusReply) -> serde_json:
             "running": x.running, "passes": x.passes, "checked": x.checked,
             "corrupt_found": x.corrupt_found, "last_pass_ended_unix_ms": x.last_pass_ended_unix_ms,
             "bytes_per_sec_limit": x.bytes_per_sec_limit,
+            "paused_for_disk_io": x.paused_for_disk_io,
         })),
     })
 }
@@ -480,7 +481,11 @@ fn print_chunk_store(s: Option<&steward_proto::v1::ChunkStoreStatusReply>) {
     if let Some(x) = &s.scrub {
         println!(
             "  scrub: {}, {} passes, {} checked this pass, {} rotten found, limit {}/s",
-            if x.running { "running" } else { "idle" },
+            match (x.running, x.paused_for_disk_io) {
+                (true, true) => "paused (the disk is busy)",
+                (true, false) => "running",
+                _ => "idle",
+            },
             x.passes,
             x.checked,
             x.corrupt_found,
