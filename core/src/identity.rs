@@ -206,7 +206,10 @@ impl Identity {
                 let n: ControllerId = id
                     .parse()
                     .ok()
-                    .filter(|n| *n > 0 && id.chars().all(|c| c.is_ascii_digit()))
+                    // Canonical decimal only: `03` would name controller 3 a second way.
+                    .filter(|n| {
+                        *n > 0 && !id.starts_with('0') && id.chars().all(|c| c.is_ascii_digit())
+                    })
                     .ok_or_else(|| IdentityError::BadController(shown(id)))?;
                 Principal::Controller(n)
             }
@@ -270,6 +273,7 @@ mod tests {
             "spiffe://prod/agent/",
             "spiffe://prod/controller/0",
             "spiffe://prod/controller/+3",
+            "spiffe://prod/controller/03",
             "spiffe://prod/controller/x",
             "spiffe://prod/client/root/alice",
             "spiffe://prod/client/admin/..",

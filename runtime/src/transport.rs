@@ -32,7 +32,7 @@ use tonic::transport::{Channel, Endpoint, Server};
 use tower::layer::util::{Identity as NoLayer, Stack};
 
 use crate::access::AccessLayer;
-use crate::tls::{HandshakeStats, Tls};
+use crate::tls::{HandshakeStats, ServerKind, Tls};
 
 /// HTTP/2 keepalive: a ping after this much silence on a connection...
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -75,8 +75,8 @@ pub struct ClientOptions {
     /// Send from this address (a multi-homed host, or one loopback address per
     /// controller in tests); `None`: the kernel chooses.
     pub source_ip: Option<IpAddr>,
-    /// Mutual TLS with this TLS dir; `None`: plaintext.
-    pub tls: Option<Tls>,
+    /// Mutual TLS with this TLS dir, to servers of this kind; `None`: plaintext.
+    pub tls: Option<(Tls, ServerKind)>,
 }
 
 impl ClientOptions {
@@ -89,9 +89,9 @@ impl ClientOptions {
         }
     }
 
-    /// Connects with mutual TLS (`Some`) or in plaintext (`None`).
-    pub fn tls(mut self, tls: Option<Tls>) -> Self {
-        self.tls = tls;
+    /// Connects with mutual TLS (`Some`) to servers of `kind`, or in plaintext (`None`).
+    pub fn tls(mut self, tls: Option<Tls>, kind: ServerKind) -> Self {
+        self.tls = tls.map(|t| (t, kind));
         self
     }
 
@@ -129,7 +129,7 @@ pub fn endpoint(addr: &str, options: &ClientOptions) -> Result<Endpoint, Transpo
 /// address, handshake, all within the connect timeout.
 fn tls_connector(
     addr: &str,
-    tls: Tls,
+    (tls, kind): (Tls, ServerKind),
     options: &ClientOptions,
 ) -> impl tower::Service<
     http::Uri,
@@ -152,7 +152,7 @@ fn tls_connector(
                         format!("{addr} resolves to no address"),
                     )
                 })?;
-            crate::tls::connect(&tls, resolved, source, timeout)
+            crate::tls::connect(&tls, kind, resolved, source, timeout)
                 .await
                 .map(hyper_util::rt::TokioIo::new)
         }
@@ -325,12 +325,21 @@ pub type GrpcRouter = Router<Stack<AccessLayer, NoLayer>>;
 /// The gRPC server builder every Steward server starts from, with `security`'s access
 /// check in front of every service.
 pub fn grpc_server(security: &ServerSecurity) -> GrpcServer {
-    Server::builder()
+    let mut server = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .layer(security.access.clone())
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+    if security.is_tls() {
+        // An identity is checked at the handshake: connections are renewed now and then,
+        // so a replaced or expired certificate stops being honoured.
+        server = server.max_connection_age(MAX_TLS_CONNECTION_AGE);
+    }
+    server.layer(security.access.clone())
 }
+
+/// Longest a TLS connection is kept before the server asks the client to reconnect (and
+/// so to present its current certificate again).
+pub const MAX_TLS_CONNECTION_AGE: Duration = Duration::from_secs(3600);
 
 /// Serves `router` on `listener` until `shutdown` resolves, with TLS when `security`
 /// has it.
@@ -444,7 +453,7 @@ mod tests {
         );
         let options = ClientOptions::new(Duration::from_secs(2))
             .call_timeout(Duration::from_secs(5))
-            .tls(Some(client));
+            .tls(Some(client), ServerKind::Controller);
         let ch = connect(&addr, &options).await.expect("TLS connect");
         check(ch).await.expect("served over TLS");
         let pool = ChannelPool::new(options);

@@ -2,7 +2,7 @@
 //! and `steward dev`'s CA): a CA, and certificates that carry one identity each.
 //!
 //! Every certificate names its identity in a URI SAN (`core::identity`). Controllers and
-//! agents serve as well as call, so theirs also carry the cluster's server name
+//! agents serve as well as call, so theirs also carry their kind's server name
 //! ([`server_name`]) as a DNS SAN and both the server and the client key purposes; a
 //! client's carries only the client purpose, so it can never pass as a server.
 
@@ -14,7 +14,7 @@ use rcgen::{
 };
 use steward_core::identity::{Identity, Principal};
 
-use super::{server_name, TlsError, CA_FILE, CERT_FILE, KEY_FILE};
+use super::{server_name, ServerKind, TlsError, CA_FILE, CERT_FILE, KEY_FILE};
 
 /// How long a CA is valid by default.
 pub const CA_VALIDITY_DAYS: u32 = 3650;
@@ -116,11 +116,13 @@ pub fn create_cert(
     params.subject_alt_names = vec![SanType::URI(uri)];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    if matches!(
-        identity.principal,
-        Principal::Controller(_) | Principal::Agent(_)
-    ) {
-        let dns = server_name(&identity.cluster)
+    let kind = match identity.principal {
+        Principal::Controller(_) => Some(ServerKind::Controller),
+        Principal::Agent(_) => Some(ServerKind::Agent),
+        Principal::Client { .. } => None,
+    };
+    if let Some(kind) = kind {
+        let dns = server_name(&identity.cluster, kind)
             .try_into()
             .map_err(rcgen_error("the server name"))?;
         params.subject_alt_names.push(SanType::DnsName(dns));
@@ -241,14 +243,24 @@ fn write_replacing(dir: &Path, name: &str, text: &str, mode: u32) -> Result<(), 
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
+    // A leftover (or planted) temp file or link is removed, and the new one is created
+    // fresh with its mode (never opened through a link, never with another's mode).
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&tmp)(e)),
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .open(&tmp)
         .map_err(io(&tmp))?;
     f.write_all(text.as_bytes()).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io(&path))
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
 }

@@ -5,8 +5,8 @@
 //! certificate, which names its identity: `core::identity`). Both sides require a
 //! certificate signed by the CA: a plaintext client, a client without a certificate, one
 //! from another CA or an expired one fails the handshake. A server is checked against the
-//! cluster's server name ([`server_name`]), which only controller and agent certificates
-//! carry. A peer whose certificate names no identity of this cluster is dropped right
+//! server name of the kind of server expected ([`server_name`]: controllers' and agents'
+//! differ), which only their certificates carry. A peer whose certificate names no identity of this cluster is dropped right
 //! after the handshake, before any request.
 //!
 //! Rotation: the files are checked at most every [`RELOAD_CHECK`] when a connection is
@@ -37,11 +37,22 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest PEM file read.
 pub const MAX_PEM_BYTES: u64 = 1024 * 1024;
 
-/// The DNS name every controller and agent certificate of cluster `cluster` carries, and
-/// that clients check servers against (addresses vary; membership in the cluster is what
-/// a server proves).
-pub fn server_name(cluster: &str) -> String {
-    format!("{cluster}.steward.internal")
+/// The kind of server a client expects at an address: what the server must prove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    Controller,
+    Agent,
+}
+
+/// The DNS name the certificates of cluster `cluster`'s servers of `kind` carry, and that
+/// clients check servers against: addresses vary, so a server proves its cluster and its
+/// kind (an agent can never answer as a controller).
+pub fn server_name(cluster: &str, kind: ServerKind) -> String {
+    let kind = match kind {
+        ServerKind::Controller => "controller",
+        ServerKind::Agent => "agent",
+    };
+    format!("{kind}.{cluster}.steward.internal")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -271,7 +282,19 @@ impl Tls {
         if stamp(&self.inner.dir) == state.loaded.stamp {
             return;
         }
-        match load(&self.inner.dir) {
+        let reloaded = load(&self.inner.dir).and_then(|loaded| {
+            // Rotation renews a certificate; it never makes this process someone else.
+            if loaded.identity == state.loaded.identity {
+                Ok(loaded)
+            } else {
+                Err(TlsError::Identity(format!(
+                    "the new certificate names {}, this process is {}: restart it to change who it is",
+                    loaded.identity.uri(),
+                    state.loaded.identity.uri()
+                )))
+            }
+        });
+        match reloaded {
             Ok(loaded) => {
                 tracing::info!(
                     dir = %self.inner.dir.display(),
@@ -291,9 +314,9 @@ impl Tls {
         }
     }
 
-    /// The server name clients check this cluster's servers against.
-    pub fn server_name(&self) -> Result<ServerName<'static>, TlsError> {
-        let name = server_name(&self.identity().cluster);
+    /// The server name clients check this cluster's servers of `kind` against.
+    pub fn server_name(&self, kind: ServerKind) -> Result<ServerName<'static>, TlsError> {
+        let name = server_name(&self.identity().cluster, kind);
         ServerName::try_from(name.clone())
             .map_err(|e| TlsError::Config(format!("server name `{name}`: {e}")))
     }

@@ -13,7 +13,7 @@ use steward_core::identity::Identity;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{identity_of, Tls, TlsError, HANDSHAKE_TIMEOUT};
+use super::{identity_of, ServerKind, Tls, TlsError, HANDSHAKE_TIMEOUT};
 
 /// Handshakes in progress on one listener at most; past it new connections are closed
 /// (a flood of idle TCP connections cannot hold memory).
@@ -106,7 +106,13 @@ pub fn accept(listener: TcpListener, tls: Tls, stats: Arc<HandshakeStats>) -> Tl
     let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     tokio::spawn(async move {
         loop {
-            let (tcp, remote) = match listener.accept().await {
+            // The listener closes as soon as the server stops taking connections, so a
+            // new client is refused at once rather than left hanging.
+            let accepted = tokio::select! {
+                _ = tx.closed() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, remote) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     // EMFILE and friends: wait a little rather than spin.
@@ -115,9 +121,6 @@ pub fn accept(listener: TcpListener, tls: Tls, stats: Arc<HandshakeStats>) -> Tl
                     continue;
                 }
             };
-            if tx.is_closed() {
-                return;
-            }
             let Ok(permit) = pending.clone().try_acquire_owned() else {
                 stats.shed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%remote, "too many TLS handshakes in progress: connection closed");
@@ -126,7 +129,7 @@ pub fn accept(listener: TcpListener, tls: Tls, stats: Arc<HandshakeStats>) -> Tl
             let _ = tcp.set_nodelay(true);
             let (tls, tx, stats) = (tls.clone(), tx.clone(), stats.clone());
             tokio::spawn(async move {
-                let _permit = permit;
+                let permit = permit;
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
                 let stream =
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -161,6 +164,9 @@ pub fn accept(listener: TcpListener, tls: Tls, stats: Arc<HandshakeStats>) -> Tl
                             )))
                         }
                     });
+                // The handshake is over: its slot is free while the connection waits to be
+                // taken by the server.
+                drop(permit);
                 match peer {
                     Ok(identity) => {
                         stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -187,16 +193,17 @@ pub fn accept(listener: TcpListener, tls: Tls, stats: Arc<HandshakeStats>) -> Tl
 }
 
 /// A client connection to `addr` over TLS with `tls`'s current client configuration:
-/// TCP connect and handshake together bounded by `timeout`; the server must prove it is
-/// a server of our cluster.
+/// TCP connect and handshake together bounded by `timeout`; the server must prove it is a
+/// server of our cluster of `kind`.
 pub async fn connect(
     tls: &Tls,
+    kind: ServerKind,
     addr: SocketAddr,
     source: Option<std::net::IpAddr>,
     timeout: Duration,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
     let name = tls
-        .server_name()
+        .server_name(kind)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let connector = tokio_rustls::TlsConnector::from(tls.client_config());
     let attempt = async move {

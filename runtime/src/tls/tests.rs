@@ -88,15 +88,20 @@ async fn server(tls: Tls) -> (SocketAddr, Arc<HandshakeStats>, Seen) {
     (addr, stats, seen)
 }
 
-/// A health check over TLS as `tls`'s identity.
+/// A health check over TLS as `tls`'s identity, to a controller.
 async fn check(tls: &Tls, addr: SocketAddr) -> Result<(), String> {
+    check_kind(tls, addr, ServerKind::Controller).await
+}
+
+/// A health check over TLS as `tls`'s identity, to a server of `kind`.
+async fn check_kind(tls: &Tls, addr: SocketAddr, kind: ServerKind) -> Result<(), String> {
     let tls = tls.clone();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| e.to_string())?
         .connect_with_connector(tower::service_fn(move |_: http::Uri| {
             let tls = tls.clone();
             async move {
-                connect(&tls, addr, None, Duration::from_secs(5))
+                connect(&tls, kind, addr, None, Duration::from_secs(5))
                     .await
                     .map(hyper_util::rt::TokioIo::new)
             }
@@ -203,7 +208,7 @@ async fn mutual_tls_names_the_peer_and_refuses_strangers() {
         .with_no_client_auth();
     no_cert.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
-    let name = ServerName::try_from(server_name("prod")).expect("name");
+    let name = ServerName::try_from(server_name("prod", ServerKind::Controller)).expect("name");
     let handshake = tokio_rustls::TlsConnector::from(Arc::new(no_cert))
         .connect(name, tcp)
         .await;
@@ -234,7 +239,7 @@ async fn mutual_tls_names_the_peer_and_refuses_strangers() {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
     let mut s = tokio_rustls::TlsConnector::from(other.client_config())
         .connect(
-            ServerName::try_from(server_name("prod")).expect("name"),
+            ServerName::try_from(server_name("prod", ServerKind::Controller)).expect("name"),
             tcp,
         )
         .await
@@ -282,6 +287,35 @@ async fn a_client_never_trusts_a_client_certificate_as_a_server() {
         0,
     );
     assert!(check(&agent, addr).await.is_err());
+    assert!(check_kind(&agent, addr, ServerKind::Agent).await.is_err());
+}
+
+#[tokio::test]
+async fn an_agent_never_passes_as_a_controller() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let ca = create_ca("prod", 30).expect("ca");
+    let agent_server = tls_dir(
+        root.path(),
+        "n2",
+        &ca,
+        &id("prod", Principal::Agent("n2".into())),
+        0,
+    );
+    let (addr, _, _) = server(agent_server).await;
+    let viewer = tls_dir(
+        root.path(),
+        "viewer",
+        &ca,
+        &id("prod", client("alice", Role::Viewer)),
+        0,
+    );
+    check_kind(&viewer, addr, ServerKind::Agent)
+        .await
+        .expect("an agent serves as an agent");
+    assert!(
+        check(&viewer, addr).await.is_err(),
+        "a client expecting a controller refuses an agent"
+    );
 }
 
 #[tokio::test]
@@ -317,6 +351,15 @@ async fn replaced_files_are_used_for_new_connections_without_a_restart() {
     check(&client_tls, addr)
         .await
         .expect("the previous certificate is still used");
+    // A certificate for someone else is not a rotation: refused, the identity stays.
+    let failures = client_tls.reload_failures();
+    let other = create_cert(&ca, &id("prod", client("mallory", Role::Admin)), 30, 0).expect("cert");
+    write_cert(client_tls.dir(), &other, true).expect("write");
+    wait_for("the other identity to be refused", || async {
+        (client_tls.reload_failures() > failures).then_some(())
+    })
+    .await;
+    assert_eq!(client_tls.identity(), who);
 }
 
 #[test]
