@@ -206,7 +206,7 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         if !self.layer.enforce {
-            return Box::pin(self.inner.call(req));
+            return oversize_is_exhaustion(self.inner.call(req));
         }
         let path = req.uri().path().to_string();
         let stats = self.layer.stats.clone();
@@ -225,7 +225,7 @@ where
                 stats.allowed.fetch_add(1, Ordering::Relaxed);
                 // The handler of a node-scoped call checks the node with this.
                 req.extensions_mut().insert(Caller(who));
-                Box::pin(self.inner.call(req))
+                oversize_is_exhaustion(self.inner.call(req))
             }
             Err((status, reason)) => {
                 let peer = req
@@ -239,6 +239,35 @@ where
             }
         }
     }
+}
+
+/// A request message over its service's size limit is answered RESOURCE_EXHAUSTED (the
+/// code clients treat as "too much, do not retry as is"), not tonic's OUT_OF_RANGE. The
+/// message is refused before it is decoded either way.
+fn oversize_is_exhaustion<F, E>(
+    call: F,
+) -> futures::future::BoxFuture<'static, Result<http::Response<tonic::body::Body>, E>>
+where
+    F: std::future::Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send + 'static,
+{
+    Box::pin(async move {
+        let mut resp = call.await?;
+        let headers = resp.headers_mut();
+        let oversize = headers.get("grpc-status").is_some_and(|v| v == "11")
+            && headers.get("grpc-message").is_some_and(|m| {
+                let m = m.as_bytes();
+                m.windows(30).any(|w| {
+                    w == b"decoded%20message%20length%20t" || w == b"decoded message length too lar"
+                })
+            });
+        if oversize {
+            headers.insert(
+                "grpc-status",
+                http::HeaderValue::from(tonic::Code::ResourceExhausted as i32),
+            );
+        }
+        Ok(resp)
+    })
 }
 
 /// The principal a request was allowed for (in its extensions after the access check).

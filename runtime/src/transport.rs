@@ -483,4 +483,38 @@ mod tests {
         );
         stop.cancel();
     }
+
+    #[tokio::test]
+    async fn an_oversize_message_is_resource_exhausted_and_the_server_stays_up() {
+        let security = ServerSecurity::insecure();
+        let listener = bind("api address", "127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let router = grpc_server(&security).add_service(health.max_decoding_message_size(4 << 20));
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(serve(
+            router,
+            listener,
+            stop.clone().cancelled_owned(),
+            security,
+        ));
+        let ch = connect(&addr, &ClientOptions::new(Duration::from_secs(2)))
+            .await
+            .expect("connect");
+        let mut client = tonic_health::pb::health_client::HealthClient::new(ch);
+        let big = tonic_health::pb::HealthCheckRequest {
+            service: "x".repeat(5 << 20),
+        };
+        let e = client.check(big).await.expect_err("over the 4 MiB limit");
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+        let started = std::time::Instant::now();
+        client
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .expect("still serving");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        stop.cancel();
+    }
 }
