@@ -104,6 +104,8 @@ impl AgentControl for AgentControlService {
         &self,
         request: Request<WatchAllocationsRequest>,
     ) -> Result<Response<AllocationsStream>, Status> {
+        // The node authorizer rule: an agent acts only for its own node.
+        steward_runtime::access::check_node(&request, &request.get_ref().node_id)?;
         let req = request.into_inner();
         self.require_leader()?;
         // Everything committed before this call is applied before the first list.
@@ -157,6 +159,8 @@ impl AgentControl for AgentControlService {
         &self,
         request: Request<ReportAllocationsRequest>,
     ) -> Result<Response<ReportAllocationsReply>, Status> {
+        // The node authorizer rule: an agent acts only for its own node.
+        steward_runtime::access::check_node(&request, &request.get_ref().node_id)?;
         let req = request.into_inner();
         self.require_leader()?;
         if req.reports.len() > MAX_REPORTS_PER_CALL {
@@ -226,6 +230,8 @@ impl AgentControl for AgentControlService {
         &self,
         request: Request<RegisterNodeRequest>,
     ) -> Result<Response<RegisterNodeReply>, Status> {
+        // The node authorizer rule: an agent acts only for its own node.
+        steward_runtime::access::check_node(&request, &request.get_ref().node_id)?;
         let req = request.into_inner();
         // Agents from before the typed inventory send a JSON document instead.
         let inventory: Inventory = match req.inventory {
@@ -287,6 +293,8 @@ impl AgentControl for AgentControlService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
+        // The node authorizer rule: an agent acts only for its own node.
+        steward_runtime::access::check_node(&request, &request.get_ref().node_id)?;
         let req = request.into_inner();
         self.require_leader()?;
         let known = self
@@ -328,6 +336,8 @@ impl AgentControl for AgentControlService {
         &self,
         request: Request<ReportChunksRequest>,
     ) -> Result<Response<ReportChunksReply>, Status> {
+        // The node authorizer rule: an agent acts only for its own node.
+        steward_runtime::access::check_node(&request, &request.get_ref().node_id)?;
         let req = request.into_inner();
         self.require_leader()?;
         validate_registration(&req.node_id, 0)
@@ -390,6 +400,8 @@ impl AgentControl for AgentControlService {
         &self,
         request: Request<ConfirmGarbageRequest>,
     ) -> Result<Response<ConfirmGarbageReply>, Status> {
+        // The node authorizer rule: an agent acts only for its own node.
+        steward_runtime::access::check_node(&request, &request.get_ref().node_id)?;
         let req = request.into_inner();
         self.require_leader()?;
         if req.chunk_ids.len() > MAX_GARBAGE_IDS {
