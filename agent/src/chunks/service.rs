@@ -430,24 +430,33 @@ async fn fetch_reserving(
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
         .into_inner();
     let mut pieces = Vec::new();
-    let (mut received, mut held, mut first) = (0usize, None, true);
+    // The size the first message announces bounds the whole stream (and what was reserved).
+    let (mut received, mut held, mut announced) = (0usize, None, None::<u64>);
     while let Some(reply) = stream
         .message()
         .await
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
     {
-        if reply.chunk_size > MAX_CHUNK_BYTES as u64
-            || received + reply.data.len() > reply.chunk_size as usize
+        let size = *announced.get_or_insert(reply.chunk_size);
+        if size > MAX_CHUNK_BYTES as u64
+            || reply.chunk_size != size
+            || received + reply.data.len() > size as usize
         {
             return Err(format!(
-                "the peer sent more than the chunk's {} bytes",
-                reply.chunk_size
+                "the peer sent more than the chunk's {size} bytes, or changed its size"
             ));
         }
-        if first {
-            first = false;
+        // Pieces are kept as they came: their number is bounded like their bytes (a peer
+        // sends full messages; a stream of tiny ones would cost more than the chunk).
+        if pieces.len() > (size as usize).div_ceil(CHUNK_DATA_PER_MESSAGE) + 1 {
+            return Err(format!(
+                "the peer split the chunk's {size} bytes into more than {} messages",
+                pieces.len()
+            ));
+        }
+        if pieces.is_empty() {
             if let Some(memory) = memory {
-                let size = reply.chunk_size as usize;
+                let size = size as usize;
                 held = Some(
                     memory
                         .reserve(size, &format!("copying chunk {id}"))

@@ -445,12 +445,18 @@ impl RepairWorker {
             if c.assessment.trim.is_empty() || pending.0.contains(&c.id) {
                 continue;
             }
-            let placed: Vec<String> = survey
+            // Every placed node must be askable: a chunk whose placed nodes cannot all be
+            // asked (none placed, an address unknown) keeps its surplus copies.
+            let Some(placed) = survey
                 .layout
                 .place_where(&c.id, usize::from(c.need.rf), |i| survey.views[i].placed)
                 .into_iter()
-                .filter_map(|i| survey.addr(i).map(str::to_string))
-                .collect();
+                .map(|i| survey.addr(i).map(str::to_string))
+                .collect::<Option<Vec<String>>>()
+                .filter(|p| !p.is_empty())
+            else {
+                continue;
+            };
             pending.0.insert(c.id);
             for t in &c.assessment.trim {
                 by_node.entry(*t).or_default().push((c.id, placed.clone()));
