@@ -64,6 +64,14 @@ pub struct AgentConfigFile {
     pub chunk_gc_grace: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub chunk_gc_interval: Option<Duration>,
+    /// Mutual TLS: a dir holding `ca.pem`, `cert.pem` and `key.pem`, an agent certificate
+    /// (`steward tls cert create --agent NODE`) whose node becomes this agent's node id.
+    pub tls_dir: Option<PathBuf>,
+    /// Plaintext, no TLS and no access checks (warned at every start). Exactly one of
+    /// `tls_dir` and `insecure` is required.
+    pub insecure: Option<bool>,
+    /// Serve `/metrics` over TLS too, to clients with a certificate of this cluster.
+    pub metrics_tls: Option<bool>,
 }
 
 /// Default free-space floor of the chunk store's disk.
@@ -112,6 +120,11 @@ pub struct AgentConfig {
     pub chunk_free_floor_bytes: u64,
     pub scrub: crate::chunks::scrub::ScrubConfig,
     pub gc: crate::chunks::report::GcConfig,
+    /// Mutual TLS on every connection (`None`: plaintext, `--insecure`); its certificate
+    /// names this agent's node.
+    pub tls: Option<steward_runtime::tls::Tls>,
+    /// `/metrics` over TLS as well.
+    pub metrics_tls: bool,
 }
 
 /// The controllers' default `liveness.down_after`.
@@ -263,7 +276,29 @@ impl AgentConfigFile {
         }
         let shim_exe = std::env::current_exe()
             .map_err(|e| invalid("shim", format!("cannot find the steward binary: {e}")))?;
+        let tls =
+            steward_runtime::tls::choose(self.tls_dir.as_deref(), self.insecure == Some(true))
+                .map_err(|e| invalid("tls_dir", e.to_string()))?;
+        if let Some(tls) = &tls {
+            let me = tls.identity();
+            if !matches!(me.principal, steward_core::identity::Principal::Agent(_)) {
+                return Err(invalid(
+                    "tls_dir",
+                    format!(
+                        "{}: the certificate names {}, not an agent (`steward tls cert create --agent NODE`)",
+                        tls.dir().display(),
+                        me.principal
+                    ),
+                ));
+            }
+        }
+        let metrics_tls = self.metrics_tls == Some(true);
+        if metrics_tls && tls.is_none() {
+            return Err(invalid("metrics_tls", "needs tls_dir"));
+        }
         Ok(AgentConfig {
+            tls,
+            metrics_tls,
             fence_after,
             shim_exe,
             source_ip: self.source_ip,
@@ -294,9 +329,17 @@ mod tests {
         let base = AgentConfigFile {
             data_dir: Some("/var/lib/steward-agent".into()),
             controllers: Some(vec!["10.0.0.1:7700".into()]),
+            insecure: Some(true),
             ..Default::default()
         };
         let c = base.clone().resolve("gpu-7").expect("valid");
+        let e = AgentConfigFile {
+            insecure: None,
+            ..base.clone()
+        }
+        .resolve("h")
+        .unwrap_err();
+        assert!(e.to_string().contains("--insecure"), "{e}");
         assert_eq!(c.heartbeat_interval, Duration::from_secs(1));
         assert_eq!(c.advertise_addr, "gpu-7:7800");
         let e = AgentConfigFile {

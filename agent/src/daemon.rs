@@ -36,6 +36,8 @@ pub enum AgentError {
          should join as a new node, remove the file (and `steward node remove` the old id)"
     )]
     BadNodeId { path: String, content: String },
+    #[error("TLS dir {dir}: {message}")]
+    CertificateNode { dir: String, message: String },
     #[error(transparent)]
     Probe(#[from] hardware::ProbeError),
     #[error("cannot listen on metrics address {addr}: {source}")]
@@ -161,6 +163,43 @@ pub fn node_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
     }
 }
 
+/// This machine's node id under mutual TLS: the node its agent certificate names. A data
+/// dir that already belongs to another node is refused (its chunks and allocations are
+/// that node's); a new one records the certificate's node.
+pub fn adopt_node_id(
+    data_dir: &std::path::Path,
+    tls: &steward_runtime::tls::Tls,
+) -> Result<String, AgentError> {
+    let me = tls.identity();
+    let steward_core::identity::Principal::Agent(named) = me.principal else {
+        return Err(AgentError::CertificateNode {
+            dir: tls.dir().display().to_string(),
+            message: format!("the certificate names {}, not an agent", me.principal),
+        });
+    };
+    let io = |source| AgentError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    if !data_dir.join("node-id").exists() {
+        write_durably(data_dir, "node-id", format!("{named}\n").as_bytes()).map_err(io)?;
+    }
+    let recorded = node_id(data_dir)?;
+    if recorded != named {
+        return Err(AgentError::CertificateNode {
+            dir: tls.dir().display().to_string(),
+            message: format!(
+                "the certificate is for node {named}, but the data dir {} belongs to node {recorded}; \
+                 issue a certificate for {recorded} (`steward tls cert create --agent {recorded}`) \
+                 or use a fresh data dir",
+                data_dir.display()
+            ),
+        });
+    }
+    Ok(named)
+}
+
 /// Publishes `name` in `dir` with `contents`, durably: a reader after a crash sees the old
 /// state (no file) or the whole new file.
 fn write_durably(dir: &std::path::Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
@@ -182,7 +221,13 @@ pub async fn run(
     on_ready: impl FnOnce(),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let id = node_id(&config.data_dir)?;
+    let id = match &config.tls {
+        Some(tls) => adopt_node_id(&config.data_dir, tls)?,
+        None => {
+            steward_runtime::tls::warn_insecure("the agent");
+            node_id(&config.data_dir)?
+        }
+    };
     let probe: Arc<dyn GpuProbe> = Arc::from(probe);
     let (inventory, inventory_json) = read_inventory(probe.clone(), &config).await?;
     let hostname = inventory
@@ -223,9 +268,17 @@ pub async fn run(
         if let Some(ip) = config.source_ip {
             options = options.source_ip(ip);
         }
+        let peers = options
+            .clone()
+            .tls(config.tls.clone(), steward_runtime::tls::ServerKind::Agent);
+        let controllers = options.tls(
+            config.tls.clone(),
+            steward_runtime::tls::ServerKind::Controller,
+        );
         Arc::new(crate::jobs::inputs::Stager::new(
             chunks.clone(),
-            Arc::new(steward_runtime::transport::ChannelPool::new(options)),
+            Arc::new(steward_runtime::transport::ChannelPool::new(peers)),
+            Arc::new(steward_runtime::transport::ChannelPool::new(controllers)),
             id.clone(),
         ))
     };
@@ -236,6 +289,7 @@ pub async fn run(
             shim_exe: config.shim_exe.clone(),
             fence_after: config.fence_after,
             source_ip: config.source_ip,
+            tls: config.tls.clone(),
             isolation: crate::jobs::Isolation::choose(
                 config.isolation,
                 Path::new("/sys/fs/cgroup"),
@@ -263,6 +317,7 @@ pub async fn run(
         runner.allocs_dir(),
         chunks.clone(),
         scrubber,
+        config.tls.clone(),
         stop.clone().cancelled_owned(),
     ));
     if let Some(addr) = config.metrics_addr {
@@ -274,6 +329,7 @@ pub async fn run(
             telemetry.clone(),
             hostname.clone(),
             stats.clone(),
+            config.tls.clone().filter(|_| config.metrics_tls),
             stop.clone().cancelled_owned(),
         ));
     }
@@ -331,7 +387,7 @@ pub async fn run(
         }
         if leader.is_none() || last_recheck.elapsed() >= LEADER_RECHECK {
             last_recheck = Instant::now();
-            match find_leader(&config.controllers, config.source_ip).await {
+            match find_leader(&config.controllers, config.source_ip, config.tls.as_ref()).await {
                 Some(found) => {
                     let moved = leader.as_ref().is_none_or(|l| l.addr != found.addr);
                     if moved {

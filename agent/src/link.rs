@@ -37,8 +37,12 @@ pub struct Leader {
 
 /// How the agent reaches the controllers: connect and call deadlines, and the local
 /// address its connections come from.
-pub fn controller_options(source_ip: Option<std::net::IpAddr>) -> ClientOptions {
-    let options = ClientOptions::new(CONNECT_TIMEOUT);
+pub fn controller_options(
+    source_ip: Option<std::net::IpAddr>,
+    tls: Option<&steward_runtime::tls::Tls>,
+) -> ClientOptions {
+    let options = ClientOptions::new(CONNECT_TIMEOUT)
+        .tls(tls.cloned(), steward_runtime::tls::ServerKind::Controller);
     match source_ip {
         Some(ip) => options.source_ip(ip),
         None => options,
@@ -48,8 +52,9 @@ pub fn controller_options(source_ip: Option<std::net::IpAddr>) -> ClientOptions 
 async fn client(
     addr: &str,
     source_ip: Option<std::net::IpAddr>,
+    tls: Option<&steward_runtime::tls::Tls>,
 ) -> Option<AgentControlClient<Channel>> {
-    let options = controller_options(source_ip).call_timeout(CALL_TIMEOUT);
+    let options = controller_options(source_ip, tls).call_timeout(CALL_TIMEOUT);
     let ch = transport::connect(addr, &options).await.ok()?;
     Some(transport::agent_control_client(ch))
 }
@@ -63,11 +68,12 @@ async fn client(
 pub async fn find_leader(
     controllers: &[String],
     source_ip: Option<std::net::IpAddr>,
+    tls: Option<&steward_runtime::tls::Tls>,
 ) -> Option<Leader> {
     let mut asks: FuturesUnordered<_> = controllers
         .iter()
         .map(|addr| async move {
-            let mut c = client(addr, source_ip).await?;
+            let mut c = client(addr, source_ip, tls).await?;
             let hint = tokio::time::timeout(CALL_TIMEOUT, c.leader_hint(LeaderHintRequest {}))
                 .await
                 .ok()?
@@ -101,7 +107,7 @@ pub async fn find_leader(
     let client = if leader_addr == *asked {
         asked_client
     } else {
-        client(&leader_addr, source_ip).await?
+        client(&leader_addr, source_ip, tls).await?
     };
     Some(Leader {
         addr: leader_addr,
@@ -204,7 +210,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_controller_answers_no_leader() {
-        assert!(find_leader(&["127.0.0.1:1".to_string()], None)
+        assert!(find_leader(&["127.0.0.1:1".to_string()], None, None)
             .await
             .is_none());
     }

@@ -513,10 +513,12 @@ pub async fn serve(
     telemetry: Arc<Telemetry>,
     hostname: String,
     stats: Arc<AgentStats>,
+    tls: Option<steward_runtime::tls::Tls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     steward_runtime::metrics_http::serve(
         listener,
+        tls,
         move |om| render(&telemetry.latest(), &hostname, &stats, om),
         shutdown,
     )

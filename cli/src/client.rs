@@ -14,9 +14,17 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use steward_proto::v1::admin_client::AdminClient;
-use steward_runtime::transport::{self, ClientOptions};
+use steward_proto::MAX_API_MESSAGE_BYTES;
+use steward_runtime::tls::ServerKind;
+use steward_runtime::transport;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Code;
+
+use crate::security::{self, TokenInterceptor};
+
+/// An admin client of one controller: over this process's TLS, with its token.
+pub type Admin = AdminClient<InterceptedService<Channel, TokenInterceptor>>;
 
 /// Deadline of one admin call.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -40,15 +48,20 @@ pub fn parse_addrs(addrs: &str) -> anyhow::Result<Vec<String>> {
     Ok(list)
 }
 
-async fn connect_one(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
-    let options = ClientOptions::new(CONNECT_TIMEOUT).call_timeout(CALL_TIMEOUT);
-    Ok(transport::admin_client(
-        transport::connect(addr, &options).await?,
-    ))
+async fn connect_one(addr: &str) -> anyhow::Result<Admin> {
+    let options =
+        security::options(CONNECT_TIMEOUT, ServerKind::Controller)?.call_timeout(CALL_TIMEOUT);
+    let channel = transport::connect(addr, &options).await?;
+    let token = TokenInterceptor(security::current()?.token.clone());
+    Ok(AdminClient::with_interceptor(channel, token)
+        .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_API_MESSAGE_BYTES))
 }
 
 /// Connects to the first reachable address, starting at `start`.
-pub async fn connect(addrs: &[String], start: usize) -> anyhow::Result<AdminClient<Channel>> {
+pub async fn connect(addrs: &[String], start: usize) -> anyhow::Result<Admin> {
+    // A missing or broken TLS dir is the operator's to fix, not a reachability problem.
+    security::current()?;
     let mut last = None;
     for i in 0..addrs.len() {
         let addr = &addrs[(start + i) % addrs.len()];
@@ -92,7 +105,7 @@ fn retryable(status: &tonic::Status, policy: Retry) -> bool {
 /// nothing was applied (no leader yet, leader moving, controller stopping).
 pub async fn with_retry<T, F, Fut>(addrs: &str, call: F) -> anyhow::Result<T>
 where
-    F: FnMut(AdminClient<Channel>) -> Fut,
+    F: FnMut(Admin) -> Fut,
     Fut: Future<Output = Result<T, tonic::Status>>,
 {
     retry(addrs, Retry::IfNotApplied, call).await
@@ -110,7 +123,7 @@ pub fn request_id() -> steward_proto::v1::RequestId {
 /// outcome is unknown.
 pub async fn with_request_retry<T, F, Fut>(addrs: &str, call: F) -> anyhow::Result<T>
 where
-    F: FnMut(AdminClient<Channel>) -> Fut,
+    F: FnMut(Admin) -> Fut,
     Fut: Future<Output = Result<T, tonic::Status>>,
 {
     retry(addrs, Retry::Deduplicated, call).await
@@ -118,7 +131,7 @@ where
 
 async fn retry<T, F, Fut>(addrs: &str, policy: Retry, mut call: F) -> anyhow::Result<T>
 where
-    F: FnMut(AdminClient<Channel>) -> Fut,
+    F: FnMut(Admin) -> Fut,
     Fut: Future<Output = Result<T, tonic::Status>>,
 {
     let addrs = parse_addrs(addrs)?;

@@ -5,6 +5,7 @@ mod client;
 mod cmd;
 mod output;
 mod process;
+mod security;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,8 @@ struct Cli {
     /// Output format: readable tables, or one JSON document for scripts.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+    #[command(flatten)]
+    security: security::SecurityArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -124,6 +127,7 @@ fn rewrite_get_destination(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsStr
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(rewrite_get_destination(std::env::args_os().collect()));
+    security::init(cli.security.clone());
     // The shim runs no async runtime of its own (it outlives the agent; see agent::jobs::shim).
     if let Command::AgentShim(args) = &cli.command {
         return ExitCode::from(cmd::agent::run_shim(args).clamp(0, 255) as u8);

@@ -32,6 +32,15 @@ pub struct ControllerConfigFile {
     /// `1=RAFT_ADDR[/API_ADDR],2=...`: the founding members' advertised addresses.
     pub initial_cluster: Option<String>,
     pub cluster_name: Option<String>,
+    /// Mutual TLS: a dir holding `ca.pem`, `cert.pem` and `key.pem` (a controller
+    /// certificate for this controller's id; `steward tls cert create --controller ID`).
+    pub tls_dir: Option<PathBuf>,
+    /// Plaintext, no TLS and no access checks (warned at every start). Exactly one of
+    /// `tls_dir` and `insecure` is required.
+    pub insecure: Option<bool>,
+    /// Serve `/metrics` over TLS too, to clients with a certificate of this cluster (a
+    /// Prometheus with `steward tls cert create --client prometheus`).
+    pub metrics_tls: Option<bool>,
     #[serde(default)]
     pub raft: RaftTuning,
     #[serde(default)]
@@ -228,6 +237,10 @@ pub struct ControllerConfig {
     /// Founding members' advertised addresses; empty when joining an existing cluster.
     pub initial_cluster: BTreeMap<NodeId, FoundingMember>,
     pub cluster_name: String,
+    /// Mutual TLS on every connection (`None`: plaintext, `--insecure`).
+    pub tls: Option<steward_runtime::tls::Tls>,
+    /// `/metrics` over TLS as well.
+    pub metrics_tls: bool,
     pub raft: RaftTuning,
     pub liveness: steward_core::liveness::LivenessConfig,
     pub jobs: JobsTuning,
@@ -364,7 +377,42 @@ impl ControllerConfigFile {
                 Some(_) => {}
             }
         }
-        let cluster_name = self.cluster_name.unwrap_or_else(|| "steward".to_string());
+        let tls =
+            steward_runtime::tls::choose(self.tls_dir.as_deref(), self.insecure == Some(true))
+                .map_err(|e| invalid("tls_dir", e.to_string()))?;
+        let cluster_name = match &tls {
+            None => self.cluster_name.unwrap_or_else(|| "steward".to_string()),
+            Some(tls) => {
+                let me = tls.identity();
+                if me.principal != steward_core::identity::Principal::Controller(id) {
+                    return Err(invalid(
+                        "tls_dir",
+                        format!(
+                            "{}: the certificate names {}, not controller {id}",
+                            tls.dir().display(),
+                            me.principal
+                        ),
+                    ));
+                }
+                match self.cluster_name {
+                    Some(name) if name != me.cluster => {
+                        return Err(invalid(
+                            "cluster_name",
+                            format!(
+                                "is `{name}` but the certificate in {} is for cluster `{}`",
+                                tls.dir().display(),
+                                me.cluster
+                            ),
+                        ))
+                    }
+                    _ => me.cluster,
+                }
+            }
+        };
+        let metrics_tls = self.metrics_tls == Some(true);
+        if metrics_tls && tls.is_none() {
+            return Err(invalid("metrics_tls", "needs tls_dir"));
+        }
         self.raft.validate()?;
         let liveness = self.liveness.resolve()?;
         self.storage.validate()?;
@@ -387,6 +435,8 @@ impl ControllerConfigFile {
             advertise_api_addr,
             initial_cluster,
             cluster_name,
+            tls,
+            metrics_tls,
             raft: self.raft,
         })
     }
@@ -522,6 +572,7 @@ mod tests {
             raft_addr: Some("127.0.0.1:7710".parse().expect("addr")),
             api_addr: Some("127.0.0.1:7700".parse().expect("addr")),
             initial_cluster: Some("1=127.0.0.1:7710,2=127.0.0.1:7711".into()),
+            insecure: Some(true),
             ..Default::default()
         }
     }
@@ -552,6 +603,61 @@ mod tests {
         assert!(parse_initial_cluster("1=a:1,1=b:2").is_err());
         assert!(parse_initial_cluster("x=a:1").is_err());
         assert!(parse_initial_cluster("1=nohost").is_err());
+    }
+
+    #[test]
+    fn tls_is_required_and_must_name_this_controller() {
+        use steward_core::identity::{Identity, Principal};
+        use steward_runtime::tls::issue::{create_ca, create_cert, write_cert};
+        let neither = ControllerConfigFile {
+            insecure: None,
+            ..base()
+        };
+        let err = neither.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("--tls-dir") && err.contains("--insecure"),
+            "{err}"
+        );
+        let root = tempfile::tempdir().expect("tempdir");
+        let ca = create_ca("prod", 30).expect("ca");
+        let dir_for = |name: &str, p: Principal| {
+            let dir = root.path().join(name);
+            let id = Identity::new("prod", p).expect("id");
+            write_cert(&dir, &create_cert(&ca, &id, 30, 0).expect("cert"), true).expect("write");
+            dir
+        };
+        let mine = dir_for("c1", Principal::Controller(1));
+        let cfg = ControllerConfigFile {
+            insecure: None,
+            tls_dir: Some(mine.clone()),
+            ..base()
+        }
+        .resolve()
+        .expect("a certificate for controller 1");
+        assert_eq!(
+            cfg.cluster_name, "prod",
+            "the cluster comes from the certificate"
+        );
+        let both = ControllerConfigFile {
+            tls_dir: Some(mine.clone()),
+            ..base()
+        };
+        assert!(both.resolve().unwrap_err().to_string().contains("exclude"));
+        let other = ControllerConfigFile {
+            insecure: None,
+            tls_dir: Some(dir_for("c2", Principal::Controller(2))),
+            ..base()
+        };
+        let err = other.resolve().unwrap_err().to_string();
+        assert!(err.contains("not controller 1"), "{err}");
+        let wrong_cluster = ControllerConfigFile {
+            insecure: None,
+            tls_dir: Some(mine),
+            cluster_name: Some("staging".into()),
+            ..base()
+        };
+        let err = wrong_cluster.resolve().unwrap_err().to_string();
+        assert!(err.contains("cluster `prod`"), "{err}");
     }
 
     #[test]

@@ -98,6 +98,7 @@ impl Controller {
             incarnation,
             view.clone(),
             raft_addr.ip(),
+            config.tls.clone(),
             fatal_tx,
             timings.clone(),
         );
@@ -177,8 +178,13 @@ impl Controller {
         let (reflection, reflection_alpha) = transport::reflection()
             .map_err(|e| ControllerError::Raft(format!("reflection: {e}")))?;
 
-        // Plaintext until the controller takes --tls-dir (issue 12).
-        let security = transport::ServerSecurity::insecure();
+        let security = match &config.tls {
+            Some(tls) => transport::ServerSecurity::mutual_tls(tls.clone(), None),
+            None => {
+                steward_runtime::tls::warn_insecure(&format!("controller {}", config.id));
+                transport::ServerSecurity::insecure()
+            }
+        };
         let raft_router = transport::grpc_server(&security)
             .add_service(transport::raft_server(RaftServer::new(
                 raft.clone(),
@@ -213,6 +219,7 @@ impl Controller {
             let ctx = ctx.clone();
             servers.push(tokio::spawn(steward_runtime::metrics_http::serve(
                 listener,
+                config.tls.clone().filter(|_| config.metrics_tls),
                 move |openmetrics| crate::metrics::render(&ctx, openmetrics),
                 stop_servers.clone().cancelled_owned(),
             )));

@@ -29,8 +29,8 @@ pub enum Rule {
     OwnNode,
     /// Agents and controllers, or a client with at least this role.
     PeersOr(Role),
-    /// A client (certificate or token) with at least this role, or a controller
-    /// forwarding for one.
+    /// A client (certificate or token) with at least this role (a controller forwarding
+    /// for one names it; see `runtime::access`).
     Role(Role),
 }
 
@@ -58,7 +58,8 @@ pub const METHODS: &[(&str, &str, Rule)] = &[
     (ADMIN, "ListAllocations", Rule::Role(Role::Viewer)),
     (ADMIN, "GetAllocation", Rule::Role(Role::Viewer)),
     (ADMIN, "NodeScheduling", Rule::Role(Role::Viewer)),
-    (ADMIN, "GetObject", Rule::Role(Role::Viewer)),
+    // Agents resolve their jobs' inputs (object versions) through the leader.
+    (ADMIN, "GetObject", Rule::PeersOr(Role::Viewer)),
     (ADMIN, "ListObjects", Rule::Role(Role::Viewer)),
     (ADMIN, "ObjectInfo", Rule::Role(Role::Viewer)),
     (ADMIN, "Fsck", Rule::Role(Role::Viewer)),
@@ -154,11 +155,9 @@ pub fn authorize(path: &str, caller: &Principal, token_role: Option<Role>) -> Re
             matches!(caller, Principal::Controller(_) | Principal::Agent(_))
                 || role.is_some_and(|r| r >= need)
         }
-        Rule::Role(need) => {
-            // A controller forwards for a caller the leader decides on (see the module
-            // doc); by itself it holds no role.
-            matches!(caller, Principal::Controller(_)) || role.is_some_and(|r| r >= need)
-        }
+        // A controller holds no role of its own: when it forwards an operator's call to
+        // the leader it names the operator, whose role is checked (`access::ON_BEHALF_OF`).
+        Rule::Role(need) => role.is_some_and(|r| r >= need),
     };
     if ok {
         Ok(rule)
@@ -256,6 +255,10 @@ mod tests {
             assert!(authorize(path, &agent, None).is_err());
             assert!(authorize(path, &op, None).is_err());
         }
+        // A controller holds no role of its own: it forwards a caller's call naming the
+        // caller (whose role the leader checks).
+        assert!(authorize("/steward.v1.Admin/Status", &controller, None).is_err());
+        assert!(authorize("/steward.v1.Admin/SubmitJob", &controller, None).is_err());
         // Agents report for themselves only; clients never.
         assert!(authorize("/steward.v1.AgentControl/Heartbeat", &agent, None).is_ok());
         assert!(authorize("/steward.v1.AgentControl/Heartbeat", &op, None).is_err());
@@ -263,6 +266,9 @@ mod tests {
         assert!(!may_act_for_node(&agent, "node-b"));
         assert!(may_act_for_node(&controller, "node-b"));
         assert!(!may_act_for_node(&op, "node-a"));
+        // An agent stages its jobs' inputs: it reads object versions, and nothing else.
+        assert!(authorize("/steward.v1.Admin/GetObject", &agent, None).is_ok());
+        assert!(authorize("/steward.v1.Admin/ListObjects", &agent, None).is_err());
         // Chunk reads between agents.
         assert!(authorize("/steward.v1.ChunkService/GetChunk", &agent, None).is_ok());
         // Everyone checks health.

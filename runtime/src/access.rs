@@ -119,7 +119,7 @@ pub struct Access<S> {
 fn caller_of<B>(
     req: &http::Request<B>,
     tokens: Option<&dyn TokenRoles>,
-) -> Result<(Principal, Option<Role>), (Status, &'static str)> {
+) -> Result<(Identity, Option<Role>), (Status, &'static str)> {
     let peer = req
         .extensions()
         .get::<PeerIdentity>()
@@ -130,7 +130,7 @@ fn caller_of<B>(
                 "no_identity",
             )
         })?;
-    let mut principal = peer.principal.clone();
+    let mut caller = peer.clone();
     if let Some(v) = req.headers().get(ON_BEHALF_OF) {
         if !matches!(peer.principal, Principal::Controller(_)) {
             return Err((
@@ -154,7 +154,7 @@ fn caller_of<B>(
                     "bad_forward",
                 )
             })?;
-        principal = original.principal;
+        caller = original;
     }
     let token_role = match req.headers().get(http::header::AUTHORIZATION) {
         None => None,
@@ -184,7 +184,7 @@ fn caller_of<B>(
             })?)
         }
     };
-    Ok((principal, token_role))
+    Ok((caller, token_role))
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Access<S>
@@ -211,7 +211,7 @@ where
         let path = req.uri().path().to_string();
         let stats = self.layer.stats.clone();
         let decided = caller_of(&req, self.layer.tokens.as_deref()).and_then(|(who, role)| {
-            authorize(&path, &who, role)
+            authorize(&path, &who.principal, role)
                 .map(|_| who.clone())
                 .map_err(|d| match d {
                     Denied::UnknownMethod(_) => {
@@ -270,18 +270,20 @@ where
     })
 }
 
-/// The principal a request was allowed for (in its extensions after the access check).
+/// The identity a request was allowed for (in its extensions after the access check):
+/// the connection's, or the original caller's when a controller forwards.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Principal);
+pub struct Caller(pub Identity);
 
 /// The node authorizer rule for a handler: the request's caller may act for `node`.
 /// Without TLS (no caller recorded) everything may.
 pub fn check_node<T>(request: &tonic::Request<T>, node: &str) -> Result<(), Status> {
     match request.extensions().get::<Caller>() {
         None => Ok(()),
-        Some(Caller(who)) if steward_core::authz::may_act_for_node(who, node) => Ok(()),
+        Some(Caller(who)) if steward_core::authz::may_act_for_node(&who.principal, node) => Ok(()),
         Some(Caller(who)) => Err(Status::permission_denied(format!(
-            "{who} may not act for node {node}"
+            "{} may not act for node {node}",
+            who.principal
         ))),
     }
 }
@@ -328,8 +330,10 @@ mod tests {
         let inner = tower::service_fn(move |req: http::Request<()>| {
             let record = record.clone();
             async move {
-                *record.lock().expect("lock") =
-                    req.extensions().get::<Caller>().map(|c| c.0.clone());
+                *record.lock().expect("lock") = req
+                    .extensions()
+                    .get::<Caller>()
+                    .map(|c| c.0.principal.clone());
                 Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
             }
         });
@@ -431,6 +435,18 @@ mod tests {
         )
         .await;
         assert_eq!((code, who), (0, Some(viewer())));
+        // A controller naming no caller holds no role of its own.
+        assert_eq!(
+            call(
+                &layer,
+                "/steward.v1.Admin/Status",
+                Some(peer(Principal::Controller(2))),
+                &[]
+            )
+            .await
+            .0,
+            DENIED
+        );
         assert_eq!(
             call(&layer, "/steward.v1.Admin/Status", agent(), &fwd)
                 .await
@@ -454,8 +470,9 @@ mod tests {
             check_node(&req, "n1").is_ok(),
             "no TLS: no caller, no check"
         );
-        req.extensions_mut()
-            .insert(Caller(Principal::Agent("n1".into())));
+        req.extensions_mut().insert(Caller(
+            Identity::new("prod", Principal::Agent("n1".into())).expect("id"),
+        ));
         assert!(check_node(&req, "n1").is_ok());
         let e = check_node(&req, "n2").expect_err("another node");
         assert_eq!(e.code(), tonic::Code::PermissionDenied);

@@ -4,8 +4,14 @@
 
 use std::future::Future;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::StreamExt;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+
+use crate::tls::{Tls, TlsConn, TlsIncoming};
 
 /// `Content-Type` of OpenMetrics text.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -44,9 +50,11 @@ pub fn content_type(openmetrics: bool) -> &'static str {
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown`, rendering each scrape with
-/// `render(openmetrics)`.
+/// `render(openmetrics)`. With `tls`, only over mutual TLS, to clients with a certificate
+/// of the cluster (any identity: a Prometheus has its own client certificate).
 pub async fn serve<R>(
     listener: TcpListener,
+    tls: Option<Tls>,
     render: R,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
@@ -68,17 +76,154 @@ pub async fn serve<R>(
             }
         }),
     );
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
+    let served = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => {
+            let local = listener.local_addr();
+            let incoming = crate::tls::accept_http1(listener, tls, Arc::default());
+            axum::serve(TlsListener { incoming, local }, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
+    if let Err(e) = served {
         tracing::error!(error = %e, "metrics server stopped");
+    }
+}
+
+/// The TLS connections of a listener, as axum takes them.
+struct TlsListener {
+    incoming: TlsIncoming,
+    local: std::io::Result<SocketAddr>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsConn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TlsConn, SocketAddr) {
+        loop {
+            match self.incoming.next().await {
+                Some(Ok(conn)) => {
+                    let remote = conn
+                        .peer()
+                        .remote
+                        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                    return (conn, remote);
+                }
+                Some(Err(_)) => continue,
+                // The accept loop ends only with its listener.
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match &self.local {
+            Ok(a) => Ok(*a),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `GET /metrics` over TLS (HTTP/1.1) with `client`'s certificate; the body, or the
+    /// I/O error (a refused handshake).
+    async fn scrape_tls(
+        addr: SocketAddr,
+        client: &Tls,
+        kind: crate::tls::ServerKind,
+    ) -> std::io::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut config = (*client.client_config()).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = client
+            .server_name(kind)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let mut stream = connector.connect(name, tcp).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await?;
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn metrics_over_tls_need_a_certificate_of_the_cluster() {
+        use crate::tls::issue::{create_ca, create_cert, write_cert};
+        use steward_core::identity::{Identity, Principal, Role};
+        let root = tempfile::tempdir().expect("tempdir");
+        let tls_for = |name: &str, cluster: &str, ca: &crate::tls::issue::CaPem, p: Principal| {
+            let dir = root.path().join(name);
+            let id = Identity::new(cluster, p).expect("id");
+            write_cert(&dir, &create_cert(ca, &id, 30, 0).expect("cert"), true).expect("write");
+            Tls::load(&dir).expect("load")
+        };
+        let ca = create_ca("prod", 30).expect("ca");
+        let server = tls_for("ctl", "prod", &ca, Principal::Controller(1));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(serve(
+            listener,
+            Some(server),
+            |_| "steward_up 1\n".to_string(),
+            stop.clone().cancelled_owned(),
+        ));
+        let prometheus = tls_for(
+            "prom",
+            "prod",
+            &ca,
+            Principal::Client {
+                name: "prometheus".into(),
+                role: Role::Viewer,
+            },
+        );
+        let body = scrape_tls(addr, &prometheus, crate::tls::ServerKind::Controller)
+            .await
+            .expect("scraped over TLS");
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.contains("steward_up 1"), "{body}");
+        // Another CA's client: refused.
+        let other = create_ca("prod", 30).expect("ca");
+        let stranger = tls_for(
+            "stranger",
+            "prod",
+            &other,
+            Principal::Client {
+                name: "prometheus".into(),
+                role: Role::Viewer,
+            },
+        );
+        let refused = scrape_tls(addr, &stranger, crate::tls::ServerKind::Controller).await;
+        assert!(
+            refused.as_ref().map_or(true, |b| !b.contains("steward_up")),
+            "{refused:?}"
+        );
+        // Plain HTTP: no metrics.
+        let plain = {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+            let _ = s
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await;
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out).await;
+            String::from_utf8_lossy(&out).to_string()
+        };
+        assert!(!plain.contains("steward_up"), "{plain}");
+        stop.cancel();
+    }
 
     #[test]
     fn negotiation() {

@@ -318,6 +318,81 @@ impl ServerSecurity {
     }
 }
 
+/// Registers the admission counters of `servers` (`(name, security)`: "api", "raft") in
+/// `reg`: TLS handshakes accepted and refused (by reason), and requests allowed and
+/// refused (by method and reason). Prometheus names: `steward_tls_handshakes_*_total`,
+/// `steward_auth_*_total`. Every refusal is also logged with the caller's identity.
+pub fn register_security_metrics(
+    reg: &mut prometheus_client::registry::Registry,
+    servers: &[(&str, &ServerSecurity)],
+) {
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use std::sync::atomic::Ordering::Relaxed;
+    type Labels = Vec<(String, String)>;
+    let label = |pairs: &[(&str, &str)]| -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let accepted: Family<Labels, Counter> = Family::default();
+    let refused: Family<Labels, Counter> = Family::default();
+    let allowed: Family<Labels, Counter> = Family::default();
+    let denied: Family<Labels, Counter> = Family::default();
+    for (server, security) in servers {
+        if !security.is_tls() {
+            continue;
+        }
+        let h = security.handshakes();
+        accepted
+            .get_or_create(&label(&[("server", server)]))
+            .inc_by(h.accepted.load(Relaxed));
+        for (reason, n) in [
+            ("handshake", h.failed.load(Relaxed)),
+            ("no_identity", h.no_identity.load(Relaxed)),
+            ("shed", h.shed.load(Relaxed)),
+        ] {
+            refused
+                .get_or_create(&label(&[("server", server), ("reason", reason)]))
+                .inc_by(n);
+        }
+        let a = security.access();
+        allowed
+            .get_or_create(&label(&[("server", server)]))
+            .inc_by(a.allowed.load(Relaxed));
+        for ((method, reason), n) in a.refused() {
+            denied
+                .get_or_create(&label(&[
+                    ("server", server),
+                    ("method", &method),
+                    ("reason", reason),
+                ]))
+                .inc_by(n);
+        }
+    }
+    reg.register(
+        "steward_tls_handshakes_accepted",
+        "TLS connections accepted (the peer proved an identity of this cluster).",
+        accepted,
+    );
+    reg.register(
+        "steward_tls_handshakes_refused",
+        "TLS connections refused: a failed handshake (plaintext, no certificate, another CA, expired), no identity of this cluster, or shed (too many handshakes in progress).",
+        refused,
+    );
+    reg.register(
+        "steward_auth_allowed",
+        "Requests the access check let through.",
+        allowed,
+    );
+    reg.register(
+        "steward_auth_refused",
+        "Requests refused by the access check, by method and reason (role, no_identity, bad_token, forged_forward, bad_forward, unknown_method).",
+        denied,
+    );
+}
+
 /// The server builder every Steward server starts from, and its router.
 pub type GrpcServer = Server<Stack<AccessLayer, NoLayer>>;
 pub type GrpcRouter = Router<Stack<AccessLayer, NoLayer>>;

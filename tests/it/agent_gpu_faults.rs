@@ -3,13 +3,14 @@
 //! the node's registration); the change shows in `steward node show -o json` (via the
 //! leader, from heartbeats) and in the agent's `/metrics`.
 
-use std::process::Command;
 use std::time::Duration;
 
-use steward_tests::{free_port, http_get, spawn_agent, steward_bin, wait_for, ProcCluster};
+use steward_tests::{
+    agent_tls_flags, free_port, http_get, spawn_agent, steward_cmd, wait_for, ProcCluster,
+};
 
 fn cli(addrs: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(steward_bin())
+    let out = steward_cmd()
         .args(args)
         .args(["--addr", addrs])
         .output()
@@ -249,10 +250,11 @@ async fn an_agent_on_real_gpus_refuses_fault_injection() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let api = format!("127.0.0.1:{}", free_port());
     // No --simulate-gpus: NVML (or, on a machine without the driver, no GPUs).
-    let mut agent = Command::new(steward_bin())
+    let mut agent = steward_cmd()
         .args(["agent", "--data-dir"])
         .arg(dir.path())
         .args(["--controllers", &cluster.addrs(), "--api-addr", &api])
+        .args(agent_tls_flags(dir.path())?)
         .env_remove("STEWARD_SIMULATE_GPUS")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -2,12 +2,10 @@
 //! telemetry reading; the NVML-absent path lists no GPUs; simulated GPUs are listed with
 //! their facts.
 
-use std::process::Command;
-
-use steward_tests::steward_bin;
+use steward_tests::steward_cmd;
 
 fn inventory(extra: &[&str]) -> serde_json::Value {
-    let out = Command::new(steward_bin())
+    let out = steward_cmd()
         .args(["agent", "--print-inventory"])
         .args(extra)
         .env_remove("STEWARD_SIMULATE_GPUS")
@@ -48,7 +46,7 @@ fn without_nvml_no_gpus_and_one_info_line() {
         );
         return;
     }
-    let out = Command::new(steward_bin())
+    let out = steward_cmd()
         .args(["agent", "--print-inventory"])
         .env_remove("STEWARD_SIMULATE_GPUS")
         .output()
@@ -68,7 +66,7 @@ fn without_nvml_no_gpus_and_one_info_line() {
 
 #[test]
 fn bad_simulation_spec_is_a_clear_error() {
-    let out = Command::new(steward_bin())
+    let out = steward_cmd()
         .args(["agent", "--print-inventory", "--simulate-gpus", "H100"])
         .output()
         .expect("run");

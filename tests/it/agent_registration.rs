@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use steward_tests::{free_port, http_get, spawn_agent, steward_bin, wait_for, ProcCluster};
+use steward_tests::{free_port, http_get, spawn_agent, steward_cmd, wait_for, ProcCluster};
 
 /// The value of an unlabelled series in `/metrics`.
 fn metric(addr: &str, name: &str) -> Option<f64> {
@@ -21,7 +21,7 @@ fn stop(mut child: Child) {
 }
 
 fn labels(addrs: &str) -> Option<serde_json::Value> {
-    let out = std::process::Command::new(steward_bin())
+    let out = steward_cmd()
         .args(["node", "list", "--addr", addrs, "-o", "json"])
         .output()
         .ok()?;

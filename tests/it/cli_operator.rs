@@ -1,13 +1,13 @@
 //! The admin CLI against a real group: snapshot save / inspect / restore, list-peers,
 //! transfer-leader, compare-and-set, and config errors that name the key.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
-use steward_tests::{steward_bin, ProcCluster};
+use steward_tests::{steward_cmd, ProcCluster};
 
 fn steward(addrs: &str, args: &[&str]) -> Output {
-    Command::new(steward_bin())
+    steward_cmd()
         .args(args)
         .args(["--addr", addrs])
         .output()
@@ -155,7 +155,7 @@ fn controller_config_errors_name_the_key() {
         "id = 1\ndata_dir = \"/tmp/x\"\nfavourite_colour = \"red\"\n",
     )
     .expect("write");
-    let out = Command::new(steward_bin())
+    let out = steward_cmd()
         .args(["controller", "--config"])
         .arg(&cfg)
         .output()
@@ -165,7 +165,7 @@ fn controller_config_errors_name_the_key() {
 
     // A missing key names the flag and the variable; the variable fills it in.
     std::fs::write(&cfg, "data_dir = \"/tmp/x\"\nraft_addr = \"127.0.0.1:1\"\napi_addr = \"127.0.0.1:2\"\ninitial_cluster = \"2=127.0.0.1:1\"\n").expect("write");
-    let out = Command::new(steward_bin())
+    let out = steward_cmd()
         .args(["controller", "--config"])
         .arg(&cfg)
         .env_remove("STEWARD_ID")
@@ -176,7 +176,7 @@ fn controller_config_errors_name_the_key() {
         !out.status.success() && err.contains("--id") && err.contains("STEWARD_ID"),
         "{err}"
     );
-    let out = Command::new(steward_bin())
+    let out = steward_cmd()
         .args(["controller", "--config"])
         .arg(&cfg)
         .env("STEWARD_ID", "1")

@@ -11,17 +11,15 @@ use steward_proto::v1::{
     ReadConsistency, SubmitJobRequest,
 };
 use steward_tests::{wait_for, ProcCluster};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Longest one key is retried before the writer gives up on it.
 pub const PER_KEY_DEADLINE: Duration = Duration::from_secs(30);
 
 pub async fn connect(addr: &str) -> Option<AdminClient<Channel>> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
-        .ok()?
-        .connect_timeout(Duration::from_millis(300))
-        .timeout(Duration::from_secs(5));
-    ep.connect().await.ok().map(AdminClient::new)
+    steward_tests::admin_client(addr, Duration::from_secs(5))
+        .await
+        .ok()
 }
 
 /// A client writing keys through any of `addrs`, moving to the next address on failure.

@@ -11,7 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rand::Rng;
 use steward_proto::v1::ListNodesRequest;
-use steward_tests::{spawn_agent, steward_bin, wait_for, ProcCluster};
+use steward_tests::{spawn_agent, steward_cmd, wait_for, ProcCluster};
 
 /// Fast liveness so that 100 pauses around `down_after` fit in about a minute.
 const FAST_LIVENESS: &str = "[liveness]\nsuspect_after = \"300ms\"\ndown_after = \"600ms\"\n";
@@ -182,7 +182,7 @@ async fn restored_snapshot_with_a_live_node_down_is_healed() -> anyhow::Result<(
     .await?;
     let snap = dir.join("down.snap");
     let cli = |args: &[&str]| {
-        std::process::Command::new(steward_bin())
+        steward_cmd()
             .args(["--addr", &cluster.addrs()])
             .args(args)
             .output()
@@ -212,7 +212,7 @@ async fn restored_snapshot_with_a_live_node_down_is_healed() -> anyhow::Result<(
 
 /// Runs the CLI against `addrs`; (success, stdout + stderr).
 fn cli(addrs: &str, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(steward_bin())
+    let out = steward_cmd()
         .args(["--addr", addrs])
         .args(args)
         .output()

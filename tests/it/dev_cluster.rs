@@ -3,12 +3,12 @@
 //! fail clearly against an unreachable address or an unknown member.
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use steward_tests::{steward_bin, wait_for};
+use steward_tests::{steward_cmd, wait_for};
 
 /// A base port P with P..P+2, P+10..P+12 (Raft) and P+20..P+22 (agents) free.
 fn free_dev_base() -> u16 {
@@ -29,16 +29,20 @@ fn free_dev_base() -> u16 {
     panic!("no free port range for the dev cluster");
 }
 
-fn steward(args: &[&str]) -> Output {
-    Command::new(steward_bin())
-        .args(args)
+/// An admin command as a user runs it next to `steward dev`: no TLS flags, so the CLI
+/// finds the dev client certificate under the dev data dir (`STEWARD_DEV_DIR`) by itself.
+fn steward(dev: &std::path::Path, args: &[&str]) -> Output {
+    let mut cmd = steward_cmd();
+    cmd.env_remove("STEWARD_TLS_DIR")
+        .env("STEWARD_DEV_DIR", dev);
+    cmd.args(args)
         .env_remove("STEWARD_ADDR")
         .output()
         .expect("run steward")
 }
 
 fn start_dev(dir: &std::path::Path, base: u16) -> Child {
-    Command::new(steward_bin())
+    steward_cmd()
         .args(["dev", "--data-dir"])
         .arg(dir)
         .args(["--api-port", &base.to_string()])
@@ -63,8 +67,8 @@ fn stop(mut child: Child) -> Option<i32> {
     None
 }
 
-async fn status_json(addrs: &str) -> Option<serde_json::Value> {
-    let out = steward(&["status", "--addr", addrs, "-o", "json"]);
+async fn status_json(dev: &std::path::Path, addrs: &str) -> Option<serde_json::Value> {
+    let out = steward(dev, &["status", "--addr", addrs, "-o", "json"]);
     if !out.status.success() {
         return None;
     }
@@ -84,7 +88,7 @@ async fn dev_cluster_then_status_and_restart() -> anyhow::Result<()> {
     let started = Instant::now();
     let dev = start_dev(dir.path(), base);
     let s = wait_for("3 members and a leader", Duration::from_secs(5), || async {
-        let s = status_json(&addrs).await?;
+        let s = status_json(dir.path(), &addrs).await?;
         let members = s["members"].as_array()?.len();
         (members == 3 && s["leader_id"].is_u64()).then_some(s)
     })
@@ -102,9 +106,12 @@ async fn dev_cluster_then_status_and_restart() -> anyhow::Result<()> {
         s["leader_id"]
     );
 
-    let put = steward(&[
-        "kv", "put", "greeting", "hello", "--addr", &addrs, "-o", "json",
-    ]);
+    let put = steward(
+        dir.path(),
+        &[
+            "kv", "put", "greeting", "hello", "--addr", &addrs, "-o", "json",
+        ],
+    );
     assert!(
         put.status.success(),
         "{}",
@@ -112,12 +119,24 @@ async fn dev_cluster_then_status_and_restart() -> anyhow::Result<()> {
     );
     let rev: serde_json::Value = serde_json::from_slice(&put.stdout)?;
     assert!(rev["revision"].as_u64().unwrap_or(0) > 0);
+    if !steward_tests::pki::insecure() {
+        // Secure by default: a plaintext client is refused.
+        let plain = steward_cmd()
+            .env_remove("STEWARD_TLS_DIR")
+            .env("STEWARD_INSECURE", "true")
+            .args(["status", "--addr", &addrs])
+            .output()?;
+        assert!(!plain.status.success(), "plaintext was served");
+    }
     // Three agents with 8 simulated GPUs each, ready, with telemetry at the leader.
     let nodes = wait_for(
         "3 ready agents with telemetry",
         Duration::from_secs(20),
         || async {
-            let out = steward(&["node", "list", "--addr", &addrs, "-o", "json"]);
+            let out = steward(
+                dir.path(),
+                &["node", "list", "--addr", &addrs, "-o", "json"],
+            );
             let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
             let nodes = list.as_array()?.clone();
             let ok = nodes.len() == 3
@@ -153,7 +172,7 @@ async fn dev_cluster_then_status_and_restart() -> anyhow::Result<()> {
     assert_eq!(agent_ports, want, "the agents' APIs are on P+20..P+22");
     // The README's example job runs end to end: placed, started, its output in the logs.
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hello-gpu.toml");
-    let run = steward(&["job", "run", example, "--addr", &addrs]);
+    let run = steward(dir.path(), &["job", "run", example, "--addr", &addrs]);
     let out = String::from_utf8_lossy(&run.stdout).to_string();
     assert!(
         run.status.success() && out.contains("running"),
@@ -162,7 +181,7 @@ async fn dev_cluster_then_status_and_restart() -> anyhow::Result<()> {
     );
     let job_id = out.lines().next().unwrap_or_default().trim().to_string();
     let logs = wait_for("the example's output", Duration::from_secs(20), || async {
-        let l = steward(&["job", "logs", &job_id, "--addr", &addrs]);
+        let l = steward(dir.path(), &["job", "logs", &job_id, "--addr", &addrs]);
         let text = String::from_utf8_lossy(&l.stdout).to_string();
         text.contains("CUDA_VISIBLE_DEVICES=GPU-").then_some(text)
     })
@@ -172,7 +191,10 @@ async fn dev_cluster_then_status_and_restart() -> anyhow::Result<()> {
         return Err(e);
     }
     // Unknown member: a clear error.
-    let bad = steward(&["operator", "raft", "promote", "99", "--addr", &addrs]);
+    let bad = steward(
+        dir.path(),
+        &["operator", "raft", "promote", "99", "--addr", &addrs],
+    );
     assert!(!bad.status.success());
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("not a member"),
@@ -184,7 +206,10 @@ async fn dev_cluster_then_status_and_restart() -> anyhow::Result<()> {
     // Same data after a restart.
     let dev = start_dev(dir.path(), base);
     let got = wait_for("the key after restart", Duration::from_secs(20), || async {
-        let out = steward(&["kv", "get", "greeting", "--addr", &addrs, "-o", "json"]);
+        let out = steward(
+            dir.path(),
+            &["kv", "get", "greeting", "--addr", &addrs, "-o", "json"],
+        );
         out.status
             .success()
             .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
@@ -198,7 +223,10 @@ async fn dev_cluster_then_status_and_restart() -> anyhow::Result<()> {
 
     // Nothing listening: a clear error naming the addresses.
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let out = steward(&["status", "--addr", &format!("127.0.0.1:{port}")]);
+    let out = steward(
+        dir.path(),
+        &["status", "--addr", &format!("127.0.0.1:{port}")],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach any controller"), "{err}");

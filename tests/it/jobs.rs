@@ -17,7 +17,7 @@ use steward_proto::v1::{
     AllocationPb, CancelJobRequest, GetJobRequest, JobPb, ListAllocationsRequest, ListNodesRequest,
     SubmitJobRequest,
 };
-use steward_tests::{spawn_agent, steward_bin, wait_for, ProcCluster};
+use steward_tests::{spawn_agent, steward_cmd, wait_for, ProcCluster};
 use tonic::transport::Channel;
 
 /// No snapshot during the test: the whole log stays for the replay at the end.
@@ -270,7 +270,7 @@ async fn jobs_run_on_their_gpus_and_move_when_an_agent_dies() -> anyhow::Result<
         "the task's output through `steward job logs`",
         Duration::from_secs(10),
         || async {
-            let out = std::process::Command::new(steward_bin())
+            let out = steward_cmd()
                 .args(["--addr", &cluster.addrs(), "job", "logs", &jobs[4].0])
                 .output()
                 .ok()?;

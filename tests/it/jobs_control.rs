@@ -15,7 +15,7 @@ use steward_proto::v1::{
     ListNodesRequest, NodeSchedulingRequest, PlanJobRequest, SetNodeSchedulingRequest,
     SubmitJobRequest,
 };
-use steward_tests::{spawn_agent, steward_bin, wait_for, ProcCluster};
+use steward_tests::{spawn_agent, steward_cmd, wait_for, ProcCluster};
 
 fn spec(
     name: &str,
@@ -136,7 +136,14 @@ async fn preemption_gpu_failure_cordon_drain_and_log_caps() -> anyhow::Result<()
         .iter()
         .position(|g| g.uuid == a.gpus[0])
         .expect("gpu index") as u32;
-    let mut agent = AgentApiClient::connect(format!("http://{}", node.agent_api_addr)).await?;
+    let mut agent = AgentApiClient::new(
+        steward_tests::channel(
+            &node.agent_api_addr,
+            steward_runtime::tls::ServerKind::Agent,
+            Duration::from_secs(30),
+        )
+        .await?,
+    );
     agent
         .inject_gpu_fault(InjectGpuFaultRequest {
             gpu_index: index,
@@ -237,7 +244,7 @@ async fn preemption_gpu_failure_cordon_drain_and_log_caps() -> anyhow::Result<()
     assert!(live.is_empty(), "{live:?}");
     // A ready node that runs work is not removed, --force or not: its work would be placed
     // again while its agent still runs it.
-    let out = std::process::Command::new(steward_bin())
+    let out = steward_cmd()
         .args([
             "--addr",
             &cluster.addrs(),
@@ -289,7 +296,7 @@ async fn preemption_gpu_failure_cordon_drain_and_log_caps() -> anyhow::Result<()
         "{files:?}"
     );
     assert!(total <= 100 * 1024 * 1024);
-    let out = std::process::Command::new(steward_bin())
+    let out = steward_cmd()
         .args([
             "--addr",
             &cluster.addrs(),

@@ -22,11 +22,11 @@
 //!   version references them, and the chunks another object shares stay.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use steward_proto::v1::{ListNodesRequest, PutChunkRequest};
-use steward_tests::{spawn_agent, steward_bin, wait_for, AgentGuard, ProcCluster};
+use steward_tests::{spawn_agent, steward_cmd, wait_for, AgentGuard, ProcCluster};
 use tonic::Code;
 
 use crate::common::leader_client;
@@ -197,7 +197,7 @@ impl Storage {
     }
 
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new(steward_bin())
+        steward_cmd()
             .args(args)
             .env("STEWARD_ADDR", self.cluster.addrs())
             .stdin(Stdio::null())
@@ -364,9 +364,10 @@ async fn put_get_dedup_and_an_agent_below_its_floor() -> anyhow::Result<()> {
         .into_inner()
         .nodes
         .remove(0);
-    let ch = steward_runtime::transport::connect(
+    let ch = steward_tests::channel(
         &node.agent_api_addr,
-        &steward_runtime::transport::ClientOptions::new(Duration::from_secs(2)),
+        steward_runtime::tls::ServerKind::Agent,
+        Duration::from_secs(10),
     )
     .await?;
     let data = b"refused below the floor".to_vec();
@@ -481,7 +482,7 @@ async fn readers_of_a_moving_tag_get_one_whole_version() -> anyhow::Result<()> {
                 } else {
                     ("1", "2")
                 };
-                let ok = Command::new(steward_bin())
+                let ok = steward_cmd()
                     .args(["object", "tag", "m", to, "prod", "--expect", from])
                     .env("STEWARD_ADDR", &addrs)
                     .stdout(Stdio::null())
@@ -505,7 +506,7 @@ async fn readers_of_a_moving_tag_get_one_whole_version() -> anyhow::Result<()> {
                 let mut seen = [0usize; 2];
                 for i in 0..10 {
                     let out = dir.join(format!("read-{r}-{i}.bin"));
-                    let ok = Command::new(steward_bin())
+                    let ok = steward_cmd()
                         .args(["object", "get", "m:prod", out.to_str().unwrap_or_default()])
                         .env("STEWARD_ADDR", &addrs)
                         .stdin(Stdio::null())
@@ -571,7 +572,7 @@ async fn a_put_through_a_leader_kill_commits_whole_or_fails_and_a_retry_succeeds
             .collect();
     let (leader, _) = s.cluster.wait_leader(Duration::from_secs(10)).await?;
     let before: usize = (0..s.agents()).map(|i| s.chunk_files(i)).sum();
-    let mut put = Command::new(steward_bin())
+    let mut put = steward_cmd()
         .args(["-o", "json", "object", "put", "big", file.to_str().unwrap()])
         .env("STEWARD_ADDR", s.cluster.addrs())
         .stdin(Stdio::null())
@@ -874,7 +875,7 @@ async fn bit_rot_is_found_by_a_scrub_and_repaired_and_never_read() -> anyhow::Re
                 for (name, data) in &objects {
                     let out = dir.join("out.bin");
                     let _ = std::fs::remove_file(&out);
-                    let status = Command::new(steward_bin())
+                    let status = steward_cmd()
                         .args(["object", "get", name, out.to_str().unwrap_or_default()])
                         .env("STEWARD_ADDR", &addrs)
                         .stdin(Stdio::null())

@@ -13,11 +13,12 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 async fn channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
-    Ok(
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect()
-            .await?,
+    steward_tests::channel(
+        addr,
+        steward_runtime::tls::ServerKind::Controller,
+        Duration::from_secs(10),
     )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

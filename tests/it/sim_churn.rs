@@ -2,13 +2,13 @@
 //! is refused, the figures are in range and the SVG is written, for two policies side by
 //! side. (The compressed loads, every policy, are in docs/sim/RESULTS.md: they take minutes.)
 
-use steward_tests::steward_bin;
+use steward_tests::steward_cmd;
 
 #[test]
 fn the_churn_replay_at_trace_times_starts_every_task_for_each_policy() {
     let dir = tempfile::tempdir().expect("tempdir");
     let svg = dir.path().join("churn.svg");
-    let out = std::process::Command::new(steward_bin())
+    let out = steward_cmd()
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .args(["-o", "json", "sim", "--churn", "--load", "trace"])
         .args(["--policy", "fgd,steward", "--plot"])

@@ -3,11 +3,11 @@
 //! point. (The full sweep, every policy at every level over seeds 42..51, is in
 //! docs/sim/RESULTS.md.)
 
-use steward_tests::steward_bin;
+use steward_tests::steward_cmd;
 
 #[test]
 fn steward_beats_fgd_on_every_point_of_the_reduced_sweep() {
-    let out = std::process::Command::new(steward_bin())
+    let out = steward_cmd()
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .args([
             "-o",

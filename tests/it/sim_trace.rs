@@ -4,9 +4,8 @@
 //! seeds and traces are printed by `steward sim`, not asserted here.)
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use steward_tests::steward_bin;
+use steward_tests::steward_cmd;
 
 fn data(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -20,7 +19,7 @@ fn default_trace_one_seed() {
         .suffix(".svg")
         .tempfile()
         .expect("temp file");
-    let out = Command::new(steward_bin())
+    let out = steward_cmd()
         .arg("sim")
         .arg("--nodes")
         .arg(data("openb_node_list_gpu_node.csv"))
@@ -76,7 +75,7 @@ fn bad_trace_input_is_a_clear_error() {
         "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,100,100,two,0\n",
     )
     .expect("write");
-    let out = Command::new(steward_bin())
+    let out = steward_cmd()
         .arg("sim")
         .arg("--nodes")
         .arg(data("openb_node_list_gpu_node.csv"))

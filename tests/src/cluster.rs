@@ -13,7 +13,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use steward_proto::v1::admin_client::AdminClient;
 use steward_proto::v1::{ReadConsistency, StatusReply, StatusRequest};
-use tonic::transport::{Channel, Endpoint};
+use steward_runtime::tls::ServerKind;
+use tonic::transport::Channel;
 
 /// Path of the `steward` binary under test: `$STEWARD_BIN`, else the one cargo built next
 /// to this test binary (same profile).
@@ -90,6 +91,9 @@ pub fn spawn_agent(
     if !extra.contains(&"--api-addr") {
         cmd.args(["--api-addr", &format!("127.0.0.1:{}", free_port())]);
     }
+    if !extra.contains(&"--tls-dir") && !extra.contains(&"--insecure") {
+        cmd.args(agent_tls_flags(data_dir)?);
+    }
     cmd.args(extra)
         .env_remove("STEWARD_SIMULATE_GPUS")
         .stdin(Stdio::null())
@@ -97,6 +101,21 @@ pub fn spawn_agent(
         .stderr(err)
         .spawn()
         .context("spawning steward agent")
+}
+
+/// The TLS flags of an agent with data dir `data_dir`: a certificate for the node id the
+/// data dir holds (or a new one, which the agent then adopts), in `DATA_DIR-tls`.
+pub fn agent_tls_flags(data_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let node = match std::fs::read_to_string(data_dir.join("node-id")) {
+        Ok(id) => id.trim().to_string(),
+        Err(_) => format!("node-{:016x}", rand::random::<u64>()),
+    };
+    let mut tls_dir = data_dir.as_os_str().to_owned();
+    tls_dir.push("-tls");
+    Ok(crate::pki::daemon_flags(
+        Path::new(&tls_dir),
+        steward_core::identity::Principal::Agent(node),
+    ))
 }
 
 /// `GET http://addr/path` over plain HTTP/1.1; the body, if the status is 200.
@@ -113,6 +132,28 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
     s.read_to_string(&mut raw).ok()?;
     let (head, body) = raw.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// An admin client of the controller at `addr` (the test admin certificate), with calls
+/// cut off after `call_timeout`.
+pub async fn admin_client(
+    addr: &str,
+    call_timeout: Duration,
+) -> anyhow::Result<AdminClient<Channel>> {
+    Ok(AdminClient::new(
+        channel(addr, ServerKind::Controller, call_timeout).await?,
+    ))
+}
+
+/// A channel to the server of `kind` at `addr`, as the test admin.
+pub async fn channel(
+    addr: &str,
+    kind: ServerKind,
+    call_timeout: Duration,
+) -> anyhow::Result<Channel> {
+    let options =
+        crate::pki::client_options(Duration::from_millis(500), kind).call_timeout(call_timeout);
+    Ok(steward_runtime::transport::connect(addr, &options).await?)
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout`.
@@ -268,6 +309,17 @@ impl ProcCluster {
             "id = {}\ndata_dir = {:?}\nraft_addr = {:?}\napi_addr = {:?}\nmetrics_addr = {:?}\ncluster_name = \"it\"\n",
             node.id, node.data_dir, node.raft_addr, node.api_addr, node.metrics_addr
         );
+        if crate::pki::insecure() {
+            cfg.push_str("insecure = true\n");
+        } else {
+            let mut tls_dir = node.data_dir.as_os_str().to_owned();
+            tls_dir.push("-tls");
+            let tls_dir = crate::pki::pki().issue(
+                Path::new(&tls_dir),
+                steward_core::identity::Principal::Controller(node.id),
+            );
+            cfg.push_str(&format!("tls_dir = {tls_dir:?}\n"));
+        }
         if node.founding {
             cfg.push_str(&format!("initial_cluster = {initial:?}\n"));
         }
@@ -398,10 +450,7 @@ impl ProcCluster {
     }
 
     pub async fn client(&self, id: u64) -> anyhow::Result<AdminClient<Channel>> {
-        let ep = Endpoint::from_shared(format!("http://{}", self.nodes[&id].api_addr))?
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(15));
-        Ok(AdminClient::new(ep.connect().await?))
+        admin_client(&self.nodes[&id].api_addr, Duration::from_secs(15)).await
     }
 
     /// Controller `id`'s own view (stale status), if it answers.

@@ -9,8 +9,10 @@
 pub mod cluster;
 pub mod etcd;
 pub mod netfilter;
+pub mod pki;
 
 pub use cluster::{
-    free_port, http_get, kill_allocations, spawn_agent, steward_bin, steward_next_bin, wait_for,
-    AgentGuard, ProcCluster,
+    admin_client, agent_tls_flags, channel, free_port, http_get, kill_allocations, spawn_agent,
+    steward_bin, steward_next_bin, wait_for, AgentGuard, ProcCluster,
 };
+pub use pki::steward_cmd;

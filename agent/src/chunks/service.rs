@@ -53,18 +53,22 @@ pub const MAX_REMOVE_IDS: usize = 10_000;
 
 impl ChunkApi {
     pub fn new(store: Arc<ChunkStore>) -> Self {
-        Self::with_scrubber(store, None)
+        Self::with_scrubber(store, None, None)
     }
 
+    /// The service with its scrubber, reaching peers with mutual TLS when `tls` is set.
     pub fn with_scrubber(
         store: Arc<ChunkStore>,
         scrubber: Option<Arc<super::scrub::Scrubber>>,
+        tls: Option<steward_runtime::tls::Tls>,
     ) -> Self {
         ChunkApi {
             scrubber,
             store,
             peers: Arc::new(ChannelPool::new(
-                ClientOptions::new(PEER_CONNECT_TIMEOUT).call_timeout(PEER_CALL_TIMEOUT),
+                ClientOptions::new(PEER_CONNECT_TIMEOUT)
+                    .call_timeout(PEER_CALL_TIMEOUT)
+                    .tls(tls, steward_runtime::tls::ServerKind::Agent),
             )),
         }
     }

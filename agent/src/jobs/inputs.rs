@@ -68,16 +68,24 @@ pub fn input_path(alloc_dir: &Path, object: &str) -> PathBuf {
 
 pub struct Stager {
     store: Arc<ChunkStore>,
-    /// Connections to peers and to the leader's admin API.
+    /// Connections to peers (agents' chunk services).
     pool: Arc<ChannelPool>,
+    /// Connections to the leader's admin API.
+    controllers: Arc<ChannelPool>,
     node_id: String,
 }
 
 impl Stager {
-    pub fn new(store: Arc<ChunkStore>, pool: Arc<ChannelPool>, node_id: String) -> Self {
+    pub fn new(
+        store: Arc<ChunkStore>,
+        pool: Arc<ChannelPool>,
+        controllers: Arc<ChannelPool>,
+        node_id: String,
+    ) -> Self {
         Stager {
             store,
             pool,
+            controllers,
             node_id,
         }
     }
@@ -113,7 +121,10 @@ impl Stager {
         reference: &str,
     ) -> Result<StagedInput, String> {
         let (name, selector) = VersionSelector::parse_reference(reference)?;
-        let channel = self.pool.get(leader_addr).map_err(|e| e.to_string())?;
+        let channel = self
+            .controllers
+            .get(leader_addr)
+            .map_err(|e| e.to_string())?;
         let reply = transport::admin_client(channel)
             .get_object(GetObjectRequest {
                 reference: reference.to_string(),

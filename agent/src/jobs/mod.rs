@@ -150,6 +150,8 @@ pub struct RunnerConfig {
     pub fence_after: Duration,
     /// Where connections to the controllers come from.
     pub source_ip: Option<std::net::IpAddr>,
+    /// Mutual TLS to the controllers (`None`: plaintext).
+    pub tls: Option<steward_runtime::tls::Tls>,
     pub isolation: Isolation,
 }
 
@@ -647,7 +649,8 @@ async fn watch_loop(runner: Arc<Runner>) {
             continue;
         };
         // A channel of its own: the heartbeat client's per-call deadline would cut the stream.
-        let options = crate::link::controller_options(runner.config.source_ip);
+        let options =
+            crate::link::controller_options(runner.config.source_ip, runner.config.tls.as_ref());
         let mut client = match steward_runtime::transport::connect(&addr, &options).await {
             Ok(ch) => steward_runtime::transport::agent_control_client(ch),
             Err(e) => {

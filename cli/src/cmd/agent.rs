@@ -157,6 +157,13 @@ impl AgentArgs {
         file.scrub_rate = self.scrub_rate.or(file.scrub_rate);
         file.chunk_gc_grace = self.chunk_gc_grace.or(file.chunk_gc_grace);
         file.chunk_gc_interval = self.chunk_gc_interval.or(file.chunk_gc_interval);
+        // --tls-dir and --insecure are global flags (`security`): a TLS dir with an agent
+        // certificate, whose node becomes this agent's node id.
+        let security = crate::security::args();
+        file.tls_dir = security.tls_dir.or(file.tls_dir);
+        if security.insecure {
+            file.insecure = Some(true);
+        }
         for l in self.labels.iter().filter(|l| !l.trim().is_empty()) {
             let (k, v) = l
                 .split_once('=')

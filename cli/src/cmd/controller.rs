@@ -61,6 +61,13 @@ impl ControllerArgs {
         file.advertise_api_addr = self.advertise_api_addr.or(file.advertise_api_addr);
         file.initial_cluster = self.initial_cluster.or(file.initial_cluster);
         file.cluster_name = self.cluster_name.or(file.cluster_name);
+        // --tls-dir and --insecure are global flags (`security`): a TLS dir with a
+        // controller certificate for this id.
+        let security = crate::security::args();
+        file.tls_dir = security.tls_dir.or(file.tls_dir);
+        if security.insecure {
+            file.insecure = Some(true);
+        }
         Ok(file)
     }
 }

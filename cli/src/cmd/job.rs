@@ -12,7 +12,8 @@ use steward_proto::v1::{
     AllocLogsRequest, AllocationPb, CancelJobRequest, GetAllocationRequest, GetJobRequest, JobPb,
     ListAllocationsRequest, ListJobsRequest, PlanJobRequest, SubmitJobRequest,
 };
-use steward_runtime::transport::{self, ClientOptions};
+use steward_runtime::tls::ServerKind;
+use steward_runtime::transport;
 
 use crate::client::{request_id, with_request_retry, with_retry, CONNECT_TIMEOUT};
 use crate::output::{opt, print_json, table, Output};
@@ -324,15 +325,15 @@ pub async fn run(addrs: &str, output: Output, cmd: JobCommand) -> anyhow::Result
             if alloc.agent_api_addr.is_empty() {
                 anyhow::bail!("node {} registered no agent API address", alloc.node_id);
             }
-            let ch =
-                transport::connect(&alloc.agent_api_addr, &ClientOptions::new(CONNECT_TIMEOUT))
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "reaching the agent of node {} at {}",
-                            alloc.node_id, alloc.agent_api_addr
-                        )
-                    })?;
+            let options = crate::security::options(CONNECT_TIMEOUT, ServerKind::Agent)?;
+            let ch = transport::connect(&alloc.agent_api_addr, &options)
+                .await
+                .with_context(|| {
+                    format!(
+                        "reaching the agent of node {} at {}",
+                        alloc.node_id, alloc.agent_api_addr
+                    )
+                })?;
             let mut client = transport::agent_api_client(ch);
             let mut stream = client
                 .alloc_logs(AllocLogsRequest {

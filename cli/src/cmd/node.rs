@@ -10,7 +10,8 @@ use steward_proto::v1::{
     GpuFault, GpuTelemetry, InjectGpuFaultRequest, ListNodesRequest, NodeEventsRequest,
     NodeSummary, NodeTelemetry, RemoveNodeRequest, SetGpuLoadRequest,
 };
-use steward_runtime::transport::{self, ClientOptions};
+use steward_runtime::tls::ServerKind;
+use steward_runtime::transport;
 
 use crate::client::{status_error, with_retry, CALL_TIMEOUT, CONNECT_TIMEOUT};
 use crate::output::{opt, print_json, table, Output};
@@ -428,7 +429,9 @@ async fn agent_client(
 
 /// The chunk store's status from the node's agent (None: unreachable).
 async fn chunk_store_status(addr: &str) -> Option<steward_proto::v1::ChunkStoreStatusReply> {
-    let options = ClientOptions::new(CONNECT_TIMEOUT).call_timeout(CALL_TIMEOUT);
+    let options = crate::security::options(CONNECT_TIMEOUT, ServerKind::Agent)
+        .ok()?
+        .call_timeout(CALL_TIMEOUT);
     let ch = transport::connect(addr, &options).await.ok()?;
     transport::chunk_client(ch)
         .chunk_store_status(steward_proto::v1::ChunkStoreStatusRequest {})
@@ -524,7 +527,8 @@ async fn agent_channel(
             n.agent_api_addr
         }
     };
-    let options = ClientOptions::new(CONNECT_TIMEOUT).call_timeout(CALL_TIMEOUT);
+    let options =
+        crate::security::options(CONNECT_TIMEOUT, ServerKind::Agent)?.call_timeout(CALL_TIMEOUT);
     transport::connect(&addr, &options)
         .await
         .with_context(|| format!("cannot reach the agent of `{id}` at {addr}"))

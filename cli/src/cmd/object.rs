@@ -27,7 +27,8 @@ use steward_proto::v1::{
     HasChunksRequest, ListObjectsRequest, MoveObjectTagRequest, ObjectInfoRequest, ObjectVersionPb,
     PlanObjectPutRequest, ReadConsistency,
 };
-use steward_runtime::transport::{self, ChannelPool, ClientOptions};
+use steward_runtime::tls::ServerKind;
+use steward_runtime::transport::{self, ChannelPool};
 
 use crate::client::{request_id, with_request_retry, with_retry};
 use crate::output::{print_json, table, Output};
@@ -438,8 +439,11 @@ fn files_to_put(name: &str, path: &Path) -> anyhow::Result<Vec<(String, PathBuf)
     Ok(out)
 }
 
-fn agent_pool() -> ChannelPool {
-    ChannelPool::new(ClientOptions::new(AGENT_CONNECT_TIMEOUT).call_timeout(CHUNK_CALL_TIMEOUT))
+fn agent_pool() -> anyhow::Result<ChannelPool> {
+    Ok(ChannelPool::new(
+        crate::security::options(AGENT_CONNECT_TIMEOUT, ServerKind::Agent)?
+            .call_timeout(CHUNK_CALL_TIMEOUT),
+    ))
 }
 
 fn progress(total: u64, what: &str) -> indicatif::ProgressBar {
@@ -569,7 +573,7 @@ async fn put_file(
     }
     let w = plan.write_quorum as usize;
     let rf_planned = plan.rf as usize;
-    let pool = Arc::new(agent_pool());
+    let pool = Arc::new(agent_pool()?);
     let node_addrs = Arc::new(plan.node_addrs.clone());
     // What the chunks' first choices already store: not sent again.
     let mut wanted: BTreeMap<String, Vec<ChunkId>> = BTreeMap::new();
@@ -844,7 +848,7 @@ pub async fn get_object(
         }
     };
     let result = async {
-        let pool = Arc::new(agent_pool());
+        let pool = Arc::new(agent_pool()?);
         let node_addrs = Arc::new(reply.node_addrs.clone());
         let locations = Arc::new(locations);
         let bar = progress(manifest.size, &format!("{name}@{version}"));

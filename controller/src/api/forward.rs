@@ -11,7 +11,9 @@ use std::future::Future;
 
 use steward_core::{Command, CommandResult};
 use steward_proto::v1::admin_client::AdminClient;
+use steward_runtime::access::{Caller, ON_BEHALF_OF};
 use steward_runtime::transport::admin_client;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
@@ -26,21 +28,56 @@ pub const MAX_FORWARD_HOPS: u32 = 2;
 /// Request metadata carrying how many times a call was forwarded.
 pub const FORWARD_HOPS_HEADER: &str = "x-steward-forward-hops";
 
-/// Hops a received call has already made.
-pub fn hops_of<T>(request: &Request<T>) -> u32 {
-    request
-        .metadata()
-        .get(FORWARD_HOPS_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+/// Where a received call comes from, carried along when it is forwarded to the leader:
+/// the hops it has made, the caller it acts for (its identity URI, so that the leader
+/// checks the caller's rights and not the forwarding controller's), and the caller's
+/// bearer token. Without TLS there is no caller to name.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub hops: u32,
+    caller: Option<MetadataValue<Ascii>>,
+    token: Option<MetadataValue<Ascii>>,
 }
 
-/// Wraps `msg` for forwarding with `hops` recorded.
-pub fn forwarded<T>(msg: T, hops: u32) -> Request<T> {
+impl Origin {
+    /// The origin of a received call.
+    pub fn of<T>(request: &Request<T>) -> Origin {
+        let meta = request.metadata();
+        Origin {
+            hops: meta
+                .get(FORWARD_HOPS_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            caller: request
+                .extensions()
+                .get::<Caller>()
+                .and_then(|c| c.0.uri().parse().ok()),
+            token: meta.get("authorization").cloned(),
+        }
+    }
+
+    /// The same origin, one hop further.
+    fn next_hop(&self) -> Origin {
+        Origin {
+            hops: self.hops + 1,
+            ..self.clone()
+        }
+    }
+}
+
+/// Wraps `msg` for forwarding with its `origin` (hops, caller, token).
+pub fn forwarded<T>(msg: T, origin: &Origin) -> Request<T> {
     let mut req = Request::new(msg);
-    if let Ok(v) = hops.to_string().parse() {
-        req.metadata_mut().insert(FORWARD_HOPS_HEADER, v);
+    let meta = req.metadata_mut();
+    if let Ok(v) = origin.hops.to_string().parse() {
+        meta.insert(FORWARD_HOPS_HEADER, v);
+    }
+    if let Some(caller) = &origin.caller {
+        meta.insert(ON_BEHALF_OF, caller.clone());
+    }
+    if let Some(token) = &origin.token {
+        meta.insert("authorization", token.clone());
     }
     req.set_timeout(forwarded_write_deadline());
     req
@@ -51,20 +88,20 @@ pub struct LeaderClient {
     pub client: AdminClient<Channel>,
     pub leader: NodeId,
     pub addr: String,
-    /// Hops the forwarded call will carry.
-    pub hops: u32,
+    /// The origin (and hops) the forwarded call will carry.
+    pub origin: Origin,
 }
 
 impl ApiContext {
-    /// An admin client for `leader`, to forward a call that arrived with `hops` hops.
+    /// An admin client for `leader`, to forward a call that arrived from `origin`.
     pub fn leader_client(
         &self,
         leader: Option<NodeId>,
-        hops: u32,
+        origin: &Origin,
     ) -> Result<LeaderClient, ApiError> {
         let leader = leader.ok_or(ApiError::NoLeader)?;
-        if hops >= MAX_FORWARD_HOPS {
-            return Err(ApiError::TooManyHops(hops));
+        if origin.hops >= MAX_FORWARD_HOPS {
+            return Err(ApiError::TooManyHops(origin.hops));
         }
         if leader == self.raft.id() {
             return Err(ApiError::NoLeader);
@@ -90,17 +127,17 @@ impl ApiContext {
             client: admin_client(ch),
             leader,
             addr,
-            hops: hops + 1,
+            origin: origin.next_hop(),
         })
     }
 
     /// `Some(client)` when this controller does not lead and the call must go to the
     /// leader; `None` when it leads.
-    pub fn forward_to_leader(&self, hops: u32) -> Result<Option<LeaderClient>, ApiError> {
+    pub fn forward_to_leader(&self, origin: &Origin) -> Result<Option<LeaderClient>, ApiError> {
         if self.raft.is_leader() {
             return Ok(None);
         }
-        self.leader_client(self.raft.current_leader(), hops)
+        self.leader_client(self.raft.current_leader(), origin)
             .map(Some)
     }
 
@@ -117,13 +154,13 @@ impl ApiContext {
         Fwd: FnOnce(AdminClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
-        let hops = hops_of(&request);
+        let origin = Origin::of(&request);
         let req = request.into_inner();
         if !stale(&req) {
             match self.raft.read_barrier().await {
                 Err(RaftError::NotLeader { leader, .. }) => {
-                    let l = self.leader_client(leader, hops)?;
-                    return forward(l.client, forwarded(req, l.hops)).await;
+                    let l = self.leader_client(leader, &origin)?;
+                    return forward(l.client, forwarded(req, &l.origin)).await;
                 }
                 Err(e) => return Err(ApiError::from(e).into()),
                 Ok(()) => {}
@@ -146,7 +183,7 @@ impl ApiContext {
         Fwd: FnOnce(AdminClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
-        let hops = hops_of(&request);
+        let origin = Origin::of(&request);
         let req = request.into_inner();
         let cmd = command(&req)?;
         let leader = if self.raft.is_leader() {
@@ -165,8 +202,8 @@ impl ApiContext {
         } else {
             self.raft.current_leader()
         };
-        let l = self.leader_client(leader, hops)?;
-        forward(l.client, forwarded(req, l.hops))
+        let l = self.leader_client(leader, &origin)?;
+        forward(l.client, forwarded(req, &l.origin))
             .await
             .map_err(|status| forwarded_write_error(status, l.leader, &l.addr))
     }

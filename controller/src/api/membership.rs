@@ -9,7 +9,7 @@ use steward_proto::v1::*;
 use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
-use super::forward::{forwarded, hops_of};
+use super::forward::{forwarded, Origin};
 use super::ApiContext;
 use crate::raft::typ::{ControllerNode, NodeId};
 
@@ -52,7 +52,7 @@ pub async fn add_learner(
     ctx: &ApiContext,
     request: Request<AddLearnerRequest>,
 ) -> Result<Response<MembershipReply>, Status> {
-    let hops = hops_of(&request);
+    let origin = Origin::of(&request);
     let req = request.into_inner();
     if req.id == 0 {
         return Err(ApiError::InvalidArgument("controller id must be at least 1".into()).into());
@@ -67,8 +67,8 @@ pub async fn add_learner(
             );
         }
     }
-    if let Some(mut l) = ctx.forward_to_leader(hops)? {
-        return l.client.add_learner(forwarded(req, l.hops)).await;
+    if let Some(mut l) = ctx.forward_to_leader(&origin)? {
+        return l.client.add_learner(forwarded(req, &l.origin)).await;
     }
     let (_, all) = member_ids(ctx);
     if all.contains(&req.id) {
@@ -117,10 +117,10 @@ pub async fn promote(
     ctx: &ApiContext,
     request: Request<PromoteRequest>,
 ) -> Result<Response<MembershipReply>, Status> {
-    let hops = hops_of(&request);
+    let origin = Origin::of(&request);
     let req = request.into_inner();
-    if let Some(mut l) = ctx.forward_to_leader(hops)? {
-        return l.client.promote(forwarded(req, l.hops)).await;
+    if let Some(mut l) = ctx.forward_to_leader(&origin)? {
+        return l.client.promote(forwarded(req, &l.origin)).await;
     }
     let (voters, all) = member_ids(ctx);
     if !all.contains(&req.id) {
@@ -170,10 +170,10 @@ pub async fn remove_peer(
     ctx: &ApiContext,
     request: Request<RemovePeerRequest>,
 ) -> Result<Response<MembershipReply>, Status> {
-    let hops = hops_of(&request);
+    let origin = Origin::of(&request);
     let req = request.into_inner();
-    if let Some(mut l) = ctx.forward_to_leader(hops)? {
-        return l.client.remove_peer(forwarded(req, l.hops)).await;
+    if let Some(mut l) = ctx.forward_to_leader(&origin)? {
+        return l.client.remove_peer(forwarded(req, &l.origin)).await;
     }
     let (voters, all) = member_ids(ctx);
     if !all.contains(&req.id) {
@@ -211,10 +211,10 @@ pub async fn transfer_leader(
     ctx: &ApiContext,
     request: Request<TransferLeaderRequest>,
 ) -> Result<Response<TransferLeaderReply>, Status> {
-    let hops = hops_of(&request);
+    let origin = Origin::of(&request);
     let req = request.into_inner();
-    if let Some(mut l) = ctx.forward_to_leader(hops)? {
-        return l.client.transfer_leader(forwarded(req, l.hops)).await;
+    if let Some(mut l) = ctx.forward_to_leader(&origin)? {
+        return l.client.transfer_leader(forwarded(req, &l.origin)).await;
     }
     let (leader_id, term) = ctx
         .raft

@@ -223,7 +223,7 @@ async fn verify_replicas(
                 Err(format!("no agent address known for node `{node}`")),
             );
         };
-        let channel = match ctx.raft.peers().channel(addr) {
+        let channel = match ctx.raft.peers().agent_channel(addr) {
             Ok(ch) => ch,
             Err(e) => return (node, idx, Err(e.to_string())),
         };

@@ -8,7 +8,7 @@ use steward_proto::v1::*;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::error::ApiError;
-use super::forward::{forwarded, hops_of};
+use super::forward::{forwarded, Origin};
 use super::ApiContext;
 use crate::raft::Error as RaftError;
 use crate::snapshot_file::{self, SnapshotHeader, MAX_SNAPSHOT_FILE_BYTES};
@@ -31,14 +31,14 @@ pub async fn save(
     ctx: &ApiContext,
     request: Request<SnapshotSaveRequest>,
 ) -> Result<Response<ChunkStream>, Status> {
-    let hops = hops_of(&request);
+    let origin = Origin::of(&request);
     let req = request.into_inner();
     match ctx.raft.read_barrier().await {
         Err(RaftError::NotLeader { leader, .. }) => {
-            let mut l = ctx.leader_client(leader, hops)?;
+            let mut l = ctx.leader_client(leader, &origin)?;
             let stream = l
                 .client
-                .snapshot_save(forwarded(req, l.hops))
+                .snapshot_save(forwarded(req, &l.origin))
                 .await?
                 .into_inner();
             return Ok(Response::new(Box::pin(stream) as ChunkStream));
@@ -85,7 +85,7 @@ pub async fn restore(
     ctx: &ApiContext,
     request: Request<Streaming<SnapshotChunk>>,
 ) -> Result<Response<SnapshotRestoreReply>, Status> {
-    let hops = hops_of(&request);
+    let origin = Origin::of(&request);
     let mut stream = request.into_inner();
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -103,10 +103,10 @@ pub async fn restore(
         tracing::warn!(from = %header.cluster_name, to = %ctx.cluster_name, "restoring a snapshot taken on another cluster");
     }
     if !ctx.raft.is_leader() {
-        let mut l = ctx.leader_client(ctx.raft.current_leader(), hops)?;
+        let mut l = ctx.leader_client(ctx.raft.current_leader(), &origin)?;
         return l
             .client
-            .snapshot_restore(forwarded(futures::stream::iter(chunks(&bytes)), l.hops))
+            .snapshot_restore(forwarded(futures::stream::iter(chunks(&bytes)), &l.origin))
             .await;
     }
     let level = ctx.raft.level_reaching(2).await;

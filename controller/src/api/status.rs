@@ -9,7 +9,7 @@ use steward_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::forward::{forwarded, hops_of};
+use super::forward::{forwarded, Origin};
 use super::ApiContext;
 use crate::raft::typ::NodeId;
 
@@ -17,12 +17,12 @@ pub async fn status(
     ctx: &ApiContext,
     request: Request<StatusRequest>,
 ) -> Result<Response<StatusReply>, Status> {
-    let hops = hops_of(&request);
+    let origin = Origin::of(&request);
     let req = request.into_inner();
     if req.consistency != ReadConsistency::Stale as i32 && !ctx.raft.is_leader() {
         // Prefer the leader's view (it knows replication lag); fall back to ours.
-        if let Ok(mut l) = ctx.leader_client(ctx.raft.current_leader(), hops) {
-            if let Ok(resp) = l.client.status(forwarded(req, l.hops)).await {
+        if let Ok(mut l) = ctx.leader_client(ctx.raft.current_leader(), &origin) {
+            if let Ok(resp) = l.client.status(forwarded(req, &l.origin)).await {
                 return Ok(resp);
             }
         }

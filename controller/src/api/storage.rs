@@ -11,7 +11,7 @@ use steward_proto::v1::*;
 use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
-use super::forward::{forwarded, hops_of};
+use super::forward::{forwarded, Origin};
 use super::ApiContext;
 use crate::control::repair::Survey;
 
@@ -48,9 +48,12 @@ pub async fn fsck(
     ctx: &ApiContext,
     request: Request<FsckRequest>,
 ) -> Result<Response<FsckReply>, Status> {
-    let hops = hops_of(&request);
-    if let Some(mut l) = ctx.forward_to_leader(hops)? {
-        return l.client.fsck(forwarded(request.into_inner(), l.hops)).await;
+    let origin = Origin::of(&request);
+    if let Some(mut l) = ctx.forward_to_leader(&origin)? {
+        return l
+            .client
+            .fsck(forwarded(request.into_inner(), &l.origin))
+            .await;
     }
     let req = request.into_inner();
     let (objects, versions, only) = {
@@ -132,11 +135,11 @@ pub async fn locate(
     ctx: &ApiContext,
     request: Request<LocateChunkRequest>,
 ) -> Result<Response<LocateChunkReply>, Status> {
-    let hops = hops_of(&request);
-    if let Some(mut l) = ctx.forward_to_leader(hops)? {
+    let origin = Origin::of(&request);
+    if let Some(mut l) = ctx.forward_to_leader(&origin)? {
         return l
             .client
-            .locate_chunk(forwarded(request.into_inner(), l.hops))
+            .locate_chunk(forwarded(request.into_inner(), &l.origin))
             .await;
     }
     let req = request.into_inner();

@@ -327,6 +327,7 @@ impl RepairWorker {
         replicas: Arc<ReplicaTracker>,
         tuning: RepairTuning,
     ) -> (Self, RepairHandle) {
+        let tls = raft.peers().tls();
         let shared = Arc::new(Shared {
             status: Mutex::new(RepairStatus::default()),
             pending: Mutex::new((HashSet::new(), HashMap::new())),
@@ -339,7 +340,9 @@ impl RepairWorker {
                 budget: Budget::new(tuning.bandwidth_bytes_per_sec),
                 tuning,
                 pool: Arc::new(ChannelPool::new(
-                    ClientOptions::new(Duration::from_secs(2)).call_timeout(COPY_TIMEOUT),
+                    ClientOptions::new(Duration::from_secs(2))
+                        .call_timeout(COPY_TIMEOUT)
+                        .tls(tls, steward_runtime::tls::ServerKind::Agent),
                 )),
                 shared: shared.clone(),
                 last_detail: String::new(),

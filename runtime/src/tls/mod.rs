@@ -146,6 +146,8 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, TlsError> {
 struct Loaded {
     identity: Identity,
     server: Arc<rustls::ServerConfig>,
+    /// The same, speaking HTTP/1.1 (`/metrics` for Prometheus).
+    http1: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
     stamp: Stamp,
 }
@@ -182,6 +184,8 @@ fn load(dir: &Path) -> Result<Loaded, TlsError> {
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(config)?;
+    let mut http1 = server.clone();
+    http1.alpn_protocols = vec![b"http/1.1".to_vec()];
     server.alpn_protocols = vec![b"h2".to_vec()];
     let mut client = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -193,6 +197,7 @@ fn load(dir: &Path) -> Result<Loaded, TlsError> {
     Ok(Loaded {
         identity,
         server: Arc::new(server),
+        http1: Arc::new(http1),
         client: Arc::new(client),
         stamp,
     })
@@ -214,6 +219,50 @@ struct State {
     checked: Instant,
     reloads: u64,
     reload_failures: u64,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("dir", &self.inner.dir)
+            .field("identity", &self.identity().uri())
+            .finish()
+    }
+}
+
+/// How a daemon or the CLI secures its connections: the TLS dir it was given, or
+/// plaintext by explicit choice. Neither given is an error the caller reports with its
+/// own flags; both given is refused.
+pub fn choose(dir: Option<&Path>, insecure: bool) -> Result<Option<Tls>, ChooseError> {
+    match (dir, insecure) {
+        (Some(_), true) => Err(ChooseError::Both),
+        (Some(dir), false) => Ok(Some(Tls::load(dir)?)),
+        (None, true) => Ok(None),
+        (None, false) => Err(ChooseError::Neither),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChooseError {
+    #[error(
+        "no TLS dir: give --tls-dir DIR (or STEWARD_TLS_DIR) holding ca.pem, cert.pem and key.pem \
+         (`steward tls` makes them), or --insecure for plaintext"
+    )]
+    Neither,
+    #[error("--tls-dir and --insecure exclude each other")]
+    Both,
+    #[error("TLS dir: {0}")]
+    Load(#[from] TlsError),
+}
+
+/// The warning a plaintext process prints at every start.
+pub fn warn_insecure(what: &str) {
+    let text = format!(
+        "{what} runs WITHOUT TLS (--insecure): anyone who reaches its ports can act as any \
+         node or operator"
+    );
+    eprintln!("warning: {text}");
+    tracing::warn!("{text}");
 }
 
 impl Tls {
@@ -257,6 +306,11 @@ impl Tls {
 
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
         self.current(|l| l.server.clone())
+    }
+
+    /// The server configuration for HTTP/1.1 (`/metrics`).
+    pub fn http1_server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.current(|l| l.http1.clone())
     }
 
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
@@ -323,16 +377,7 @@ impl Tls {
 }
 
 pub mod net;
-pub use net::{accept, connect, HandshakeStats, PeerIdentity, TlsIncoming};
-
-impl std::fmt::Debug for Tls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tls")
-            .field("dir", &self.inner.dir)
-            .field("identity", &self.identity().uri())
-            .finish()
-    }
-}
+pub use net::{accept, accept_http1, connect, HandshakeStats, PeerIdentity, TlsConn, TlsIncoming};
 
 #[cfg(test)]
 mod tests;

@@ -33,6 +33,12 @@ pub struct TlsConn {
     peer: PeerIdentity,
 }
 
+impl TlsConn {
+    pub fn peer(&self) -> &PeerIdentity {
+        &self.peer
+    }
+}
+
 impl tonic::transport::server::Connected for TlsConn {
     type ConnectInfo = PeerIdentity;
 
@@ -102,6 +108,20 @@ pub type TlsIncoming =
 /// server configuration; yields the ones whose peer names an identity of our cluster.
 /// Refusals are logged (with the remote address and why) and counted in `stats`.
 pub fn accept(listener: TcpListener, tls: Tls, stats: Arc<HandshakeStats>) -> TlsIncoming {
+    accept_with(listener, tls, stats, false)
+}
+
+/// Like [`accept`], for an HTTP/1.1 server (`/metrics`).
+pub fn accept_http1(listener: TcpListener, tls: Tls, stats: Arc<HandshakeStats>) -> TlsIncoming {
+    accept_with(listener, tls, stats, true)
+}
+
+fn accept_with(
+    listener: TcpListener,
+    tls: Tls,
+    stats: Arc<HandshakeStats>,
+    http1: bool,
+) -> TlsIncoming {
     let (tx, rx) = tokio::sync::mpsc::channel::<TlsConn>(64);
     let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     tokio::spawn(async move {
@@ -130,7 +150,10 @@ pub fn accept(listener: TcpListener, tls: Tls, stats: Arc<HandshakeStats>) -> Tl
             let (tls, tx, stats) = (tls.clone(), tx.clone(), stats.clone());
             tokio::spawn(async move {
                 let permit = permit;
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+                let acceptor = tokio_rustls::TlsAcceptor::from(match http1 {
+                    true => tls.http1_server_config(),
+                    false => tls.server_config(),
+                });
                 let stream =
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,

@@ -12,7 +12,6 @@ use steward_proto::v1::agent_api_client::AgentApiClient;
 use steward_proto::v1::agent_control_client::AgentControlClient;
 use steward_proto::v1::{GetTelemetryRequest, HeartbeatRequest, RegisterNodeRequest};
 use steward_tests::{free_port, spawn_agent, wait_for, ProcCluster};
-use tonic::transport::Endpoint;
 
 const AGENT_WINDOW: Duration = Duration::from_secs(20);
 const SIM_AGENTS: usize = 2_000;
@@ -74,10 +73,12 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let addr = cluster.node(leader).api_addr.clone();
-    let ch = Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+    // One connection acts for the whole simulated fleet (the fleet certificate).
+    let ch = steward_runtime::transport::connect(
+        &addr,
+        &steward_tests::pki::fleet_options(Duration::from_secs(2)),
+    )
+    .await?;
     let mut c = AgentControlClient::new(ch.clone());
     for i in 0..SIM_AGENTS {
         c.register_node(RegisterNodeRequest {

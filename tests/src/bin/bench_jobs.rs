@@ -23,7 +23,7 @@ use steward_proto::v1::{
     RegisterNodeRequest, SetNodeSchedulingRequest, SubmitJobRequest,
 };
 use steward_tests::{spawn_agent, wait_for, ProcCluster};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 const SIM_NODES: usize = 1_000;
 const GPUS_PER_NODE: usize = 8;
@@ -95,10 +95,12 @@ async fn placement_throughput() -> anyhow::Result<f64> {
     let cluster = ProcCluster::start(3, "")?;
     let (leader, _) = cluster.wait_leader(Duration::from_secs(30)).await?;
     let addr = cluster.node(leader).api_addr.clone();
-    let ch = Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+    // One connection acts for the whole simulated fleet (the fleet certificate).
+    let ch = steward_runtime::transport::connect(
+        &addr,
+        &steward_tests::pki::fleet_options(Duration::from_secs(2)),
+    )
+    .await?;
     let mut control = AgentControlClient::new(ch.clone());
     for i in 0..SIM_NODES {
         control

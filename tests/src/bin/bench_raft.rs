@@ -16,7 +16,7 @@ use hdrhistogram::Histogram;
 use steward_proto::v1::admin_client::AdminClient;
 use steward_proto::v1::KvPutRequest;
 use steward_tests::ProcCluster;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// How long each concurrency level runs.
 const RUN: Duration = Duration::from_secs(5);
@@ -25,12 +25,12 @@ const CHANNELS: usize = 8;
 const FAILOVERS: usize = 10;
 
 async fn channel(addr: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_millis(300))
-        .timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
-        .await?)
+    steward_tests::channel(
+        addr,
+        steward_runtime::tls::ServerKind::Controller,
+        Duration::from_secs(5),
+    )
+    .await
 }
 
 fn fsync_reference(dir: &std::path::Path) -> anyhow::Result<Duration> {

@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use steward_controller::control::liveness::LivenessTracker;
@@ -33,7 +33,7 @@ use steward_core::inventory::Inventory;
 use steward_core::objects::apply::PutVersion;
 use steward_core::objects::{ChunkRef, Manifest};
 use steward_core::{ClusterState, Command as StateCommand};
-use steward_tests::{spawn_agent, steward_bin, wait_for, AgentGuard, ProcCluster};
+use steward_tests::{spawn_agent, steward_cmd, wait_for, AgentGuard, ProcCluster};
 
 const TRIALS: usize = 3;
 const AGENTS: usize = 4;
@@ -78,7 +78,7 @@ fn mib_s(bytes: u64, d: Duration) -> f64 {
 
 fn steward(cluster: &ProcCluster, args: &[&str], stdout: Stdio) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let out = Command::new(steward_bin())
+    let out = steward_cmd()
         .args(args)
         .env("STEWARD_ADDR", cluster.addrs())
         .stdin(Stdio::null())
@@ -95,7 +95,7 @@ fn steward(cluster: &ProcCluster, args: &[&str], stdout: Stdio) -> anyhow::Resul
 }
 
 fn fsck(cluster: &ProcCluster) -> serde_json::Value {
-    Command::new(steward_bin())
+    steward_cmd()
         .args(["-o", "json", "fsck"])
         .env("STEWARD_ADDR", cluster.addrs())
         .stdin(Stdio::null())

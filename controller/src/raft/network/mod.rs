@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use steward_runtime::tls::{ServerKind, Tls};
 use steward_runtime::transport::{ChannelPool, ClientOptions, TransportError};
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -47,6 +48,11 @@ pub struct PeerShared {
     /// Channels to other controllers (Raft and API addresses), sent from this controller's
     /// Raft address.
     channels: ChannelPool,
+    /// Channels to agents' APIs (their chunk services), from the same address.
+    agents: ChannelPool,
+    /// This controller's TLS dir (`None`: plaintext); its other clients (to agents) use
+    /// it too.
+    tls: Option<Tls>,
     last_contact: Mutex<HashMap<NodeId, Instant>>,
     /// Feature levels peers reported in their replies (this controller's view).
     levels: Mutex<HashMap<NodeId, u32>>,
@@ -61,6 +67,7 @@ impl PeerShared {
         incarnation: u64,
         view: StateView,
         source_ip: std::net::IpAddr,
+        tls: Option<steward_runtime::tls::Tls>,
         fatal: watch::Sender<Option<String>>,
         timings: Arc<WriteTimings>,
     ) -> Arc<Self> {
@@ -68,12 +75,32 @@ impl PeerShared {
             id,
             incarnation,
             view,
-            channels: ChannelPool::new(ClientOptions::new(CONNECT_TIMEOUT).source_ip(source_ip)),
+            channels: ChannelPool::new(
+                ClientOptions::new(CONNECT_TIMEOUT)
+                    .source_ip(source_ip)
+                    .tls(tls.clone(), ServerKind::Controller),
+            ),
+            agents: ChannelPool::new(
+                ClientOptions::new(CONNECT_TIMEOUT)
+                    .source_ip(source_ip)
+                    .tls(tls.clone(), ServerKind::Agent),
+            ),
+            tls,
             last_contact: Mutex::new(HashMap::new()),
             levels: Mutex::new(HashMap::new()),
             fatal,
             timings,
         })
+    }
+
+    /// A reused channel to the agent API at `addr`.
+    pub fn agent_channel(&self, addr: &str) -> Result<Channel, TransportError> {
+        self.agents.get(addr)
+    }
+
+    /// This controller's TLS dir, for its clients of agents (`None`: plaintext).
+    pub fn tls(&self) -> Option<Tls> {
+        self.tls.clone()
     }
 
     /// A reused channel to `addr` (connected lazily, reconnects by itself).
