@@ -200,24 +200,20 @@ pub async fn serve(
     allocs_dir: std::path::PathBuf,
     chunks: Arc<crate::chunks::ChunkStore>,
     scrubber: Arc<crate::chunks::scrub::Scrubber>,
-    tls: Option<steward_runtime::tls::Tls>,
+    security: transport::ServerSecurity,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<AgentApiServer<AgentApiService>>()
         .await;
-    let security = match &tls {
-        Some(tls) => transport::ServerSecurity::mutual_tls(tls.clone(), None),
-        None => transport::ServerSecurity::insecure(),
-    };
     let router = transport::grpc_server(&security)
         .add_service(health_service)
         .add_service(transport::agent_api_server(AgentApiService::new(
             telemetry, allocs_dir,
         )))
         .add_service(transport::chunk_server(
-            crate::chunks::service::ChunkApi::with_scrubber(chunks, Some(scrubber), tls),
+            crate::chunks::service::ChunkApi::with_scrubber(chunks, Some(scrubber), security.tls()),
         ));
     if let Err(e) = transport::serve(router, listener, shutdown, security).await {
         tracing::error!(error = %e, "agent API stopped");

@@ -310,6 +310,11 @@ pub async fn run(
         .spawn(scrub_stop.clone())
         .map_err(AgentError::Scrub)?;
     let _scrub_guard = StopFlag(scrub_stop);
+    let security = match &config.tls {
+        Some(tls) => steward_runtime::transport::ServerSecurity::mutual_tls(tls.clone(), None),
+        None => steward_runtime::transport::ServerSecurity::insecure(),
+    };
+    let _ = stats.security.set((security.clone(), config.tls.clone()));
     let reporter = crate::chunks::report::Reporter::new(chunks.clone(), id.clone(), config.gc);
     tokio::spawn(crate::api::serve(
         api,
@@ -317,7 +322,7 @@ pub async fn run(
         runner.allocs_dir(),
         chunks.clone(),
         scrubber,
-        config.tls.clone(),
+        security,
         stop.clone().cancelled_owned(),
     ));
     if let Some(addr) = config.metrics_addr {

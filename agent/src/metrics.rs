@@ -52,6 +52,11 @@ pub struct AgentStats {
     pub leader_changes: AtomicU64,
     /// How allocations are isolated here (`Isolation::name`), once the runner started.
     pub isolation: std::sync::OnceLock<&'static str>,
+    /// How the agent API admits callers, and the TLS dir, once it listens.
+    pub security: std::sync::OnceLock<(
+        steward_runtime::transport::ServerSecurity,
+        Option<steward_runtime::tls::Tls>,
+    )>,
 }
 
 /// Every isolation an agent may report, for the `steward_agent_isolation` state set.
@@ -492,6 +497,13 @@ pub fn registry(snapshot: &TelemetrySnapshot, hostname: &str, stats: &AgentStats
             "steward_agent_telemetry_age_seconds",
             "Age of the telemetry reading these series come from.",
             Some(age as f64 / 1000.0),
+        );
+    }
+    if let Some((security, tls)) = stats.security.get() {
+        steward_runtime::transport::register_security_metrics(
+            &mut reg,
+            &[("api", security)],
+            tls.as_ref(),
         );
     }
     reg

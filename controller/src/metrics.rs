@@ -110,5 +110,7 @@ pub fn render(ctx: &ApiContext, openmetrics: bool) -> String {
         ages,
     );
     ctx.raft.peers().timings.register(&mut reg);
+    let servers: Vec<_> = ctx.security.iter().map(|(n, s)| (*n, s)).collect();
+    steward_runtime::transport::register_security_metrics(&mut reg, &servers, ctx.tls.as_ref());
     steward_runtime::metrics_http::encode(&reg, openmetrics)
 }

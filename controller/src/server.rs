@@ -155,8 +155,21 @@ impl Controller {
             config.storage.repair_tuning(),
         );
 
+        let security = || match &config.tls {
+            Some(tls) => transport::ServerSecurity::mutual_tls(tls.clone(), None),
+            None => transport::ServerSecurity::insecure(),
+        };
+        if config.tls.is_none() {
+            steward_runtime::tls::warn_insecure(&format!("controller {}", config.id));
+        }
+        let (raft_security, api_security) = (security(), security());
         let stop_servers = CancellationToken::new();
         let ctx = Arc::new(ApiContext {
+            security: vec![
+                ("raft", raft_security.clone()),
+                ("api", api_security.clone()),
+            ],
+            tls: config.tls.clone(),
             stopping: stop_servers.clone(),
             raft: handle,
             cluster_name: config.cluster_name.clone(),
@@ -178,14 +191,7 @@ impl Controller {
         let (reflection, reflection_alpha) = transport::reflection()
             .map_err(|e| ControllerError::Raft(format!("reflection: {e}")))?;
 
-        let security = match &config.tls {
-            Some(tls) => transport::ServerSecurity::mutual_tls(tls.clone(), None),
-            None => {
-                steward_runtime::tls::warn_insecure(&format!("controller {}", config.id));
-                transport::ServerSecurity::insecure()
-            }
-        };
-        let raft_router = transport::grpc_server(&security)
+        let raft_router = transport::grpc_server(&raft_security)
             .add_service(transport::raft_server(RaftServer::new(
                 raft.clone(),
                 peers.clone(),
@@ -193,7 +199,7 @@ impl Controller {
                 config.raft.election_timeout_max,
             )))
             .add_service(health_service.clone());
-        let api_router = transport::grpc_server(&security)
+        let api_router = transport::grpc_server(&api_security)
             .add_service(transport::admin_server(AdminService::new(ctx.clone())))
             .add_service(transport::agent_control_server(AgentControlService::new(
                 ctx.clone(),
@@ -202,11 +208,11 @@ impl Controller {
             .add_service(reflection)
             .add_service(reflection_alpha);
         let mut servers = Vec::new();
-        for (what, router, listener) in [
-            ("raft", raft_router, raft_listener),
-            ("api", api_router, api_listener),
+        for (what, router, listener, security) in [
+            ("raft", raft_router, raft_listener, raft_security),
+            ("api", api_router, api_listener, api_security),
         ] {
-            let (stop, security) = (stop_servers.clone(), security.clone());
+            let stop = stop_servers.clone();
             servers.push(tokio::spawn(async move {
                 if let Err(e) =
                     transport::serve(router, listener, stop.cancelled_owned(), security).await

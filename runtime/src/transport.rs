@@ -285,6 +285,14 @@ pub struct ServerSecurity {
     handshakes: Arc<HandshakeStats>,
 }
 
+impl std::fmt::Debug for ServerSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSecurity")
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ServerSecurity {
     /// Plaintext, every request admitted.
     pub fn insecure() -> Self {
@@ -309,6 +317,11 @@ impl ServerSecurity {
         self.tls.is_some()
     }
 
+    /// The TLS dir this server uses (its clients of peers use it too).
+    pub fn tls(&self) -> Option<Tls> {
+        self.tls.clone()
+    }
+
     pub fn handshakes(&self) -> Arc<HandshakeStats> {
         self.handshakes.clone()
     }
@@ -325,6 +338,7 @@ impl ServerSecurity {
 pub fn register_security_metrics(
     reg: &mut prometheus_client::registry::Registry,
     servers: &[(&str, &ServerSecurity)],
+    tls: Option<&Tls>,
 ) {
     use prometheus_client::metrics::counter::Counter;
     use prometheus_client::metrics::family::Family;
@@ -386,6 +400,22 @@ pub fn register_security_metrics(
         "Requests the access check let through.",
         allowed,
     );
+    if let Some(tls) = tls {
+        let reloads: Counter = Counter::default();
+        reloads.inc_by(tls.reloads());
+        reg.register(
+            "steward_tls_reloads",
+            "Times the TLS files were reloaded after they changed on disk.",
+            reloads,
+        );
+        let failures: Counter = Counter::default();
+        failures.inc_by(tls.reload_failures());
+        reg.register(
+            "steward_tls_reload_failures",
+            "Times changed TLS files did not load (or named another identity); the previous ones stayed in use.",
+            failures,
+        );
+    }
     reg.register(
         "steward_auth_refused",
         "Requests refused by the access check, by method and reason (role, no_identity, bad_token, forged_forward, bad_forward, unknown_method).",

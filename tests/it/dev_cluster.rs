@@ -127,6 +127,14 @@ async fn dev_cluster_then_status_and_restart() -> anyhow::Result<()> {
             .args(["status", "--addr", &addrs])
             .output()?;
         assert!(!plain.status.success(), "plaintext was served");
+        // An outside gRPC client (Python's grpcio) with the dev client certificate lists
+        // the services and calls Admin/Status; without it, it is refused.
+        let (addr, client) = (
+            format!("127.0.0.1:{base}"),
+            dir.path().join("tls").join("client-admin"),
+        );
+        tokio::task::spawn_blocking(move || crate::security::check_outside_client(&addr, &client))
+            .await?;
     }
     // Three agents with 8 simulated GPUs each, ready, with telemetry at the leader.
     let nodes = wait_for(

@@ -24,6 +24,7 @@ mod raft_snapshot;
 mod raft_wiped;
 mod reflection_health;
 mod rolling_upgrade;
+mod security;
 mod sim_churn;
 mod sim_sweep;
 mod sim_trace;
