@@ -72,6 +72,9 @@ enum Command {
     /// Objects and their versions: put, get, ls, versions, history, tag, untag, rm.
     #[command(subcommand)]
     Object(cmd::object::ObjectCommand),
+    /// Access tokens: bootstrap, create, list, revoke.
+    #[command(subcommand)]
+    Acl(cmd::acl::AclCommand),
     /// Certificates: the cluster's CA, and TLS dirs for controllers, agents and clients.
     #[command(subcommand)]
     Tls(cmd::tls::TlsCommand),
@@ -158,6 +161,7 @@ fn main() -> ExitCode {
             Command::Fsck(args) => cmd::fsck::run(&cli.addr, cli.output, args).await,
             Command::Chunk(c) => cmd::fsck::run_chunk(&cli.addr, cli.output, c).await,
             Command::Tls(c) => cmd::tls::run(cli.output, c),
+            Command::Acl(c) => cmd::acl::run(&cli.addr, cli.output, c).await,
             Command::AgentShim(_) => unreachable!("handled before the runtime starts"),
         }
     });

@@ -155,14 +155,19 @@ impl Controller {
             config.storage.repair_tuning(),
         );
 
-        let security = || match &config.tls {
-            Some(tls) => transport::ServerSecurity::mutual_tls(tls.clone(), None),
-            None => transport::ServerSecurity::insecure(),
-        };
+        // Bearer tokens are checked against this controller's applied state (`api::acl`);
+        // the Raft service takes none.
+        let tokens: Arc<dyn steward_runtime::access::TokenRoles> =
+            Arc::new(crate::api::acl::StateTokens(view.clone()));
+        let security =
+            |tokens: Option<Arc<dyn steward_runtime::access::TokenRoles>>| match &config.tls {
+                Some(tls) => transport::ServerSecurity::mutual_tls(tls.clone(), tokens),
+                None => transport::ServerSecurity::insecure(),
+            };
         if config.tls.is_none() {
             steward_runtime::tls::warn_insecure(&format!("controller {}", config.id));
         }
-        let (raft_security, api_security) = (security(), security());
+        let (raft_security, api_security) = (security(None), security(Some(tokens)));
         let stop_servers = CancellationToken::new();
         let ctx = Arc::new(ApiContext {
             security: vec![

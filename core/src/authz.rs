@@ -80,7 +80,11 @@ pub const METHODS: &[(&str, &str, Rule)] = &[
     (ADMIN, "MoveObjectTag", Rule::Role(Role::Operator)),
     (ADMIN, "DeleteObject", Rule::Role(Role::Operator)),
     (ADMIN, "SetNodeMaintenance", Rule::Role(Role::Operator)),
-    // Admin: the whole state
+    // Admin: access tokens and the whole state
+    (ADMIN, "AclBootstrap", Rule::Role(Role::Admin)),
+    (ADMIN, "CreateAclToken", Rule::Role(Role::Admin)),
+    (ADMIN, "ListAclTokens", Rule::Role(Role::Admin)),
+    (ADMIN, "RevokeAclToken", Rule::Role(Role::Admin)),
     (ADMIN, "SnapshotSave", Rule::Role(Role::Admin)),
     (ADMIN, "SnapshotRestore", Rule::Role(Role::Admin)),
     // Agents to controllers

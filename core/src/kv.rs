@@ -38,14 +38,23 @@ pub enum KvValidationError {
     KeyTooLong { len: usize },
     #[error("key contains a control character at byte {at}")]
     ControlCharacter { at: usize },
+    #[error("keys under `{RESERVED_PREFIX}` are Steward's own")]
+    Reserved,
     #[error("value is {len} bytes, the limit is {MAX_VALUE_BYTES}")]
     ValueTooLarge { len: usize },
 }
 
-/// Checks a key against the namespace's rules.
+/// Keys under this prefix belong to Steward itself (access tokens, `crate::acl`): the KV
+/// API neither shows nor takes them.
+pub const RESERVED_PREFIX: &str = "_steward/";
+
+/// Checks a key an operator gives against the namespace's rules.
 pub fn validate_key(key: &str) -> Result<(), KvValidationError> {
     if key.is_empty() {
         return Err(KvValidationError::EmptyKey);
+    }
+    if key.starts_with(RESERVED_PREFIX) {
+        return Err(KvValidationError::Reserved);
     }
     if key.len() > MAX_KEY_BYTES {
         return Err(KvValidationError::KeyTooLong { len: key.len() });
@@ -71,6 +80,11 @@ mod tests {
     #[test]
     fn validation_names_the_problem() {
         assert_eq!(validate_key(""), Err(KvValidationError::EmptyKey));
+        assert_eq!(
+            validate_key("_steward/acl/tokens/x"),
+            Err(KvValidationError::Reserved)
+        );
+        assert!(validate_key("_stewardish").is_ok());
         assert_eq!(
             validate_key("a\nb"),
             Err(KvValidationError::ControlCharacter { at: 1 })

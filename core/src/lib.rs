@@ -8,6 +8,7 @@
 //!
 //! Must not depend on: tokio, tonic, rocksdb, nvml, or any other I/O crate.
 
+pub mod acl;
 pub mod authz;
 pub mod chunk;
 pub mod chunking;

@@ -650,3 +650,176 @@ async fn an_outside_grpc_client_needs_a_certificate() -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || check_outside_client(&addr, &pki().admin_dir())).await?;
     Ok(())
 }
+
+/// `steward ARGS` with the TLS dir `dir` and bearer `token` against `addrs`.
+fn steward_with_token(dir: &Path, token: &str, addrs: &str, args: &[&str]) -> Output {
+    steward_cmd()
+        .env("STEWARD_TLS_DIR", dir)
+        .env("STEWARD_TOKEN", token)
+        .env("STEWARD_ADDR", addrs)
+        .args(args)
+        .output()
+        .expect("run steward")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_raise_a_role_until_revoked_or_expired() -> anyhow::Result<()> {
+    if skipped() {
+        return Ok(());
+    }
+    let cluster = ProcCluster::start(3, "")?;
+    cluster.wait_leader(Duration::from_secs(20)).await?;
+    let addrs = cluster.addrs();
+    let viewer = pki().client_dir(Role::Viewer);
+    let admin = pki().admin_dir();
+    let json = |out: &Output| -> serde_json::Value {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    // Bootstrap: an admin certificate, once.
+    let out = steward_as(&viewer, &addrs, &["acl", "bootstrap"]);
+    assert!(denied(&out), "a viewer may not bootstrap");
+    let boot = json(&steward_as(
+        &admin,
+        &addrs,
+        &["acl", "bootstrap", "-o", "json"],
+    ));
+    let boot_token = boot["token"].as_str().expect("token").to_string();
+    let again = steward_as(&admin, &addrs, &["acl", "bootstrap"]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("bootstrapped already"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    // The bootstrap token makes a viewer certificate an admin: it makes an operator token.
+    let op = json(&steward_with_token(
+        &viewer,
+        &boot_token,
+        &addrs,
+        &[
+            "acl", "token", "create", "--role", "operator", "--name", "ci", "-o", "json",
+        ],
+    ));
+    let op_token = op["token"].as_str().expect("token").to_string();
+    let op_accessor = op["accessor"].as_str().expect("accessor").to_string();
+    // A viewer with the operator token may write, through any controller (a follower
+    // checks the token, forwards it, and the leader checks it again).
+    wait_for(
+        "the token usable everywhere",
+        Duration::from_secs(10),
+        || async {
+            let out = steward_with_token(&viewer, &op_token, &addrs, &["kv", "put", "k", "v"]);
+            out.status.success().then_some(())
+        },
+    )
+    .await?;
+    for id in 1..=3u64 {
+        let one = cluster.node(id).api_addr.clone();
+        let out = steward_with_token(&viewer, &op_token, &one, &["kv", "put", "k", "v"]);
+        assert!(
+            out.status.success(),
+            "controller {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // But not an admin's: an operator token cannot make tokens.
+    let out = steward_with_token(
+        &viewer,
+        &op_token,
+        &addrs,
+        &["acl", "token", "create", "--role", "admin"],
+    );
+    assert!(denied(&out), "{}", String::from_utf8_lossy(&out.stderr));
+    // The list shows accessors, never secrets, and the state holds no secret either.
+    let listed = steward_as(&admin, &addrs, &["acl", "token", "list", "-o", "json"]);
+    let text = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        text.contains(&op_accessor) && !text.contains(&op_token[21..]),
+        "{text}"
+    );
+    let snap = cluster.dir.path().join("state.snap");
+    let saved = steward_as(
+        &admin,
+        &addrs,
+        &[
+            "operator",
+            "snapshot",
+            "save",
+            snap.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        saved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    let bytes = std::fs::read(&snap)?;
+    let secret = op_token[21..].as_bytes();
+    assert!(
+        !bytes.windows(secret.len()).any(|w| w == secret),
+        "the secret is not in the state"
+    );
+    // Token records are not KV entries an operator can see or write.
+    let keys = steward_as(&admin, &addrs, &["kv", "list", "-o", "json"]);
+    assert!(!String::from_utf8_lossy(&keys.stdout).contains("_steward/"));
+    let forged = steward_as(
+        &admin,
+        &addrs,
+        &["kv", "put", "_steward/acl/tokens/x", "{}"],
+    );
+    assert!(!forged.status.success(), "the reserved prefix is refused");
+    // Revoked: refused by every controller within 1 s of the revoke's answer.
+    let revoke = steward_as(&admin, &addrs, &["acl", "token", "revoke", &op_accessor]);
+    assert!(
+        revoke.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoke.stderr)
+    );
+    let revoked_at = Instant::now();
+    for id in 1..=3u64 {
+        let one = cluster.node(id).api_addr.clone();
+        wait_for(
+            "the revoked token refused",
+            Duration::from_secs(1),
+            || async {
+                let out = steward_with_token(&viewer, &op_token, &one, &["kv", "put", "k", "v2"]);
+                (!out.status.success()).then_some(())
+            },
+        )
+        .await?;
+    }
+    eprintln!(
+        "revoked token refused everywhere {:?} after the revoke",
+        revoked_at.elapsed()
+    );
+    // Expired: a token with a one-second life stops working.
+    let short = json(&steward_with_token(
+        &viewer,
+        &boot_token,
+        &addrs,
+        &[
+            "acl", "token", "create", "--role", "operator", "--ttl", "1s", "-o", "json",
+        ],
+    ));
+    let short_token = short["token"].as_str().expect("token").to_string();
+    wait_for(
+        "the short token expired",
+        Duration::from_secs(10),
+        || async {
+            let out = steward_with_token(&viewer, &short_token, &addrs, &["kv", "put", "k", "v3"]);
+            String::from_utf8_lossy(&out.stderr)
+                .contains("expired")
+                .then_some(())
+        },
+    )
+    .await?;
+    // A malformed token is refused outright.
+    let out = steward_with_token(&admin, "not-a-token", &addrs, &["status"]);
+    assert!(!out.status.success());
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! One module per top-level command.
 
+pub mod acl;
 pub mod agent;
 pub mod controller;
 pub mod dev;

@@ -8,7 +8,7 @@ use steward_proto::v1::*;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::snapshot::ChunkStream;
-use super::{jobs, kv, membership, nodes, objects, snapshot, status, storage, ApiContext};
+use super::{acl, jobs, kv, membership, nodes, objects, snapshot, status, storage, ApiContext};
 
 pub struct AdminService {
     ctx: Arc<ApiContext>,
@@ -219,6 +219,34 @@ impl Admin for AdminService {
     }
 
     type SnapshotSaveStream = ChunkStream;
+
+    async fn acl_bootstrap(
+        &self,
+        r: Request<AclBootstrapRequest>,
+    ) -> Result<Response<AclTokenCreated>, Status> {
+        acl::bootstrap(&self.ctx, r).await
+    }
+
+    async fn create_acl_token(
+        &self,
+        r: Request<CreateAclTokenRequest>,
+    ) -> Result<Response<AclTokenCreated>, Status> {
+        acl::create(&self.ctx, r).await
+    }
+
+    async fn list_acl_tokens(
+        &self,
+        r: Request<ListAclTokensRequest>,
+    ) -> Result<Response<ListAclTokensReply>, Status> {
+        acl::list(&self.ctx, r).await
+    }
+
+    async fn revoke_acl_token(
+        &self,
+        r: Request<RevokeAclTokenRequest>,
+    ) -> Result<Response<RevokeAclTokenReply>, Status> {
+        acl::revoke(&self.ctx, r).await
+    }
 
     async fn snapshot_save(
         &self,

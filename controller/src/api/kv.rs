@@ -155,7 +155,13 @@ pub async fn list(
             let mut entries: Vec<KvEntry> = Vec::new();
             let mut bytes = 0;
             let mut more = false;
-            for (k, e) in applied.state.kv_list(&req.prefix, start_after, limit + 1) {
+            // Steward's own keys (access tokens) are skipped, not counted.
+            for (k, e) in applied
+                .state
+                .kv_list(&req.prefix, start_after, usize::MAX)
+                .filter(|(k, _)| !k.starts_with(kv::RESERVED_PREFIX))
+                .take(limit + 1)
+            {
                 let size = k.len() + e.value.len();
                 if entries.len() == limit || (!entries.is_empty() && bytes + size > MAX_LIST_BYTES)
                 {

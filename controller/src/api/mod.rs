@@ -17,6 +17,7 @@
 //! read asks the leader to confirm its leadership with a quorum and then reads the applied
 //! state; a stale read reads locally.
 
+pub mod acl;
 mod admin;
 mod agent;
 pub mod error;
