@@ -26,6 +26,10 @@ use crate::tls::PeerIdentity;
 pub const ON_BEHALF_OF: &str = "x-steward-on-behalf-of";
 /// Longest bearer token read from a request.
 pub const MAX_TOKEN_BYTES: usize = 256;
+/// Requests one server works on at once; past it, new ones are answered
+/// RESOURCE_EXHAUSTED at once (load shedding: work queues no further and memory does not
+/// grow). A server-streaming call counts until its reply starts.
+pub const MAX_IN_FLIGHT_REQUESTS: usize = 4096;
 
 /// Resolves bearer tokens to roles (the controller's ACL state; agents have none).
 pub trait TokenRoles: Send + Sync + 'static {
@@ -72,6 +76,7 @@ pub struct AccessLayer {
     enforce: bool,
     tokens: Option<Arc<dyn TokenRoles>>,
     stats: Arc<AccessStats>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl AccessLayer {
@@ -81,6 +86,7 @@ impl AccessLayer {
             enforce: true,
             tokens,
             stats: Arc::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_REQUESTS)),
         }
     }
 
@@ -90,7 +96,14 @@ impl AccessLayer {
             enforce: false,
             tokens: None,
             stats: Arc::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_REQUESTS)),
         }
+    }
+
+    /// The same layer with at most `n` requests in flight (tests use a small one).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.in_flight = Arc::new(tokio::sync::Semaphore::new(n));
+        self
     }
 
     pub fn stats(&self) -> Arc<AccessStats> {
@@ -205,8 +218,17 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let Ok(permit) = self.layer.in_flight.clone().try_acquire_owned() else {
+            let path = req.uri().path().to_string();
+            self.layer.stats.refuse(&path, "overloaded");
+            tracing::warn!(%path, limit = MAX_IN_FLIGHT_REQUESTS, "overloaded: request shed");
+            let status = Status::resource_exhausted(
+                "the server is at its limit of requests in flight; retry with backoff",
+            );
+            return Box::pin(async move { Ok(status.into_http()) });
+        };
         if !self.layer.enforce {
-            return oversize_is_exhaustion(self.inner.call(req));
+            return held(permit, oversize_is_exhaustion(self.inner.call(req)));
         }
         let path = req.uri().path().to_string();
         let stats = self.layer.stats.clone();
@@ -225,7 +247,7 @@ where
                 stats.allowed.fetch_add(1, Ordering::Relaxed);
                 // The handler of a node-scoped call checks the node with this.
                 req.extensions_mut().insert(Caller(who));
-                oversize_is_exhaustion(self.inner.call(req))
+                held(permit, oversize_is_exhaustion(self.inner.call(req)))
             }
             Err((status, reason)) => {
                 let peer = req
@@ -239,6 +261,18 @@ where
             }
         }
     }
+}
+
+/// `call` with its in-flight permit held until the reply starts.
+fn held<T: 'static>(
+    permit: tokio::sync::OwnedSemaphorePermit,
+    call: futures::future::BoxFuture<'static, T>,
+) -> futures::future::BoxFuture<'static, T> {
+    Box::pin(async move {
+        let out = call.await;
+        drop(permit);
+        out
+    })
 }
 
 /// A request message over its service's size limit is answered RESOURCE_EXHAUSTED (the
@@ -361,6 +395,60 @@ mod tests {
             .unwrap_or(0);
         let who = seen.lock().expect("lock").clone();
         (code, who)
+    }
+
+    #[tokio::test]
+    async fn past_the_in_flight_limit_requests_are_shed_with_resource_exhausted() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let g = gate.clone();
+        let inner = tower::service_fn(move |_req: http::Request<()>| {
+            let g = g.clone();
+            async move {
+                g.acquire().await.expect("gate").forget();
+                Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+            }
+        });
+        let svc = AccessLayer::open().max_in_flight(2).layer(inner);
+        let req = || {
+            http::Request::builder()
+                .uri("/steward.v1.Admin/Status")
+                .body(())
+                .expect("request")
+        };
+        let code = |r: &http::Response<tonic::body::Body>| {
+            r.headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .unwrap_or(0)
+        };
+        // Two requests in flight (their handlers wait at the gate)...
+        let a = svc.clone().ready().await.expect("ready").call(req());
+        let b = svc.clone().ready().await.expect("ready").call(req());
+        // ...and a third is shed at once.
+        let shed = svc
+            .clone()
+            .ready()
+            .await
+            .expect("ready")
+            .call(req())
+            .await
+            .expect("answer");
+        assert_eq!(code(&shed), tonic::Code::ResourceExhausted as i32);
+        gate.add_permits(2);
+        assert_eq!(code(&a.await.expect("a")), 0);
+        assert_eq!(code(&b.await.expect("b")), 0);
+        // The slots are free again.
+        gate.add_permits(1);
+        let after = svc
+            .clone()
+            .ready()
+            .await
+            .expect("ready")
+            .call(req())
+            .await
+            .expect("answer");
+        assert_eq!(code(&after), 0);
     }
 
     #[tokio::test]

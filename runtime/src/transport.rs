@@ -366,6 +366,7 @@ pub fn register_security_metrics(
             ("handshake", h.failed.load(Relaxed)),
             ("no_identity", h.no_identity.load(Relaxed)),
             ("shed", h.shed.load(Relaxed)),
+            ("peer_limit", h.peer_limit.load(Relaxed)),
         ] {
             refused
                 .get_or_create(&label(&[("server", server), ("reason", reason)]))
@@ -431,6 +432,8 @@ pub type GrpcRouter = Router<Stack<AccessLayer, NoLayer>>;
 /// check in front of every service.
 pub fn grpc_server(security: &ServerSecurity) -> GrpcServer {
     let mut server = Server::builder()
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+        .timeout(MAX_REQUEST_TIME)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
@@ -441,6 +444,14 @@ pub fn grpc_server(security: &ServerSecurity) -> GrpcServer {
     }
     server.layer(security.access.clone())
 }
+
+/// Streams one HTTP/2 connection may have open at once on a server.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Longest a server works on one request (a client's shorter deadline wins): a stalled
+/// client cannot hold a handler forever. It bounds the time to a reply's headers; a
+/// server-streaming reply (an agent's assignment watch) then runs under its client's
+/// deadline and the keepalive.
+pub const MAX_REQUEST_TIME: Duration = Duration::from_secs(300);
 
 /// Longest a TLS connection is kept before the server asks the client to reconnect (and
 /// so to present its current certificate again).

@@ -759,7 +759,7 @@ async fn tokens_raise_a_role_until_revoked_or_expired() -> anyhow::Result<()> {
         String::from_utf8_lossy(&saved.stderr)
     );
     let bytes = std::fs::read(&snap)?;
-    let secret = op_token[21..].as_bytes();
+    let secret = &op_token.as_bytes()[21..];
     assert!(
         !bytes.windows(secret.len()).any(|w| w == secret),
         "the secret is not in the state"

@@ -18,6 +18,47 @@ use super::{identity_of, ServerKind, Tls, TlsError, HANDSHAKE_TIMEOUT};
 /// Handshakes in progress on one listener at most; past it new connections are closed
 /// (a flood of idle TCP connections cannot hold memory).
 pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+/// Open connections one peer address may hold on one listener; past it, new ones from
+/// that address are closed before the handshake (one misbehaving client cannot take
+/// every file descriptor).
+pub const MAX_CONNECTIONS_PER_PEER: usize = 512;
+
+/// Live connections by peer address, for [`MAX_CONNECTIONS_PER_PEER`].
+#[derive(Default)]
+struct PeerCounts(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One counted connection; dropping it frees the peer's slot.
+struct PeerSlot {
+    counts: Arc<PeerCounts>,
+    ip: std::net::IpAddr,
+}
+
+impl PeerCounts {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, limit: usize) -> Option<PeerSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_default();
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut m = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// Who is on the other end of an accepted connection: what its certificate names. tonic
 /// puts it in every request's extensions.
@@ -31,6 +72,8 @@ pub struct PeerIdentity {
 pub struct TlsConn {
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     peer: PeerIdentity,
+    /// Held while the connection lives.
+    _slot: PeerSlot,
 }
 
 impl TlsConn {
@@ -98,6 +141,8 @@ pub struct HandshakeStats {
     pub no_identity: AtomicU64,
     /// Closed at once: too many handshakes in progress.
     pub shed: AtomicU64,
+    /// Closed at once: the peer address holds [`MAX_CONNECTIONS_PER_PEER`] connections.
+    pub peer_limit: AtomicU64,
 }
 
 /// The stream of TLS connections accepted on a listener.
@@ -108,12 +153,22 @@ pub type TlsIncoming =
 /// server configuration; yields the ones whose peer names an identity of our cluster.
 /// Refusals are logged (with the remote address and why) and counted in `stats`.
 pub fn accept(listener: TcpListener, tls: Tls, stats: Arc<HandshakeStats>) -> TlsIncoming {
-    accept_with(listener, tls, stats, false)
+    accept_with(listener, tls, stats, false, MAX_CONNECTIONS_PER_PEER)
 }
 
 /// Like [`accept`], for an HTTP/1.1 server (`/metrics`).
 pub fn accept_http1(listener: TcpListener, tls: Tls, stats: Arc<HandshakeStats>) -> TlsIncoming {
-    accept_with(listener, tls, stats, true)
+    accept_with(listener, tls, stats, true, MAX_CONNECTIONS_PER_PEER)
+}
+
+/// Like [`accept`], with at most `per_peer` connections from one address.
+pub fn accept_limited(
+    listener: TcpListener,
+    tls: Tls,
+    stats: Arc<HandshakeStats>,
+    per_peer: usize,
+) -> TlsIncoming {
+    accept_with(listener, tls, stats, false, per_peer)
 }
 
 fn accept_with(
@@ -121,7 +176,9 @@ fn accept_with(
     tls: Tls,
     stats: Arc<HandshakeStats>,
     http1: bool,
+    per_peer: usize,
 ) -> TlsIncoming {
+    let peers = Arc::new(PeerCounts::default());
     let (tx, rx) = tokio::sync::mpsc::channel::<TlsConn>(64);
     let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     tokio::spawn(async move {
@@ -140,6 +197,11 @@ fn accept_with(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
+            };
+            let Some(slot) = peers.take(remote.ip(), per_peer) else {
+                stats.peer_limit.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%remote, per_peer, "too many connections from this address: connection closed");
+                continue;
             };
             let Ok(permit) = pending.clone().try_acquire_owned() else {
                 stats.shed.fetch_add(1, Ordering::Relaxed);
@@ -194,6 +256,7 @@ fn accept_with(
                     Ok(identity) => {
                         stats.accepted.fetch_add(1, Ordering::Relaxed);
                         let conn = TlsConn {
+                            _slot: slot,
                             stream,
                             peer: PeerIdentity {
                                 identity,

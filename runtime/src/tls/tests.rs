@@ -388,3 +388,87 @@ fn a_dir_that_does_not_load_says_which_file() {
     assert!(create_ca("Bad_Name", 30).is_err());
     assert!(create_ca("prod", 0).is_err());
 }
+
+/// A channel to `addr` over TLS as `tls`'s identity, connected now.
+async fn open_channel(tls: &Tls, addr: SocketAddr) -> Result<tonic::transport::Channel, String> {
+    let tls = tls.clone();
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let tls = tls.clone();
+            async move {
+                connect(
+                    &tls,
+                    ServerKind::Controller,
+                    addr,
+                    None,
+                    Duration::from_secs(5),
+                )
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
+        .map_err(|e| format!("connect: {e:?}"))
+}
+
+async fn health(ch: tonic::transport::Channel) -> Result<(), String> {
+    HealthClient::new(ch)
+        .check(HealthCheckRequest::default())
+        .await
+        .map(|_| ())
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))
+}
+
+#[tokio::test]
+async fn one_address_holds_at_most_its_share_of_connections() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let ca = create_ca("prod", 30).expect("ca");
+    let server_tls = tls_dir(
+        root.path(),
+        "ctl",
+        &ca,
+        &id("prod", Principal::Controller(1)),
+        0,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stats = Arc::new(HandshakeStats::default());
+    let incoming = net::accept_limited(listener, server_tls, stats.clone(), 2);
+    let (_reporter, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .serve_with_incoming(incoming),
+    );
+    let viewer = tls_dir(
+        root.path(),
+        "v",
+        &ca,
+        &id("prod", client("v", Role::Viewer)),
+        0,
+    );
+    let first = open_channel(&viewer, addr).await.expect("first");
+    health(first.clone()).await.expect("first served");
+    let second = open_channel(&viewer, addr).await.expect("second");
+    health(second.clone()).await.expect("second served");
+    // A third connection from the same address is closed before its handshake.
+    let third = match open_channel(&viewer, addr).await {
+        Ok(ch) => health(ch).await,
+        Err(e) => Err(e),
+    };
+    assert!(third.is_err(), "a third connection was served");
+    assert!(stats.peer_limit.load(Ordering::Relaxed) >= 1);
+    // Closing one frees its slot.
+    drop(first);
+    wait_for("a slot freed", || async {
+        match open_channel(&viewer, addr).await {
+            Ok(ch) => health(ch).await.ok(),
+            Err(_) => None,
+        }
+    })
+    .await;
+    health(second).await.expect("the second still served");
+}
