@@ -7,7 +7,7 @@ CARGO ?= cargo
 # small machines.
 IT_THREADS ?= 1
 
-.PHONY: all deps dev test build build-next fmt-check lint unit bench-raft bench-scheduler bench-agent bench-jobs bench-storage bench-deps clean-dev
+.PHONY: all deps dev test build build-next fmt-check lint unit bench-raft bench-scheduler bench-agent bench-jobs bench-storage bench-tls bench-deps clean-dev
 
 all: build
 
@@ -85,6 +85,10 @@ bench-jobs: build
 # against its budget; dedup; 1M chunk references (RSS, snapshot build, survey).
 bench-storage: build
 	$(CARGO) run --bin bench-storage
+
+# What mutual TLS costs: KV writes, heartbeat capacity and object put, TLS over plaintext.
+bench-tls: build
+	$(CARGO) run --bin bench-tls
 
 # Packages only the benchmarks' peers need (Slurm for bench-jobs).
 bench-deps:

@@ -311,6 +311,41 @@ async fn an_agent_certificate_acts_only_for_its_own_node() -> anyhow::Result<()>
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_certificate_speaks_only_for_its_own_id() -> anyhow::Result<()> {
+    if skipped() {
+        return Ok(());
+    }
+    let cluster = ProcCluster::start(1, "")?;
+    let (leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;
+    let root = tempfile::tempdir()?;
+    let two = Tls::load(pki().issue(&root.path().join("c2"), Principal::Controller(2)))?;
+    let ch = transport::connect(
+        &cluster.node(leader).raft_addr,
+        &options(Some(two), ServerKind::Controller),
+    )
+    .await?;
+    let mut raft = transport::raft_client(ch);
+    let claim = |id: u64| steward_proto::v1::RaftRequest {
+        from: Some(steward_proto::v1::PeerIdentity {
+            controller_id: id,
+            incarnation: 0,
+            feature_level: 1,
+        }),
+        to_controller_id: leader,
+        to_incarnation: 0,
+        payload: vec![1, 2, 3],
+    };
+    // Controller 2's certificate claiming to be controller 3: refused before anything
+    // is decoded.
+    let e = raft.vote(claim(3)).await.expect_err("impersonation");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // As itself it is heard (and its garbage payload refused as such).
+    let e = raft.vote(claim(2)).await.expect_err("garbage payload");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    Ok(())
+}
+
 /// `steward ARGS` with the TLS dir `dir` against `addrs`.
 fn steward_as(dir: &Path, addrs: &str, args: &[&str]) -> Output {
     steward_cmd()

@@ -197,6 +197,8 @@ pub struct ProcCluster {
     extra_toml: String,
     /// Extra environment of every controller process (`FAILPOINTS`, say).
     env: Vec<(String, String)>,
+    /// Plaintext (`--insecure`) instead of mutual TLS.
+    plaintext: bool,
 }
 
 impl ProcCluster {
@@ -217,6 +219,17 @@ impl ProcCluster {
         Self::start_on(n, extra_toml, env, false)
     }
 
+    /// Like [`ProcCluster::start_with`], in plaintext (`insecure = true`) whatever
+    /// `STEWARD_IT_INSECURE` says: the TLS-cost benchmark runs one of each.
+    pub fn start_plaintext(n: u64, extra_toml: &str) -> anyhow::Result<Self> {
+        Self::start_mode(n, extra_toml, &[], false, true)
+    }
+
+    /// Whether this cluster runs in plaintext.
+    pub fn is_plaintext(&self) -> bool {
+        self.plaintext
+    }
+
     /// Like [`ProcCluster::start_opts`]; with `own_ips`, controller `id` listens (and sends
     /// its Raft traffic) on loopback address 127.0.0.(10 + id), so that a test can cut one
     /// controller's Raft traffic with nftables by address.
@@ -225,6 +238,16 @@ impl ProcCluster {
         extra_toml: &str,
         env: &[(&str, &str)],
         own_ips: bool,
+    ) -> anyhow::Result<Self> {
+        Self::start_mode(n, extra_toml, env, own_ips, crate::pki::insecure())
+    }
+
+    fn start_mode(
+        n: u64,
+        extra_toml: &str,
+        env: &[(&str, &str)],
+        own_ips: bool,
+        plaintext: bool,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("steward-it-").tempdir()?;
         let mut nodes = BTreeMap::new();
@@ -256,6 +279,7 @@ impl ProcCluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            plaintext,
         };
         let ids: Vec<u64> = c.nodes.keys().copied().collect();
         for id in ids {
@@ -301,6 +325,7 @@ impl ProcCluster {
         let initial = self.initial_cluster.clone();
         let extra_toml = self.extra_toml.clone();
         let env = self.env.clone();
+        let plaintext = self.plaintext;
         let node = self
             .nodes
             .get_mut(&id)
@@ -309,7 +334,7 @@ impl ProcCluster {
             "id = {}\ndata_dir = {:?}\nraft_addr = {:?}\napi_addr = {:?}\nmetrics_addr = {:?}\ncluster_name = \"it\"\n",
             node.id, node.data_dir, node.raft_addr, node.api_addr, node.metrics_addr
         );
-        if crate::pki::insecure() {
+        if plaintext {
             cfg.push_str("insecure = true\n");
         } else {
             let mut tls_dir = node.data_dir.as_os_str().to_owned();
@@ -450,6 +475,14 @@ impl ProcCluster {
     }
 
     pub async fn client(&self, id: u64) -> anyhow::Result<AdminClient<Channel>> {
+        if self.plaintext {
+            let options =
+                steward_runtime::transport::ClientOptions::new(Duration::from_millis(500))
+                    .call_timeout(Duration::from_secs(15));
+            let ch =
+                steward_runtime::transport::connect(&self.nodes[&id].api_addr, &options).await?;
+            return Ok(AdminClient::new(ch));
+        }
         admin_client(&self.nodes[&id].api_addr, Duration::from_secs(15)).await
     }
 

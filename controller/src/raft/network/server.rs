@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use steward_core::identity::Principal;
 use steward_core::{codec, Command, CommandResult};
 use steward_proto::v1::raft_reply::Result as ReplyResult;
 use steward_proto::v1::raft_service_server::RaftService;
@@ -14,6 +15,7 @@ use steward_proto::v1::{
     CampaignReply, CampaignRequest, PauseElectionReply, PauseElectionRequest, PeerIdentity,
     RaftReply, RaftRequest, RegisterControllerReply, RegisterControllerRequest,
 };
+use steward_runtime::access::Caller;
 use tonic::{Request, Response, Status};
 
 use super::{wiped_message, PeerShared, RPC_FORMAT, WIPED_CONTROLLER_HEADER};
@@ -46,10 +48,21 @@ impl RaftServer {
         }
     }
 
-    /// The incarnation fence. See the module docs of `network`.
-    fn check_sender(&self, from: Option<&PeerIdentity>) -> Result<NodeId, Status> {
+    /// The incarnation fence (see the module docs of `network`), and under TLS the
+    /// certificate: a controller may speak only as the controller its certificate names.
+    fn check_sender(
+        &self,
+        from: Option<&PeerIdentity>,
+        certified: Option<NodeId>,
+    ) -> Result<NodeId, Status> {
         let from =
             from.ok_or_else(|| Status::invalid_argument("raft request without sender identity"))?;
+        if let Some(cert) = certified.filter(|c| *c != from.controller_id) {
+            return Err(Status::permission_denied(format!(
+                "the certificate names controller {cert}, the request claims to come from controller {}",
+                from.controller_id
+            )));
+        }
         let recorded = self.shared.recorded_incarnation(from.controller_id);
         if recorded != 0 && recorded != from.incarnation {
             let mut status = Status::permission_denied(wiped_message(
@@ -65,8 +78,8 @@ impl RaftServer {
         Ok(from.controller_id)
     }
 
-    fn check_request(&self, req: &RaftRequest) -> Result<(), Status> {
-        self.check_sender(req.from.as_ref())?;
+    fn check_request(&self, req: &RaftRequest, certified: Option<NodeId>) -> Result<(), Status> {
+        self.check_sender(req.from.as_ref(), certified)?;
         if req.to_controller_id != self.shared.id {
             return Err(Status::invalid_argument(format!(
                 "this is controller {}, not {}: check the raft addresses in --initial-cluster / membership",
@@ -79,6 +92,19 @@ impl RaftServer {
             return Err(Status::failed_precondition(msg));
         }
         Ok(())
+    }
+}
+
+/// The controller id the caller's certificate names (`None` without TLS; the access layer
+/// lets only controllers' certificates reach this service).
+fn certified<T>(request: &Request<T>) -> Option<NodeId> {
+    match request.extensions().get::<Caller>() {
+        Some(Caller(id)) => match id.principal {
+            Principal::Controller(c) => Some(c),
+            // Not reachable through the access layer; refuse rather than trust.
+            _ => Some(0),
+        },
+        None => None,
     }
 }
 
@@ -108,8 +134,9 @@ impl RaftService for RaftServer {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
+        let cert = certified(&request);
         let req = request.into_inner();
-        self.check_request(&req)?;
+        self.check_request(&req, cert)?;
         reply(
             self.shared.identity(),
             self.raft.append_entries(decode(&req)?).await,
@@ -117,8 +144,9 @@ impl RaftService for RaftServer {
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let cert = certified(&request);
         let req = request.into_inner();
-        self.check_request(&req)?;
+        self.check_request(&req, cert)?;
         reply(self.shared.identity(), self.raft.vote(decode(&req)?).await)
     }
 
@@ -126,8 +154,9 @@ impl RaftService for RaftServer {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
+        let cert = certified(&request);
         let req = request.into_inner();
-        self.check_request(&req)?;
+        self.check_request(&req, cert)?;
         let chunk: InstallSnapshotRequest = decode(&req)?;
         let done = chunk.done;
         let result = self.raft.install_snapshot(chunk).await;
@@ -146,8 +175,9 @@ impl RaftService for RaftServer {
         &self,
         request: Request<PauseElectionRequest>,
     ) -> Result<Response<PauseElectionReply>, Status> {
+        let cert = certified(&request);
         let req = request.into_inner();
-        self.check_sender(req.from.as_ref())?;
+        self.check_sender(req.from.as_ref(), cert)?;
         let pause = Duration::from_millis(req.pause_ms).min(MAX_ELECTION_PAUSE);
         self.holds.hold(HoldReason::PausedForTransfer, pause);
         Ok(Response::new(PauseElectionReply {}))
@@ -157,8 +187,9 @@ impl RaftService for RaftServer {
         &self,
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignReply>, Status> {
+        let cert = certified(&request);
         let req = request.into_inner();
-        self.check_sender(req.from.as_ref())?;
+        self.check_sender(req.from.as_ref(), cert)?;
         self.holds.release_all();
         self.raft
             .trigger()
@@ -172,10 +203,17 @@ impl RaftService for RaftServer {
         &self,
         request: Request<RegisterControllerRequest>,
     ) -> Result<Response<RegisterControllerReply>, Status> {
+        let cert = certified(&request);
         let req = request.into_inner();
         let from = req
             .from
             .ok_or_else(|| Status::invalid_argument("registration without sender identity"))?;
+        if let Some(cert) = cert.filter(|c| *c != from.controller_id) {
+            return Err(Status::permission_denied(format!(
+                "the certificate names controller {cert}, the registration claims controller {}",
+                from.controller_id
+            )));
+        }
         let command = Command::RegisterController {
             controller: from.controller_id,
             incarnation: from.incarnation,
