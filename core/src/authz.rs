@@ -104,8 +104,10 @@ pub const METHODS: &[(&str, &str, Rule)] = &[
     (CHUNKS, "GetChunk", Rule::PeersOr(Role::Viewer)),
     (CHUNKS, "HasChunks", Rule::PeersOr(Role::Viewer)),
     (CHUNKS, "ChunkStoreStatus", Rule::PeersOr(Role::Viewer)),
-    (CHUNKS, "PutChunk", Rule::PeersOr(Role::Operator)),
-    (CHUNKS, "StartScrub", Rule::PeersOr(Role::Operator)),
+    // Agents never push chunks to each other (they pull with CopyChunks): writes and
+    // scrubs are an operator's.
+    (CHUNKS, "PutChunk", Rule::Role(Role::Operator)),
+    (CHUNKS, "StartScrub", Rule::Role(Role::Operator)),
     (CHUNKS, "CopyChunks", Rule::Controllers),
     (CHUNKS, "RemoveChunks", Rule::Controllers),
     // Controllers among themselves

@@ -158,11 +158,14 @@ fn caller_of<B>(
             .to_str()
             .ok()
             .and_then(|s| Identity::parse_uri(s).ok())
-            .filter(|id| id.cluster == peer.cluster)
+            // A controller forwards for agents and clients, never as another controller.
+            .filter(|id| {
+                id.cluster == peer.cluster && !matches!(id.principal, Principal::Controller(_))
+            })
             .ok_or_else(|| {
                 (
                     Status::invalid_argument(format!(
-                        "{ON_BEHALF_OF}: not an identity of this cluster"
+                        "{ON_BEHALF_OF}: not an agent or client identity of this cluster"
                     )),
                     "bad_forward",
                 )
@@ -247,6 +250,8 @@ where
                 stats.allowed.fetch_add(1, Ordering::Relaxed);
                 // The handler of a node-scoped call checks the node with this.
                 req.extensions_mut().insert(Caller(who));
+                req.extensions_mut().insert(CallPath(path));
+                req.extensions_mut().insert(stats);
                 held(permit, oversize_is_exhaustion(self.inner.call(req)))
             }
             Err((status, reason)) => {
@@ -315,12 +320,26 @@ pub fn check_node<T>(request: &tonic::Request<T>, node: &str) -> Result<(), Stat
     match request.extensions().get::<Caller>() {
         None => Ok(()),
         Some(Caller(who)) if steward_core::authz::may_act_for_node(&who.principal, node) => Ok(()),
-        Some(Caller(who)) => Err(Status::permission_denied(format!(
-            "{} may not act for node {node}",
-            who.principal
-        ))),
+        Some(Caller(who)) => {
+            let path = request
+                .extensions()
+                .get::<CallPath>()
+                .map_or("unknown", |p| p.0.as_str());
+            tracing::warn!(%path, caller = %who.uri(), %node, reason = "node", "call refused: not the caller's own node");
+            if let Some(stats) = request.extensions().get::<Arc<AccessStats>>() {
+                stats.refuse(path, "node");
+            }
+            Err(Status::permission_denied(format!(
+                "{} may not act for node {node}",
+                who.principal
+            )))
+        }
     }
 }
+
+/// The gRPC path of an allowed request (in its extensions), for handlers' refusals.
+#[derive(Debug, Clone)]
+pub struct CallPath(pub String);
 
 #[cfg(test)]
 mod tests {

@@ -219,8 +219,19 @@ fn mutate(seed: &[u8], edits: &[(usize, u8)], cut: usize) -> Vec<u8> {
     v
 }
 
+/// The measurement itself works: a decode that allocates is seen allocating.
+fn the_allocation_count_sees_a_decode() {
+    let state = seeds().remove(0);
+    let region = Region::new(GLOBAL);
+    let decoded = steward_core::ClusterState::decode(&state).expect("decodes");
+    let allocated = region.change().bytes_allocated;
+    drop(decoded);
+    assert!(allocated > 0, "the counting allocator saw nothing");
+}
+
 #[test]
 fn no_decoder_panics_or_allocates_beyond_its_input() {
+    the_allocation_count_sees_a_decode();
     let decoders = decoders();
     let seeds = seeds();
     let mut runner = TestRunner::new(Config {

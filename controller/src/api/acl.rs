@@ -125,12 +125,16 @@ pub async fn create(
     ctx.write(
         request,
         |_| {
+            // Expired tokens do not count (they are listed until revoked).
+            let now = now_unix_ms();
             let count = ctx
                 .raft
                 .view()
                 .read()
                 .state
                 .kv_list(TOKENS_PREFIX, None, usize::MAX)
+                .filter_map(|(_, e)| TokenRecord::decode(&e.value))
+                .filter(|r| r.expires_unix_ms.is_none_or(|at| now < at))
                 .count();
             if count >= MAX_TOKENS {
                 return Err(ApiError::FailedPrecondition(format!(

@@ -15,7 +15,7 @@ use steward_proto::v1::{
     CampaignReply, CampaignRequest, PauseElectionReply, PauseElectionRequest, PeerIdentity,
     RaftReply, RaftRequest, RegisterControllerReply, RegisterControllerRequest,
 };
-use steward_runtime::access::Caller;
+use steward_runtime::tls::PeerIdentity as TlsPeer;
 use tonic::{Request, Response, Status};
 
 use super::{wiped_message, PeerShared, RPC_FORMAT, WIPED_CONTROLLER_HEADER};
@@ -95,11 +95,12 @@ impl RaftServer {
     }
 }
 
-/// The controller id the caller's certificate names (`None` without TLS; the access layer
-/// lets only controllers' certificates reach this service).
+/// The controller id the connection's certificate names (`None` without TLS; the access
+/// layer lets only controllers' certificates reach this service). The connection's own
+/// identity, never a forwarded caller's.
 fn certified<T>(request: &Request<T>) -> Option<NodeId> {
-    match request.extensions().get::<Caller>() {
-        Some(Caller(id)) => match id.principal {
+    match request.extensions().get::<TlsPeer>() {
+        Some(peer) => match peer.identity.principal {
             Principal::Controller(c) => Some(c),
             // Not reachable through the access layer; refuse rather than trust.
             _ => Some(0),
