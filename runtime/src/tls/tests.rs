@@ -95,24 +95,7 @@ async fn check(tls: &Tls, addr: SocketAddr) -> Result<(), String> {
 
 /// A health check over TLS as `tls`'s identity, to a server of `kind`.
 async fn check_kind(tls: &Tls, addr: SocketAddr, kind: ServerKind) -> Result<(), String> {
-    let tls = tls.clone();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-            let tls = tls.clone();
-            async move {
-                connect(&tls, kind, addr, None, Duration::from_secs(5))
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        }))
-        .await
-        .map_err(|e| format!("connect: {e:?}"))?;
-    HealthClient::new(channel)
-        .check(HealthCheckRequest::default())
-        .await
-        .map(|_| ())
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))
+    health(open_channel_to(tls, addr, kind).await?).await
 }
 
 #[tokio::test]
@@ -389,23 +372,26 @@ fn a_dir_that_does_not_load_says_which_file() {
     assert!(create_ca("prod", 0).is_err());
 }
 
-/// A channel to `addr` over TLS as `tls`'s identity, connected now.
+/// A channel to the controller at `addr` over TLS as `tls`'s identity, connected now.
 async fn open_channel(tls: &Tls, addr: SocketAddr) -> Result<tonic::transport::Channel, String> {
+    open_channel_to(tls, addr, ServerKind::Controller).await
+}
+
+/// A channel to the server of `kind` at `addr` over TLS as `tls`'s identity.
+async fn open_channel_to(
+    tls: &Tls,
+    addr: SocketAddr,
+    kind: ServerKind,
+) -> Result<tonic::transport::Channel, String> {
     let tls = tls.clone();
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| e.to_string())?
         .connect_with_connector(tower::service_fn(move |_: http::Uri| {
             let tls = tls.clone();
             async move {
-                connect(
-                    &tls,
-                    ServerKind::Controller,
-                    addr,
-                    None,
-                    Duration::from_secs(5),
-                )
-                .await
-                .map(hyper_util::rt::TokioIo::new)
+                connect(&tls, kind, addr, None, Duration::from_secs(5))
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
             }
         }))
         .await
