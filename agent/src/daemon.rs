@@ -314,7 +314,7 @@ pub async fn run(
         Some(tls) => steward_runtime::transport::ServerSecurity::mutual_tls(tls.clone(), None),
         None => steward_runtime::transport::ServerSecurity::insecure(),
     };
-    let _ = stats.security.set((security.clone(), config.tls.clone()));
+    let _ = stats.security.set(security.clone());
     let reporter = crate::chunks::report::Reporter::new(chunks.clone(), id.clone(), config.gc);
     tokio::spawn(crate::api::serve(
         api,

@@ -52,11 +52,8 @@ pub struct AgentStats {
     pub leader_changes: AtomicU64,
     /// How allocations are isolated here (`Isolation::name`), once the runner started.
     pub isolation: std::sync::OnceLock<&'static str>,
-    /// How the agent API admits callers, and the TLS dir, once it listens.
-    pub security: std::sync::OnceLock<(
-        steward_runtime::transport::ServerSecurity,
-        Option<steward_runtime::tls::Tls>,
-    )>,
+    /// How the agent API admits callers (with the TLS dir), once it listens.
+    pub security: std::sync::OnceLock<steward_runtime::transport::ServerSecurity>,
 }
 
 /// Every isolation an agent may report, for the `steward_agent_isolation` state set.
@@ -499,7 +496,8 @@ pub fn registry(snapshot: &TelemetrySnapshot, hostname: &str, stats: &AgentStats
             Some(age as f64 / 1000.0),
         );
     }
-    if let Some((security, tls)) = stats.security.get() {
+    if let Some(security) = stats.security.get() {
+        let tls = security.tls();
         steward_runtime::transport::register_security_metrics(
             &mut reg,
             &[("api", security)],

@@ -111,6 +111,7 @@ pub fn render(ctx: &ApiContext, openmetrics: bool) -> String {
     );
     ctx.raft.peers().timings.register(&mut reg);
     let servers: Vec<_> = ctx.security.iter().map(|(n, s)| (*n, s)).collect();
-    steward_runtime::transport::register_security_metrics(&mut reg, &servers, ctx.tls.as_ref());
+    let tls = ctx.security.first().and_then(|(_, s)| s.tls());
+    steward_runtime::transport::register_security_metrics(&mut reg, &servers, tls.as_ref());
     steward_runtime::metrics_http::encode(&reg, openmetrics)
 }

@@ -174,7 +174,6 @@ impl Controller {
                 ("raft", raft_security.clone()),
                 ("api", api_security.clone()),
             ],
-            tls: config.tls.clone(),
             stopping: stop_servers.clone(),
             raft: handle,
             cluster_name: config.cluster_name.clone(),

@@ -58,10 +58,9 @@ pub struct ApiContext {
     /// Cancelled when the controller starts to shut down: long-lived streams (agents'
     /// assignment watches) end then, so the listeners can stop.
     pub stopping: steward_runtime::CancellationToken,
-    /// How the Raft and API servers admit callers (their counters go to `/metrics`).
+    /// How the Raft and API servers admit callers (their counters go to `/metrics`), with
+    /// this controller's TLS dir.
     pub security: Vec<(&'static str, steward_runtime::transport::ServerSecurity)>,
-    /// This controller's TLS dir (`None`: plaintext).
-    pub tls: Option<steward_runtime::tls::Tls>,
 }
 
 impl ApiContext {

@@ -81,6 +81,37 @@ async fn side(name: &'static str, plaintext: bool) -> anyhow::Result<Side> {
     Ok(s)
 }
 
+/// Successful calls per second of `workers` concurrent loops over `WINDOW`; `call(worker,
+/// n)` makes worker's `n`-th call and says whether it succeeded.
+async fn per_second<F, Fut>(workers: usize, call: F) -> anyhow::Result<f64>
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (call, done, stop) = (call.clone(), done.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if call(w, n).await {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                n += 1;
+            }
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(WINDOW).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await?;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
 impl Side {
     fn cli(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
         let mut cmd = steward_tests::steward_cmd();
@@ -105,34 +136,16 @@ impl Side {
     /// KV writes/s at `KV_CLIENTS` clients for `WINDOW`.
     async fn kv_writes(&self, round: usize) -> anyhow::Result<f64> {
         let ch = self.channel(false).await?;
-        let done = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        for c in 0..KV_CLIENTS {
-            let (mut client, done, stop) =
-                (AdminClient::new(ch.clone()), done.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let req = KvPutRequest {
-                        key: format!("bench-tls/{round}/{c}/{n}"),
-                        value: vec![b'x'; 100],
-                        ..Default::default()
-                    };
-                    n += 1;
-                    if client.kv_put(req).await.is_ok() {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }));
-        }
-        let started = Instant::now();
-        tokio::time::sleep(WINDOW).await;
-        stop.store(true, Ordering::Relaxed);
-        for t in tasks {
-            t.await?;
-        }
-        Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+        per_second(KV_CLIENTS, move |c, n| {
+            let mut client = AdminClient::new(ch.clone());
+            let req = KvPutRequest {
+                key: format!("bench-tls/{round}/{c}/{n}"),
+                value: vec![b'x'; 100],
+                ..Default::default()
+            };
+            async move { client.kv_put(req).await.is_ok() }
+        })
+        .await
     }
 
     /// Registers `HB_NODES` simulated nodes (once).
@@ -154,39 +167,17 @@ impl Side {
     /// Heartbeats/s the leader takes from `HB_SENDERS` senders for `WINDOW`.
     async fn heartbeats(&self) -> anyhow::Result<f64> {
         let ch = self.channel(true).await?;
-        let done = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        for t in 0..HB_SENDERS {
-            let (mut c, done, stop) = (
-                AgentControlClient::new(ch.clone()),
-                done.clone(),
-                stop.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                let mut seq = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let node = format!("sim-{:05}", (t + HB_SENDERS * seq as usize) % HB_NODES);
-                    seq += 1;
-                    let req = HeartbeatRequest {
-                        node_id: node,
-                        seq,
-                        inventory_digest: "d".into(),
-                        telemetry: None,
-                    };
-                    if c.heartbeat(req).await.is_ok() {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }));
-        }
-        let started = Instant::now();
-        tokio::time::sleep(WINDOW).await;
-        stop.store(true, Ordering::Relaxed);
-        for t in tasks {
-            t.await?;
-        }
-        Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+        per_second(HB_SENDERS, move |t, seq| {
+            let mut c = AgentControlClient::new(ch.clone());
+            let req = HeartbeatRequest {
+                node_id: format!("sim-{:05}", (t + HB_SENDERS * seq as usize) % HB_NODES),
+                seq: seq + 1,
+                inventory_digest: "d".into(),
+                telemetry: None,
+            };
+            async move { c.heartbeat(req).await.is_ok() }
+        })
+        .await
     }
 
     /// MiB/s of one `steward object put` of `PUT_MIB` fresh random bytes (new content
