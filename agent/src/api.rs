@@ -198,8 +198,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     telemetry: Arc<Telemetry>,
     allocs_dir: std::path::PathBuf,
-    chunks: Arc<crate::chunks::ChunkStore>,
-    scrubber: Arc<crate::chunks::scrub::Scrubber>,
+    chunks: crate::chunks::service::ChunkApi,
     security: transport::ServerSecurity,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
@@ -212,9 +211,7 @@ pub async fn serve(
         .add_service(transport::agent_api_server(AgentApiService::new(
             telemetry, allocs_dir,
         )))
-        .add_service(transport::chunk_server(
-            crate::chunks::service::ChunkApi::with_scrubber(chunks, Some(scrubber), security.tls()),
-        ));
+        .add_service(transport::chunk_server(chunks));
     if let Err(e) = transport::serve(router, listener, shutdown, security).await {
         tracing::error!(error = %e, "agent API stopped");
     }

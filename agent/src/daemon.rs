@@ -320,8 +320,12 @@ pub async fn run(
         api,
         telemetry.clone(),
         runner.allocs_dir(),
-        chunks.clone(),
-        scrubber,
+        crate::chunks::service::ChunkApi::for_node(
+            id.clone(),
+            chunks.clone(),
+            scrubber,
+            security.tls(),
+        ),
         security,
         stop.clone().cancelled_owned(),
     ));

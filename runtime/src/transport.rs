@@ -77,6 +77,9 @@ pub struct ClientOptions {
     pub source_ip: Option<IpAddr>,
     /// Mutual TLS with this TLS dir, to servers of this kind; `None`: plaintext.
     pub tls: Option<(Tls, ServerKind)>,
+    /// The node whose agent must answer (with TLS, checked against the server's
+    /// certificate after the handshake); `None`: any server of the kind.
+    pub node: Option<String>,
 }
 
 impl ClientOptions {
@@ -86,12 +89,20 @@ impl ClientOptions {
             call_timeout: None,
             source_ip: None,
             tls: None,
+            node: None,
         }
     }
 
     /// Connects with mutual TLS (`Some`) to servers of `kind`, or in plaintext (`None`).
     pub fn tls(mut self, tls: Option<Tls>, kind: ServerKind) -> Self {
         self.tls = tls.map(|t| (t, kind));
+        self
+    }
+
+    /// Only the agent of `node` may answer: over TLS its certificate must name it (an
+    /// address registered by, or since reused by, another node is refused).
+    pub fn node(mut self, node: &str) -> Self {
+        self.node = Some(node.to_string());
         self
     }
 
@@ -140,8 +151,9 @@ fn tls_connector(
        + Send
        + 'static {
     let (addr, source, timeout) = (addr.to_string(), options.source_ip, options.connect_timeout);
+    let node = options.node.clone();
     tower::service_fn(move |_: http::Uri| {
-        let (addr, tls) = (addr.clone(), tls.clone());
+        let (addr, tls, node) = (addr.clone(), tls.clone(), node.clone());
         async move {
             let resolved = tokio::net::lookup_host(&addr)
                 .await?
@@ -152,7 +164,7 @@ fn tls_connector(
                         format!("{addr} resolves to no address"),
                     )
                 })?;
-            crate::tls::connect(&tls, kind, resolved, source, timeout)
+            crate::tls::connect(&tls, kind, node.as_deref(), resolved, source, timeout)
                 .await
                 .map(hyper_util::rt::TokioIo::new)
         }
@@ -184,10 +196,11 @@ pub fn lazy_channel(addr: &str, options: &ClientOptions) -> Result<Channel, Tran
     })
 }
 
-/// One lazily connected channel per address, reused by every caller.
+/// One lazily connected channel per address (and per expected node, for agents), reused
+/// by every caller.
 pub struct ChannelPool {
     options: ClientOptions,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<HashMap<(String, Option<String>), Channel>>,
 }
 
 impl ChannelPool {
@@ -198,13 +211,29 @@ impl ChannelPool {
         }
     }
 
+    /// A channel to whichever server of the pool's kind is at `addr`.
     pub fn get(&self, addr: &str) -> Result<Channel, TransportError> {
+        self.channel(addr, None)
+    }
+
+    /// A channel to the agent of `node` at `addr`: the connection is refused unless that
+    /// agent answers ([`ClientOptions::node`]).
+    pub fn get_node(&self, addr: &str, node: &str) -> Result<Channel, TransportError> {
+        self.channel(addr, Some(node))
+    }
+
+    fn channel(&self, addr: &str, node: Option<&str>) -> Result<Channel, TransportError> {
+        let key = (addr.to_string(), node.map(str::to_string));
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ch) = channels.get(addr) {
+        if let Some(ch) = channels.get(&key) {
             return Ok(ch.clone());
         }
-        let ch = lazy_channel(addr, &self.options)?;
-        channels.insert(addr.to_string(), ch.clone());
+        let options = match node {
+            Some(n) => self.options.clone().node(n),
+            None => self.options.clone(),
+        };
+        let ch = lazy_channel(addr, &options)?;
+        channels.insert(key, ch.clone());
         Ok(ch)
     }
 }

@@ -5,7 +5,7 @@
 //! checks run in one test thread so that nothing else allocates meanwhile.
 //!
 //! The decoders: every gRPC request message (prost), the object manifest conversion, the
-//! operator snapshot files (the bare state record is left out, see `decoders`), the controller and agent
+//! cluster state record (every format), operator snapshot files, the controller and agent
 //! config files, job specs, identity URIs, chunk ids and access tokens.
 
 use proptest::prelude::*;
@@ -126,11 +126,15 @@ fn decoders() -> Vec<Decoder> {
             }
         }),
     ));
-    // Not yet the bare cluster state record: imbl's map deserializer reserves the length
-    // its input declares (imbl 7.0.2, `ser.rs` `visit_map`), so a forged length prefix
-    // aborts the process on allocation. This test found it; the fix (maps decoded without
-    // trusting the declared length) is open, see ARCHITECTURE.md. Snapshot files reach
-    // the state decoder only behind their checksum.
+    // The bare state record (snapshots, Raft snapshot transfer): this test found that
+    // imbl's deserializer reserved the length a record declares; the state now decodes
+    // its maps entry by entry (`core/src/state/imbl_de.rs`).
+    d.push((
+        "cluster state record",
+        Box::new(|b: &[u8]| {
+            let _ = steward_core::ClusterState::decode(b);
+        }),
+    ));
     d.push((
         "operator snapshot file",
         Box::new(|b: &[u8]| {
@@ -181,16 +185,11 @@ fn seeds() -> Vec<Vec<u8>> {
         value: b"value".to_vec(),
         expected_revision: None,
     });
-    let job = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/hello-gpu.toml"
-    ))
-    .unwrap_or_default();
-    let controller = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/config/controller.toml"
-    ))
-    .unwrap_or_default();
+    let job = std::fs::read(steward_tests::repo_root().join("examples/hello-gpu.toml"))
+        .unwrap_or_default();
+    let controller =
+        std::fs::read(steward_tests::repo_root().join("deploy/config/controller.toml"))
+            .unwrap_or_default();
     let put = prost::Message::encode_to_vec(&steward_proto::v1::KvPutRequest {
         key: "k".into(),
         value: vec![1; 32],
@@ -269,6 +268,10 @@ fn no_decoder_panics_or_allocates_beyond_its_input() {
         vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f],
         vec![0x01, 0x04, 0xff, 0xff, 0xff, 0xff, 0x0f],
         [vec![0x12, 0xff, 0xff, 0xff, 0x7f], vec![0; 64]].concat(),
+        // Cluster state records of formats 2 to 4 whose KV map claims 2^35 entries.
+        vec![0x02, 0x00, 0xff, 0xff, 0xff, 0xff, 0x7f],
+        vec![0x03, 0x00, 0xff, 0xff, 0xff, 0xff, 0x7f],
+        vec![0x04, 0x00, 0xff, 0xff, 0xff, 0xff, 0x7f],
     ] {
         for (what, decode) in &decoders {
             measured(what, &huge, decode.as_ref()).expect(what);

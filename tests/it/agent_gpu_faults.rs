@@ -260,12 +260,15 @@ async fn an_agent_on_real_gpus_refuses_fault_injection() -> anyhow::Result<()> {
         .stderr(std::process::Stdio::null())
         .spawn()?;
     let result = wait_for("a refusal", Duration::from_secs(20), || async {
+        // The node id the agent took from its certificate: `--agent` still dials only
+        // that node's agent.
+        let node = std::fs::read_to_string(dir.path().join("node-id")).ok()?;
         let (ok, out) = cli(
             &cluster.addrs(),
             &[
                 "node",
                 "fault",
-                "any",
+                node.trim(),
                 "--agent",
                 &api,
                 "--gpu",

@@ -13,7 +13,7 @@ fn tls_dir_for(dir: &std::path::Path, who: Principal) -> PathBuf {
 
 #[test]
 fn controller_example_parses_and_validates() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/controller.toml");
+    let path = steward_tests::repo_root().join("deploy/config/controller.toml");
     let mut file = ControllerConfigFile::load(&path).expect("example parses");
     assert!(file.tls_dir.is_some(), "the example shows the TLS setup");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -30,7 +30,7 @@ fn controller_example_parses_and_validates() {
 
 #[test]
 fn agent_example_parses_and_validates() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/agent.toml");
+    let path = steward_tests::repo_root().join("deploy/config/agent.toml");
     let mut file = AgentConfigFile::load(&path).expect("example parses");
     assert!(file.tls_dir.is_some(), "the example shows the TLS setup");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -47,8 +47,7 @@ fn agent_example_parses_and_validates() {
 
 #[test]
 fn agent_env_example_names_real_variables() {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/agent.env.example");
+    let path = steward_tests::repo_root().join("deploy/systemd/agent.env.example");
     let text = std::fs::read_to_string(path).expect("env example");
     let help = steward_tests::steward_cmd()
         .args(["agent", "--help"])

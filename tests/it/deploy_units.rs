@@ -1,7 +1,6 @@
 //! The systemd units in deploy/systemd pass `systemd-analyze verify` (with ExecStart
 //! pointed at the binary under test), where systemd-analyze exists.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use steward_tests::steward_bin;
@@ -16,7 +15,7 @@ fn systemd_units_verify() {
         eprintln!("SKIPPED: systemd-analyze is not installed (no systemd on this machine)");
         return;
     }
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+    let src = steward_tests::repo_root().join("deploy/systemd");
     let dir = tempfile::tempdir().expect("temp dir");
     let bin = steward_bin();
     let mut units = Vec::new();

@@ -179,7 +179,8 @@ async fn dev_cluster_then_status_and_restart() -> anyhow::Result<()> {
         (20..23).map(|o| (base + o).to_string()).collect();
     assert_eq!(agent_ports, want, "the agents' APIs are on P+20..P+22");
     // The README's example job runs end to end: placed, started, its output in the logs.
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hello-gpu.toml");
+    let example = steward_tests::repo_root().join("examples/hello-gpu.toml");
+    let example = example.to_str().expect("utf-8 path");
     let run = steward(dir.path(), &["job", "run", example, "--addr", &addrs]);
     let out = String::from_utf8_lossy(&run.stdout).to_string();
     assert!(

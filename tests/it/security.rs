@@ -445,6 +445,7 @@ async fn served_certificate(addr: &str) -> Option<Vec<u8>> {
     let stream = steward_runtime::tls::connect(
         &admin,
         ServerKind::Controller,
+        None,
         tcp,
         None,
         Duration::from_secs(5),
@@ -885,5 +886,83 @@ async fn tokens_raise_a_role_until_revoked_or_expired() -> anyhow::Result<()> {
     // A malformed token is refused outright.
     let out = steward_with_token(&admin, "not-a-token", &addrs, &["status"]);
     assert!(!out.status.success());
+    Ok(())
+}
+
+/// The nodes the cluster knows, as `steward node list -o json` prints them.
+fn node_list(addrs: &str) -> Option<Vec<serde_json::Value>> {
+    let out = steward_cmd()
+        .env("STEWARD_ADDR", addrs)
+        .args(["node", "list", "-o", "json"])
+        .output()
+        .ok()?;
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_registering_another_nodes_address_is_never_dialed_as_that_node(
+) -> anyhow::Result<()> {
+    if skipped() {
+        return Ok(());
+    }
+    let cluster = ProcCluster::start(3, "")?;
+    cluster.wait_leader(Duration::from_secs(20)).await?;
+    let addrs = cluster.addrs();
+    let b_dir = cluster.dir.path().join("agent-b");
+    let b_api = format!("127.0.0.1:{}", steward_tests::free_port());
+    let _b = AgentGuard::new(
+        &b_dir,
+        spawn_agent(&b_dir, &addrs, &["--api-addr", &b_api], None)?,
+    );
+    // Agent L advertises B's address as its own API address: a compromised agent trying
+    // to have calls meant for it land on B (or an address B took over from L).
+    let l_dir = cluster.dir.path().join("agent-l");
+    let _l = AgentGuard::new(
+        &l_dir,
+        spawn_agent(&l_dir, &addrs, &["--advertise-addr", &b_api], None)?,
+    );
+    let nodes = wait_for(
+        "both agents registered",
+        Duration::from_secs(30),
+        || async {
+            node_list(&addrs).filter(|n| n.len() == 2 && n.iter().all(|n| n["state"] == "ready"))
+        },
+    )
+    .await?;
+    let b = std::fs::read_to_string(b_dir.join("node-id"))?
+        .trim()
+        .to_string();
+    let l = std::fs::read_to_string(l_dir.join("node-id"))?
+        .trim()
+        .to_string();
+    for n in &nodes {
+        assert_eq!(
+            n["agent_api_addr"],
+            b_api.as_str(),
+            "both registered B's address: {n}"
+        );
+    }
+    // A call meant for L reaches B's address and is refused before any request is sent:
+    // B's certificate does not name L.
+    let out = steward_cmd()
+        .env("STEWARD_ADDR", &addrs)
+        .args(["node", "scrub", &l])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a scrub meant for {l} ran on {b}");
+    assert!(
+        stderr.contains(&format!("is not the agent of node `{l}`")) && stderr.contains(&b),
+        "{stderr}"
+    );
+    // The same command for B, at the same address, is served.
+    let out = steward_cmd()
+        .env("STEWARD_ADDR", &addrs)
+        .args(["node", "scrub", &b, "-o", "json"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }

@@ -9,7 +9,7 @@ fn the_churn_replay_at_trace_times_starts_every_task_for_each_policy() {
     let dir = tempfile::tempdir().expect("tempdir");
     let svg = dir.path().join("churn.svg");
     let out = steward_cmd()
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .current_dir(steward_tests::repo_root())
         .args(["-o", "json", "sim", "--churn", "--load", "trace"])
         .args(["--policy", "fgd,steward", "--plot"])
         .arg(&svg)

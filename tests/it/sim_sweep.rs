@@ -8,7 +8,7 @@ use steward_tests::steward_cmd;
 #[test]
 fn steward_beats_fgd_on_every_point_of_the_reduced_sweep() {
     let out = steward_cmd()
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .current_dir(steward_tests::repo_root())
         .args([
             "-o",
             "json",

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use steward_tests::steward_cmd;
 
 fn data(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    steward_tests::tests_dir()
         .join("data/alibaba-gpu-v2023")
         .join(file)
 }

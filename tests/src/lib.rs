@@ -16,3 +16,17 @@ pub use cluster::{
     steward_bin, steward_next_bin, wait_for, AgentGuard, ProcCluster,
 };
 pub use pki::steward_cmd;
+
+/// The `tests` crate's directory, read when the test runs (cargo sets
+/// `CARGO_MANIFEST_DIR` for every test and `cargo run`): a test binary reused from
+/// another checkout with the same target dir still reads this checkout's files.
+pub fn tests_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}
+
+/// The repository's root (the parent of [`tests_dir`]).
+pub fn repo_root() -> std::path::PathBuf {
+    tests_dir().join("..")
+}

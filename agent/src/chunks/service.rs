@@ -43,6 +43,8 @@ pub const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_COPY_SOURCES: usize = 16;
 
 pub struct ChunkApi {
+    /// This agent's node: calls naming another node are refused (`None` in tests).
+    node: Option<String>,
     store: Arc<ChunkStore>,
     peers: Arc<ChannelPool>,
     scrubber: Option<Arc<super::scrub::Scrubber>>,
@@ -52,24 +54,49 @@ pub struct ChunkApi {
 pub const MAX_REMOVE_IDS: usize = 10_000;
 
 impl ChunkApi {
+    /// The service of a store alone: no scrubber, plaintext peers, any node id accepted.
     pub fn new(store: Arc<ChunkStore>) -> Self {
-        Self::with_scrubber(store, None, None)
+        ChunkApi {
+            node: None,
+            scrubber: None,
+            peers: Arc::new(ChannelPool::new(
+                ClientOptions::new(PEER_CONNECT_TIMEOUT).call_timeout(PEER_CALL_TIMEOUT),
+            )),
+            store,
+        }
     }
 
-    /// The service with its scrubber, reaching peers with mutual TLS when `tls` is set.
-    pub fn with_scrubber(
+    /// The service of node `node`'s agent, with its scrubber, reaching peers with mutual
+    /// TLS when `tls` is set.
+    pub fn for_node(
+        node: String,
         store: Arc<ChunkStore>,
-        scrubber: Option<Arc<super::scrub::Scrubber>>,
+        scrubber: Arc<super::scrub::Scrubber>,
         tls: Option<steward_runtime::tls::Tls>,
     ) -> Self {
         ChunkApi {
-            scrubber,
+            node: Some(node),
+            scrubber: Some(scrubber),
             store,
             peers: Arc::new(ChannelPool::new(
                 ClientOptions::new(PEER_CONNECT_TIMEOUT)
                     .call_timeout(PEER_CALL_TIMEOUT)
                     .tls(tls, steward_runtime::tls::ServerKind::Agent),
             )),
+        }
+    }
+
+    /// Refuses a call meant for another node (`requested` empty: an older caller, not
+    /// checked).
+    fn check_node(&self, call: &str, requested: &str) -> Result<(), Status> {
+        match &self.node {
+            Some(here) if !requested.is_empty() && requested != here => {
+                Err(Status::failed_precondition(format!(
+                    "{call} is meant for node `{requested}`, but this is the agent of node \
+                     `{here}`: the caller holds a stale or wrong address for `{requested}`"
+                )))
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -247,7 +274,9 @@ impl ChunkService for ChunkApi {
         &self,
         request: Request<HasChunksRequest>,
     ) -> Result<Response<HasChunksReply>, Status> {
-        let ids = parse_ids("HasChunks", &request.into_inner().chunk_ids, MAX_HAS_IDS)?;
+        let req = request.into_inner();
+        self.check_node("HasChunks", &req.node_id)?;
+        let ids = parse_ids("HasChunks", &req.chunk_ids, MAX_HAS_IDS)?;
         let present = blocking(&self.store, move |s| {
             // Touched: a put that skips sending a chunk found here keeps it from a
             // garbage collection pass already under way.
@@ -262,6 +291,7 @@ impl ChunkService for ChunkApi {
         request: Request<CopyChunksRequest>,
     ) -> Result<Response<CopyChunksReply>, Status> {
         let req = request.into_inner();
+        self.check_node("CopyChunks", &req.node_id)?;
         let ids = parse_ids("CopyChunks", &req.chunk_ids, MAX_COPY_IDS)?;
         if req.sources.is_empty() || req.sources.len() > MAX_COPY_SOURCES {
             return Err(Status::invalid_argument(format!(
@@ -321,11 +351,9 @@ impl ChunkService for ChunkApi {
         &self,
         request: Request<RemoveChunksRequest>,
     ) -> Result<Response<RemoveChunksReply>, Status> {
-        let ids = parse_ids(
-            "RemoveChunks",
-            &request.into_inner().chunk_ids,
-            MAX_REMOVE_IDS,
-        )?;
+        let req = request.into_inner();
+        self.check_node("RemoveChunks", &req.node_id)?;
+        let ids = parse_ids("RemoveChunks", &req.chunk_ids, MAX_REMOVE_IDS)?;
         let removed = blocking(&self.store, move |s| {
             let mut n = 0u32;
             for id in &ids {
@@ -484,17 +512,18 @@ pub fn id_of_pieces(pieces: &[bytes::Bytes]) -> ChunkId {
     ChunkId::from_hash(h.finalize())
 }
 
-/// Stores `bytes` as chunk `id` on the agent at `addr`, streamed in
-/// [`CHUNK_DATA_PER_MESSAGE`] pieces; true when the agent already had it. Clients and
-/// input staging use it.
+/// Stores `bytes` as chunk `id` on the agent of `node` at `addr` (only that node's agent
+/// may answer), streamed in [`CHUNK_DATA_PER_MESSAGE`] pieces; true when the agent
+/// already had it. Clients use it.
 pub async fn push(
     peers: &ChannelPool,
+    node: &str,
     addr: &str,
     id: ChunkId,
     bytes: bytes::Bytes,
 ) -> Result<bool, Status> {
     let channel = peers
-        .get(addr)
+        .get_node(addr, node)
         .map_err(|e| Status::unavailable(e.to_string()))?;
     let mut client = transport::chunk_client(channel);
     let len = bytes.len();

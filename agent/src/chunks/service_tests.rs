@@ -7,7 +7,7 @@ use steward_core::chunk::ChunkId;
 use steward_proto::v1::chunk_service_client::ChunkServiceClient;
 use steward_proto::v1::{
     ChunkStoreStatusRequest, CopyChunksRequest, CopyOutcome, GetChunkRequest, HasChunksRequest,
-    PutChunkRequest,
+    PutChunkRequest, RemoveChunksRequest,
 };
 use steward_runtime::transport;
 use tonic::transport::Channel;
@@ -31,13 +31,17 @@ async fn agent(floor: u64) -> Agent {
 }
 
 async fn serve_store(store: Arc<ChunkStore>, dir: Option<tempfile::TempDir>) -> Agent {
+    serve_api(ChunkApi::new(store.clone()), store, dir).await
+}
+
+async fn serve_api(api: ChunkApi, store: Arc<ChunkStore>, dir: Option<tempfile::TempDir>) -> Agent {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let stop = tokio_util::sync::CancellationToken::new();
     let router = transport::grpc_server(&transport::ServerSecurity::insecure())
-        .add_service(transport::chunk_server(ChunkApi::new(store.clone())));
+        .add_service(transport::chunk_server(api));
     tokio::spawn(transport::serve(
         router,
         listener,
@@ -158,6 +162,7 @@ async fn chunks_stream_in_and_out_whole_and_by_range() {
         .client
         .has_chunks(HasChunksRequest {
             chunk_ids: vec![id.clone(), other.clone()],
+            ..Default::default()
         })
         .await
         .expect("has")
@@ -175,6 +180,78 @@ async fn chunks_stream_in_and_out_whole_and_by_range() {
     assert_eq!(status.chunks, 2);
     assert_eq!(status.stored_bytes, data.len() as u64);
     assert!(!status.space_low);
+}
+
+#[tokio::test]
+async fn calls_meant_for_another_node_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(ChunkStore::open(dir.path(), 0).expect("open").0);
+    let mut api = ChunkApi::new(store.clone());
+    api.node = Some("n1".into());
+    let mut a = serve_api(api, store, Some(dir)).await;
+    let id = ChunkId::of(b"kept");
+    assert!(!put(&mut a, b"kept").await.expect("put"));
+    let ids = vec![id.to_string()];
+    // Meant for n2 (the caller holds n2's old address, now n1's): refused, and the chunk
+    // stays.
+    let e = a
+        .client
+        .remove_chunks(RemoveChunksRequest {
+            chunk_ids: ids.clone(),
+            node_id: "n2".into(),
+        })
+        .await
+        .expect_err("n1 refuses a removal meant for n2");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("node `n2`") && e.message().contains("node `n1`"),
+        "{e:?}"
+    );
+    let e = a
+        .client
+        .has_chunks(HasChunksRequest {
+            chunk_ids: ids.clone(),
+            node_id: "n2".into(),
+        })
+        .await
+        .expect_err("n1 never answers for n2's chunks");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = a
+        .client
+        .copy_chunks(CopyChunksRequest {
+            chunk_ids: ids.clone(),
+            sources: vec![a.addr.clone()],
+            node_id: "n2".into(),
+        })
+        .await
+        .expect_err("n1 refuses a copy meant for n2");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(a.store.has(&id), "the refused removal removed nothing");
+    // Meant for n1, or from an older caller that names no node: served.
+    for node in ["n1", ""] {
+        let present = a
+            .client
+            .has_chunks(HasChunksRequest {
+                chunk_ids: ids.clone(),
+                node_id: node.into(),
+            })
+            .await
+            .expect("served")
+            .into_inner()
+            .present;
+        assert_eq!(present, vec![true]);
+    }
+    let removed = a
+        .client
+        .remove_chunks(RemoveChunksRequest {
+            chunk_ids: ids,
+            node_id: "n1".into(),
+        })
+        .await
+        .expect("n1 removes its own chunk")
+        .into_inner()
+        .removed;
+    assert_eq!(removed, 1);
 }
 
 #[tokio::test]
@@ -200,6 +277,7 @@ async fn malformed_ids_and_wrong_bytes_are_refused_before_anything_is_written() 
             .client
             .has_chunks(HasChunksRequest {
                 chunk_ids: vec![bad.clone()],
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -288,6 +366,7 @@ async fn a_rotted_chunk_is_data_loss_never_bytes_and_copies_skip_a_rotted_source
         .copy_chunks(CopyChunksRequest {
             chunk_ids: vec![id.to_string()],
             sources: vec![rotted.addr.clone(), good.addr.clone()],
+            ..Default::default()
         })
         .await
         .expect("copy")
@@ -314,6 +393,7 @@ async fn a_rotted_chunk_is_data_loss_never_bytes_and_copies_skip_a_rotted_source
         .copy_chunks(CopyChunksRequest {
             chunk_ids: vec![id.to_string(), missing.to_string()],
             sources: vec![rotted.addr.clone(), good.addr.clone()],
+            ..Default::default()
         })
         .await
         .expect("copy")
@@ -331,6 +411,7 @@ async fn a_rotted_chunk_is_data_loss_never_bytes_and_copies_skip_a_rotted_source
         .copy_chunks(CopyChunksRequest {
             chunk_ids: vec![id.to_string()],
             sources: vec![],
+            ..Default::default()
         })
         .await
         .unwrap_err();

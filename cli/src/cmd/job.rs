@@ -325,7 +325,8 @@ pub async fn run(addrs: &str, output: Output, cmd: JobCommand) -> anyhow::Result
             if alloc.agent_api_addr.is_empty() {
                 anyhow::bail!("node {} registered no agent API address", alloc.node_id);
             }
-            let options = crate::security::options(CONNECT_TIMEOUT, ServerKind::Agent)?;
+            let options =
+                crate::security::options(CONNECT_TIMEOUT, ServerKind::Agent)?.node(&alloc.node_id);
             let ch = transport::connect(&alloc.agent_api_addr, &options)
                 .await
                 .with_context(|| {

@@ -44,7 +44,8 @@ pub enum NodeCommand {
     /// Start a scrub pass of the node's chunk store now (every chunk re-read and re-hashed).
     Scrub {
         id: String,
-        /// The agent's API address (default: from the node's registration).
+        /// The agent's API address (default: from the node's registration); the agent
+        /// there must be this node's (its certificate is checked).
         #[arg(long)]
         agent: Option<String>,
     },
@@ -76,7 +77,8 @@ pub enum NodeCommand {
         /// Memory in use; by default it follows the load.
         #[arg(long)]
         memory_mib: Option<u64>,
-        /// The agent's API address (default: from the node's registration).
+        /// The agent's API address (default: from the node's registration); the agent
+        /// there must be this node's (its certificate is checked).
         #[arg(long)]
         agent: Option<String>,
     },
@@ -90,7 +92,8 @@ pub enum NodeCommand {
         fault: FaultKind,
         /// The XID, for `xid`.
         code: Option<u64>,
-        /// The agent's API address (default: from the node's registration).
+        /// The agent's API address (default: from the node's registration); the agent
+        /// there must be this node's (its certificate is checked).
         #[arg(long)]
         agent: Option<String>,
     },
@@ -428,9 +431,13 @@ async fn agent_client(
 }
 
 /// The chunk store's status from the node's agent (None: unreachable).
-async fn chunk_store_status(addr: &str) -> Option<steward_proto::v1::ChunkStoreStatusReply> {
+async fn chunk_store_status(
+    node: &str,
+    addr: &str,
+) -> Option<steward_proto::v1::ChunkStoreStatusReply> {
     let options = crate::security::options(CONNECT_TIMEOUT, ServerKind::Agent)
         .ok()?
+        .node(node)
         .call_timeout(CALL_TIMEOUT);
     let ch = transport::connect(addr, &options).await.ok()?;
     transport::chunk_client(ch)
@@ -527,8 +534,9 @@ async fn agent_channel(
             n.agent_api_addr
         }
     };
-    let options =
-        crate::security::options(CONNECT_TIMEOUT, ServerKind::Agent)?.call_timeout(CALL_TIMEOUT);
+    let options = crate::security::options(CONNECT_TIMEOUT, ServerKind::Agent)?
+        .node(id)
+        .call_timeout(CALL_TIMEOUT);
     transport::connect(&addr, &options)
         .await
         .with_context(|| format!("cannot reach the agent of `{id}` at {addr}"))
@@ -559,7 +567,7 @@ pub async fn run(addrs: &str, output: Output, command: NodeCommand) -> anyhow::R
                 let store = if n.agent_api_addr.is_empty() {
                     None
                 } else {
-                    chunk_store_status(&n.agent_api_addr).await
+                    chunk_store_status(&n.id, &n.agent_api_addr).await
                 };
                 match output {
                     Output::Json => {

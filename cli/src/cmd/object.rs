@@ -493,13 +493,14 @@ async fn stored_on(
 ) -> HashMap<String, BTreeSet<ChunkId>> {
     let calls = wanted.into_iter().map(|(node, ids)| async move {
         let mut held = BTreeSet::new();
-        let Some(ch) = addrs.get(&node).and_then(|a| pool.get(a).ok()) else {
+        let Some(ch) = addrs.get(&node).and_then(|a| pool.get_node(a, &node).ok()) else {
             return (node, held);
         };
         let mut client = transport::chunk_client(ch);
         for batch in ids.chunks(HAS_BATCH) {
             let req = HasChunksRequest {
                 chunk_ids: batch.iter().map(ToString::to_string).collect(),
+                node_id: node.clone(),
             };
             // An agent that does not answer holds nothing as far as this put knows.
             let Ok(reply) = client.has_chunks(req).await else {
@@ -707,7 +708,7 @@ async fn upload_chunk(
                 let Some(addr) = node_addrs.get(&node) else {
                     return (node, Err(anyhow!("no address")));
                 };
-                let r = push(pool, addr, r.id, bytes)
+                let r = push(pool, &node, addr, r.id, bytes)
                     .await
                     .map_err(|s| anyhow!("{}: {}", s.code(), s.message()));
                 (node, r)

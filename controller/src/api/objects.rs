@@ -223,7 +223,7 @@ async fn verify_replicas(
                 Err(format!("no agent address known for node `{node}`")),
             );
         };
-        let channel = match ctx.raft.peers().agent_channel(addr) {
+        let channel = match ctx.raft.peers().agent_channel(addr, node) {
             Ok(ch) => ch,
             Err(e) => return (node, idx, Err(e.to_string())),
         };
@@ -232,6 +232,7 @@ async fn verify_replicas(
         for batch in idx.chunks(HAS_BATCH) {
             let mut req = Request::new(HasChunksRequest {
                 chunk_ids: batch.iter().map(|i| chunks[*i].to_string()).collect(),
+                node_id: node.to_string(),
             });
             req.set_timeout(VERIFY_TIMEOUT);
             match client.has_chunks(req).await {

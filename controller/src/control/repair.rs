@@ -236,6 +236,21 @@ impl Survey {
     pub fn addr(&self, i: usize) -> Option<&str> {
         self.addrs[i].as_deref()
     }
+
+    /// Node `i` of the layout with the agent address it registered (None: none known).
+    fn node_addr(&self, i: usize) -> Option<NodeAddr> {
+        Some(NodeAddr {
+            node: self.layout.nodes()[i].id.clone(),
+            addr: self.addr(i)?.to_string(),
+        })
+    }
+}
+
+/// A node and the address its agent registered: calls check that this node answers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct NodeAddr {
+    node: String,
+    addr: String,
 }
 
 /// What the repair loop is doing, for `fsck` and `status`.
@@ -443,7 +458,7 @@ impl RepairWorker {
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let mut by_node: BTreeMap<usize, Vec<(ChunkId, Vec<String>)>> = BTreeMap::new();
+        let mut by_node: BTreeMap<usize, Vec<(ChunkId, Vec<NodeAddr>)>> = BTreeMap::new();
         for c in &survey.chunks {
             if c.assessment.trim.is_empty() || pending.0.contains(&c.id) {
                 continue;
@@ -454,8 +469,8 @@ impl RepairWorker {
                 .layout
                 .place_where(&c.id, usize::from(c.need.rf), |i| survey.views[i].placed)
                 .into_iter()
-                .map(|i| survey.addr(i).map(str::to_string))
-                .collect::<Option<Vec<String>>>()
+                .map(|i| survey.node_addr(i))
+                .collect::<Option<Vec<NodeAddr>>>()
                 .filter(|p| !p.is_empty())
             else {
                 continue;
@@ -501,28 +516,29 @@ impl RepairWorker {
     }
 }
 
-/// Removes surplus replicas of `batch` (chunk, its placed nodes' addresses) from `node`,
-/// once each placed node confirms (HasChunks) that it holds the chunk.
+/// Removes surplus replicas of `batch` (chunk, its placed nodes) from `node`, once each
+/// placed node confirms (HasChunks) that it holds the chunk.
 async fn trim_batch(
     pool: Arc<ChannelPool>,
     replicas: Arc<ReplicaTracker>,
     shared: Arc<Shared>,
     node: String,
     addr: String,
-    batch: Vec<(ChunkId, Vec<String>)>,
+    batch: Vec<(ChunkId, Vec<NodeAddr>)>,
 ) {
-    let mut asks: BTreeMap<&str, Vec<ChunkId>> = BTreeMap::new();
+    let mut asks: BTreeMap<&NodeAddr, Vec<ChunkId>> = BTreeMap::new();
     for (id, placed) in &batch {
         for a in placed {
-            asks.entry(a.as_str()).or_default().push(*id);
+            asks.entry(a).or_default().push(*id);
         }
     }
     let mut unconfirmed: HashSet<ChunkId> = HashSet::new();
     for (placed, ids) in &asks {
-        let answer = match pool.get(placed) {
+        let answer = match pool.get_node(&placed.addr, &placed.node) {
             Ok(ch) => transport::chunk_client(ch)
                 .has_chunks(HasChunksRequest {
                     chunk_ids: ids.iter().map(ToString::to_string).collect(),
+                    node_id: placed.node.clone(),
                 })
                 .await
                 .map(|r| r.into_inner().present)
@@ -550,9 +566,10 @@ async fn trim_batch(
         tracing::debug!(%node, chunks = unconfirmed.len(), "surplus replicas kept: a placed node did not confirm its copy");
     }
     if !remove.is_empty() {
-        if let Ok(ch) = pool.get(&addr) {
+        if let Ok(ch) = pool.get_node(&addr, &node) {
             let req = RemoveChunksRequest {
                 chunk_ids: remove.iter().map(ToString::to_string).collect(),
+                node_id: node.clone(),
             };
             match transport::chunk_client(ch).remove_chunks(req).await {
                 Ok(r) => {
@@ -582,11 +599,12 @@ async fn copy_batch(
     ids: Vec<ChunkId>,
     sources: Vec<String>,
 ) {
-    let result = match pool.get(&addr) {
+    let result = match pool.get_node(&addr, &node) {
         Ok(ch) => transport::chunk_client(ch)
             .copy_chunks(CopyChunksRequest {
                 chunk_ids: ids.iter().map(ToString::to_string).collect(),
                 sources,
+                node_id: node.clone(),
             })
             .await
             .map(|r| r.into_inner().results)

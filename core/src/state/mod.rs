@@ -10,6 +10,7 @@
 //! node storage settings added); formats 1, 2 and 3 are frozen in `v1`, `v2` and `v3` and
 //! migrated on load.
 
+mod imbl_de;
 mod sessions;
 pub mod v1;
 pub mod v2;
@@ -140,29 +141,38 @@ pub struct ClusterState {
     /// Revision of the last change; grows by one with every change, like etcd's revision.
     pub revision: u64,
     /// The metadata key-value namespace.
+    #[serde(deserialize_with = "imbl_de::ord_map")]
     pub kv: OrdMap<String, KvEntry>,
     /// Incarnation of each controller's data dir, used to refuse a wiped member.
     pub controllers: BTreeMap<ControllerId, ControllerRecord>,
     /// Agents' machines by node id.
+    #[serde(deserialize_with = "imbl_de::ord_map")]
     pub nodes: OrdMap<String, NodeRecord>,
     /// Health changes, oldest first, at most [`MAX_NODE_EVENTS`].
+    #[serde(deserialize_with = "imbl_de::vector")]
     pub node_events: Vector<NodeEvent>,
     /// The cluster's feature level (`crate::features`): commands above it are refused.
     pub cluster_level: u32,
     /// The cluster's clock: the latest leader time stamped on an entry (never goes back).
     pub clock_unix_ms: u64,
     /// Clients' request sessions, for at-most-once writes.
+    #[serde(deserialize_with = "imbl_de::ord_map")]
     pub sessions: OrdMap<u64, ClientSession>,
     pub pending_restore: Option<PendingRestore>,
     /// Jobs by id (`NAME-REVISION`), running and finished (until collected).
+    #[serde(deserialize_with = "imbl_de::ord_map")]
     pub jobs: OrdMap<String, JobRecord>,
     /// Allocations by id (`JOB.TASK.N`).
+    #[serde(deserialize_with = "imbl_de::ord_map")]
     pub allocs: OrdMap<String, Allocation>,
     /// Cordons, drains and GPU health by node id (absent: schedulable, all GPUs healthy).
+    #[serde(deserialize_with = "imbl_de::ord_map")]
     pub node_scheduling: OrdMap<String, NodeScheduling>,
     /// Objects by name: versions (chunk manifests), tags, retention (`crate::objects`).
+    #[serde(deserialize_with = "imbl_de::ord_map")]
     pub objects: OrdMap<String, ObjectRecord>,
     /// Nodes' storage settings (maintenance) by node id (absent: none).
+    #[serde(deserialize_with = "imbl_de::ord_map")]
     pub node_storage: OrdMap<String, NodeStorage>,
     /// Counted size (not stored: recomputed when a state is decoded).
     #[serde(skip)]

@@ -559,3 +559,29 @@ fn format_1_state_migrates() {
         s.clone().encode().map(|_| s.counted_bytes()).expect("e")
     );
 }
+
+/// A state record whose map or sequence declares more entries than it holds (a forged or
+/// corrupt record) is a decode error: decoding never reserves what the input claims.
+/// imbl's own deserializer reserved it, which aborted the process on allocation.
+#[test]
+fn a_forged_length_in_a_state_record_is_an_error_not_an_allocation() {
+    // A varint of 2^35 - 1 entries; postcard reads it as the next collection's length.
+    const HUGE: [u8; 5] = [0xff, 0xff, 0xff, 0xff, 0x7f];
+    for version in 2..=ClusterState::VERSION {
+        // revision 0, then the KV map claims HUGE entries.
+        let mut kv = vec![version, 0];
+        kv.extend(HUGE);
+        // revision 0, an empty KV map, no controllers, no nodes, then the node events
+        // claim HUGE entries.
+        let mut events = vec![version, 0, 0, 0, 0];
+        events.extend(HUGE);
+        for (what, bytes) in [("kv map", kv), ("event sequence", events)] {
+            let e = ClusterState::decode(&bytes)
+                .expect_err("a record shorter than it claims does not decode");
+            assert!(
+                e.to_string().contains("cannot decode cluster state"),
+                "format {version}, {what}: {e}"
+            );
+        }
+    }
+}

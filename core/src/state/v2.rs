@@ -19,12 +19,16 @@ use crate::ControllerId;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterState {
     pub revision: u64,
+    #[serde(deserialize_with = "super::imbl_de::ord_map")]
     pub kv: OrdMap<String, KvEntry>,
     pub controllers: BTreeMap<ControllerId, ControllerRecord>,
+    #[serde(deserialize_with = "super::imbl_de::ord_map")]
     pub nodes: OrdMap<String, NodeRecord>,
+    #[serde(deserialize_with = "super::imbl_de::vector")]
     pub node_events: Vector<NodeEvent>,
     pub cluster_level: u32,
     pub clock_unix_ms: u64,
+    #[serde(deserialize_with = "super::imbl_de::ord_map")]
     pub sessions: OrdMap<u64, ClientSession>,
     pub pending_restore: Option<PendingRestore>,
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use steward_core::identity::Identity;
+use steward_core::identity::{Identity, Principal};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -280,10 +280,13 @@ fn accept_with(
 
 /// A client connection to `addr` over TLS with `tls`'s current client configuration:
 /// TCP connect and handshake together bounded by `timeout`; the server must prove it is a
-/// server of our cluster of `kind`.
+/// server of our cluster of `kind`, and, when `node` is set, the agent of that node (its
+/// certificate must name it: an address another node registered, or one reused by
+/// another node since, is refused with `PermissionDenied`).
 pub async fn connect(
     tls: &Tls,
     kind: ServerKind,
+    node: Option<&str>,
     addr: SocketAddr,
     source: Option<std::net::IpAddr>,
     timeout: Duration,
@@ -305,10 +308,40 @@ pub async fn connect(
         tcp.set_nodelay(true)?;
         connector.connect(name, tcp).await
     };
-    tokio::time::timeout(timeout, attempt).await.map_err(|_| {
+    let stream = tokio::time::timeout(timeout, attempt).await.map_err(|_| {
         std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!("TLS connection to {addr} took over {timeout:?}"),
         )
-    })?
+    })??;
+    if let Some(node) = node {
+        check_server_node(&stream, &tls.identity().cluster, node, addr)?;
+    }
+    Ok(stream)
+}
+
+/// Fails unless the server's certificate names the agent of `node` in `cluster`.
+fn check_server_node(
+    stream: &tokio_rustls::client::TlsStream<TcpStream>,
+    cluster: &str,
+    node: &str,
+    addr: SocketAddr,
+) -> Result<(), std::io::Error> {
+    let refused = |why: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{addr} is not the agent of node `{node}`: {why}"),
+        )
+    };
+    let cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| refused("it presented no certificate".into()))?;
+    let identity = identity_of(cert).map_err(|e| refused(e.to_string()))?;
+    match &identity.principal {
+        Principal::Agent(n) if n == node && identity.cluster == cluster => Ok(()),
+        _ => Err(refused(format!("its certificate names {}", identity.uri()))),
+    }
 }

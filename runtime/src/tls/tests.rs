@@ -302,6 +302,55 @@ async fn an_agent_never_passes_as_a_controller() {
 }
 
 #[tokio::test]
+async fn a_client_expecting_one_node_refuses_another_nodes_agent() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let ca = create_ca("prod", 30).expect("ca");
+    let n2 = tls_dir(
+        root.path(),
+        "n2",
+        &ca,
+        &id("prod", Principal::Agent("n2".into())),
+        0,
+    );
+    let (addr, _, _) = server(n2).await;
+    let controller = tls_dir(
+        root.path(),
+        "ctl",
+        &ca,
+        &id("prod", Principal::Controller(1)),
+        0,
+    );
+    let options = crate::transport::ClientOptions::new(Duration::from_secs(5))
+        .tls(Some(controller), ServerKind::Agent);
+    let to = |node: &str| {
+        let options = options.clone().node(node);
+        async move { crate::transport::connect(&addr.to_string(), &options).await }
+    };
+    health(to("n2").await.expect("the agent of n2 answers as n2"))
+        .await
+        .expect("served");
+    // n2 at the address n1 registered (a forged or a stale address): refused at connect,
+    // before any request is sent.
+    let e = to("n1").await.expect_err("n2 passing as n1");
+    let text = format!("{e:?}");
+    assert!(
+        text.contains("is not the agent of node `n1`") && text.contains("agent/n2"),
+        "{text}"
+    );
+    // The pool keeps one channel per (address, node): asking for n1 at n2's address
+    // never hands out the channel checked for n2.
+    let pool = crate::transport::ChannelPool::new(options.clone());
+    health(pool.get_node(&addr.to_string(), "n2").expect("n2 channel"))
+        .await
+        .expect("n2 through the pool");
+    assert!(
+        health(pool.get_node(&addr.to_string(), "n1").expect("n1 channel"))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
 async fn replaced_files_are_used_for_new_connections_without_a_restart() {
     let root = tempfile::tempdir().expect("tempdir");
     let ca = create_ca("prod", 30).expect("ca");
@@ -389,7 +438,7 @@ async fn open_channel_to(
         .connect_with_connector(tower::service_fn(move |_: http::Uri| {
             let tls = tls.clone();
             async move {
-                connect(&tls, kind, addr, None, Duration::from_secs(5))
+                connect(&tls, kind, None, addr, None, Duration::from_secs(5))
                     .await
                     .map(hyper_util::rt::TokioIo::new)
             }

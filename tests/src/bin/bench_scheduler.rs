@@ -2,7 +2,6 @@
 //! trace's 1,213-node cluster (default trace, seed 42), for each policy; and the weighted
 //! admission solve time for 10, 100 and 1,000 pending jobs (median of 5).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -11,7 +10,7 @@ use steward_core::scheduler::Policy;
 use steward_core::sim::{self, Trace};
 
 fn main() -> anyhow::Result<()> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/alibaba-gpu-v2023");
+    let dir = steward_tests::tests_dir().join("data/alibaba-gpu-v2023");
     let trace = Trace::parse(
         &std::fs::read_to_string(dir.join("openb_node_list_gpu_node.csv"))?,
         &std::fs::read_to_string(dir.join("openb_pod_list_default.csv"))?,

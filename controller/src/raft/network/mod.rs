@@ -93,9 +93,10 @@ impl PeerShared {
         })
     }
 
-    /// A reused channel to the agent API at `addr`.
-    pub fn agent_channel(&self, addr: &str) -> Result<Channel, TransportError> {
-        self.agents.get(addr)
+    /// A reused channel to the agent of `node`, at the address it registered: only that
+    /// node's agent may answer (its certificate is checked).
+    pub fn agent_channel(&self, addr: &str, node: &str) -> Result<Channel, TransportError> {
+        self.agents.get_node(addr, node)
     }
 
     /// This controller's TLS dir, for its clients of agents (`None`: plaintext).

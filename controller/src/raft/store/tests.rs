@@ -95,7 +95,9 @@ mod previous_formats {
     use super::*;
 
     fn data_dir(format: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
             .join("../tests/data")
             .join(format)
     }
