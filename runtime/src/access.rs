@@ -3,13 +3,19 @@
 //! its TLS connection (`tls::PeerIdentity`), raised by a bearer token's role when the
 //! request carries one (`authorization: Bearer TOKEN`). A refused request never reaches
 //! its service: it is answered PERMISSION_DENIED (or UNAUTHENTICATED when the caller has
-//! no identity at all), logged with the identity and counted.
+//! no identity at all), counted, and logged with the identity (`log_gate`: at most one
+//! line per reason a second under a flood).
 //!
 //! A controller forwarding an operator's call to the leader names the caller in
 //! [`ON_BEHALF_OF`]; the header is believed only from a controller's connection.
 //!
-//! Without TLS (`--insecure`) there is no identity to check: the layer lets everything
-//! through, and the daemons warn at every start.
+//! Load shedding: [`MAX_IN_FLIGHT_REQUESTS`] shared by all callers, at most
+//! [`MAX_IN_FLIGHT_PER_CALLER`] of them for one caller, and [`RESERVED_FOR_LIVENESS`]
+//! more that only agents' and controllers' liveness calls may take.
+//!
+//! Without TLS (`--insecure`) there is no identity to check: the layer lets every call
+//! through (shedding still applies, without per-caller shares: there is no caller to
+//! tell apart), and the daemons warn at every start.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +36,25 @@ pub const MAX_TOKEN_BYTES: usize = 256;
 /// RESOURCE_EXHAUSTED at once (load shedding: work queues no further and memory does not
 /// grow). A server-streaming call counts until its reply starts.
 pub const MAX_IN_FLIGHT_REQUESTS: usize = 4096;
+/// Requests one caller may have in flight on one server (a quarter of the shared ones):
+/// one client holding slow requests leaves the rest to everyone else. The caller is the
+/// identity a request acts for (a forwarded request counts for its original caller), or
+/// the peer's address on a plaintext server. A controller acting for itself is not
+/// limited: it is the control plane.
+pub const MAX_IN_FLIGHT_PER_CALLER: usize = 1024;
+/// Requests in flight kept for liveness on top of the shared ones: agents' control calls
+/// (register, heartbeat, reports, watches), Raft between controllers and health checks
+/// take these when every shared one is taken, so a flood of admin calls never makes the
+/// leader miss heartbeats and declare healthy nodes dead. With TLS only agents and
+/// controllers may take them (a client's health checks wait like its other calls).
+pub const RESERVED_FOR_LIVENESS: usize = 512;
+
+/// Whether `path` is a liveness call ([`RESERVED_FOR_LIVENESS`]).
+fn is_liveness(path: &str) -> bool {
+    path.starts_with("/steward.v1.AgentControl/")
+        || path.starts_with("/steward.v1.RaftService/")
+        || path.starts_with("/grpc.health.v1.Health/")
+}
 
 /// Resolves bearer tokens to roles (the controller's ACL state; agents have none).
 pub trait TokenRoles: Send + Sync + 'static {
@@ -42,6 +67,8 @@ pub trait TokenRoles: Send + Sync + 'static {
 pub struct AccessStats {
     pub allowed: AtomicU64,
     refused: Mutex<HashMap<(String, &'static str), u64>>,
+    /// Refusal log lines, thinned per reason.
+    logs: crate::log_gate::LogGate,
 }
 
 impl AccessStats {
@@ -76,7 +103,93 @@ pub struct AccessLayer {
     enforce: bool,
     tokens: Option<Arc<dyn TokenRoles>>,
     stats: Arc<AccessStats>,
-    in_flight: Arc<tokio::sync::Semaphore>,
+    admission: Arc<Admission>,
+}
+
+/// Who may start a request now: the shared slots, the liveness reserve and each caller's
+/// share.
+struct Admission {
+    shared: Arc<tokio::sync::Semaphore>,
+    reserved: Arc<tokio::sync::Semaphore>,
+    per_caller: usize,
+    callers: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Admission {
+    fn new(total: usize, reserved: usize, per_caller: usize) -> Arc<Self> {
+        Arc::new(Admission {
+            shared: Arc::new(tokio::sync::Semaphore::new(total)),
+            reserved: Arc::new(tokio::sync::Semaphore::new(reserved)),
+            per_caller,
+            callers: Arc::default(),
+        })
+    }
+
+    /// A slot for a request of `caller` (`None`: not limited per caller) on `path`, or
+    /// the refusal's reason. `may_reserve`: the caller may take the liveness reserve.
+    fn admit(
+        &self,
+        caller: Option<&str>,
+        path: &str,
+        may_reserve: bool,
+    ) -> Result<Admitted, &'static str> {
+        let caller = match caller {
+            None => None,
+            Some(key) => {
+                let mut m = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+                let n = m.get(key).copied().unwrap_or(0);
+                if n >= self.per_caller {
+                    return Err("caller_limit");
+                }
+                m.insert(key.to_string(), n + 1);
+                Some(CallerSlot {
+                    callers: self.callers.clone(),
+                    key: key.to_string(),
+                })
+            }
+        };
+        // A refusal here drops `caller`, which gives its slot back.
+        let permit = self
+            .shared
+            .clone()
+            .try_acquire_owned()
+            .or_else(|e| {
+                if may_reserve && is_liveness(path) {
+                    self.reserved.clone().try_acquire_owned()
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|_| "overloaded")?;
+        Ok(Admitted {
+            _permit: permit,
+            _caller: caller,
+        })
+    }
+}
+
+/// A started request's slots, freed when its reply starts.
+struct Admitted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _caller: Option<CallerSlot>,
+}
+
+/// One of a caller's [`MAX_IN_FLIGHT_PER_CALLER`]; dropping it frees it.
+struct CallerSlot {
+    callers: Arc<Mutex<HashMap<String, usize>>>,
+    key: String,
+}
+
+impl Drop for CallerSlot {
+    fn drop(&mut self) {
+        let mut m = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl AccessLayer {
@@ -86,7 +199,11 @@ impl AccessLayer {
             enforce: true,
             tokens,
             stats: Arc::default(),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_REQUESTS)),
+            admission: Admission::new(
+                MAX_IN_FLIGHT_REQUESTS,
+                RESERVED_FOR_LIVENESS,
+                MAX_IN_FLIGHT_PER_CALLER,
+            ),
         }
     }
 
@@ -96,13 +213,18 @@ impl AccessLayer {
             enforce: false,
             tokens: None,
             stats: Arc::default(),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_REQUESTS)),
+            admission: Admission::new(
+                MAX_IN_FLIGHT_REQUESTS,
+                RESERVED_FOR_LIVENESS,
+                MAX_IN_FLIGHT_PER_CALLER,
+            ),
         }
     }
 
-    /// The same layer with at most `n` requests in flight (tests use a small one).
-    pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.in_flight = Arc::new(tokio::sync::Semaphore::new(n));
+    /// The same layer with other limits: `total` shared requests in flight, `reserved`
+    /// more for liveness calls, `per_caller` for each caller (tests use small ones).
+    pub fn limits(mut self, total: usize, reserved: usize, per_caller: usize) -> Self {
+        self.admission = Admission::new(total, reserved, per_caller);
         self
     }
 
@@ -221,19 +343,14 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let Ok(permit) = self.layer.in_flight.clone().try_acquire_owned() else {
-            let path = req.uri().path().to_string();
-            self.layer.stats.refuse(&path, "overloaded");
-            tracing::warn!(%path, limit = MAX_IN_FLIGHT_REQUESTS, "overloaded: request shed");
-            let status = Status::resource_exhausted(
-                "the server is at its limit of requests in flight; retry with backoff",
-            );
-            return Box::pin(async move { Ok(status.into_http()) });
-        };
-        if !self.layer.enforce {
-            return held(permit, oversize_is_exhaustion(self.inner.call(req)));
-        }
         let path = req.uri().path().to_string();
+        if !self.layer.enforce {
+            // No identity to tell callers apart by: no per-caller share.
+            return match self.layer.admit(None, &path, true) {
+                Ok(admitted) => held(admitted, oversize_is_exhaustion(self.inner.call(req))),
+                Err(status) => Box::pin(async move { Ok(status.into_http()) }),
+            };
+        }
         let stats = self.layer.stats.clone();
         let decided = caller_of(&req, self.layer.tokens.as_deref()).and_then(|(who, role)| {
             authorize(&path, &who.principal, role)
@@ -247,12 +364,22 @@ where
         });
         match decided {
             Ok(who) => {
+                // Each caller its share; a controller acting for itself is not limited.
+                let key = (!matches!(who.principal, Principal::Controller(_))).then(|| who.uri());
+                let may_reserve = matches!(
+                    who.principal,
+                    Principal::Agent(_) | Principal::Controller(_)
+                );
+                let admitted = match self.layer.admit(key.as_deref(), &path, may_reserve) {
+                    Ok(a) => a,
+                    Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
+                };
                 stats.allowed.fetch_add(1, Ordering::Relaxed);
                 // The handler of a node-scoped call checks the node with this.
                 req.extensions_mut().insert(Caller(who));
                 req.extensions_mut().insert(CallPath(path));
                 req.extensions_mut().insert(stats);
-                held(permit, oversize_is_exhaustion(self.inner.call(req)))
+                held(admitted, oversize_is_exhaustion(self.inner.call(req)))
             }
             Err((status, reason)) => {
                 let peer = req
@@ -260,7 +387,10 @@ where
                     .get::<PeerIdentity>()
                     .map(|p| p.identity.uri())
                     .unwrap_or_else(|| "no identity".into());
-                tracing::warn!(%path, caller = %peer, reason, message = %status.message(), "call refused");
+                if let Some(unlogged) = stats.logs.pass(reason) {
+                    tracing::warn!(%path, caller = %peer, reason, message = %status.message(),
+                        unlogged_since_last = unlogged, "call refused");
+                }
                 stats.refuse(&path, reason);
                 Box::pin(async move { Ok(status.into_http()) })
             }
@@ -268,14 +398,45 @@ where
     }
 }
 
-/// `call` with its in-flight permit held until the reply starts.
+impl AccessLayer {
+    /// Admits a request of `caller` (`None`: not limited per caller) on `path`, or the
+    /// RESOURCE_EXHAUSTED status that sheds it (counted always, logged through the log
+    /// gate).
+    fn admit(
+        &self,
+        caller: Option<&str>,
+        path: &str,
+        may_reserve: bool,
+    ) -> Result<Admitted, Status> {
+        self.admission
+            .admit(caller, path, may_reserve)
+            .map_err(|reason| {
+                self.stats.refuse(path, reason);
+                if let Some(unlogged) = self.stats.logs.pass(reason) {
+                    tracing::warn!(%path, caller = caller.unwrap_or("-"), reason,
+                    unlogged_since_last = unlogged, "request shed");
+                }
+                Status::resource_exhausted(if reason == "caller_limit" {
+                    format!(
+                        "this caller has {} requests in flight on this server, its limit; \
+                     retry with backoff",
+                        self.admission.per_caller
+                    )
+                } else {
+                    "the server is at its limit of requests in flight; retry with backoff".into()
+                })
+            })
+    }
+}
+
+/// `call` with its admission held until the reply starts.
 fn held<T: 'static>(
-    permit: tokio::sync::OwnedSemaphorePermit,
+    admitted: Admitted,
     call: futures::future::BoxFuture<'static, T>,
 ) -> futures::future::BoxFuture<'static, T> {
     Box::pin(async move {
         let out = call.await;
-        drop(permit);
+        drop(admitted);
         out
     })
 }
@@ -325,9 +486,17 @@ pub fn check_node<T>(request: &tonic::Request<T>, node: &str) -> Result<(), Stat
                 .extensions()
                 .get::<CallPath>()
                 .map_or("unknown", |p| p.0.as_str());
-            tracing::warn!(%path, caller = %who.uri(), %node, reason = "node", "call refused: not the caller's own node");
-            if let Some(stats) = request.extensions().get::<Arc<AccessStats>>() {
-                stats.refuse(path, "node");
+            match request.extensions().get::<Arc<AccessStats>>() {
+                Some(stats) => {
+                    stats.refuse(path, "node");
+                    if let Some(unlogged) = stats.logs.pass("node") {
+                        tracing::warn!(%path, caller = %who.uri(), %node, reason = "node",
+                            unlogged_since_last = unlogged, "call refused: not the caller's own node");
+                    }
+                }
+                None => {
+                    tracing::warn!(%path, caller = %who.uri(), %node, reason = "node", "call refused: not the caller's own node");
+                }
             }
             Err(Status::permission_denied(format!(
                 "{} may not act for node {node}",
@@ -427,7 +596,7 @@ mod tests {
                 Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
             }
         });
-        let svc = AccessLayer::open().max_in_flight(2).layer(inner);
+        let svc = AccessLayer::open().limits(2, 0, 100).layer(inner);
         let req = || {
             http::Request::builder()
                 .uri("/steward.v1.Admin/Status")
@@ -468,6 +637,168 @@ mod tests {
             .await
             .expect("answer");
         assert_eq!(code(&after), 0);
+    }
+
+    type Answer = Result<http::Response<tonic::body::Body>, std::convert::Infallible>;
+
+    /// What [`gated`] returns: the layered service, the gate, the layer's stats, its
+    /// callers' slot counts.
+    type Gated<S> = (
+        S,
+        Arc<tokio::sync::Semaphore>,
+        Arc<AccessStats>,
+        Arc<Mutex<HashMap<String, usize>>>,
+    );
+
+    /// A layer with these limits in front of a service whose handlers wait at the
+    /// returned gate; requests are admitted (or shed) when `call` is made, before any poll.
+    fn gated(
+        total: usize,
+        reserved: usize,
+        per_caller: usize,
+    ) -> Gated<
+        impl tower::Service<
+                http::Request<()>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+                Future = futures::future::BoxFuture<'static, Answer>,
+            > + Clone,
+    > {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let g = gate.clone();
+        let inner = tower::service_fn(move |_req: http::Request<()>| {
+            let g = g.clone();
+            async move {
+                g.acquire().await.expect("gate").forget();
+                Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+            }
+        });
+        let layer = AccessLayer::enforcing(None).limits(total, reserved, per_caller);
+        let stats = layer.stats();
+        let callers = layer.admission.callers.clone();
+        (layer.layer(inner), gate, stats, callers)
+    }
+
+    fn request(path: &str, who: Principal, on_behalf_of: Option<&str>) -> http::Request<()> {
+        let mut req = http::Request::builder().uri(path);
+        if let Some(v) = on_behalf_of {
+            req = req.header(ON_BEHALF_OF, v);
+        }
+        let mut req = req.body(()).expect("request");
+        req.extensions_mut().insert(peer(who));
+        req
+    }
+
+    fn status_code(r: &http::Response<tonic::body::Body>) -> i32 {
+        r.headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .unwrap_or(0)
+    }
+
+    fn client_named(name: &str) -> Principal {
+        Principal::Client {
+            name: name.into(),
+            role: Role::Viewer,
+        }
+    }
+
+    const EXHAUSTED: i32 = tonic::Code::ResourceExhausted as i32;
+    const STATUS: &str = "/steward.v1.Admin/Status";
+
+    /// The answer of a call that must be shed at once (never waiting at the gate).
+    fn shed_at_once(
+        answer: futures::future::BoxFuture<'static, Answer>,
+    ) -> http::Response<tonic::body::Body> {
+        use futures::FutureExt;
+        answer
+            .now_or_never()
+            .expect("answered at once, without reaching the service")
+            .expect("answer")
+    }
+
+    #[tokio::test]
+    async fn one_caller_holds_at_most_its_share_and_the_others_are_still_served() {
+        let (svc, gate, stats, callers) = gated(8, 0, 2);
+        let call = |req| svc.clone().call(req);
+        // Alice holds her two; her third is shed at once, also when a follower forwards
+        // it for her.
+        let a1 = call(request(STATUS, client_named("alice"), None));
+        let a2 = call(request(STATUS, client_named("alice"), None));
+        let shed = shed_at_once(call(request(STATUS, client_named("alice"), None)));
+        assert_eq!(status_code(&shed), EXHAUSTED);
+        let forwarded = shed_at_once(call(request(
+            STATUS,
+            Principal::Controller(2),
+            Some("spiffe://prod/client/viewer/alice"),
+        )));
+        assert_eq!(status_code(&forwarded), EXHAUSTED, "forwarded for alice");
+        // Bob is served meanwhile, and a controller acting for itself is not limited.
+        let b = call(request(STATUS, client_named("bob"), None));
+        let raft: Vec<_> = (0..3)
+            .map(|_| {
+                call(request(
+                    "/steward.v1.RaftService/AppendEntries",
+                    Principal::Controller(2),
+                    None,
+                ))
+            })
+            .collect();
+        gate.add_permits(6);
+        for answer in [a1, a2, b].into_iter().chain(raft) {
+            assert_eq!(status_code(&answer.await.expect("answer")), 0);
+        }
+        // Alice's slots are free again once her replies started.
+        gate.add_permits(1);
+        let again = call(request(STATUS, client_named("alice"), None));
+        assert_eq!(status_code(&again.await.expect("answer")), 0);
+        assert!(stats
+            .refused()
+            .iter()
+            .any(|((path, reason), n)| path == STATUS && *reason == "caller_limit" && *n == 2));
+        assert!(
+            callers.lock().expect("lock").is_empty(),
+            "every caller slot was given back"
+        );
+    }
+
+    #[tokio::test]
+    async fn heartbeats_are_served_from_the_reserve_when_admin_calls_take_every_slot() {
+        let (svc, gate, stats, callers) = gated(2, 1, 100);
+        let call = |req| svc.clone().call(req);
+        let held = [
+            call(request(STATUS, client_named("alice"), None)),
+            call(request(STATUS, client_named("bob"), None)),
+        ];
+        // Every shared slot is taken: another admin call is shed, and so is a client's
+        // health check (the reserve is for agents and controllers)...
+        let shed = shed_at_once(call(request(STATUS, client_named("carol"), None)));
+        assert_eq!(status_code(&shed), EXHAUSTED);
+        let health = "/grpc.health.v1.Health/Check";
+        let shed = shed_at_once(call(request(health, client_named("carol"), None)));
+        assert_eq!(status_code(&shed), EXHAUSTED);
+        // ...an agent's heartbeat takes the reserve...
+        let heartbeat = "/steward.v1.AgentControl/Heartbeat";
+        let hb = call(request(heartbeat, Principal::Agent("n1".into()), None));
+        // ...which is bounded too.
+        let over = shed_at_once(call(request(
+            heartbeat,
+            Principal::Agent("n2".into()),
+            None,
+        )));
+        assert_eq!(status_code(&over), EXHAUSTED);
+        gate.add_permits(3);
+        assert_eq!(status_code(&hb.await.expect("heartbeat")), 0);
+        for answer in held {
+            assert_eq!(status_code(&answer.await.expect("answer")), 0);
+        }
+        assert!(stats
+            .refused()
+            .iter()
+            .any(|((path, reason), _)| path == heartbeat && *reason == "overloaded"));
+        // A shed request gave back the caller slot it had taken.
+        assert!(callers.lock().expect("lock").is_empty());
     }
 
     #[tokio::test]

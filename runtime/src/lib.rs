@@ -11,12 +11,14 @@
 //! - `worker`: background work behind one abstraction: a name, a state, error counts and
 //!   back-off, tracked tasks and an ordered shutdown; `steward status` lists them.
 //! - `metrics_http`: the `/metrics` endpoint, with Prometheus exposition-format negotiation.
+//! - `log_gate`: refusal log lines thinned to one per reason a second under a flood.
 //!
 //! Depends on steward-core (identities), steward-proto (for the generated clients and
 //! servers), tokio and rustls (with ring); must not
 //! depend on steward-controller, steward-agent, rocksdb or nvml.
 
 pub mod access;
+pub mod log_gate;
 pub mod metrics_http;
 pub mod tls;
 pub mod transport;

@@ -448,7 +448,7 @@ pub fn register_security_metrics(
     }
     reg.register(
         "steward_auth_refused",
-        "Requests refused by the access check, by method and reason (role, no_identity, bad_token, forged_forward, bad_forward, unknown_method).",
+        "Requests refused by the access check, by method and reason (role, node, no_identity, bad_token, forged_forward, bad_forward, unknown_method) or shed (overloaded, caller_limit).",
         denied,
     );
 }

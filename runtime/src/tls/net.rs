@@ -143,6 +143,9 @@ pub struct HandshakeStats {
     pub shed: AtomicU64,
     /// Closed at once: the peer address holds [`MAX_CONNECTIONS_PER_PEER`] connections.
     pub peer_limit: AtomicU64,
+    /// The refusals' log lines, thinned per reason under a flood (the counts above stay
+    /// exact).
+    pub logs: crate::log_gate::LogGate,
 }
 
 /// The stream of TLS connections accepted on a listener.
@@ -200,12 +203,18 @@ fn accept_with(
             };
             let Some(slot) = peers.take(remote.ip(), per_peer) else {
                 stats.peer_limit.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%remote, per_peer, "too many connections from this address: connection closed");
+                if let Some(unlogged) = stats.logs.pass("peer_limit") {
+                    tracing::warn!(%remote, per_peer, unlogged_since_last = unlogged,
+                        "too many connections from this address: connection closed");
+                }
                 continue;
             };
             let Ok(permit) = pending.clone().try_acquire_owned() else {
                 stats.shed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%remote, "too many TLS handshakes in progress: connection closed");
+                if let Some(unlogged) = stats.logs.pass("shed") {
+                    tracing::warn!(%remote, unlogged_since_last = unlogged,
+                        "too many TLS handshakes in progress: connection closed");
+                }
                 continue;
             };
             let _ = tcp.set_nodelay(true);
@@ -221,12 +230,18 @@ fn accept_with(
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
                             stats.failed.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(%remote, error = %e, "TLS handshake refused");
+                            if let Some(unlogged) = stats.logs.pass("handshake") {
+                                tracing::info!(%remote, error = %e, unlogged_since_last = unlogged,
+                                    "TLS handshake refused");
+                            }
                             return;
                         }
                         Err(_) => {
                             stats.failed.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(%remote, "TLS handshake timed out");
+                            if let Some(unlogged) = stats.logs.pass("handshake") {
+                                tracing::info!(%remote, unlogged_since_last = unlogged,
+                                    "TLS handshake timed out");
+                            }
                             return;
                         }
                     };
@@ -267,7 +282,10 @@ fn accept_with(
                     }
                     Err(e) => {
                         stats.no_identity.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(%remote, error = %e, "TLS peer refused");
+                        if let Some(unlogged) = stats.logs.pass("no_identity") {
+                            tracing::info!(%remote, error = %e, unlogged_since_last = unlogged,
+                                "TLS peer refused");
+                        }
                     }
                 }
             });
