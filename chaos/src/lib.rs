@@ -1,5 +1,11 @@
-//! steward-chaos: fault actions (kill, pause, partition in network namespaces), scenarios
-//! and checkers (linearizability of the KV history) run against a local or staging cluster.
+//! steward-chaos: the chaos harness. Breaks a cluster on purpose (fault actions in
+//! network namespaces, or on staging nodes) while workloads record what clients saw, then
+//! checks Steward's promises on the records.
 //!
-//! Not built yet: today's fault tests live in `tests/it/raft_*.rs` on the process harness
-//! of steward-tests; the chaos issue moves them here and adds partitions.
+//! Built so far: the records ([`history`]) and the checkers ([`check`]). The fault
+//! actions, scenarios and the `steward-chaos` command come next (ARCHITECTURE.md, "Chaos
+//! harness"); today's fault tests live in `tests/it/` on the process harness of
+//! steward-tests.
+
+pub mod check;
+pub mod history;
