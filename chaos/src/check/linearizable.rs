@@ -28,8 +28,9 @@ pub enum Verdict {
     /// No order of the key's operations explains what the clients saw.
     NotLinearizable {
         key: String,
-        /// The operation no order could place, and the ones concurrent with it, in
-        /// invocation order: the smallest window that shows the problem.
+        /// The operation no order could place, the ones concurrent with it and the last
+        /// three that finished before it began, in invocation order: a small window
+        /// that shows the problem.
         ops: Vec<Op>,
         /// How many of the key's operations the longest partial order placed.
         placed: usize,
@@ -51,7 +52,7 @@ impl std::fmt::Display for Verdict {
                 write!(
                     f,
                     "key `{key}` is not linearizable: at most {placed} of its {total} operations \
-                     can be ordered; this one cannot be placed, with what ran beside it:"
+                     can be ordered; the one that cannot be placed, with what ran beside it and just before:"
                 )?;
                 for op in ops {
                     write!(f, "\n  {}", describe(op))?;
@@ -304,10 +305,19 @@ fn counterexample(key: &str, ops: &[&Op], blocked: usize, placed: usize) -> Verd
         Outcome::Unknown => Nanos::MAX,
         _ => o.completed.unwrap_or(Nanos::MAX),
     };
-    let mut window: Vec<Op> = ops
+    // What ran beside it, and the last operations that finished before it began (what
+    // it should have seen).
+    let mut before: Vec<&&Op> = ops.iter().filter(|o| end(o) < b.invoked).collect();
+    before.sort_by_key(|o| end(o));
+    let earlier = before.len().saturating_sub(3);
+    let mut window: Vec<Op> = before[earlier..]
         .iter()
-        .filter(|o| o.invoked <= end(b) && b.invoked <= end(o))
-        .map(|o| (*o).clone())
+        .map(|o| (**o).clone())
+        .chain(
+            ops.iter()
+                .filter(|o| o.invoked <= end(b) && b.invoked <= end(o))
+                .map(|o| (*o).clone()),
+        )
         .collect();
     window.sort_by_key(|o| o.invoked);
     if window.len() > MAX_COUNTEREXAMPLE_OPS {
