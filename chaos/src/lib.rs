@@ -10,4 +10,5 @@
 
 pub mod check;
 pub mod history;
+pub mod scenario;
 pub mod workload;

@@ -587,16 +587,7 @@ mod tests {
 
     #[tokio::test]
     async fn past_the_in_flight_limit_requests_are_shed_with_resource_exhausted() {
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        let g = gate.clone();
-        let inner = tower::service_fn(move |_req: http::Request<()>| {
-            let g = g.clone();
-            async move {
-                g.acquire().await.expect("gate").forget();
-                Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
-            }
-        });
-        let svc = AccessLayer::open().limits(2, 0, 100).layer(inner);
+        let (svc, gate, _, _) = gated(AccessLayer::open().limits(2, 0, 100));
         let req = || {
             http::Request::builder()
                 .uri("/steward.v1.Admin/Status")
@@ -650,12 +641,10 @@ mod tests {
         Arc<Mutex<HashMap<String, usize>>>,
     );
 
-    /// A layer with these limits in front of a service whose handlers wait at the
-    /// returned gate; requests are admitted (or shed) when `call` is made, before any poll.
+    /// `layer` in front of a service whose handlers wait at the returned gate; requests
+    /// are admitted (or shed) when `call` is made, before any poll.
     fn gated(
-        total: usize,
-        reserved: usize,
-        per_caller: usize,
+        layer: AccessLayer,
     ) -> Gated<
         impl tower::Service<
                 http::Request<()>,
@@ -673,7 +662,6 @@ mod tests {
                 Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
             }
         });
-        let layer = AccessLayer::enforcing(None).limits(total, reserved, per_caller);
         let stats = layer.stats();
         let callers = layer.admission.callers.clone();
         (layer.layer(inner), gate, stats, callers)
@@ -720,7 +708,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_caller_holds_at_most_its_share_and_the_others_are_still_served() {
-        let (svc, gate, stats, callers) = gated(8, 0, 2);
+        let (svc, gate, stats, callers) = gated(AccessLayer::enforcing(None).limits(8, 0, 2));
         let call = |req| svc.clone().call(req);
         // Alice holds her two; her third is shed at once, also when a follower forwards
         // it for her.
@@ -765,7 +753,7 @@ mod tests {
 
     #[tokio::test]
     async fn heartbeats_are_served_from_the_reserve_when_admin_calls_take_every_slot() {
-        let (svc, gate, stats, callers) = gated(2, 1, 100);
+        let (svc, gate, stats, callers) = gated(AccessLayer::enforcing(None).limits(2, 1, 100));
         let call = |req| svc.clone().call(req);
         let held = [
             call(request(STATUS, client_named("alice"), None)),

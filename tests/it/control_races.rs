@@ -359,18 +359,7 @@ async fn agent_leaves_a_partitioned_leader_and_is_never_marked_down() -> anyhow:
     let (old_leader, old_term) = cluster.wait_leader(Duration::from_secs(20)).await?;
     let (mut agent, node) = start_agent(&cluster).await?;
 
-    let port = |addr: &str| -> u16 {
-        addr.rsplit_once(':')
-            .and_then(|(_, p)| p.parse().ok())
-            .expect("port")
-    };
-    let leader = cluster.node(old_leader);
-    let (ip, _) = leader.raft_addr.rsplit_once(':').expect("ip");
-    let peers: Vec<u16> = (1..=3)
-        .filter(|id| *id != old_leader)
-        .map(|id| port(&cluster.node(id).raft_addr))
-        .collect();
-    let partition = RaftPartition::isolate(ip, port(&leader.raft_addr), &peers)?;
+    let partition = RaftPartition::isolate_controller(&cluster, old_leader)?;
     let started = Instant::now();
 
     // The majority elects another leader.

@@ -103,18 +103,8 @@ async fn the_checker_catches_stale_reads_from_a_partitioned_follower() -> anyhow
     let cluster = ProcCluster::start_on(3, "", &[], true)?;
     let (leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
-    let port = |addr: &str| -> u16 {
-        addr.rsplit_once(':')
-            .and_then(|(_, p)| p.parse().ok())
-            .expect("port")
-    };
     let f = cluster.node(follower);
-    let (ip, _) = f.raft_addr.rsplit_once(':').expect("ip");
-    let peers: Vec<u16> = (1..=3)
-        .filter(|id| *id != follower)
-        .map(|id| port(&cluster.node(id).raft_addr))
-        .collect();
-    let _partition = RaftPartition::isolate(ip, port(&f.raft_addr), &peers)?;
+    let _partition = RaftPartition::isolate_controller(&cluster, follower)?;
 
     let stop = tokio_util::sync::CancellationToken::new();
     let writers = tokio::spawn(kv::run(

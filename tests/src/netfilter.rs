@@ -121,6 +121,25 @@ impl RaftPartition {
         Ok(RaftPartition { _table: table })
     }
 
+    /// Cuts controller `id` of `cluster` (started with one loopback address per
+    /// controller: `ProcCluster::start_on(.., true)`) off the others' Raft traffic.
+    pub fn isolate_controller(cluster: &crate::ProcCluster, id: u64) -> anyhow::Result<Self> {
+        let split = |addr: &str| -> anyhow::Result<(String, u16)> {
+            let (ip, port) = addr
+                .rsplit_once(':')
+                .with_context(|| format!("not HOST:PORT: {addr}"))?;
+            Ok((ip.to_string(), port.parse().context("port")?))
+        };
+        let (ip, port) = split(&cluster.node(id).raft_addr)?;
+        let peers = cluster
+            .nodes
+            .iter()
+            .filter(|(other, _)| **other != id)
+            .map(|(_, n)| split(&n.raft_addr).map(|(_, p)| p))
+            .collect::<anyhow::Result<Vec<u16>>>()?;
+        Self::isolate(&ip, port, &peers)
+    }
+
     /// Lifts the partition now.
     pub fn heal(self) {}
 }
