@@ -23,3 +23,16 @@ pub mod link;
 pub mod metrics;
 pub mod procfs;
 pub mod telemetry;
+
+/// Arms the fail points named in the `FAILPOINTS` environment variable (`name=actions;...`,
+/// see the `fail` crate), in the agent and in its shims. They exist only in builds with the
+/// `failpoints` feature, which the test suite turns on (a workspace build's `steward` has
+/// them, inert unless `FAILPOINTS` is set); a build of the binary alone has none, and this
+/// does nothing.
+pub fn arm_failpoints() {
+    #[cfg(feature = "failpoints")]
+    if let Ok(points) = std::env::var("FAILPOINTS") {
+        tracing::warn!(%points, "fail points armed (a test-only feature)");
+        std::mem::forget(fail::FailScenario::setup());
+    }
+}

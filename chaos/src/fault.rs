@@ -25,7 +25,9 @@ type Undo = Box<dyn FnOnce() -> Result<(), String> + Send>;
 /// The undos of the faults in effect, newest last.
 #[derive(Default)]
 pub struct UndoGuard {
-    undos: Mutex<Vec<(String, Undo)>>,
+    /// (id, what, undo), newest last.
+    undos: Mutex<Vec<(u64, String, Undo)>>,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl UndoGuard {
@@ -41,28 +43,56 @@ impl UndoGuard {
         apply: impl FnOnce() -> Result<(), String>,
         undo: impl FnOnce() -> Result<(), String> + Send + 'static,
     ) -> Result<(), String> {
+        self.apply_tracked(what, apply, undo).map(|_| ())
+    }
+
+    /// Like [`UndoGuard::apply`]; returns the fault's id, for [`UndoGuard::undo`] when
+    /// faults that overlap in time end in another order than they began.
+    pub fn apply_tracked(
+        &self,
+        what: impl Into<String>,
+        apply: impl FnOnce() -> Result<(), String>,
+        undo: impl FnOnce() -> Result<(), String> + Send + 'static,
+    ) -> Result<u64, String> {
         let what = what.into();
-        self.lock().push((what.clone(), Box::new(undo)));
-        apply().map_err(|e| {
-            let undone = self.undo_last();
-            format!(
-                "{what}: {e}{}",
-                undone.map_or(String::new(), |u| format!(" (and undoing it: {u})"))
-            )
-        })
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().push((id, what.clone(), Box::new(undo)));
+        match apply() {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                let undone = self.undo(id);
+                Err(format!(
+                    "{what}: {e}{}",
+                    undone.map_or(String::new(), |u| format!(" (and undoing it: {u})"))
+                ))
+            }
+        }
+    }
+
+    /// Undoes fault `id` if it is still in effect; the error, if undoing failed.
+    pub fn undo(&self, id: u64) -> Option<String> {
+        let found = {
+            let mut undos = self.lock();
+            let at = undos.iter().position(|(i, _, _)| *i == id)?;
+            undos.remove(at)
+        };
+        let (_, what, undo) = found;
+        undo().err().map(|e| format!("{what}: {e}"))
     }
 
     /// Undoes the most recent fault still in effect.
     pub fn undo_last(&self) -> Option<String> {
         let last = self.lock().pop();
-        last.and_then(|(what, undo)| undo().err().map(|e| format!("{what}: {e}")))
+        last.and_then(|(_, what, undo)| undo().err().map(|e| format!("{what}: {e}")))
     }
 
     /// Undoes every fault still in effect, newest first; the failures.
     pub fn undo_all(&self) -> Vec<String> {
         let mut failed = Vec::new();
         loop {
-            let Some((what, undo)) = self.lock().pop() else {
+            let Some((_, what, undo)) = self.lock().pop() else {
                 break;
             };
             if let Err(e) = undo() {
@@ -74,7 +104,7 @@ impl UndoGuard {
 
     /// Faults in effect, oldest first.
     pub fn in_effect(&self) -> Vec<String> {
-        self.lock().iter().map(|(w, _)| w.clone()).collect()
+        self.lock().iter().map(|(_, w, _)| w.clone()).collect()
     }
 
     /// On Ctrl-C: undo everything, say so, and exit with status 130.
@@ -92,7 +122,7 @@ impl UndoGuard {
         });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, Undo)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, String, Undo)>> {
         self.undos.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -105,7 +135,8 @@ impl Drop for UndoGuard {
     }
 }
 
-fn signal(pid: u32, sig: Signal) -> Result<(), String> {
+/// Sends `sig` to process `pid`.
+pub fn signal(pid: u32, sig: Signal) -> Result<(), String> {
     let pid = i32::try_from(pid).map_err(|_| format!("pid {pid} out of range"))?;
     kill(Pid::from_raw(pid), sig).map_err(|e| format!("{sig} to pid {pid}: {e}"))
 }

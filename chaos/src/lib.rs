@@ -2,14 +2,21 @@
 //! network namespaces, or on staging nodes) while workloads record what clients saw, then
 //! checks Steward's promises on the records.
 //!
-//! Built so far: the records ([`history`]), the checkers ([`check`]), the KV workload
-//! ([`workload`]), scenario files ([`scenario`]) and the first fault actions with their
-//! undo guard ([`fault`]). Network namespaces, the remaining fault actions and the
-//! `steward-chaos` command come next (ARCHITECTURE.md, "Chaos harness"); today's runs
-//! live in `tests/it/` on the process harness of steward-tests.
+//! - [`harness`]: controller and agent processes, on loopback or each in its own network
+//!   namespace ([`harness::netns::Lab`]), and the test PKI (steward-tests re-exports it);
+//! - [`workload`]: clients that record what they saw (KV, jobs);
+//! - [`fault`]: fault actions behind an undo guard;
+//! - [`check`]: the invariant checkers, pure;
+//! - [`scenario`]: scenario files; [`run`]: a scenario run and its report
+//!   (`steward-chaos run`).
+//!
+//! Not yet: the object workload, disk-full, clock-skew, GPU and membership faults in runs,
+//! the staging mode and the deterministic simulation (ARCHITECTURE.md, "Chaos harness").
 
 pub mod check;
 pub mod fault;
+pub mod harness;
 pub mod history;
+pub mod run;
 pub mod scenario;
 pub mod workload;

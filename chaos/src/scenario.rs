@@ -191,6 +191,24 @@ pub enum Action {
 }
 
 impl Action {
+    /// Its name in scenario files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Kill => "kill",
+            Action::Pause => "pause",
+            Action::Partition => "partition",
+            Action::PartitionOneWay => "partition-one-way",
+            Action::Netem => "netem",
+            Action::DiskFull => "disk-full",
+            Action::BitRot => "bit-rot",
+            Action::ClockSkew => "clock-skew",
+            Action::GpuXid => "gpu-xid",
+            Action::GpuEcc => "gpu-ecc",
+            Action::GpuLost => "gpu-lost",
+            Action::Membership => "membership",
+        }
+    }
+
     /// Whether it lasts until reverted after `duration` (rather than happening once).
     pub fn lasts(self) -> bool {
         matches!(
@@ -224,7 +242,7 @@ pub enum Target {
     /// A minority of the controllers (1 of 3, 2 of 5), the leader among them.
     Minority,
     Controller(u32),
-    /// An agent, chosen by the run's seed.
+    /// An agent, chosen by the run's seed among those running tasks (any, if none is).
     AnyAgent,
     Agent(u32),
 }

@@ -6,6 +6,7 @@ mod agent_gpu_faults;
 mod agent_inventory;
 mod agent_liveness;
 mod agent_registration;
+mod chaos_scenarios;
 mod cli_operator;
 mod config_examples;
 mod control_races;

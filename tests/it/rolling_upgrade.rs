@@ -94,7 +94,7 @@ async fn one_controller_at_a_time_to_a_build_with_a_new_command_kind() -> anyhow
     .await?;
 
     // A fourth controller runs the new build, joins, and leads.
-    let (raft_addr, api_addr) = cluster.add_node(4);
+    let (raft_addr, api_addr) = cluster.add_node(4)?;
     cluster.nodes.get_mut(&4).expect("node 4").bin = Some(next.clone());
     cluster.spawn(4)?;
     let (leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;

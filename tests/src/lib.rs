@@ -1,15 +1,14 @@
-//! steward-tests: the cluster harness shared by the integration tests (`it/`) and the
-//! benchmarks (`src/bin/`).
+//! steward-tests: the integration tests (`it/`) and the benchmarks (`src/bin/`), on the
+//! process harness that lives in steward-chaos (`steward_chaos::harness`, re-exported here).
 //!
 //! `ProcCluster` spawns real `steward controller` processes on loopback, on ports chosen at
 //! run time, each with its own data dir and log file, and offers the fault switches the
 //! tests need: SIGKILL, SIGTERM, restart, wiping a data dir. Waits are on conditions with a
 //! deadline (`wait_for`), never on fixed sleeps.
 
-pub mod cluster;
 pub mod etcd;
-pub mod netfilter;
-pub mod pki;
+
+pub use steward_chaos::harness::{cluster, netfilter, pki};
 
 pub use cluster::{
     admin_client, agent_tls_flags, channel, free_port, http_get, kill_allocations, spawn_agent,

@@ -548,6 +548,10 @@ impl Runner {
     /// Fences: no heartbeat acknowledged for `fence_after`, so stop the work that must not
     /// run while this node is cut off (it will be placed elsewhere once the node is down).
     fn fence_if_cut_off(&self) {
+        // Test builds: the split-brain bug of a node that keeps its work while cut off,
+        // reintroduced on purpose (with the shim's). The chaos harness must catch it
+        // (`steward-chaos run --bug agent-skip-fence`).
+        fail::fail_point!("agent-skip-fence", |_| ());
         let last = *self.last_ack.lock().unwrap_or_else(|p| p.into_inner());
         let silent = Duration::from_nanos(monotonic_ns().saturating_sub(last));
         if silent < self.fence_after() {

@@ -375,6 +375,8 @@ fn fence_watch(
 ) {
     use nix::sys::signal::{kill, killpg, Signal};
     use nix::unistd::{getpgrp, Pid};
+    // Test builds: never fence (see the agent's `agent-skip-fence`).
+    fail::fail_point!("agent-skip-fence", |_| ());
     loop {
         let deadline = super::read_fence_lease(lease, fence_after).unwrap_or(fallback);
         if super::monotonic_ns() > deadline {

@@ -123,6 +123,11 @@ fn spawn_shim(
             cmd.env(key, v);
         }
     }
+    // Test builds: the shim arms the agent's fail points too (`agent-skip-fence`).
+    #[cfg(feature = "failpoints")]
+    if let Ok(v) = std::env::var("FAILPOINTS") {
+        cmd.env("FAILPOINTS", v);
+    }
     cmd.envs(environment(record, dir));
     cmd.current_dir(dir)
         .stdin(std::process::Stdio::null())

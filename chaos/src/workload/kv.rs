@@ -53,6 +53,9 @@ pub struct KvMix {
     /// shows that the checker catches stale reads.
     pub stale_reads: bool,
     pub seed: u64,
+    /// Where the history's times count from (default: when [`run`] starts), so that a
+    /// runner can line operations up with the faults it injected.
+    pub epoch: Option<Instant>,
 }
 
 impl Default for KvMix {
@@ -68,6 +71,7 @@ impl Default for KvMix {
             first_client: 0,
             stale_reads: false,
             seed: 1,
+            epoch: None,
         }
     }
 }
@@ -79,7 +83,7 @@ pub async fn run(
     connect: Connect,
     stop: CancellationToken,
 ) -> Vec<Op> {
-    let start = Instant::now();
+    let start = mix.epoch.unwrap_or_else(Instant::now);
     let clients = (0..mix.clients).map(|c| {
         let (mix, addrs, connect, stop) =
             (mix.clone(), addrs.clone(), connect.clone(), stop.clone());

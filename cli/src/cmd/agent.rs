@@ -114,6 +114,7 @@ pub struct ShimArgs {
 }
 
 pub fn run_shim(args: &ShimArgs) -> i32 {
+    steward_agent::arm_failpoints();
     steward_agent::jobs::shim::run(steward_agent::jobs::shim::ShimArgs {
         alloc_dir: args.alloc_dir.clone(),
         cgroup_procs: args.cgroup_procs.clone(),
@@ -214,6 +215,7 @@ fn print_inventory(gpus: Box<dyn GpuProbe>, data_dir: Option<&Path>) -> anyhow::
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     crate::process::init_tracing("info");
+    steward_agent::arm_failpoints();
     let file = args.layered()?;
     let gpus = probe(file.simulate_gpus.as_deref(), file.data_dir.as_deref())?;
     if args.print_inventory {

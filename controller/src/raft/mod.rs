@@ -250,6 +250,11 @@ impl RaftHandle {
     /// Waits until the local state may be read linearizably (this controller leads,
     /// confirmed by a quorum, and has applied up to the read point).
     pub async fn read_barrier(&self) -> Result<(), Error> {
+        // Test builds: the bug Jepsen found in etcd and Consul, reintroduced on purpose.
+        // A leader answers linearizable reads from its own state without confirming with
+        // a quorum that it still leads, so one cut off in a minority serves the past. The
+        // chaos harness must catch it (`steward-chaos run --bug read-skip-barrier`).
+        fail::fail_point!("read-skip-barrier", |_| Ok(()));
         match tokio::time::timeout(READ_TIMEOUT, self.inner.raft.ensure_linearizable()).await {
             Err(_) => Err(Error::QuorumLost(format!(
                 "leadership not confirmed within {READ_TIMEOUT:?}"

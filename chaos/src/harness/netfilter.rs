@@ -123,7 +123,10 @@ impl RaftPartition {
 
     /// Cuts controller `id` of `cluster` (started with one loopback address per
     /// controller: `ProcCluster::start_on(.., true)`) off the others' Raft traffic.
-    pub fn isolate_controller(cluster: &crate::ProcCluster, id: u64) -> anyhow::Result<Self> {
+    pub fn isolate_controller(
+        cluster: &super::cluster::ProcCluster,
+        id: u64,
+    ) -> anyhow::Result<Self> {
         let split = |addr: &str| -> anyhow::Result<(String, u16)> {
             let (ip, port) = addr
                 .rsplit_once(':')

@@ -16,6 +16,24 @@ use steward_proto::v1::{ReadConsistency, StatusReply, StatusRequest};
 use steward_runtime::tls::ServerKind;
 use tonic::transport::Channel;
 
+use super::netns::{Host, Lab};
+use std::sync::Arc;
+
+/// Ports every controller in a lab listens on, at its host's own address.
+pub const LAB_RAFT_PORT: u16 = 7700;
+pub const LAB_API_PORT: u16 = 7800;
+pub const LAB_METRICS_PORT: u16 = 7900;
+
+/// Where a cluster's controllers listen.
+enum Placement {
+    /// All on 127.0.0.1, on free ports.
+    Loopback,
+    /// Controller `id` on 127.0.0.(10 + id), free ports.
+    OwnLoopbackIps,
+    /// Each on its own lab host.
+    Lab(Arc<Lab>, BTreeMap<u64, Host>),
+}
+
 /// Path of the `steward` binary under test: `$STEWARD_BIN`, else the one cargo built next
 /// to this test binary (same profile).
 pub fn steward_bin() -> PathBuf {
@@ -112,7 +130,7 @@ pub fn agent_tls_flags(data_dir: &Path) -> anyhow::Result<Vec<String>> {
     };
     let mut tls_dir = data_dir.as_os_str().to_owned();
     tls_dir.push("-tls");
-    Ok(crate::pki::daemon_flags(
+    Ok(super::pki::daemon_flags(
         Path::new(&tls_dir),
         steward_core::identity::Principal::Agent(node),
     ))
@@ -152,7 +170,7 @@ pub async fn channel(
     call_timeout: Duration,
 ) -> anyhow::Result<Channel> {
     let options =
-        crate::pki::client_options(Duration::from_millis(500), kind).call_timeout(call_timeout);
+        super::pki::client_options(Duration::from_millis(500), kind).call_timeout(call_timeout);
     Ok(steward_runtime::transport::connect(addr, &options).await?)
 }
 
@@ -186,6 +204,8 @@ pub struct ProcNode {
     founding: bool,
     /// The binary this controller runs (default: [`steward_bin`]).
     pub bin: Option<PathBuf>,
+    /// The lab host it runs on; `None`: the harness's own namespace, on loopback.
+    pub host: Option<Host>,
     child: Option<Child>,
 }
 
@@ -199,6 +219,9 @@ pub struct ProcCluster {
     env: Vec<(String, String)>,
     /// Plaintext (`--insecure`) instead of mutual TLS.
     plaintext: bool,
+    /// The network namespaces the controllers run in, if they do: dropped after the
+    /// processes are killed.
+    lab: Option<Arc<Lab>>,
 }
 
 impl ProcCluster {
@@ -239,7 +262,35 @@ impl ProcCluster {
         env: &[(&str, &str)],
         own_ips: bool,
     ) -> anyhow::Result<Self> {
-        Self::start_mode(n, extra_toml, env, own_ips, crate::pki::insecure())
+        Self::start_mode(n, extra_toml, env, own_ips, super::pki::insecure())
+    }
+
+    /// Starts `n` founding controllers (ids 1..=n), controller `id` on a new host `c<id>`
+    /// of `lab`, with `extra_toml` in their config files and `env` in their environment. Each listens on its host's own
+    /// address at [`LAB_RAFT_PORT`], [`LAB_API_PORT`] and [`LAB_METRICS_PORT`].
+    pub fn start_in_lab(
+        lab: Arc<Lab>,
+        n: u64,
+        extra_toml: &str,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Self> {
+        let mut hosts = BTreeMap::new();
+        for id in 1..=n {
+            hosts.insert(id, lab.add_host(&format!("c{id}"))?);
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Self::start_placed(
+            n,
+            extra_toml,
+            &env,
+            Placement::Lab(lab, hosts),
+            super::pki::insecure(),
+        )
+    }
+
+    /// The lab the controllers run in, if they do.
+    pub fn lab(&self) -> Option<&Arc<Lab>> {
+        self.lab.as_ref()
     }
 
     fn start_mode(
@@ -249,16 +300,36 @@ impl ProcCluster {
         own_ips: bool,
         plaintext: bool,
     ) -> anyhow::Result<Self> {
+        let placement = match own_ips {
+            true => Placement::OwnLoopbackIps,
+            false => Placement::Loopback,
+        };
+        Self::start_placed(n, extra_toml, env, placement, plaintext)
+    }
+
+    fn start_placed(
+        n: u64,
+        extra_toml: &str,
+        env: &[(&str, &str)],
+        placement: Placement,
+        plaintext: bool,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("steward-it-").tempdir()?;
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
-            let ip = if own_ips {
-                format!("127.0.0.{}", 10 + id)
-            } else {
-                "127.0.0.1".to_string()
+            let node = match &placement {
+                Placement::Loopback => Self::new_node_on(dir.path(), id, true, "127.0.0.1"),
+                Placement::OwnLoopbackIps => {
+                    Self::new_node_on(dir.path(), id, true, &format!("127.0.0.{}", 10 + id))
+                }
+                Placement::Lab(_, hosts) => Self::new_node_in(dir.path(), id, true, &hosts[&id]),
             };
-            nodes.insert(id, Self::new_node_on(dir.path(), id, true, &ip));
+            nodes.insert(id, node);
         }
+        let lab = match placement {
+            Placement::Lab(lab, _) => Some(lab),
+            _ => None,
+        };
         // STEWARD_IT_RAFT_ONLY_INITIAL_CLUSTER=1: `ID=RAFT_ADDR` only, as builds before
         // stored format 2 take it (for benchmarking an older build side by side).
         let raft_only = std::env::var("STEWARD_IT_RAFT_ONLY_INITIAL_CLUSTER").as_deref() == Ok("1");
@@ -280,6 +351,7 @@ impl ProcCluster {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             plaintext,
+            lab,
         };
         let ids: Vec<u64> = c.nodes.keys().copied().collect();
         for id in ids {
@@ -303,16 +375,35 @@ impl ProcCluster {
             config_path: dir.join(format!("controller-{id}.toml")),
             founding,
             bin: None,
+            host: None,
             child: None,
         }
     }
 
-    /// Adds a (not yet started) joining controller `id` and returns its addresses.
-    pub fn add_node(&mut self, id: u64) -> (String, String) {
-        let node = Self::new_node(self.dir.path(), id, false);
+    fn new_node_in(dir: &Path, id: u64, founding: bool, host: &Host) -> ProcNode {
+        let ip = host.ip;
+        ProcNode {
+            raft_addr: format!("{ip}:{LAB_RAFT_PORT}"),
+            api_addr: format!("{ip}:{LAB_API_PORT}"),
+            metrics_addr: format!("{ip}:{LAB_METRICS_PORT}"),
+            host: Some(host.clone()),
+            ..Self::new_node_on(dir, id, founding, "127.0.0.1")
+        }
+    }
+
+    /// Adds a (not yet started) joining controller `id` and returns its addresses; in a
+    /// lab, on a new host `c<id>`.
+    pub fn add_node(&mut self, id: u64) -> anyhow::Result<(String, String)> {
+        let node = match &self.lab {
+            Some(lab) => {
+                let host = lab.add_host(&format!("c{id}"))?;
+                Self::new_node_in(self.dir.path(), id, false, &host)
+            }
+            None => Self::new_node(self.dir.path(), id, false),
+        };
         let addrs = (node.raft_addr.clone(), node.api_addr.clone());
         self.nodes.insert(id, node);
-        addrs
+        Ok(addrs)
     }
 
     /// Starts (or restarts) controller `id`'s process.
@@ -339,7 +430,7 @@ impl ProcCluster {
         } else {
             let mut tls_dir = node.data_dir.as_os_str().to_owned();
             tls_dir.push("-tls");
-            let tls_dir = crate::pki::pki().issue(
+            let tls_dir = super::pki::pki().issue(
                 Path::new(&tls_dir),
                 steward_core::identity::Principal::Controller(node.id),
             );
@@ -355,7 +446,11 @@ impl ProcCluster {
             .create(true)
             .append(true)
             .open(&node.log_path)?;
-        let child = Command::new(bin)
+        let mut cmd = match &node.host {
+            Some(host) => host.command(bin),
+            None => Command::new(bin),
+        };
+        let child = cmd
             .arg("controller")
             .arg("--config")
             .arg(&node.config_path)

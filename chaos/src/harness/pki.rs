@@ -57,7 +57,7 @@ pub struct TestPki {
 pub fn pki() -> &'static TestPki {
     static PKI: OnceLock<TestPki> = OnceLock::new();
     PKI.get_or_init(|| {
-        let root = crate::steward_bin().with_file_name("steward-it-pki-v1");
+        let root = super::cluster::steward_bin().with_file_name("steward-it-pki-v1");
         TestPki::open_or_create(root).expect("the test CA")
     })
 }
@@ -166,7 +166,7 @@ pub fn fleet_options(connect_timeout: std::time::Duration) -> ClientOptions {
 /// (or `--insecure` under `STEWARD_IT_INSECURE=1`), and none of the caller's own
 /// STEWARD_* settings.
 pub fn steward_cmd() -> Command {
-    let mut cmd = Command::new(crate::steward_bin());
+    let mut cmd = Command::new(super::cluster::steward_bin());
     cmd.env_remove("STEWARD_TOKEN")
         .env_remove("STEWARD_TLS_DIR")
         .env_remove("STEWARD_INSECURE")

@@ -1,0 +1,1433 @@
+//! Runs a scenario on a local cluster: every controller in its own network namespace
+//! ([`crate::harness::netns`]), the scenario's workloads recording what clients saw, its
+//! fault schedule applied through an [`UndoGuard`], then every checker on the records.
+//!
+//! ```text
+//!  Scenario ──► Lab + ProcCluster ──► workloads (KV clients)  ──► history ──┐
+//!                    ▲                monitor (who leads, term) ──► samples ─┤──► checkers ──► Report
+//!                    └─ fault tasks (one per firing: apply, wait, undo) ─────┘
+//! ```
+//!
+//! Times in the report count from the run's epoch (the workloads' start). A fault's time
+//! to detect is how long until the controllers report another leader or a higher term; its
+//! time to recover is how long after it ended until the first write invoked after its end
+//! was answered.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use steward_proto::v1::admin_client::AdminClient;
+use steward_proto::v1::{KvGetRequest, ListNodesRequest, ReadConsistency, StatusRequest};
+use tokio_util::sync::CancellationToken;
+
+use crate::check::placement;
+use crate::check::{linearizable, raft};
+use crate::fault::UndoGuard;
+use crate::harness::cluster::{agent_tls_flags, steward_bin, AgentGuard, ProcCluster};
+use crate::harness::netns::{self, Direction, Host, Lab};
+use crate::history::{KvCall, Nanos, Op, Outcome};
+use crate::scenario::{Action, Firing, Scenario, Target};
+use crate::workload::jobs::{self, JobMix, Submitted};
+use crate::workload::kv::{self, KvMix};
+
+/// How often the monitor asks every controller who leads.
+const MONITOR_EVERY: Duration = Duration::from_millis(200);
+/// Deadline of one monitor or final-read call.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the run waits for the first leader, and for a leader to aim a fault at.
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+/// How long, after every fault is undone, the controllers have to converge.
+const CONVERGE_WAIT: Duration = Duration::from_secs(60);
+/// The client number of the reads the runner makes at the end (every key once).
+const FINAL_READER: u32 = u32::MAX;
+/// The port every agent's API listens on, at its lab host's address.
+const LAB_AGENT_API_PORT: u16 = 7600;
+/// Liveness of a local run with agents: quick, so that an agent fault is acted on within
+/// seconds (the agents fence by the same `down_after`).
+const LIVENESS_TOML: &str = "[liveness]\nsuspect_after = \"1s\"\ndown_after = \"4s\"\n";
+const AGENT_FLAGS: &[&str] = &[
+    "--heartbeat-interval",
+    "200ms",
+    "--controller-down-after",
+    "4s",
+];
+/// How long the agents have to register and report ready.
+const AGENTS_READY_WAIT: Duration = Duration::from_secs(60);
+
+/// A bug of a known class, reintroduced on purpose through a fail point of the test build
+/// of `steward`, to prove that the harness catches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Bug {
+    /// Reads answered from the local state without the leader's quorum check: a
+    /// controller cut off in a minority serves the past (etcd's and Consul's stale reads).
+    ReadSkipBarrier,
+    /// Agents (and their tasks' shims) never fence: an agent cut off from the controllers
+    /// keeps its tasks running while they are placed again elsewhere (split brain).
+    AgentSkipFence,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 2] = [Bug::ReadSkipBarrier, Bug::AgentSkipFence];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::ReadSkipBarrier => "read-skip-barrier",
+            Bug::AgentSkipFence => "agent-skip-fence",
+        }
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Bug> {
+        Bug::ALL
+            .into_iter()
+            .find(|b| b.name() == text)
+            .ok_or_else(|| {
+                let names: Vec<_> = Bug::ALL.iter().map(|b| b.name()).collect();
+                anyhow!("unknown bug {text:?}; known: {}", names.join(", "))
+            })
+    }
+
+    /// The `FAILPOINTS` setting (of controllers and agents) that switches it on.
+    fn failpoints(self) -> String {
+        format!("{}=return", self.name())
+    }
+}
+
+/// How a run goes.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Seeds every random choice (targets, workload keys and values): printed with every
+    /// report, so that a run can be repeated.
+    pub seed: u64,
+    pub bug: Option<Bug>,
+    /// Print each fault as it fires (to stderr).
+    pub progress: bool,
+}
+
+/// What a run found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub seed: u64,
+    pub bug: Option<Bug>,
+    /// How long the workloads ran.
+    pub ran_ms: u64,
+    pub faults: Vec<FaultRecord>,
+    pub operations: OperationCounts,
+    pub invariants: Vec<InvariantResult>,
+    /// Faults that could not be undone (the cluster was torn down anyway).
+    pub undo_failures: Vec<String>,
+}
+
+impl Report {
+    /// Whether every invariant held.
+    pub fn passed(&self) -> bool {
+        self.invariants
+            .iter()
+            .all(|i| i.verdict != Verdict::Violated)
+    }
+
+    /// The invariant called `name`.
+    pub fn invariant(&self, name: &str) -> Option<&InvariantResult> {
+        self.invariants.iter().find(|i| i.name == name)
+    }
+}
+
+/// One fault as it happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultRecord {
+    pub action: String,
+    /// The controllers it hit, resolved when it fired.
+    pub targets: Vec<String>,
+    pub at_ms: u64,
+    /// When it was undone (`None`: a one-shot fault, or it failed).
+    pub until_ms: Option<u64>,
+    /// Until the controllers reported another leader or a higher term.
+    pub detect_ms: Option<u64>,
+    /// From its end until the first write invoked after its end was answered.
+    pub recover_ms: Option<u64>,
+    /// Why it was not applied, if it was not.
+    pub error: Option<String>,
+    #[serde(skip)]
+    leader_before: Option<(u64, u64)>,
+    /// The node ids of the agents it hit.
+    #[serde(skip)]
+    agent_nodes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OperationCounts {
+    pub ok: usize,
+    /// Certainly not applied.
+    pub failed: usize,
+    /// Unknown: timed out or the answer was lost.
+    pub indeterminate: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Held,
+    Violated,
+    /// Not decided (a search out of budget): neither a pass nor a failure.
+    Inconclusive,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InvariantResult {
+    pub name: String,
+    pub verdict: Verdict,
+    /// What was checked, or the counterexample.
+    pub detail: String,
+}
+
+impl InvariantResult {
+    fn new(name: &str, verdict: Verdict, detail: impl Into<String>) -> Self {
+        InvariantResult {
+            name: name.into(),
+            verdict,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The names of the invariants a report carries.
+pub mod invariant {
+    pub const LINEARIZABLE: &str = "kv-linearizable";
+    pub const ONE_LEADER_PER_TERM: &str = "one-leader-per-term";
+    pub const CONVERGED: &str = "controllers-converge";
+    pub const RECOVERY: &str = "recovers-within-bound";
+    pub const FAULTS_APPLIED: &str = "faults-applied";
+    pub const SINGLE_RUN: &str = "no-task-on-two-nodes";
+    pub const RESCHEDULED: &str = "jobs-rescheduled-within-bound";
+}
+
+/// What the fault tasks and the monitor share.
+struct Env {
+    cluster: Mutex<ProcCluster>,
+    /// Agent `i` (1-based); dropped before the lab, killing their tasks.
+    agents: Mutex<BTreeMap<u32, LabAgent>>,
+    lab: Arc<Lab>,
+    /// Controller id -> API address and lab host.
+    api: BTreeMap<u64, String>,
+    hosts: BTreeMap<u64, Host>,
+    guard: Arc<UndoGuard>,
+    epoch: Instant,
+    connect: kv::Connect,
+    /// (at, leader, term) as the monitor saw it: the leader of the highest term reported.
+    leaders: Mutex<Vec<(Nanos, u64, u64)>>,
+    /// (at, node id, health) as the monitor saw the agents.
+    node_health: Mutex<Vec<(Nanos, String, String)>>,
+    /// The wall clock at `epoch` (ms since the Unix epoch): task records use the wall clock.
+    wall_epoch_ms: u64,
+    rng: Mutex<rand_chacha::ChaCha8Rng>,
+    progress: bool,
+}
+
+impl Env {
+    fn now(&self) -> Nanos {
+        self.epoch.elapsed().as_nanos() as Nanos
+    }
+
+    fn say(&self, what: &str) {
+        if self.progress {
+            eprintln!("[{:>8.3} s] {what}", self.now() as f64 / 1e9);
+        }
+    }
+
+    async fn status(&self, id: u64) -> Option<steward_proto::v1::StatusReply> {
+        let addr = self.api.get(&id)?.clone();
+        let call = async {
+            let ch = (self.connect)(addr).await?;
+            AdminClient::new(ch)
+                .status(StatusRequest {
+                    consistency: ReadConsistency::Stale as i32,
+                })
+                .await
+                .ok()
+                .map(|r| r.into_inner())
+        };
+        tokio::time::timeout(PROBE_TIMEOUT, call)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Every agent's (node id, health), as the cluster reports them.
+    async fn node_healths(&self) -> Option<Vec<(String, String)>> {
+        let (id, _) = self.leader_now().await?;
+        let addr = self.api.get(&id)?.clone();
+        let call = async {
+            let ch = (self.connect)(addr).await?;
+            AdminClient::new(ch)
+                .list_nodes(ListNodesRequest::default())
+                .await
+                .ok()
+                .map(|r| {
+                    r.into_inner()
+                        .nodes
+                        .into_iter()
+                        .map(|n| (n.id, n.health))
+                        .collect()
+                })
+        };
+        tokio::time::timeout(PROBE_TIMEOUT, call)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The leader of the highest term any controller reports, as (id, term).
+    async fn leader_now(&self) -> Option<(u64, u64)> {
+        let ids: Vec<u64> = self.api.keys().copied().collect();
+        let replies = futures::future::join_all(ids.iter().map(|id| self.status(*id))).await;
+        replies
+            .into_iter()
+            .flatten()
+            .filter(|s| s.responder_state == "leader")
+            .map(|s| (s.responder_id, s.term))
+            .max_by_key(|(_, term)| *term)
+    }
+
+    async fn wait_leader(&self, within: Duration) -> Option<(u64, u64)> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self.leader_now().await {
+                return Some(l);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(MONITOR_EVERY).await;
+        }
+    }
+
+    /// The controllers or agents `target` names now.
+    async fn resolve(&self, target: &Target) -> anyhow::Result<Vec<Victim>> {
+        let n = self.api.len() as u64;
+        let leader = || async {
+            self.wait_leader(LEADER_WAIT)
+                .await
+                .map(|(id, _)| id)
+                .ok_or_else(|| anyhow!("no leader to aim at within {LEADER_WAIT:?}"))
+        };
+        let controllers = |ids: Vec<u64>| ids.into_iter().map(Victim::Controller).collect();
+        Ok(match target {
+            Target::Leader => controllers(vec![leader().await?]),
+            Target::Follower => {
+                let l = leader().await?;
+                let others: Vec<u64> = self.api.keys().copied().filter(|i| *i != l).collect();
+                let pick = self.rng().random_range(0..others.len());
+                controllers(vec![others[pick]])
+            }
+            Target::Minority => {
+                let l = leader().await?;
+                let mut others: Vec<u64> = self.api.keys().copied().filter(|i| *i != l).collect();
+                let size = ((n - 1) / 2) as usize;
+                let mut chosen = vec![l];
+                let mut rng = self.rng();
+                while chosen.len() < size {
+                    let at = rng.random_range(0..others.len());
+                    chosen.push(others.remove(at));
+                }
+                controllers(chosen)
+            }
+            Target::Controller(id) => {
+                let id = u64::from(*id);
+                if !self.api.contains_key(&id) {
+                    bail!("the cluster has no controller {id}");
+                }
+                controllers(vec![id])
+            }
+            Target::AnyAgent => {
+                // Among the agents running tasks, if any: a fault on an idle agent proves
+                // little about the work's failover.
+                let agents = self.agents();
+                if agents.is_empty() {
+                    bail!("the scenario aims at an agent, but its cluster has none");
+                }
+                let busy: Vec<u32> = agents
+                    .iter()
+                    .filter(|(_, a)| {
+                        a.node_id().is_some_and(|node| {
+                            jobs::collect_runs(&node, &a.guard.data_dir)
+                                .iter()
+                                .any(|r| r.stopped_ms.is_none())
+                        })
+                    })
+                    .map(|(i, _)| *i)
+                    .collect();
+                let pool: Vec<u32> = if busy.is_empty() {
+                    agents.keys().copied().collect()
+                } else {
+                    busy
+                };
+                drop(agents);
+                vec![Victim::Agent(pool[self.rng().random_range(0..pool.len())])]
+            }
+            Target::Agent(i) => {
+                if !self.agents().contains_key(i) {
+                    bail!("the cluster has no agent {i}");
+                }
+                vec![Victim::Agent(*i)]
+            }
+        })
+    }
+
+    fn rng(&self) -> std::sync::MutexGuard<'_, rand_chacha::ChaCha8Rng> {
+        self.rng.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn agents(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, LabAgent>> {
+        self.agents.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn host_of(&self, v: Victim) -> Option<Host> {
+        match v {
+            Victim::Controller(id) => self.hosts.get(&id).cloned(),
+            Victim::Agent(i) => self.agents().get(&i).map(|a| a.host.clone()),
+        }
+    }
+
+    fn hosts_of(&self, victims: &[Victim]) -> Vec<Host> {
+        victims.iter().filter_map(|v| self.host_of(*v)).collect()
+    }
+
+    /// Every other host of the lab: the other side of a partition.
+    fn others(&self, victims: &[Victim]) -> Vec<Host> {
+        let mine = self.hosts_of(victims);
+        self.lab
+            .hosts()
+            .into_iter()
+            .filter(|h| !mine.contains(h))
+            .collect()
+    }
+
+    fn pid_of(&self, v: Victim) -> Option<u32> {
+        match v {
+            Victim::Controller(id) => self
+                .cluster
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pid(id),
+            Victim::Agent(i) => self
+                .agents()
+                .get(&i)
+                .and_then(|a| a.guard.child.as_ref().map(|c| c.id())),
+        }
+    }
+
+    fn kill(&self, v: Victim) {
+        match v {
+            Victim::Controller(id) => self
+                .cluster
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .kill(id),
+            Victim::Agent(i) => {
+                if let Some(mut child) =
+                    self.agents().get_mut(&i).and_then(|a| a.guard.child.take())
+                {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+    }
+
+    fn restart(&self, v: Victim) -> anyhow::Result<()> {
+        match v {
+            Victim::Controller(id) => self
+                .cluster
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .spawn(id),
+            Victim::Agent(i) => {
+                let mut agents = self.agents();
+                let agent = agents.get_mut(&i).ok_or_else(|| anyhow!("no agent {i}"))?;
+                agent.guard.child = Some(agent.spawn(&self.controllers_arg())?);
+                Ok(())
+            }
+        }
+    }
+
+    fn controllers_arg(&self) -> String {
+        self.api.values().cloned().collect::<Vec<_>>().join(",")
+    }
+
+    /// Applies the firing's action to `victims` through the guard; the undo ids.
+    fn apply(
+        &self,
+        env: &Arc<Env>,
+        scenario: &Scenario,
+        firing: &Firing,
+        victims: &[Victim],
+    ) -> Result<Vec<u64>, String> {
+        let fault = &scenario.faults[firing.fault];
+        let mut undo_ids = Vec::new();
+        match fault.action {
+            Action::Kill => {
+                for &v in victims {
+                    let e = env.clone();
+                    undo_ids.push(self.guard.apply_tracked(
+                        format!("kill -9 of {}", v.name()),
+                        || {
+                            self.kill(v);
+                            Ok(())
+                        },
+                        move || e.restart(v).map_err(|err| format!("restarting {}: {err:#}", v.name())),
+                    )?);
+                }
+            }
+            Action::Pause => {
+                for &v in victims {
+                    let pid = self.pid_of(v).ok_or_else(|| format!("{} is not running", v.name()))?;
+                    undo_ids.push(self.guard.apply_tracked(
+                        format!("pause of {} (pid {pid})", v.name()),
+                        || crate::fault::signal(pid, nix::sys::signal::Signal::SIGSTOP),
+                        move || crate::fault::signal(pid, nix::sys::signal::Signal::SIGCONT),
+                    )?);
+                }
+            }
+            Action::Partition | Action::PartitionOneWay => {
+                // Both: the victims cut off from every other host. One way: the victims'
+                // packets dropped at the other hosts, while theirs still reach the victims.
+                let (a, b, direction) = match fault.action {
+                    Action::Partition => (self.hosts_of(victims), self.others(victims), Direction::Both),
+                    _ => (self.others(victims), self.hosts_of(victims), Direction::OneWay),
+                };
+                let partition = Arc::new(Mutex::new(None));
+                let (p, lab, lab2) = (partition.clone(), self.lab.clone(), self.lab.clone());
+                let names: Vec<String> = victims.iter().map(|v| v.name()).collect();
+                undo_ids.push(self.guard.apply_tracked(
+                    format!(
+                        "{} partition of {}",
+                        match direction {
+                            Direction::Both => "full",
+                            Direction::OneWay => "one-way",
+                        },
+                        names.join(", ")
+                    ),
+                    || {
+                        let id = lab2.partition(&a, &b, direction).map_err(|e| format!("{e:#}"))?;
+                        *p.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+                        Ok(())
+                    },
+                    move || match partition.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                        Some(id) => lab.heal(id).map_err(|e| format!("{e:#}")),
+                        None => Ok(()),
+                    },
+                )?);
+            }
+            Action::Netem => {
+                let settings = fault.netem.clone().ok_or("netem settings missing")?;
+                let netem = netns::Netem {
+                    delay: settings.delay,
+                    jitter: settings.jitter,
+                    loss_percent: settings.loss * 100.0,
+                    duplicate_percent: settings.duplicate * 100.0,
+                    reorder_percent: settings.reorder * 100.0,
+                };
+                for host in self.hosts_of(victims) {
+                    let (lab, lab2, h2) = (self.lab.clone(), self.lab.clone(), host.clone());
+                    undo_ids.push(self.guard.apply_tracked(
+                        format!("netem on {}", host.name),
+                        || lab2.netem(&host, &netem).map_err(|e| format!("{e:#}")),
+                        move || lab.clear_netem(&h2).map_err(|e| format!("{e:#}")),
+                    )?);
+                }
+            }
+            other => {
+                return Err(format!(
+                    "{} faults are not run by the local runner yet (it runs kill, pause, partition, partition-one-way and netem)",
+                    other.name()
+                ))
+            }
+        }
+        Ok(undo_ids)
+    }
+}
+
+/// What a fault hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Victim {
+    Controller(u64),
+    /// Agent `i` (1-based), on lab host `a<i>`.
+    Agent(u32),
+}
+
+impl Victim {
+    fn name(self) -> String {
+        match self {
+            Victim::Controller(id) => format!("controller {id}"),
+            Victim::Agent(i) => format!("agent {i}"),
+        }
+    }
+}
+
+/// An agent of a local run: on lab host `a<i>`, killed with its tasks when dropped.
+struct LabAgent {
+    host: Host,
+    guard: AgentGuard,
+    log: std::path::PathBuf,
+    gpus: String,
+    /// Extra environment (`FAILPOINTS`).
+    env: Vec<(String, String)>,
+}
+
+impl LabAgent {
+    fn spawn(&self, controllers: &str) -> anyhow::Result<std::process::Child> {
+        let data_dir = &self.guard.data_dir;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut cmd = self.host.command(steward_bin());
+        cmd.args(["agent", "--data-dir"])
+            .arg(data_dir)
+            .args(["--controllers", controllers, "--simulate-gpus", &self.gpus])
+            .args([
+                "--api-addr",
+                &format!("{}:{LAB_AGENT_API_PORT}", self.host.ip),
+            ])
+            .args(AGENT_FLAGS);
+        if !crate::harness::pki::insecure() {
+            cmd.args(agent_tls_flags(data_dir)?);
+        } else {
+            cmd.arg("--insecure");
+        }
+        cmd.env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env_remove("STEWARD_SIMULATE_GPUS")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        cmd.spawn().context("spawning steward agent")
+    }
+
+    /// Its node id, once it has one.
+    fn node_id(&self) -> Option<String> {
+        std::fs::read_to_string(self.guard.data_dir.join("node-id"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+}
+
+/// Runs `scenario` on a local cluster in network namespaces (needs root).
+pub async fn run_local(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Report> {
+    if let Some(why) = netns::unavailable() {
+        bail!("a local run puts every controller in its own network namespace, which cannot be done here: {why}");
+    }
+    if scenario.workload.objects.is_some() {
+        bail!(
+            "scenario {}: the object workload is not run by the local runner yet",
+            scenario.name
+        );
+    }
+    if scenario.workload.jobs.is_some() && scenario.cluster.agents == 0 {
+        bail!(
+            "scenario {}: the job workload needs agents ([cluster] agents)",
+            scenario.name
+        );
+    }
+    let lab = Arc::new(Lab::new()?);
+    let mut env_vars = Vec::new();
+    if let Some(bug) = options.bug {
+        env_vars.push(("FAILPOINTS".to_string(), bug.failpoints()));
+    }
+    let with_agents = scenario.cluster.agents > 0;
+    let cluster = ProcCluster::start_in_lab(
+        lab.clone(),
+        u64::from(scenario.cluster.controllers),
+        if with_agents { LIVENESS_TOML } else { "" },
+        &env_vars,
+    )?;
+    let mut agents = BTreeMap::new();
+    for i in 1..=scenario.cluster.agents {
+        let host = lab.add_host(&format!("a{i}"))?;
+        let data_dir = cluster.dir.path().join(format!("agent-{i}"));
+        agents.insert(
+            i,
+            LabAgent {
+                host,
+                guard: AgentGuard {
+                    data_dir,
+                    child: None,
+                },
+                log: cluster.dir.path().join(format!("agent-{i}.log")),
+                gpus: scenario.cluster.gpus.clone(),
+                env: env_vars.clone(),
+            },
+        );
+    }
+    let api: BTreeMap<u64, String> = cluster
+        .nodes
+        .iter()
+        .map(|(id, n)| (*id, n.api_addr.clone()))
+        .collect();
+    let hosts: BTreeMap<u64, Host> = cluster
+        .nodes
+        .iter()
+        .filter_map(|(id, n)| n.host.clone().map(|h| (*id, h)))
+        .collect();
+    let guard = UndoGuard::new();
+    let env = Arc::new(Env {
+        cluster: Mutex::new(cluster),
+        agents: Mutex::new(agents),
+        lab,
+        api,
+        hosts,
+        guard: guard.clone(),
+        epoch: Instant::now(),
+        connect: admin_connector(),
+        leaders: Mutex::new(Vec::new()),
+        node_health: Mutex::new(Vec::new()),
+        wall_epoch_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        rng: Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(options.seed)),
+        progress: options.progress,
+    });
+    let first = env
+        .wait_leader(LEADER_WAIT)
+        .await
+        .ok_or_else(|| anyhow!("no leader within {LEADER_WAIT:?} of starting the cluster"))?;
+    env.say(&format!("controller {} leads in term {}", first.0, first.1));
+    if with_agents {
+        start_agents(&env).await?;
+    }
+    let result = drive(&env, scenario, options).await;
+    // Whatever happened: every fault undone before the cluster goes.
+    let undo_failures = guard.undo_all();
+    let mut report = result?;
+    report.undo_failures = undo_failures;
+    Ok(report)
+}
+
+/// Starts every agent and waits until the cluster reports each ready.
+async fn start_agents(env: &Env) -> anyhow::Result<()> {
+    let count = env.agents().len();
+    for i in 1..=count as u32 {
+        env.restart(Victim::Agent(i))?;
+    }
+    let deadline = Instant::now() + AGENTS_READY_WAIT;
+    loop {
+        let ids: Vec<String> = env
+            .agents()
+            .values()
+            .filter_map(LabAgent::node_id)
+            .collect();
+        if ids.len() == count {
+            if let Some(healths) = env.node_healths().await {
+                let ready = ids
+                    .iter()
+                    .filter(|id| healths.iter().any(|(n, h)| n == *id && h == "ready"))
+                    .count();
+                if ready == count {
+                    env.say(&format!("{count} agents ready"));
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("the agents were not all ready within {AGENTS_READY_WAIT:?} (logs: agent-N.log in the run's dir)");
+        }
+        tokio::time::sleep(MONITOR_EVERY).await;
+    }
+}
+
+async fn drive(
+    env: &Arc<Env>,
+    scenario: &Scenario,
+    options: &RunOptions,
+) -> anyhow::Result<Report> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let stop_monitor = CancellationToken::new();
+    {
+        let (env, stop) = (env.clone(), stop_monitor.clone());
+        tasks.spawn(async move {
+            while !stop.is_cancelled() {
+                if let Some((id, term)) = env.leader_now().await {
+                    let at = env.now();
+                    env.leaders
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((at, id, term));
+                }
+                if !env.agents().is_empty() {
+                    if let Some(healths) = env.node_healths().await {
+                        let at = env.now();
+                        env.node_health
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .extend(healths.into_iter().map(|(n, h)| (at, n, h)));
+                    }
+                }
+                tokio::time::sleep(MONITOR_EVERY).await;
+            }
+        });
+    }
+
+    let stop_workload = CancellationToken::new();
+    let workload = scenario.workload.kv.as_ref().map(|w| {
+        let mix = KvMix {
+            clients: w.clients,
+            keys: w.keys,
+            read_percent: w.read_percent,
+            cas_percent: w.cas_percent,
+            seed: options.seed,
+            epoch: Some(env.epoch),
+            ..KvMix::default()
+        };
+        tokio::spawn(kv::run(
+            mix,
+            env.api.values().cloned().collect(),
+            env.connect.clone(),
+            stop_workload.clone(),
+        ))
+    });
+
+    let job_workload = scenario.workload.jobs.as_ref().map(|w| {
+        let mix = JobMix {
+            per_second: w.per_second,
+            gpus: w.gpus,
+            runtime: w.runtime,
+            epoch: env.epoch,
+            call_timeout: Duration::from_secs(5),
+        };
+        tokio::spawn(jobs::run(
+            mix,
+            env.api.values().cloned().collect(),
+            env.connect.clone(),
+            stop_workload.clone(),
+        ))
+    });
+
+    // Each firing in its own task: apply at its time, undo at its end.
+    let firings = scenario.firings();
+    let records: Arc<Mutex<Vec<FaultRecord>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut fault_tasks = tokio::task::JoinSet::new();
+    for firing in firings.clone() {
+        let (env, scenario, records) = (env.clone(), scenario.clone(), records.clone());
+        fault_tasks.spawn(async move {
+            tokio::time::sleep_until((env.epoch + firing.at).into()).await;
+            let action = scenario.faults[firing.fault].action;
+            let leader_before = env.leader_now().await;
+            let mut record = FaultRecord {
+                action: action.name().to_string(),
+                targets: Vec::new(),
+                at_ms: env.now() / 1_000_000,
+                until_ms: None,
+                detect_ms: None,
+                recover_ms: None,
+                error: None,
+                leader_before,
+                agent_nodes: Vec::new(),
+            };
+            let applied = match env.resolve(&scenario.faults[firing.fault].target).await {
+                Err(e) => Err(format!("{e:#}")),
+                Ok(targets) => {
+                    record.targets = targets.iter().map(|v| v.name()).collect();
+                    record.agent_nodes = targets
+                        .iter()
+                        .filter_map(|v| match v {
+                            Victim::Agent(i) => env.agents().get(i).and_then(LabAgent::node_id),
+                            Victim::Controller(_) => None,
+                        })
+                        .collect();
+                    record.at_ms = env.now() / 1_000_000;
+                    env.apply(&env, &scenario, &firing, &targets)
+                }
+            };
+            match applied {
+                Err(e) => {
+                    env.say(&format!(
+                        "fault {} on {} not applied: {e}",
+                        record.action,
+                        record.targets.join(", ")
+                    ));
+                    record.error = Some(e);
+                }
+                Ok(undo_ids) => {
+                    env.say(&format!(
+                        "{} on {}",
+                        record.action,
+                        record.targets.join(", ")
+                    ));
+                    if let Some(until) = firing.until {
+                        tokio::time::sleep_until((env.epoch + until).into()).await;
+                        let mut failed = Vec::new();
+                        for id in undo_ids {
+                            failed.extend(env.guard.undo(id));
+                        }
+                        record.until_ms = Some(env.now() / 1_000_000);
+                        env.say(&format!(
+                            "{} on {} undone",
+                            record.action,
+                            record.targets.join(", ")
+                        ));
+                        if !failed.is_empty() {
+                            record.error = Some(format!("undoing it: {}", failed.join("; ")));
+                        }
+                    }
+                }
+            }
+            records
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(record);
+        });
+    }
+
+    // The workloads run the scenario's duration, and long enough after the last fault's
+    // end to see the cluster recover.
+    let last_end = firings
+        .iter()
+        .map(|f| f.until.unwrap_or(f.at))
+        .max()
+        .unwrap_or_default();
+    let run_for = scenario
+        .duration
+        .max(last_end + scenario.pass.recover_within);
+    tokio::time::sleep_until((env.epoch + run_for).into()).await;
+    while let Some(r) = fault_tasks.join_next().await {
+        r.context("a fault task panicked")?;
+    }
+    stop_workload.cancel();
+    let mut history = match workload {
+        Some(w) => w.await.context("the KV workload panicked")?,
+        None => Vec::new(),
+    };
+    let job_ops = match job_workload {
+        Some(w) => w.await.context("the job workload panicked")?,
+        None => Vec::new(),
+    };
+    let ran_ms = env.now() / 1_000_000;
+    // Anything still in effect (a fault whose task failed half-way) is undone now, so the
+    // cluster can converge.
+    let _ = env.guard.undo_all();
+
+    let mut invariants = Vec::new();
+    let converged = converge(env).await;
+    invariants.push(match &converged {
+        Ok((index, digest)) => InvariantResult::new(
+            invariant::CONVERGED,
+            Verdict::Held,
+            format!(
+                "every controller applied index {index} with state digest {}",
+                &digest[..16.min(digest.len())]
+            ),
+        ),
+        Err(e) => InvariantResult::new(invariant::CONVERGED, Verdict::Violated, e.clone()),
+    });
+    stop_monitor.cancel();
+    tasks.shutdown().await;
+
+    let mut operations = OperationCounts::default();
+    for op in &history {
+        match op.outcome {
+            Outcome::Read(_) | Outcome::Written | Outcome::CasFailed => operations.ok += 1,
+            Outcome::Failed => operations.failed += 1,
+            Outcome::Unknown => operations.indeterminate += 1,
+        }
+    }
+    for op in &job_ops {
+        match op.outcome {
+            Submitted::Accepted(_) => operations.ok += 1,
+            Submitted::Refused(_) => operations.failed += 1,
+            Submitted::Unknown => operations.indeterminate += 1,
+        }
+    }
+
+    if scenario.workload.kv.is_some() {
+        // Every key read once more at the end, linearizably: a lost acknowledged write
+        // shows as a final read that no order explains.
+        let keys: std::collections::BTreeSet<String> =
+            history.iter().map(|o| o.key.clone()).collect();
+        for key in keys {
+            history.push(final_read(env, &key).await);
+        }
+        history.sort_by_key(|o| o.invoked);
+        invariants.push(match linearizable::check(&history) {
+            Ok(c) => InvariantResult::new(
+                invariant::LINEARIZABLE,
+                Verdict::Held,
+                format!("{} operations on {} keys, with a final read of each ({} dropped: failed, or reads never answered)", c.ops, c.keys, c.dropped),
+            ),
+            Err(v @ linearizable::Verdict::Inconclusive { .. }) => {
+                InvariantResult::new(invariant::LINEARIZABLE, Verdict::Inconclusive, v.to_string())
+            }
+            Err(v) => InvariantResult::new(invariant::LINEARIZABLE, Verdict::Violated, v.to_string()),
+        });
+    }
+
+    let leaderships = env
+        .cluster
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .leaderships();
+    let seen: Vec<raft::LeaderSeen> = leaderships
+        .iter()
+        .map(|(term, id)| raft::LeaderSeen {
+            reporter: *id,
+            term: *term,
+            leader: *id,
+            at_ms: 0,
+        })
+        .chain(
+            env.leaders
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(at, id, term)| raft::LeaderSeen {
+                    reporter: *id,
+                    term: *term,
+                    leader: *id,
+                    at_ms: at / 1_000_000,
+                }),
+        )
+        .collect();
+    invariants.push(match raft::check_one_leader_per_term(&seen) {
+        Ok(terms) => InvariantResult::new(
+            invariant::ONE_LEADER_PER_TERM,
+            Verdict::Held,
+            format!(
+                "{terms} terms with a leader, from the controllers' logs and {} status samples",
+                seen.len() - leaderships.len()
+            ),
+        ),
+        Err(split) => InvariantResult::new(
+            invariant::ONE_LEADER_PER_TERM,
+            Verdict::Violated,
+            split.to_string(),
+        ),
+    });
+
+    let mut faults = std::mem::take(&mut *records.lock().unwrap_or_else(|p| p.into_inner()));
+    faults.sort_by_key(|f| f.at_ms);
+    let leaders = env
+        .leaders
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let node_health = env
+        .node_health
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    measure(&mut faults, &leaders, &node_health, &history);
+    if scenario.workload.kv.is_some() {
+        invariants.push(recovery_verdict(&faults, scenario, !history.is_empty()));
+    }
+    if let Some(w) = &scenario.workload.jobs {
+        // The tasks' own records, read while everything still runs.
+        let mut runs = Vec::new();
+        for a in env.agents().values() {
+            if let Some(node) = a.node_id() {
+                runs.extend(jobs::collect_runs(&node, &a.guard.data_dir));
+            }
+        }
+        // On the run's clock, as the faults are.
+        for r in &mut runs {
+            r.started_ms = r.started_ms.saturating_sub(env.wall_epoch_ms);
+            r.stopped_ms = r.stopped_ms.map(|s| s.saturating_sub(env.wall_epoch_ms));
+        }
+        invariants.push(single_run_verdict(&runs, scenario));
+        invariants.push(reschedule_verdict(&faults, &runs, w.runtime, scenario));
+    }
+    let not_applied: Vec<String> = faults
+        .iter()
+        .filter_map(|f| {
+            f.error
+                .as_ref()
+                .map(|e| format!("{} at {} ms: {e}", f.action, f.at_ms))
+        })
+        .collect();
+    invariants.push(if not_applied.is_empty() {
+        InvariantResult::new(
+            invariant::FAULTS_APPLIED,
+            Verdict::Held,
+            format!("{} faults applied and undone", faults.len()),
+        )
+    } else {
+        // A fault that was not injected proves nothing: the run does not pass.
+        InvariantResult::new(
+            invariant::FAULTS_APPLIED,
+            Verdict::Violated,
+            not_applied.join("\n"),
+        )
+    });
+
+    Ok(Report {
+        scenario: scenario.name.clone(),
+        seed: options.seed,
+        bug: options.bug,
+        ran_ms,
+        faults,
+        operations,
+        invariants,
+        undo_failures: Vec::new(),
+    })
+}
+
+/// Fills each fault's time to detect (another leader or a higher term reported) and to
+/// recover (the first write invoked after its end, answered).
+fn measure(
+    faults: &mut [FaultRecord],
+    leaders: &[(Nanos, u64, u64)],
+    node_health: &[(Nanos, String, String)],
+    history: &[Op],
+) {
+    for f in faults.iter_mut() {
+        let at = f.at_ms * 1_000_000;
+        if !f.agent_nodes.is_empty() {
+            // An agent fault is detected when the cluster stops calling the agent ready.
+            f.detect_ms = node_health
+                .iter()
+                .find(|(t, node, health)| {
+                    *t >= at && f.agent_nodes.contains(node) && health != "ready"
+                })
+                .map(|(t, _, _)| (t - at) / 1_000_000);
+        } else if let Some((before_id, before_term)) = f.leader_before {
+            f.detect_ms = leaders
+                .iter()
+                .find(|(t, id, term)| *t >= at && (*id != before_id || *term > before_term))
+                .map(|(t, _, _)| (t - at) / 1_000_000);
+        }
+        let end = f.until_ms.unwrap_or(f.at_ms) * 1_000_000;
+        f.recover_ms = history
+            .iter()
+            .filter(|o| {
+                o.client != FINAL_READER && o.invoked >= end && !matches!(o.call, KvCall::Read)
+            })
+            .filter(|o| matches!(o.outcome, Outcome::Written | Outcome::CasFailed))
+            .filter_map(|o| o.completed)
+            .min()
+            .map(|done| (done - end) / 1_000_000);
+    }
+}
+
+fn recovery_verdict(
+    faults: &[FaultRecord],
+    scenario: &Scenario,
+    had_workload: bool,
+) -> InvariantResult {
+    if !had_workload {
+        return InvariantResult::new(
+            invariant::RECOVERY,
+            Verdict::Inconclusive,
+            "no workload ran to measure recovery",
+        );
+    }
+    let bound = scenario.pass.recover_within.as_millis() as u64;
+    let late: Vec<String> = faults
+        .iter()
+        .filter(|f| f.error.is_none())
+        .filter(|f| f.recover_ms.is_none_or(|r| r > bound))
+        .map(|f| match f.recover_ms {
+            Some(r) => format!(
+                "{} at {} ms: writes served again {r} ms after its end",
+                f.action, f.at_ms
+            ),
+            None => format!(
+                "{} at {} ms: no write was served after its end",
+                f.action, f.at_ms
+            ),
+        })
+        .collect();
+    if late.is_empty() {
+        InvariantResult::new(
+            invariant::RECOVERY,
+            Verdict::Held,
+            format!("writes served within {bound} ms of every fault's end"),
+        )
+    } else {
+        InvariantResult::new(
+            invariant::RECOVERY,
+            Verdict::Violated,
+            format!("bound {bound} ms:\n{}", late.join("\n")),
+        )
+    }
+}
+
+/// No task ran on two nodes at once, by the tasks' own records.
+fn single_run_verdict(runs: &[placement::TaskRun], scenario: &Scenario) -> InvariantResult {
+    let slack = scenario.pass.clock_slack.as_millis() as u64;
+    if runs.is_empty() {
+        return InvariantResult::new(
+            invariant::SINGLE_RUN,
+            Verdict::Inconclusive,
+            "no task started: nothing to check",
+        );
+    }
+    match placement::check_single_runs(runs, slack) {
+        Ok(_) => {
+            let tasks = runs
+                .iter()
+                .map(|r| r.task.as_str())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+            let nodes: std::collections::BTreeSet<&str> =
+                runs.iter().map(|r| r.node.as_str()).collect();
+            InvariantResult::new(
+                invariant::SINGLE_RUN,
+                Verdict::Held,
+                format!(
+                    "{} runs of {tasks} tasks on {} nodes, none overlapping another node's by more than {slack} ms",
+                    runs.len(),
+                    nodes.len()
+                ),
+            )
+        }
+        Err(double) => {
+            InvariantResult::new(invariant::SINGLE_RUN, Verdict::Violated, double.to_string())
+        }
+    }
+}
+
+/// After each agent fault that takes work away (kill, pause, partition), every task that
+/// ran on the agent then runs again elsewhere within the scenario's bound, unless it
+/// finished its runtime first.
+fn reschedule_verdict(
+    faults: &[FaultRecord],
+    runs: &[placement::TaskRun],
+    runtime: Duration,
+    scenario: &Scenario,
+) -> InvariantResult {
+    let bound = scenario.pass.jobs_rescheduled_within.as_millis() as u64;
+    let runtime_ms = runtime.as_millis() as u64;
+    let mut late = Vec::new();
+    let mut moved = 0usize;
+    let mut worst = 0u64;
+    for f in faults
+        .iter()
+        .filter(|f| f.error.is_none() && !f.agent_nodes.is_empty())
+    {
+        if !matches!(
+            f.action.as_str(),
+            "kill" | "pause" | "partition" | "partition-one-way"
+        ) {
+            continue;
+        }
+        let at = f.at_ms;
+        let hit = runs.iter().filter(|r| {
+            f.agent_nodes.contains(&r.node)
+                && r.started_ms <= at
+                && r.stopped_ms.is_none_or(|s| s > at)
+        });
+        for r in hit {
+            let again = runs
+                .iter()
+                .filter(|o| o.task == r.task && o.node != r.node && o.started_ms >= at)
+                .map(|o| o.started_ms)
+                .min();
+            match again {
+                Some(t) => {
+                    moved += 1;
+                    worst = worst.max(t - at);
+                    if t - at > bound {
+                        late.push(format!(
+                            "task {} ran again {} ms after {} at {} ms",
+                            r.task,
+                            t - at,
+                            f.action,
+                            f.at_ms
+                        ));
+                    }
+                }
+                // Finished its runtime where it was: nothing to move.
+                None if r
+                    .stopped_ms
+                    .is_some_and(|s| s + 500 >= r.started_ms + runtime_ms) => {}
+                None => late.push(format!(
+                    "task {} (on {}) never ran again after {} at {} ms",
+                    r.task, r.node, f.action, f.at_ms
+                )),
+            }
+        }
+    }
+    if late.is_empty() {
+        InvariantResult::new(
+            invariant::RESCHEDULED,
+            Verdict::Held,
+            format!("{moved} tasks ran again elsewhere, the slowest {worst} ms after its fault (bound {bound} ms)"),
+        )
+    } else {
+        InvariantResult::new(invariant::RESCHEDULED, Verdict::Violated, late.join("\n"))
+    }
+}
+
+/// Waits until every controller reports the same applied index and state digest.
+async fn converge(env: &Env) -> Result<(u64, String), String> {
+    let deadline = Instant::now() + CONVERGE_WAIT;
+    let mut last;
+    loop {
+        let ids: Vec<u64> = env.api.keys().copied().collect();
+        let replies = futures::future::join_all(ids.iter().map(|id| env.status(*id))).await;
+        last = ids
+            .iter()
+            .zip(&replies)
+            .map(|(id, r)| {
+                (
+                    *id,
+                    r.as_ref()
+                        .map(|s| (s.applied_index, s.state_digest.clone())),
+                )
+            })
+            .collect::<Vec<_>>();
+        if let Some(Some(first)) = last.first().map(|(_, r)| r.clone()) {
+            if first.0 > 0 && last.iter().all(|(_, r)| r.as_ref() == Some(&first)) {
+                return Ok(first);
+            }
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(MONITOR_EVERY).await;
+    }
+    let seen: Vec<String> = last
+        .iter()
+        .map(|(id, r)| match r {
+            Some((index, digest)) => format!(
+                "controller {id}: applied {index}, digest {}",
+                &digest[..16.min(digest.len())]
+            ),
+            None => format!("controller {id}: no answer"),
+        })
+        .collect();
+    Err(format!(
+        "not converged within {CONVERGE_WAIT:?} of the faults' end: {}",
+        seen.join("; ")
+    ))
+}
+
+/// One linearizable read of `key`, retried through every controller for up to 20 s.
+async fn final_read(env: &Env, key: &str) -> Op {
+    let invoked = env.now();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addrs: Vec<String> = env.api.values().cloned().collect();
+    let mut i = 0;
+    while Instant::now() < deadline {
+        let addr = addrs[i % addrs.len()].clone();
+        i += 1;
+        let Some(ch) = (env.connect)(addr).await else {
+            continue;
+        };
+        let mut req = tonic::Request::new(KvGetRequest {
+            key: key.to_string(),
+            consistency: ReadConsistency::Linearizable as i32,
+        });
+        req.set_timeout(Duration::from_secs(3));
+        if let Ok(r) = AdminClient::new(ch).kv_get(req).await {
+            let value = r
+                .into_inner()
+                .entry
+                .map(|e| String::from_utf8_lossy(&e.value).into_owned());
+            return Op {
+                client: FINAL_READER,
+                key: key.to_string(),
+                call: KvCall::Read,
+                invoked,
+                completed: Some(env.now()),
+                outcome: Outcome::Read(value),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Op {
+        client: FINAL_READER,
+        key: key.to_string(),
+        call: KvCall::Read,
+        invoked,
+        completed: None,
+        outcome: Outcome::Unknown,
+    }
+}
+
+/// Channels to controllers as the harness's admin (mutual TLS unless the harness runs in
+/// plaintext).
+pub fn admin_connector() -> kv::Connect {
+    Arc::new(|addr: String| {
+        Box::pin(async move {
+            if crate::harness::pki::insecure() {
+                let options =
+                    steward_runtime::transport::ClientOptions::new(Duration::from_millis(500))
+                        .call_timeout(Duration::from_secs(5));
+                return steward_runtime::transport::connect(&addr, &options)
+                    .await
+                    .ok();
+            }
+            crate::harness::cluster::channel(
+                &addr,
+                steward_runtime::tls::ServerKind::Controller,
+                Duration::from_secs(5),
+            )
+            .await
+            .ok()
+        })
+    })
+}
+
+/// The report as text: the faults, the operations, each invariant's verdict.
+pub fn render_text(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "scenario {}  seed {}{}",
+        r.scenario,
+        r.seed,
+        r.bug
+            .map_or(String::new(), |b| format!("  bug {}", b.name()))
+    );
+    let _ = writeln!(out, "ran {:.1} s", r.ran_ms as f64 / 1000.0);
+    let _ = writeln!(out, "\nfaults ({}):", r.faults.len());
+    let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+    for f in &r.faults {
+        let _ = writeln!(
+            out,
+            "  {:>7} ms  {:<18} {}  until {}  detect {}  recover {}{}",
+            f.at_ms,
+            f.action,
+            f.targets.join(", "),
+            f.until_ms.map_or("-".to_string(), |u| format!("{u} ms")),
+            ms(f.detect_ms),
+            ms(f.recover_ms),
+            f.error
+                .as_ref()
+                .map_or(String::new(), |e| format!("  ERROR {e}"))
+        );
+    }
+    let o = &r.operations;
+    let _ = writeln!(
+        out,
+        "\noperations: {} ok, {} failed, {} indeterminate",
+        o.ok, o.failed, o.indeterminate
+    );
+    let _ = writeln!(out, "\ninvariants:");
+    for i in &r.invariants {
+        let verdict = match i.verdict {
+            Verdict::Held => "held",
+            Verdict::Violated => "VIOLATED",
+            Verdict::Inconclusive => "inconclusive",
+        };
+        let _ = writeln!(out, "  {:<24} {verdict}", i.name);
+        for line in i.detail.lines() {
+            let _ = writeln!(out, "      {line}");
+        }
+    }
+    for u in &r.undo_failures {
+        let _ = writeln!(out, "could not undo {u}");
+    }
+    let _ = writeln!(
+        out,
+        "\n{} (seed {})",
+        if r.passed() { "PASSED" } else { "FAILED" },
+        r.seed
+    );
+    out
+}
