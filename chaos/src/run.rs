@@ -1315,6 +1315,8 @@ async fn final_read(env: &Env, key: &str) -> Op {
         let addr = addrs[i % addrs.len()].clone();
         i += 1;
         let Some(ch) = (env.connect)(addr).await else {
+            // Refused at once while a controller restarts: pause as after a failed call.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let mut req = tonic::Request::new(KvGetRequest {
