@@ -33,6 +33,7 @@ use crate::history::{KvCall, Nanos, Op, Outcome};
 use crate::scenario::{Action, Firing, Scenario, Target};
 use crate::workload::jobs::{self, JobMix, Submitted};
 use crate::workload::kv::{self, KvMix};
+use crate::workload::objects::{self as object_workload, ObjCall, ObjOutcome, ObjectMix};
 
 /// How often the monitor asks every controller who leads.
 const MONITOR_EVERY: Duration = Duration::from_millis(200);
@@ -55,6 +56,15 @@ const AGENT_FLAGS: &[&str] = &[
     "--controller-down-after",
     "4s",
 ];
+/// Storage of a local run with objects: repair at once, so that bit-rot is mended within a
+/// scenario's bounds. (The runner starts a scrub pass on the damaged agents right after
+/// the rot: the agents' own scrub interval is an hour or more.)
+const STORAGE_TOML: &str = "[storage]\nrepair_delay = \"0s\"\n";
+const OBJECT_AGENT_FLAGS: &[&str] = &["--chunk-free-floor", "64MiB"];
+/// Objects the object workload writes (`chaos/obj-0..`).
+const OBJECTS: u32 = 4;
+/// Deadline of one `steward object` call.
+const OBJECT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the agents have to register and report ready.
 const AGENTS_READY_WAIT: Duration = Duration::from_secs(60);
 
@@ -152,6 +162,8 @@ pub struct FaultRecord {
     pub recover_ms: Option<u64>,
     /// Why it was not applied, if it was not.
     pub error: Option<String>,
+    /// What it did, when there is more to say (bit-rot: the files damaged).
+    pub note: Option<String>,
     #[serde(skip)]
     leader_before: Option<(u64, u64)>,
     /// The node ids of the agents it hit.
@@ -203,6 +215,8 @@ pub mod invariant {
     pub const RECOVERY: &str = "recovers-within-bound";
     pub const FAULTS_APPLIED: &str = "faults-applied";
     pub const SINGLE_RUN: &str = "no-task-on-two-nodes";
+    pub const OBJECTS: &str = "objects-bit-exact";
+    pub const RF_RESTORED: &str = "rf-restored-within-bound";
     pub const RESCHEDULED: &str = "jobs-rescheduled-within-bound";
 }
 
@@ -224,6 +238,9 @@ struct Env {
     node_health: Mutex<Vec<(Nanos, String, String)>>,
     /// The wall clock at `epoch` (ms since the Unix epoch): task records use the wall clock.
     wall_epoch_ms: u64,
+    /// The run's directory (controllers' and agents' data, logs, the clients' files).
+    dir: std::path::PathBuf,
+    seed: u64,
     rng: Mutex<rand_chacha::ChaCha8Rng>,
     progress: bool,
 }
@@ -523,6 +540,22 @@ impl Env {
                     },
                 )?);
             }
+            Action::BitRot => {
+                // One-shot, not undone: finding and mending it is the cluster's job.
+                let count = fault.chunks.unwrap_or(8) as usize;
+                for &v in victims {
+                    let Victim::Agent(i) = v else {
+                        return Err(format!("bit-rot needs an agent, not {}", v.name()));
+                    };
+                    let store = self
+                        .agents()
+                        .get(&i)
+                        .map(|a| a.guard.data_dir.join("chunks"))
+                        .ok_or_else(|| format!("no agent {i}"))?;
+                    let rotted = crate::fault::bit_rot(&store, count, self.seed ^ firing.at.as_millis() as u64)?;
+                    self.say(&format!("flipped a bit in {} chunk files of {}", rotted.len(), v.name()));
+                }
+            }
             Action::Netem => {
                 let settings = fault.netem.clone().ok_or("netem settings missing")?;
                 let netem = netns::Netem {
@@ -543,7 +576,7 @@ impl Env {
             }
             other => {
                 return Err(format!(
-                    "{} faults are not run by the local runner yet (it runs kill, pause, partition, partition-one-way and netem)",
+                    "{} faults are not run by the local runner yet (it runs kill, pause, partition, partition-one-way, netem and bit-rot)",
                     other.name()
                 ))
             }
@@ -577,6 +610,8 @@ struct LabAgent {
     gpus: String,
     /// Extra environment (`FAILPOINTS`).
     env: Vec<(String, String)>,
+    /// Extra flags (the scrubber's pace when objects run).
+    extra: &'static [&'static str],
 }
 
 impl LabAgent {
@@ -594,7 +629,8 @@ impl LabAgent {
                 "--api-addr",
                 &format!("{}:{LAB_AGENT_API_PORT}", self.host.ip),
             ])
-            .args(AGENT_FLAGS);
+            .args(AGENT_FLAGS)
+            .args(self.extra);
         if !crate::harness::pki::insecure() {
             cmd.args(agent_tls_flags(data_dir)?);
         } else {
@@ -622,9 +658,9 @@ pub async fn run_local(scenario: &Scenario, options: &RunOptions) -> anyhow::Res
     if let Some(why) = netns::unavailable() {
         bail!("a local run puts every controller in its own network namespace, which cannot be done here: {why}");
     }
-    if scenario.workload.objects.is_some() {
+    if scenario.workload.objects.is_some() && scenario.cluster.agents == 0 {
         bail!(
-            "scenario {}: the object workload is not run by the local runner yet",
+            "scenario {}: the object workload needs agents ([cluster] agents)",
             scenario.name
         );
     }
@@ -643,7 +679,15 @@ pub async fn run_local(scenario: &Scenario, options: &RunOptions) -> anyhow::Res
     let cluster = ProcCluster::start_in_lab(
         lab.clone(),
         u64::from(scenario.cluster.controllers),
-        if with_agents { LIVENESS_TOML } else { "" },
+        &format!(
+            "{}{}",
+            if with_agents { LIVENESS_TOML } else { "" },
+            if scenario.workload.objects.is_some() {
+                STORAGE_TOML
+            } else {
+                ""
+            }
+        ),
         &env_vars,
     )?;
     let mut agents = BTreeMap::new();
@@ -661,9 +705,15 @@ pub async fn run_local(scenario: &Scenario, options: &RunOptions) -> anyhow::Res
                 log: cluster.dir.path().join(format!("agent-{i}.log")),
                 gpus: scenario.cluster.gpus.clone(),
                 env: env_vars.clone(),
+                extra: if scenario.workload.objects.is_some() {
+                    OBJECT_AGENT_FLAGS
+                } else {
+                    &[]
+                },
             },
         );
     }
+    let run_dir = cluster.dir.path().to_path_buf();
     let api: BTreeMap<u64, String> = cluster
         .nodes
         .iter()
@@ -691,6 +741,8 @@ pub async fn run_local(scenario: &Scenario, options: &RunOptions) -> anyhow::Res
             .map_or(0, |d| d.as_millis() as u64),
         rng: Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(options.seed)),
         progress: options.progress,
+        dir: run_dir,
+        seed: options.seed,
     });
     let first = env
         .wait_leader(LEADER_WAIT)
@@ -807,6 +859,24 @@ async fn drive(
         ))
     });
 
+    let object_run = scenario.workload.objects.as_ref().map(|w| {
+        let mix = ObjectMix {
+            clients: w.clients,
+            objects: OBJECTS,
+            size_bytes: w.size_bytes,
+            put_percent: 30,
+            addrs: env.controllers_arg(),
+            scratch: env.dir.join("object-clients"),
+            call_timeout: OBJECT_CALL_TIMEOUT,
+            epoch: env.epoch,
+            seed: options.seed,
+        };
+        (
+            mix.clone(),
+            tokio::spawn(object_workload::run(mix, stop_workload.clone())),
+        )
+    });
+
     // Each firing in its own task: apply at its time, undo at its end.
     let firings = scenario.firings();
     let records: Arc<Mutex<Vec<FaultRecord>>> = Arc::new(Mutex::new(Vec::new()));
@@ -825,6 +895,7 @@ async fn drive(
                 detect_ms: None,
                 recover_ms: None,
                 error: None,
+                note: None,
                 leader_before,
                 agent_nodes: Vec::new(),
             };
@@ -851,6 +922,21 @@ async fn drive(
                         record.targets.join(", ")
                     ));
                     record.error = Some(e);
+                }
+                Ok(undo_ids) if action == Action::BitRot => {
+                    let _ = undo_ids;
+                    let count = scenario.faults[firing.fault].chunks.unwrap_or(8) as u64;
+                    let (found, repaired) = follow_bit_rot(
+                        &env,
+                        &record.agent_nodes,
+                        count,
+                        scenario.pass.rf_restored_within,
+                    )
+                    .await;
+                    let at = record.at_ms;
+                    record.detect_ms = found.map(|t| t.saturating_sub(at));
+                    record.recover_ms = repaired.map(|t| t.saturating_sub(at));
+                    record.note = Some(format!("{count} chunk files damaged"));
                 }
                 Ok(undo_ids) => {
                     env.say(&format!(
@@ -906,6 +992,10 @@ async fn drive(
         Some(w) => w.await.context("the job workload panicked")?,
         None => Vec::new(),
     };
+    let (object_mix, object_ops) = match object_run {
+        Some((mix, w)) => (Some(mix), w.await.context("the object workload panicked")?),
+        None => (None, Vec::new()),
+    };
     let ran_ms = env.now() / 1_000_000;
     // Anything still in effect (a fault whose task failed half-way) is undone now, so the
     // cluster can converge.
@@ -933,6 +1023,13 @@ async fn drive(
             Outcome::Read(_) | Outcome::Written | Outcome::CasFailed => operations.ok += 1,
             Outcome::Failed => operations.failed += 1,
             Outcome::Unknown => operations.indeterminate += 1,
+        }
+    }
+    for op in &object_ops {
+        match op.outcome {
+            ObjOutcome::Stored { .. } | ObjOutcome::Read { .. } => operations.ok += 1,
+            ObjOutcome::Failed(_) => operations.failed += 1,
+            ObjOutcome::Unknown => operations.indeterminate += 1,
         }
     }
     for op in &job_ops {
@@ -1023,6 +1120,10 @@ async fn drive(
     if scenario.workload.kv.is_some() {
         invariants.push(recovery_verdict(&faults, scenario, !history.is_empty()));
     }
+    if let Some(mix) = &object_mix {
+        invariants.push(objects_verdict(mix, &object_ops).await);
+        invariants.push(rf_verdict(&faults, scenario));
+    }
     if let Some(w) = &scenario.workload.jobs {
         // The tasks' own records, read while everything still runs.
         let mut runs = Vec::new();
@@ -1082,7 +1183,10 @@ fn measure(
     node_health: &[(Nanos, String, String)],
     history: &[Op],
 ) {
-    for f in faults.iter_mut() {
+    for f in faults
+        .iter_mut()
+        .filter(|f| f.action != Action::BitRot.name())
+    {
         let at = f.at_ms * 1_000_000;
         if !f.agent_nodes.is_empty() {
             // An agent fault is detected when the cluster stops calling the agent ready.
@@ -1152,6 +1256,165 @@ fn recovery_verdict(
             format!("bound {bound} ms:\n{}", late.join("\n")),
         )
     }
+}
+
+/// Reads every acknowledged version back (four at a time), then checks the objects'
+/// history: no wrong byte served, no acknowledged version lost.
+async fn objects_verdict(mix: &ObjectMix, ops: &[object_workload::ObjOp]) -> InvariantResult {
+    use futures::StreamExt;
+    let acknowledged: Vec<(String, u64)> = ops
+        .iter()
+        .filter_map(|o| match (&o.call, &o.outcome) {
+            (ObjCall::Put { .. }, ObjOutcome::Stored { version }) => {
+                Some((o.name.clone(), *version))
+            }
+            _ => None,
+        })
+        .collect();
+    let dir = mix.scratch.join("final");
+    let _ = std::fs::create_dir_all(&dir);
+    let finals: Vec<object_workload::ObjOp> = futures::stream::iter(
+        acknowledged.into_iter().enumerate(),
+    )
+    .map(|(n, (name, version))| {
+        let (mix, path) = (mix.clone(), dir.join(format!("final-{n}")));
+        async move { object_workload::get(&mix, u32::MAX, &name, Some(version), &path).await }
+    })
+    .buffer_unordered(4)
+    .collect()
+    .await;
+    match crate::check::objects::check(ops, &finals) {
+        Ok(c) if c.reads == 0 => InvariantResult::new(
+            invariant::OBJECTS,
+            Verdict::Inconclusive,
+            "no object was read: nothing to check",
+        ),
+        Ok(c) => InvariantResult::new(
+            invariant::OBJECTS,
+            Verdict::Held,
+            format!(
+                "{} reads (the workload's and the final read-back) returned bytes a put wrote; {} acknowledged versions read back bit-exact",
+                c.reads, c.acknowledged
+            ),
+        ),
+        Err(v) => InvariantResult::new(invariant::OBJECTS, Verdict::Violated, v.to_string()),
+    }
+}
+
+/// Each bit-rot fault was found by the scrubber and every chunk was back at its
+/// replication factor (fsck settled) within the scenario's bound.
+fn rf_verdict(faults: &[FaultRecord], scenario: &Scenario) -> InvariantResult {
+    let bound = scenario.pass.rf_restored_within.as_millis() as u64;
+    let rots: Vec<&FaultRecord> = faults
+        .iter()
+        .filter(|f| f.action == Action::BitRot.name() && f.error.is_none())
+        .collect();
+    let late: Vec<String> = rots
+        .iter()
+        .filter(|f| f.recover_ms.is_none_or(|r| r > bound))
+        .map(|f| match (f.detect_ms, f.recover_ms) {
+            (None, _) => format!(
+                "bit-rot at {} ms on {}: the scrubber did not find it all",
+                f.at_ms,
+                f.targets.join(", ")
+            ),
+            (Some(d), None) => format!(
+                "bit-rot at {} ms on {}: found after {d} ms, not repaired",
+                f.at_ms,
+                f.targets.join(", ")
+            ),
+            (Some(d), Some(r)) => format!(
+                "bit-rot at {} ms: found after {d} ms, repaired after {r} ms",
+                f.at_ms
+            ),
+        })
+        .collect();
+    if late.is_empty() {
+        InvariantResult::new(
+            invariant::RF_RESTORED,
+            Verdict::Held,
+            format!(
+                "{} bit-rot faults found and repaired within {bound} ms",
+                rots.len()
+            ),
+        )
+    } else {
+        InvariantResult::new(invariant::RF_RESTORED, Verdict::Violated, late.join("\n"))
+    }
+}
+
+/// After bit-rot on `nodes`: starts a scrub pass on each, then returns when (run ms) the
+/// damage was found — `count` chunks quarantined or found corrupt (by the scrub or by a
+/// read meanwhile), or every started pass ended — and when fsck then saw every chunk back
+/// at its replication factor; each `None` if not within `within`.
+async fn follow_bit_rot(
+    env: &Env,
+    nodes: &[String],
+    count: u64,
+    within: Duration,
+) -> (Option<u64>, Option<u64>) {
+    let deadline = Instant::now() + within;
+    let addrs = env.controllers_arg();
+    let call = PROBE_TIMEOUT * 10;
+    // (passes, quarantined) per node before the scrub starts.
+    let mut before = Vec::new();
+    for node in nodes {
+        let v = object_workload::steward_json(&addrs, &["node", "show", node], call).await;
+        let store = v.as_ref().map(|v| &v["chunk_store"]);
+        before.push((
+            store
+                .and_then(|s| s["scrub"]["passes"].as_u64())
+                .unwrap_or(0),
+            store.and_then(|s| s["quarantined"].as_u64()).unwrap_or(0),
+        ));
+        if object_workload::steward_json(&addrs, &["node", "scrub", node], call)
+            .await
+            .is_none()
+        {
+            env.say(&format!(
+                "starting a scrub on {node} failed; waiting for one"
+            ));
+        }
+    }
+    let mut found = None;
+    while Instant::now() < deadline {
+        if found.is_none() {
+            let (mut corrupt, mut quarantined, mut passes_ended) = (0, 0, true);
+            for (node, (passes0, quarantined0)) in nodes.iter().zip(&before) {
+                let Some(v) =
+                    object_workload::steward_json(&addrs, &["node", "show", node], call).await
+                else {
+                    passes_ended = false;
+                    continue;
+                };
+                let store = &v["chunk_store"];
+                corrupt += store["scrub"]["corrupt_found"].as_u64().unwrap_or(0);
+                quarantined += store["quarantined"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_sub(*quarantined0);
+                let ended = store["scrub"]["passes"].as_u64().unwrap_or(0) > *passes0
+                    && store["scrub"]["running"] != true;
+                passes_ended &= ended;
+            }
+            if corrupt.max(quarantined) >= count || passes_ended {
+                found = Some(env.now() / 1_000_000);
+            }
+        }
+        if found.is_some() {
+            if let Some(f) = object_workload::steward_json(&addrs, &["fsck"], call).await {
+                let settled = f["complete"] == true
+                    && f["under_replicated"] == 0
+                    && f["misplaced"] == 0
+                    && f["repairs_in_flight"] == 0;
+                if settled {
+                    return (found, Some(env.now() / 1_000_000));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    (found, None)
 }
 
 /// No task ran on two nodes at once, by the tasks' own records.

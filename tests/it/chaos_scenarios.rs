@@ -1,7 +1,7 @@
 //! The PR-gating subset of the chaos scenarios (`chaos/scenarios/`), run by the harness's
 //! runner on a local cluster with every controller and agent in its own network namespace:
 //! leader kill loop, minority partition, one-way partition, an agent partitioned but alive,
-//! an agent lost under jobs. Every invariant must hold, and every fault must be seen by the
+//! an agent lost under jobs, bit-rot under object reads. Every invariant must hold, and every fault must be seen by the
 //! cluster (another leader or a higher term; an agent no longer ready), or it proved
 //! nothing. Then the proof that the harness can fail: known bugs switched back on through
 //! fail points (reads without the quorum check, a skipped fence) must be caught.
@@ -73,6 +73,16 @@ async fn passes(name: &str, seed: u64) {
         );
     }
     assert!(report.operations.ok >= 10, "{:?}", report.operations);
+    if s.workload.objects.is_some() {
+        let rf = report
+            .invariant(invariant::RF_RESTORED)
+            .expect("the object workload ran");
+        assert!(
+            rf.detail.starts_with('1'),
+            "the bit-rot fault was not checked: {}",
+            rf.detail
+        );
+    }
     if s.workload.kv.is_some() {
         assert!(report.operations.ok >= 100, "{:?}", report.operations);
     }
@@ -142,6 +152,14 @@ async fn caught(scenario: &Scenario, seed: u64, bug: Bug, invariant: &str, says:
     );
     assert!(verdict.detail.contains(says), "{}", verdict.detail);
     assert!(!report.passed());
+}
+
+/// Bit-rot in 8 chunk files of one agent while clients put and read objects: no read
+/// returns a wrong byte, every acknowledged version reads back, and the scrubber finds all
+/// 8 and repair restores the replicas within the scenario's bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_bit_rot() {
+    passes("bit-rot", 18).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
