@@ -7,7 +7,7 @@ CARGO ?= cargo
 # small machines.
 IT_THREADS ?= 1
 
-.PHONY: all deps dev test build build-next fmt-check lint unit bench-raft bench-scheduler bench-agent bench-jobs bench-storage bench-tls bench-deps clean-dev
+.PHONY: all deps dev test build build-next fmt-check lint unit bench-raft bench-scheduler bench-agent bench-jobs bench-storage bench-tls bench-deps clean-dev chaos chaos-sim
 
 all: build
 
@@ -63,6 +63,17 @@ unit: build
 # and nothing is compiled twice.
 test: fmt-check lint build
 	$(CARGO) test --workspace -- --test-threads=$(IT_THREADS)
+
+# The deterministic simulation of the control plane over SEEDS seeds (make test runs 300);
+# a failing seed is replayed with `steward-chaos sim --seed N`.
+SEEDS ?= 10000
+chaos-sim: build
+	$(TARGET_DIR)/debug/steward-chaos sim --seeds $(SEEDS)
+
+# Every scenario in chaos/scenarios/ against a local cluster in network namespaces (root),
+# one report each, then a table of them (SEED= fixes the seed of every run).
+chaos: build
+	@$(TARGET_DIR)/debug/steward-chaos run-all chaos/scenarios $(if $(SEED),--seed $(SEED),)
 
 # Raft throughput, latency and failover on three local controllers (prints figures).
 bench-raft: build

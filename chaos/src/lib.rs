@@ -8,10 +8,11 @@
 //! - [`fault`]: fault actions behind an undo guard;
 //! - [`check`]: the invariant checkers, pure;
 //! - [`scenario`]: scenario files; [`run`]: a scenario run and its report
-//!   (`steward-chaos run`).
+//!   (`steward-chaos run`);
+//! - [`sim`]: the deterministic simulation of the control plane (`steward-chaos sim`).
 //!
-//! Not yet: the object workload, disk-full, clock-skew, GPU and membership faults in runs,
-//! the staging mode and the deterministic simulation (ARCHITECTURE.md, "Chaos harness").
+//! Not yet: disk-full and clock-skew faults in runs, object tag moves
+//! and the staging mode (ARCHITECTURE.md, "Chaos harness").
 
 pub mod check;
 pub mod fault;
@@ -19,4 +20,5 @@ pub mod harness;
 pub mod history;
 pub mod run;
 pub mod scenario;
+pub mod sim;
 pub mod workload;

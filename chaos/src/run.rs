@@ -147,6 +147,56 @@ impl Report {
     }
 }
 
+/// One line per scenario run: its verdict, the worst time to detect and to recover over
+/// its faults, and its operations (`make chaos`).
+pub fn render_table(rows: &[(String, Result<Report, String>)]) -> String {
+    use std::fmt::Write;
+    let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v}"));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<26} {:<8} {:>6} {:>10} {:>11} {:>8} {:>7} {:>13}",
+        "scenario",
+        "verdict",
+        "faults",
+        "detect ms",
+        "recover ms",
+        "ops ok",
+        "failed",
+        "indeterminate"
+    );
+    for (name, r) in rows {
+        match r {
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "{name:<26} {:<8} {}",
+                    "ERROR",
+                    e.lines().next().unwrap_or("")
+                );
+            }
+            Ok(r) => {
+                let detect = r.faults.iter().filter_map(|f| f.detect_ms).max();
+                let recover = r.faults.iter().filter_map(|f| f.recover_ms).max();
+                let _ = writeln!(
+                    out,
+                    "{:<26} {:<8} {:>6} {:>10} {:>11} {:>8} {:>7} {:>13}",
+                    name,
+                    if r.passed() { "passed" } else { "FAILED" },
+                    r.faults.len(),
+                    ms(detect),
+                    ms(recover),
+                    r.operations.ok,
+                    r.operations.failed,
+                    r.operations.indeterminate
+                );
+            }
+        }
+    }
+    let _ = writeln!(out, "(detect and recover: the slowest fault of the run)");
+    out
+}
+
 /// One fault as it happened.
 #[derive(Debug, Clone, Serialize)]
 pub struct FaultRecord {
@@ -198,7 +248,7 @@ pub struct InvariantResult {
 }
 
 impl InvariantResult {
-    fn new(name: &str, verdict: Verdict, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(name: &str, verdict: Verdict, detail: impl Into<String>) -> Self {
         InvariantResult {
             name: name.into(),
             verdict,
@@ -218,6 +268,7 @@ pub mod invariant {
     pub const OBJECTS: &str = "objects-bit-exact";
     pub const RF_RESTORED: &str = "rf-restored-within-bound";
     pub const RESCHEDULED: &str = "jobs-rescheduled-within-bound";
+    pub const GPU_FAULTS: &str = "gpu-faults-handled";
 }
 
 /// What the fault tasks and the monitor share.
@@ -243,6 +294,18 @@ struct Env {
     seed: u64,
     rng: Mutex<rand_chacha::ChaCha8Rng>,
     progress: bool,
+    /// The GPU each GPU fault hit, by fault index.
+    gpu_picks: Mutex<BTreeMap<usize, GpuPick>>,
+}
+
+/// The GPU a GPU fault hit, and the tasks running on it then.
+#[derive(Debug, Clone)]
+struct GpuPick {
+    node: String,
+    gpu: u64,
+    uuid: String,
+    /// (job, task index) of each allocation running on it.
+    tasks: Vec<(String, serde_json::Value)>,
 }
 
 impl Env {
@@ -574,15 +637,248 @@ impl Env {
                     )?);
                 }
             }
+            Action::GpuXid | Action::GpuEcc | Action::GpuLost => {
+                // Through the simulated GPUs' fault RPC (`steward node fault`), on a GPU
+                // that runs a task when one does; cleared at the fault's end.
+                let addrs = self.controllers_arg();
+                for &v in victims {
+                    let Victim::Agent(i) = v else {
+                        return Err(format!("GPU faults need an agent, not {}", v.name()));
+                    };
+                    let node = self
+                        .agents()
+                        .get(&i)
+                        .and_then(LabAgent::node_id)
+                        .ok_or_else(|| format!("{} has no node id yet", v.name()))?;
+                    // Allocations name GPUs by UUID; the fault RPC takes the index.
+                    let mut used: BTreeMap<String, Vec<(String, serde_json::Value)>> = BTreeMap::new();
+                    let allocs = admin_json(&addrs, &["alloc", "list"]);
+                    if allocs.is_none() {
+                        self.say("listing allocations failed: the GPU fault picks GPU 0");
+                    }
+                    for a in allocs
+                        .as_ref()
+                        .and_then(|v| v.as_array())
+                        .into_iter()
+                        .flatten()
+                        .filter(|a| a["node"] == node.as_str() && a["state"] == "running")
+                    {
+                        for g in a["gpus"].as_array().into_iter().flatten().filter_map(|g| g.as_str()) {
+                            used.entry(g.to_string()).or_default().push((
+                                a["job"].as_str().unwrap_or_default().to_string(),
+                                a["task"].clone(),
+                            ));
+                        }
+                    }
+                    let gpus: Vec<(u64, String)> = admin_json(&addrs, &["node", "show", &node])
+                        .and_then(|v| v["telemetry"]["gpus"].as_array().cloned())
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(|g| Some((g["index"].as_u64()?, g["uuid"].as_str()?.to_string())))
+                        .collect();
+                    let busy: Vec<&(u64, String)> = gpus.iter().filter(|(_, u)| used.contains_key(u)).collect();
+                    let (gpu, uuid) = if !busy.is_empty() {
+                        let n = self.rng().random_range(0..busy.len());
+                        busy[n].clone()
+                    } else {
+                        gpus.first().cloned().ok_or_else(|| format!("{} reports no GPUs", v.name()))?
+                    };
+                    let (kind, code) = match fault.action {
+                        Action::GpuXid => ("xid", fault.xid.map(|x| x.to_string())),
+                        Action::GpuEcc => ("ecc-double-bit", None),
+                        _ => ("fell-off-bus", None),
+                    };
+                    let g = gpu.to_string();
+                    let mut args = vec!["node", "fault", &node, "--gpu", &g, kind];
+                    if let Some(code) = &code {
+                        args.push(code);
+                    }
+                    let (addrs2, node2, g2) = (addrs.clone(), node.clone(), g.clone());
+                    undo_ids.push(self.guard.apply_tracked(
+                        format!("{kind} on GPU {gpu} of {}", v.name()),
+                        || admin_cli(&addrs, &args),
+                        move || admin_cli(&addrs2, &["node", "fault", &node2, "--gpu", &g2, "clear"]),
+                    )?);
+                    self.gpu_picks.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                        firing.fault,
+                        GpuPick {
+                            node,
+                            gpu,
+                            tasks: used.remove(&uuid).unwrap_or_default(),
+                            uuid,
+                        },
+                    );
+                }
+            }
+            Action::Membership => {
+                // The victim leaves the group (it keeps running), and is added back as a
+                // learner and promoted at the fault's end, as an operator replacing a
+                // member would.
+                for &v in victims {
+                    let Victim::Controller(id) = v else {
+                        return Err(format!("membership changes need a controller, not {}", v.name()));
+                    };
+                    let (raft_addr, api_addr) = {
+                        let c = self.cluster.lock().unwrap_or_else(|p| p.into_inner());
+                        let n = c.node(id);
+                        (n.raft_addr.clone(), n.api_addr.clone())
+                    };
+                    let addrs = self.controllers_arg();
+                    let id = id.to_string();
+                    let id2 = id.clone();
+                    let addrs2 = addrs.clone();
+                    undo_ids.push(self.guard.apply_tracked(
+                        format!("removal of controller {id} from the group"),
+                        || admin_cli(&addrs, &["operator", "raft", "remove-peer", &id]),
+                        move || {
+                            admin_cli(&addrs2, &["operator", "raft", "add-learner", &id2, &raft_addr, &api_addr])?;
+                            admin_cli(&addrs2, &["operator", "raft", "promote", &id2])
+                        },
+                    )?);
+                }
+            }
             other => {
                 return Err(format!(
-                    "{} faults are not run by the local runner yet (it runs kill, pause, partition, partition-one-way, netem and bit-rot)",
+                    "{} faults are not run by the local runner yet (it runs kill, pause, partition, partition-one-way, netem, bit-rot and membership)",
                     other.name()
                 ))
             }
         }
         Ok(undo_ids)
     }
+}
+
+/// How long an admin call of a fault (a membership change) is retried: leaders may be
+/// killed meanwhile.
+const ADMIN_RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// Runs `steward ARGS` as the harness's admin against `addrs` until it succeeds or
+/// [`ADMIN_RETRY_FOR`] passes; the last error otherwise. Blocking (fault actions are).
+fn admin_cli(addrs: &str, args: &[&str]) -> Result<(), String> {
+    let deadline = Instant::now() + ADMIN_RETRY_FOR;
+    loop {
+        let out = crate::harness::pki::steward_cmd()
+            .args(args)
+            .env("STEWARD_ADDR", addrs)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("running steward: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let err = format!(
+            "steward {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        if Instant::now() >= deadline {
+            return Err(err);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `steward -o json ARGS` as the harness's admin against `addrs`, once; blocking.
+fn admin_json(addrs: &str, args: &[&str]) -> Option<serde_json::Value> {
+    let out = crate::harness::pki::steward_cmd()
+        .args(["-o", "json"])
+        .args(args)
+        .env("STEWARD_ADDR", addrs)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// After a GPU fault: when (run ms) the GPU was committed as failed, and when every task
+/// that ran on it was running again on another GPU; each `None` if not within `within`.
+async fn follow_gpu_fault(
+    env: &Env,
+    pick: &GpuPick,
+    within: Duration,
+) -> (Option<u64>, Option<u64>) {
+    let deadline = Instant::now() + within;
+    let addrs = env.controllers_arg();
+    let call = PROBE_TIMEOUT * 10;
+    let mut failed_at = None;
+    while Instant::now() < deadline {
+        if failed_at.is_none() {
+            let nodes = object_workload::steward_json(&addrs, &["node", "list"], call).await;
+            let health = nodes
+                .as_ref()
+                .and_then(|v| v.as_array())
+                .and_then(|ns| ns.iter().find(|n| n["id"] == pick.node.as_str()))
+                .and_then(|n| {
+                    n["gpus"]
+                        .as_array()?
+                        .iter()
+                        .find(|g| g["uuid"] == pick.uuid.as_str())
+                        .map(|g| g["health"].clone())
+                });
+            if health.is_some_and(|h| h == "failed") {
+                failed_at = Some(env.now() / 1_000_000);
+            }
+        }
+        if failed_at.is_some() {
+            let allocs = object_workload::steward_json(&addrs, &["alloc", "list"], call).await;
+            let allocs = allocs.as_ref().and_then(|v| v.as_array());
+            let moved = |(job, task): &(String, serde_json::Value)| {
+                allocs.into_iter().flatten().any(|a| {
+                    a["job"] == job.as_str()
+                        && a["task"] == *task
+                        && a["state"] == "running"
+                        && !(a["node"] == pick.node.as_str()
+                            && a["gpus"]
+                                .as_array()
+                                .is_some_and(|g| g.iter().any(|u| u == pick.uuid.as_str())))
+                })
+            };
+            if allocs.is_some() && pick.tasks.iter().all(moved) {
+                return (failed_at, Some(env.now() / 1_000_000));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    (failed_at, None)
+}
+
+/// Each GPU fault: the GPU committed as failed, and its tasks running on another GPU,
+/// within the scenario's rescheduling bound.
+fn gpu_verdict(faults: &[FaultRecord], scenario: &Scenario) -> Option<InvariantResult> {
+    let gpu_faults: Vec<&FaultRecord> = faults
+        .iter()
+        .filter(|f| f.error.is_none() && f.action.starts_with("gpu-"))
+        .collect();
+    if gpu_faults.is_empty() {
+        return None;
+    }
+    let bound = scenario.pass.jobs_rescheduled_within.as_millis() as u64;
+    let late: Vec<String> = gpu_faults
+        .iter()
+        .filter(|f| f.recover_ms.is_none_or(|r| r > bound))
+        .map(|f| match f.detect_ms {
+            None => format!("{} at {} ms on {}: the GPU was never marked failed", f.action, f.at_ms, f.targets.join(", ")),
+            Some(d) => format!(
+                "{} at {} ms on {}: marked failed after {d} ms, its tasks not running elsewhere within {bound} ms",
+                f.action,
+                f.at_ms,
+                f.targets.join(", ")
+            ),
+        })
+        .collect();
+    Some(if late.is_empty() {
+        InvariantResult::new(
+            invariant::GPU_FAULTS,
+            Verdict::Held,
+            format!(
+                "{} GPU faults: each GPU marked failed and its tasks moved within {bound} ms",
+                gpu_faults.len()
+            ),
+        )
+    } else {
+        InvariantResult::new(invariant::GPU_FAULTS, Verdict::Violated, late.join("\n"))
+    })
 }
 
 /// What a fault hits.
@@ -741,6 +1037,7 @@ pub async fn run_local(scenario: &Scenario, options: &RunOptions) -> anyhow::Res
             .map_or(0, |d| d.as_millis() as u64),
         rng: Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(options.seed)),
         progress: options.progress,
+        gpu_picks: Mutex::new(BTreeMap::new()),
         dir: run_dir,
         seed: options.seed,
     });
@@ -922,6 +1219,47 @@ async fn drive(
                         record.targets.join(", ")
                     ));
                     record.error = Some(e);
+                }
+                Ok(undo_ids)
+                    if matches!(action, Action::GpuXid | Action::GpuEcc | Action::GpuLost) =>
+                {
+                    let pick = env
+                        .gpu_picks
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&firing.fault)
+                        .cloned();
+                    if let Some(pick) = pick {
+                        env.say(&format!(
+                            "{} on GPU {} of {} ({} tasks on it)",
+                            record.action,
+                            pick.gpu,
+                            record.targets.join(", "),
+                            pick.tasks.len()
+                        ));
+                        let (failed, moved) =
+                            follow_gpu_fault(&env, &pick, scenario.pass.jobs_rescheduled_within)
+                                .await;
+                        let at = record.at_ms;
+                        record.detect_ms = failed.map(|t| t.saturating_sub(at));
+                        record.recover_ms = moved.map(|t| t.saturating_sub(at));
+                        record.note = Some(format!(
+                            "GPU {}, {} tasks on it",
+                            pick.gpu,
+                            pick.tasks.len()
+                        ));
+                    }
+                    if let Some(until) = firing.until {
+                        tokio::time::sleep_until((env.epoch + until).into()).await;
+                        let mut failed = Vec::new();
+                        for id in undo_ids {
+                            failed.extend(env.guard.undo(id));
+                        }
+                        record.until_ms = Some(env.now() / 1_000_000);
+                        if !failed.is_empty() {
+                            record.error = Some(format!("undoing it: {}", failed.join("; ")));
+                        }
+                    }
                 }
                 Ok(undo_ids) if action == Action::BitRot => {
                     let _ = undo_ids;
@@ -1139,6 +1477,7 @@ async fn drive(
         }
         invariants.push(single_run_verdict(&runs, scenario));
         invariants.push(reschedule_verdict(&faults, &runs, w.runtime, scenario));
+        invariants.extend(gpu_verdict(&faults, scenario));
     }
     let not_applied: Vec<String> = faults
         .iter()
@@ -1183,9 +1522,10 @@ fn measure(
     node_health: &[(Nanos, String, String)],
     history: &[Op],
 ) {
+    // Bit-rot and GPU faults measure their own (found and repaired; failed and moved).
     for f in faults
         .iter_mut()
-        .filter(|f| f.action != Action::BitRot.name())
+        .filter(|f| f.action != Action::BitRot.name() && !f.action.starts_with("gpu-"))
     {
         let at = f.at_ms * 1_000_000;
         if !f.agent_nodes.is_empty() {
@@ -1196,6 +1536,9 @@ fn measure(
                     *t >= at && f.agent_nodes.contains(node) && health != "ready"
                 })
                 .map(|(t, _, _)| (t - at) / 1_000_000);
+        } else if f.action == Action::Membership.name() {
+            // A removal is not a loss to detect: the group shrinks on purpose.
+            f.detect_ms = None;
         } else if let Some((before_id, before_term)) = f.leader_before {
             f.detect_ms = leaders
                 .iter()

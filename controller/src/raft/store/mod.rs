@@ -22,6 +22,7 @@
 //!   purge beyond the stored snapshot is deferred until a snapshot covers it.
 
 mod log_store;
+pub mod memory;
 mod state_machine;
 
 use std::path::Path;

@@ -144,6 +144,52 @@ impl Drop for AppliedWriteGuard<'_> {
     }
 }
 
+/// Applies committed `entries` to the state in `view`: the one apply path of every store
+/// (RocksDB here, in memory for the simulation, `memory.rs`).
+pub(super) fn apply_entries(
+    view: &StateView,
+    entries: impl IntoIterator<Item = Entry>,
+) -> Vec<CommandResult> {
+    let mut applied = view.write();
+    let mut results = Vec::new();
+    for entry in entries {
+        let log_id = *entry.get_log_id();
+        applied.last_applied = Some(log_id);
+        let result = match entry.payload {
+            EntryPayload::Blank => {
+                // A new leader's first entry: a restore staged under the old one can
+                // no longer commit (see `ClusterState::abandon_restore`).
+                applied.state.abandon_restore();
+                CommandResult::Nothing
+            }
+            EntryPayload::Normal(command) => applied.state.apply(command),
+            EntryPayload::Membership(m) => {
+                applied.last_membership = StoredMembership::new(Some(log_id), m);
+                CommandResult::Nothing
+            }
+        };
+        results.push(result);
+    }
+    results
+}
+
+/// Replaces the state in `view` with a snapshot's (a leader's, installed).
+pub(super) fn install_state(view: &StateView, state: ClusterState, meta: &SnapshotMeta) {
+    let mut applied = view.write();
+    applied.state = state;
+    applied.last_applied = meta.last_log_id;
+    applied.last_membership = meta.last_membership.clone();
+    applied.snapshots_installed += 1;
+}
+
+/// Sets the state in `view` from a stored snapshot (on open).
+pub(super) fn restore_state(view: &StateView, state: ClusterState, meta: &SnapshotMeta) {
+    let mut applied = view.write();
+    applied.state = state;
+    applied.last_applied = meta.last_log_id;
+    applied.last_membership = meta.last_membership.clone();
+}
+
 pub struct StateMachineStore {
     db: Db,
     view: StateView,
@@ -181,10 +227,7 @@ impl StateMachineStore {
         drop(view.write());
         if let Some(snap) = read_stored_snapshot(&db)? {
             let state = ClusterState::decode(&snap.data)?;
-            let mut applied = view.write();
-            applied.state = state;
-            applied.last_applied = snap.meta.last_log_id;
-            applied.last_membership = snap.meta.last_membership.clone();
+            restore_state(&view, state, &snap.meta);
             db.fence().stored = snap.meta.last_log_id;
         }
         Ok(StateMachineStore {
@@ -326,28 +369,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut applied = self.view.write();
         let started = std::time::Instant::now();
-        let mut results = Vec::new();
-        for entry in entries {
-            let log_id = *entry.get_log_id();
-            applied.last_applied = Some(log_id);
-            let result = match entry.payload {
-                EntryPayload::Blank => {
-                    // A new leader's first entry: a restore staged under the old one can
-                    // no longer commit (see `ClusterState::abandon_restore`).
-                    applied.state.abandon_restore();
-                    CommandResult::Nothing
-                }
-                EntryPayload::Normal(command) => applied.state.apply(command),
-                EntryPayload::Membership(m) => {
-                    applied.last_membership = StoredMembership::new(Some(log_id), m);
-                    CommandResult::Nothing
-                }
-            };
-            results.push(result);
-        }
-        drop(applied);
+        let results = apply_entries(&self.view, entries);
         self.timings.apply.observe(started.elapsed().as_secs_f64());
         Ok(results)
     }
@@ -395,11 +418,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // stored one means a bug; keep the stored one durable, follow openraft in memory.
             tracing::warn!(snapshot = %meta.snapshot_id, "installed snapshot is not newer than the stored one; not stored");
         }
-        let mut applied = self.view.write();
-        applied.state = state;
-        applied.last_applied = meta.last_log_id;
-        applied.last_membership = meta.last_membership.clone();
-        applied.snapshots_installed += 1;
+        install_state(&self.view, state, meta);
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot from leader");
         Ok(())
     }

@@ -1,0 +1,349 @@
+//! Raft storage in memory, for the deterministic simulation (`steward-chaos sim`): the
+//! same openraft traits as the RocksDB store, the same apply path
+//! ([`super::state_machine::apply_entries`]) and the same snapshot fence, over a
+//! [`MemDisk`] that outlives a simulated crash.
+//!
+//! A "crash" drops the Raft instance and its [`MemStateMachine`] (the in-memory state);
+//! the [`MemDisk`] keeps what a synced write would have kept: vote, log, committed id,
+//! purge point and the newest snapshot. A restart opens new stores over the same disk and
+//! rebuilds the state from the snapshot plus the committed log, as a controller does.
+//!
+//! Every write is durable when its call returns, as with `sync = true`, unless the disk
+//! was made with [`MemDisk::acknowledging_before_sync`] (a reintroduced bug for the
+//! simulation to catch): then an append's callback fires at once and the entries become
+//! durable only at the next sync point (the next append, vote or truncate), so a crash
+//! loses the acknowledged tail.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::{RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{OptionalSend, RaftLogId};
+use steward_core::{ClusterState, CommandResult};
+
+use super::state_machine::{apply_entries, install_state, restore_state};
+use super::{StateView, StoreError};
+use crate::raft::typ::{
+    Entry, LogFlushed, LogId, LogState, Snapshot, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership, TypeConfig, Vote,
+};
+
+/// What survives a simulated crash.
+#[derive(Debug, Default)]
+pub struct MemDisk {
+    inner: Mutex<DiskState>,
+    /// Acknowledge appends before they are durable (a bug, on purpose).
+    ack_before_sync: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+struct DiskState {
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    last_purged: Option<LogId>,
+    log: BTreeMap<u64, Entry>,
+    /// Appended and acknowledged, not yet durable (only with `ack_before_sync`).
+    unsynced: BTreeMap<u64, Entry>,
+    /// The newest stored snapshot: its meta and encoded state.
+    snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    /// A purge asked for beyond the stored snapshot, done when a snapshot covers it.
+    deferred_purge: Option<LogId>,
+}
+
+impl DiskState {
+    fn sync(&mut self) {
+        let unsynced = std::mem::take(&mut self.unsynced);
+        self.log.extend(unsynced);
+    }
+
+    fn stored_snapshot(&self) -> Option<LogId> {
+        self.snapshot.as_ref().and_then(|(m, _)| m.last_log_id)
+    }
+
+    fn purge_upto(&mut self, upto: LogId) {
+        if self.last_purged >= Some(upto) {
+            return;
+        }
+        self.last_purged = Some(upto);
+        self.log = self.log.split_off(&(upto.index + 1));
+        self.unsynced = self.unsynced.split_off(&(upto.index + 1));
+    }
+}
+
+impl MemDisk {
+    pub fn new() -> Arc<Self> {
+        Arc::new(MemDisk::default())
+    }
+
+    /// A disk that acknowledges appends before they are durable: the bug class "ack before
+    /// fsync", for the simulation to catch.
+    pub fn acknowledging_before_sync() -> Arc<Self> {
+        Arc::new(MemDisk {
+            inner: Mutex::default(),
+            ack_before_sync: true,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, DiskState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A power loss: whatever was acknowledged but not durable is gone.
+    pub fn lose_unsynced(&self) {
+        self.lock().unsynced.clear();
+    }
+
+    /// Opens a log store and a state machine over this disk, as a controller does on
+    /// start: the state machine restores the newest snapshot; openraft re-applies the
+    /// committed log after it.
+    pub fn open(self: &Arc<Self>) -> Result<(MemLogStore, MemStateMachine), StoreError> {
+        let view = StateView::default();
+        let snapshot = self.lock().snapshot.clone();
+        if let Some((meta, data)) = snapshot {
+            restore_state(&view, ClusterState::decode(&data)?, &meta);
+        }
+        Ok((
+            MemLogStore { disk: self.clone() },
+            MemStateMachine {
+                disk: self.clone(),
+                view,
+                snapshot_seq: 0,
+            },
+        ))
+    }
+
+    /// Stores a snapshot unless a newer one is stored; completes a deferred purge it
+    /// covers. Returns whether it is now the current one.
+    fn store_snapshot(&self, meta: &SnapshotMeta, data: Vec<u8>) -> bool {
+        let mut disk = self.lock();
+        let last = meta.last_log_id;
+        let stored = disk.stored_snapshot();
+        if !(stored.is_none() || last > stored) {
+            return false;
+        }
+        disk.snapshot = Some((meta.clone(), data));
+        if let (Some(target), Some(last)) = (disk.deferred_purge, last) {
+            disk.purge_upto(target.min(last));
+            if target <= last {
+                disk.deferred_purge = None;
+            }
+        }
+        true
+    }
+}
+
+/// The log and vote over a [`MemDisk`].
+#[derive(Clone)]
+pub struct MemLogStore {
+    disk: Arc<MemDisk>,
+}
+
+impl RaftLogReader<TypeConfig> for MemLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let disk = self.disk.lock();
+        let mut entries: BTreeMap<u64, Entry> = disk
+            .log
+            .range(range.clone())
+            .map(|(i, e)| (*i, e.clone()))
+            .collect();
+        entries.extend(disk.unsynced.range(range).map(|(i, e)| (*i, e.clone())));
+        Ok(entries.into_values().collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for MemLogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState, StorageError> {
+        let disk = self.disk.lock();
+        let last = disk
+            .unsynced
+            .values()
+            .next_back()
+            .or_else(|| disk.log.values().next_back())
+            .map(|e| *e.get_log_id());
+        Ok(LogState {
+            last_purged_log_id: disk.last_purged,
+            last_log_id: last.max(disk.last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let mut disk = self.disk.lock();
+        disk.sync();
+        disk.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.disk.lock().vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.disk.lock().committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.disk.lock().committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        {
+            let mut disk = self.disk.lock();
+            if self.disk.ack_before_sync {
+                // The previous batch reaches the disk only now; this one is acknowledged
+                // while still in flight.
+                disk.sync();
+                for entry in entries {
+                    disk.unsynced.insert(entry.get_log_id().index, entry);
+                }
+            } else {
+                for entry in entries {
+                    disk.log.insert(entry.get_log_id().index, entry);
+                }
+            }
+        }
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut disk = self.disk.lock();
+        disk.sync();
+        disk.log.split_off(&log_id.index);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut disk = self.disk.lock();
+        disk.sync();
+        // As the RocksDB store: never past the newest stored snapshot.
+        let allowed = disk.stored_snapshot().min(Some(log_id));
+        if allowed < Some(log_id) {
+            disk.deferred_purge = disk.deferred_purge.max(Some(log_id));
+        }
+        if let Some(upto) = allowed {
+            disk.purge_upto(upto);
+        }
+        Ok(())
+    }
+}
+
+/// The state machine over a [`MemDisk`]: the state in memory (lost in a crash), snapshots
+/// on the disk.
+pub struct MemStateMachine {
+    disk: Arc<MemDisk>,
+    view: StateView,
+    snapshot_seq: u64,
+}
+
+impl MemStateMachine {
+    pub fn view(&self) -> StateView {
+        self.view.clone()
+    }
+}
+
+pub struct MemSnapshotBuilder {
+    disk: Arc<MemDisk>,
+    state: ClusterState,
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+    seq: u64,
+}
+
+fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_snapshot(None, openraft::AnyError::new(&e)).into()
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for MemSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let data = self.state.encode().map_err(snap_err)?;
+        let snapshot_id = match self.last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, self.seq),
+            None => format!("0-0-{}", self.seq),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.last_membership.clone(),
+            snapshot_id,
+        };
+        self.disk.store_snapshot(&meta, data.clone());
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for MemStateMachine {
+    type SnapshotBuilder = MemSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let applied = self.view.read();
+        Ok((applied.last_applied, applied.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        Ok(apply_entries(&self.view, entries))
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_seq += 1;
+        let applied = self.view.read();
+        MemSnapshotBuilder {
+            disk: self.disk.clone(),
+            state: applied.state.clone(),
+            last_applied: applied.last_applied,
+            last_membership: applied.last_membership.clone(),
+            seq: self.snapshot_seq,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let state = ClusterState::decode(&data)
+            .map_err(|e| StorageIOError::read_snapshot(None, openraft::AnyError::new(&e)))?;
+        self.disk.store_snapshot(meta, data);
+        install_state(&self.view, state, meta);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(self
+            .disk
+            .lock()
+            .snapshot
+            .clone()
+            .map(|(meta, data)| Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            }))
+    }
+}
