@@ -14,9 +14,10 @@ all: build
 # System prerequisites: clang/libclang (RocksDB's bindings), promtool (metrics checks),
 # iproute2 and nftables (partition tests, chaos harness), etcd-server (bench-raft runs etcd
 # beside Steward) and protobuf-compiler/libprotobuf-dev (the etcd-client crate's build
-# script), python3-grpcio (a test calls the API as an outside gRPC client). Installs with
+# script), python3-grpcio (a test calls the API as an outside gRPC client), faketime
+# (libfaketime: the chaos clock-skew action). Installs with
 # apt-get as root; otherwise prints the command to run.
-DEB_PACKAGES := clang libclang-dev prometheus iproute2 nftables etcd-server protobuf-compiler libprotobuf-dev python3-grpcio
+DEB_PACKAGES := clang libclang-dev prometheus iproute2 nftables etcd-server protobuf-compiler libprotobuf-dev python3-grpcio faketime
 deps:
 	@missing=""; \
 	for p in $(DEB_PACKAGES); do \

@@ -9,15 +9,16 @@
 //! - [`check`]: the invariant checkers, pure;
 //! - [`scenario`]: scenario files; [`run`]: a scenario run and its report
 //!   (`steward-chaos run`);
+//! - [`replay`]: a stopped controller's committed log replayed into GPU grants;
 //! - [`sim`]: the deterministic simulation of the control plane (`steward-chaos sim`).
 //!
-//! Not yet: disk-full and clock-skew faults in runs, object tag moves
-//! and the staging mode (ARCHITECTURE.md, "Chaos harness").
+//! Not yet: the staging mode (ARCHITECTURE.md, "Chaos harness").
 
 pub mod check;
 pub mod fault;
 pub mod harness;
 pub mod history;
+pub mod replay;
 pub mod run;
 pub mod scenario;
 pub mod sim;

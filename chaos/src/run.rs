@@ -61,8 +61,20 @@ const AGENT_FLAGS: &[&str] = &[
 /// the rot: the agents' own scrub interval is an hour or more.)
 const STORAGE_TOML: &str = "[storage]\nrepair_delay = \"0s\"\n";
 const OBJECT_AGENT_FLAGS: &[&str] = &["--chunk-free-floor", "64MiB"];
+/// Size of each agent's data filesystem in a scenario with `disk-full` (a tmpfs mounted
+/// on the agent's data dir), and the agents' free-space floor there.
+const DISK_FULL_FS_BYTES: u64 = 512 << 20;
+/// Where Debian's `faketime` package puts the library (`clock-skew`).
+const LIBFAKETIME_PATHS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/faketime/libfaketime.so.1",
+];
+
 /// Objects the object workload writes (`chaos/obj-0..`).
 const OBJECTS: u32 = 4;
+/// Tries of each acknowledged version's read-back at the end of a run.
+const FINAL_OBJECT_READ_TRIES: u32 = 3;
 /// Deadline of one `steward object` call.
 const OBJECT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the agents have to register and report ready.
@@ -269,13 +281,19 @@ pub mod invariant {
     pub const RF_RESTORED: &str = "rf-restored-within-bound";
     pub const RESCHEDULED: &str = "jobs-rescheduled-within-bound";
     pub const GPU_FAULTS: &str = "gpu-faults-handled";
+    pub const DISK_FULL: &str = "disk-full-handled";
+    pub const NO_OVERCOMMIT: &str = "no-gpu-overcommitted";
 }
 
 /// What the fault tasks and the monitor share.
 struct Env {
-    cluster: Mutex<ProcCluster>,
-    /// Agent `i` (1-based); dropped before the lab, killing their tasks.
+    /// Agent `i` (1-based); dropped first (before their data dirs go with the cluster's
+    /// dir, and before the lab), killing their tasks.
     agents: Mutex<BTreeMap<u32, LabAgent>>,
+    cluster: Mutex<ProcCluster>,
+    /// With `clock-skew`: one libfaketime offset file per process (`controller-ID`,
+    /// `agent-I`), holding its offset in seconds ("+0" when not skewed).
+    clocks: Option<tempfile::TempDir>,
     lab: Arc<Lab>,
     /// Controller id -> API address and lab host.
     api: BTreeMap<u64, String>,
@@ -294,8 +312,8 @@ struct Env {
     seed: u64,
     rng: Mutex<rand_chacha::ChaCha8Rng>,
     progress: bool,
-    /// The GPU each GPU fault hit, by fault index.
-    gpu_picks: Mutex<BTreeMap<usize, GpuPick>>,
+    /// The GPUs each GPU fault hit (one per victim), by fault index.
+    gpu_picks: Mutex<BTreeMap<usize, Vec<GpuPick>>>,
 }
 
 /// The GPU a GPU fault hit, and the tasks running on it then.
@@ -559,13 +577,18 @@ impl Env {
                             self.kill(v);
                             Ok(())
                         },
-                        move || e.restart(v).map_err(|err| format!("restarting {}: {err:#}", v.name())),
+                        move || {
+                            e.restart(v)
+                                .map_err(|err| format!("restarting {}: {err:#}", v.name()))
+                        },
                     )?);
                 }
             }
             Action::Pause => {
                 for &v in victims {
-                    let pid = self.pid_of(v).ok_or_else(|| format!("{} is not running", v.name()))?;
+                    let pid = self
+                        .pid_of(v)
+                        .ok_or_else(|| format!("{} is not running", v.name()))?;
                     undo_ids.push(self.guard.apply_tracked(
                         format!("pause of {} (pid {pid})", v.name()),
                         || crate::fault::signal(pid, nix::sys::signal::Signal::SIGSTOP),
@@ -577,8 +600,16 @@ impl Env {
                 // Both: the victims cut off from every other host. One way: the victims'
                 // packets dropped at the other hosts, while theirs still reach the victims.
                 let (a, b, direction) = match fault.action {
-                    Action::Partition => (self.hosts_of(victims), self.others(victims), Direction::Both),
-                    _ => (self.others(victims), self.hosts_of(victims), Direction::OneWay),
+                    Action::Partition => (
+                        self.hosts_of(victims),
+                        self.others(victims),
+                        Direction::Both,
+                    ),
+                    _ => (
+                        self.others(victims),
+                        self.hosts_of(victims),
+                        Direction::OneWay,
+                    ),
                 };
                 let partition = Arc::new(Mutex::new(None));
                 let (p, lab, lab2) = (partition.clone(), self.lab.clone(), self.lab.clone());
@@ -593,7 +624,9 @@ impl Env {
                         names.join(", ")
                     ),
                     || {
-                        let id = lab2.partition(&a, &b, direction).map_err(|e| format!("{e:#}"))?;
+                        let id = lab2
+                            .partition(&a, &b, direction)
+                            .map_err(|e| format!("{e:#}"))?;
                         *p.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
                         Ok(())
                     },
@@ -615,8 +648,16 @@ impl Env {
                         .get(&i)
                         .map(|a| a.guard.data_dir.join("chunks"))
                         .ok_or_else(|| format!("no agent {i}"))?;
-                    let rotted = crate::fault::bit_rot(&store, count, self.seed ^ firing.at.as_millis() as u64)?;
-                    self.say(&format!("flipped a bit in {} chunk files of {}", rotted.len(), v.name()));
+                    let rotted = crate::fault::bit_rot(
+                        &store,
+                        count,
+                        self.seed ^ firing.at.as_millis() as u64,
+                    )?;
+                    self.say(&format!(
+                        "flipped a bit in {} chunk files of {}",
+                        rotted.len(),
+                        v.name()
+                    ));
                 }
             }
             Action::Netem => {
@@ -651,7 +692,8 @@ impl Env {
                         .and_then(LabAgent::node_id)
                         .ok_or_else(|| format!("{} has no node id yet", v.name()))?;
                     // Allocations name GPUs by UUID; the fault RPC takes the index.
-                    let mut used: BTreeMap<String, Vec<(String, serde_json::Value)>> = BTreeMap::new();
+                    let mut used: BTreeMap<String, Vec<(String, serde_json::Value)>> =
+                        BTreeMap::new();
                     let allocs = admin_json(&addrs, &["alloc", "list"]);
                     if allocs.is_none() {
                         self.say("listing allocations failed: the GPU fault picks GPU 0");
@@ -663,7 +705,12 @@ impl Env {
                         .flatten()
                         .filter(|a| a["node"] == node.as_str() && a["state"] == "running")
                     {
-                        for g in a["gpus"].as_array().into_iter().flatten().filter_map(|g| g.as_str()) {
+                        for g in a["gpus"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|g| g.as_str())
+                        {
                             used.entry(g.to_string()).or_default().push((
                                 a["job"].as_str().unwrap_or_default().to_string(),
                                 a["task"].clone(),
@@ -674,14 +721,19 @@ impl Env {
                         .and_then(|v| v["telemetry"]["gpus"].as_array().cloned())
                         .unwrap_or_default()
                         .iter()
-                        .filter_map(|g| Some((g["index"].as_u64()?, g["uuid"].as_str()?.to_string())))
+                        .filter_map(|g| {
+                            Some((g["index"].as_u64()?, g["uuid"].as_str()?.to_string()))
+                        })
                         .collect();
-                    let busy: Vec<&(u64, String)> = gpus.iter().filter(|(_, u)| used.contains_key(u)).collect();
+                    let busy: Vec<&(u64, String)> =
+                        gpus.iter().filter(|(_, u)| used.contains_key(u)).collect();
                     let (gpu, uuid) = if !busy.is_empty() {
                         let n = self.rng().random_range(0..busy.len());
                         busy[n].clone()
                     } else {
-                        gpus.first().cloned().ok_or_else(|| format!("{} reports no GPUs", v.name()))?
+                        gpus.first()
+                            .cloned()
+                            .ok_or_else(|| format!("{} reports no GPUs", v.name()))?
                     };
                     let (kind, code) = match fault.action {
                         Action::GpuXid => ("xid", fault.xid.map(|x| x.to_string())),
@@ -697,17 +749,69 @@ impl Env {
                     undo_ids.push(self.guard.apply_tracked(
                         format!("{kind} on GPU {gpu} of {}", v.name()),
                         || admin_cli(&addrs, &args),
-                        move || admin_cli(&addrs2, &["node", "fault", &node2, "--gpu", &g2, "clear"]),
+                        move || {
+                            admin_cli(&addrs2, &["node", "fault", &node2, "--gpu", &g2, "clear"])
+                        },
                     )?);
-                    self.gpu_picks.lock().unwrap_or_else(|p| p.into_inner()).insert(
-                        firing.fault,
-                        GpuPick {
+                    self.gpu_picks
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(firing.fault)
+                        .or_default()
+                        .push(GpuPick {
                             node,
                             gpu,
                             tasks: used.remove(&uuid).unwrap_or_default(),
                             uuid,
+                        });
+                }
+            }
+            Action::DiskFull => {
+                for &v in victims {
+                    let Victim::Agent(i) = v else {
+                        return Err(format!("disk-full needs an agent, not {}", v.name()));
+                    };
+                    let dir = self
+                        .agents()
+                        .get(&i)
+                        .map(|a| a.guard.data_dir.clone())
+                        .ok_or_else(|| format!("no agent {i}"))?;
+                    let fill = dir.join(FILL_FILE);
+                    undo_ids.push(self.guard.apply_tracked(
+                        format!("disk full on {}", v.name()),
+                        move || fill_filesystem(&dir).map(|_| ()),
+                        // Whatever the fill got to, even if it failed half-way.
+                        move || match std::fs::remove_file(&fill) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                                Err(format!("{}: {e}", fill.display()))
+                            }
+                            _ => Ok(()),
                         },
-                    );
+                    )?);
+                }
+            }
+            Action::ClockSkew => {
+                let clocks = self
+                    .clocks
+                    .as_ref()
+                    .ok_or("no clock files: the run was not started for clock-skew")?;
+                let offset = faketime_offset(fault.offset.as_deref().unwrap_or("+0s"))?;
+                for &v in victims {
+                    let file = clocks.path().join(match v {
+                        Victim::Controller(id) => format!("controller-{id}"),
+                        Victim::Agent(i) => format!("agent-{i}"),
+                    });
+                    let (f2, offset) = (file.clone(), offset.clone());
+                    undo_ids.push(self.guard.apply_tracked(
+                        format!("clock of {} moved {offset} s", v.name()),
+                        move || {
+                            std::fs::write(&file, &offset)
+                                .map_err(|e| format!("{}: {e}", file.display()))
+                        },
+                        move || {
+                            std::fs::write(&f2, "+0").map_err(|e| format!("{}: {e}", f2.display()))
+                        },
+                    )?);
                 }
             }
             Action::Membership => {
@@ -716,7 +820,10 @@ impl Env {
                 // member would.
                 for &v in victims {
                     let Victim::Controller(id) = v else {
-                        return Err(format!("membership changes need a controller, not {}", v.name()));
+                        return Err(format!(
+                            "membership changes need a controller, not {}",
+                            v.name()
+                        ));
                     };
                     let (raft_addr, api_addr) = {
                         let c = self.cluster.lock().unwrap_or_else(|p| p.into_inner());
@@ -729,19 +836,31 @@ impl Env {
                     let addrs2 = addrs.clone();
                     undo_ids.push(self.guard.apply_tracked(
                         format!("removal of controller {id} from the group"),
-                        || admin_cli(&addrs, &["operator", "raft", "remove-peer", &id]),
+                        // A retry after a lost answer finds the change made: done.
+                        || {
+                            admin_cli_unless(
+                                &addrs,
+                                &["operator", "raft", "remove-peer", &id],
+                                "is not a member",
+                            )
+                        },
                         move || {
-                            admin_cli(&addrs2, &["operator", "raft", "add-learner", &id2, &raft_addr, &api_addr])?;
+                            admin_cli_unless(
+                                &addrs2,
+                                &[
+                                    "operator",
+                                    "raft",
+                                    "add-learner",
+                                    &id2,
+                                    &raft_addr,
+                                    &api_addr,
+                                ],
+                                "is already a member",
+                            )?;
                             admin_cli(&addrs2, &["operator", "raft", "promote", &id2])
                         },
                     )?);
                 }
-            }
-            other => {
-                return Err(format!(
-                    "{} faults are not run by the local runner yet (it runs kill, pause, partition, partition-one-way, netem, bit-rot and membership)",
-                    other.name()
-                ))
             }
         }
         Ok(undo_ids)
@@ -755,6 +874,12 @@ const ADMIN_RETRY_FOR: Duration = Duration::from_secs(30);
 /// Runs `steward ARGS` as the harness's admin against `addrs` until it succeeds or
 /// [`ADMIN_RETRY_FOR`] passes; the last error otherwise. Blocking (fault actions are).
 fn admin_cli(addrs: &str, args: &[&str]) -> Result<(), String> {
+    admin_cli_unless(addrs, args, "")
+}
+
+/// [`admin_cli`], also done when the error says `already` (non-empty): the change was made
+/// by an earlier try whose answer was lost.
+fn admin_cli_unless(addrs: &str, args: &[&str], already: &str) -> Result<(), String> {
     let deadline = Instant::now() + ADMIN_RETRY_FOR;
     loop {
         let out = crate::harness::pki::steward_cmd()
@@ -763,7 +888,8 @@ fn admin_cli(addrs: &str, args: &[&str]) -> Result<(), String> {
             .stdin(std::process::Stdio::null())
             .output()
             .map_err(|e| format!("running steward: {e}"))?;
-        if out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || (!already.is_empty() && stderr.contains(already)) {
             return Ok(());
         }
         let err = format!(
@@ -792,7 +918,8 @@ fn admin_json(addrs: &str, args: &[&str]) -> Option<serde_json::Value> {
 }
 
 /// After a GPU fault: when (run ms) the GPU was committed as failed, and when every task
-/// that ran on it was running again on another GPU; each `None` if not within `within`.
+/// that ran on it was running again on another GPU (or had completed); each `None` if not
+/// within `within`.
 async fn follow_gpu_fault(
     env: &Env,
     pick: &GpuPick,
@@ -821,17 +948,19 @@ async fn follow_gpu_fault(
             }
         }
         if failed_at.is_some() {
-            let allocs = object_workload::steward_json(&addrs, &["alloc", "list"], call).await;
+            // With ended ones: a task that finished meanwhile needs no other GPU.
+            let allocs =
+                object_workload::steward_json(&addrs, &["alloc", "list", "--all"], call).await;
             let allocs = allocs.as_ref().and_then(|v| v.as_array());
             let moved = |(job, task): &(String, serde_json::Value)| {
                 allocs.into_iter().flatten().any(|a| {
+                    let on_failed_gpu = a["node"] == pick.node.as_str()
+                        && a["gpus"]
+                            .as_array()
+                            .is_some_and(|g| g.iter().any(|u| u == pick.uuid.as_str()));
                     a["job"] == job.as_str()
                         && a["task"] == *task
-                        && a["state"] == "running"
-                        && !(a["node"] == pick.node.as_str()
-                            && a["gpus"]
-                                .as_array()
-                                .is_some_and(|g| g.iter().any(|u| u == pick.uuid.as_str())))
+                        && (a["state"] == "complete" || (a["state"] == "running" && !on_failed_gpu))
                 })
             };
             if allocs.is_some() && pick.tasks.iter().all(moved) {
@@ -841,6 +970,118 @@ async fn follow_gpu_fault(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     (failed_at, None)
+}
+
+/// When (run ms) every node of `nodes` reported its chunk store's space low (`low`), or
+/// no longer low; `None` if not within `within`.
+async fn wait_space_low(env: &Env, nodes: &[String], low: bool, within: Duration) -> Option<u64> {
+    if nodes.is_empty() {
+        // No node id to ask about: nothing can be claimed.
+        return None;
+    }
+    let deadline = Instant::now() + within;
+    let addrs = env.controllers_arg();
+    while Instant::now() < deadline {
+        let mut all = true;
+        for node in nodes {
+            let v =
+                object_workload::steward_json(&addrs, &["node", "show", node], PROBE_TIMEOUT * 10)
+                    .await;
+            all &= v.is_some_and(|v| v["chunk_store"]["space_low"] == low);
+        }
+        if all {
+            return Some(env.now() / 1_000_000);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    None
+}
+
+/// Each disk-full fault: the agent reported its space low (and so took no new chunks)
+/// while full, and not low within the recovery bound after the space came back.
+fn disk_full_verdict(faults: &[FaultRecord], scenario: &Scenario) -> Option<InvariantResult> {
+    let fulls: Vec<&FaultRecord> = faults
+        .iter()
+        .filter(|f| f.error.is_none() && f.action == Action::DiskFull.name())
+        .collect();
+    if fulls.is_empty() {
+        return None;
+    }
+    let bound = scenario.pass.recover_within.as_millis() as u64;
+    let bad: Vec<String> = fulls
+        .iter()
+        .filter_map(|f| match (f.detect_ms, f.recover_ms) {
+            (None, _) => Some(format!(
+                "disk full at {} ms on {}: the agent never reported its space low",
+                f.at_ms,
+                f.targets.join(", ")
+            )),
+            (_, None) => Some(format!(
+                "disk full at {} ms on {}: space still low {bound} ms after it came back",
+                f.at_ms,
+                f.targets.join(", ")
+            )),
+            _ => None,
+        })
+        .collect();
+    Some(if bad.is_empty() {
+        InvariantResult::new(
+            invariant::DISK_FULL,
+            Verdict::Held,
+            format!("{} disk-full faults: space low reported while full, cleared within {bound} ms after", fulls.len()),
+        )
+    } else {
+        InvariantResult::new(invariant::DISK_FULL, Verdict::Violated, bad.join("\n"))
+    })
+}
+
+/// Stops every controller and replays its committed log ([`crate::replay`]): no GPU held
+/// beyond its capacity at any applied index, on any controller.
+async fn overcommit_verdict(env: &Env) -> InvariantResult {
+    let dirs: Vec<(u64, std::path::PathBuf)> = {
+        let mut c = env.cluster.lock().unwrap_or_else(|p| p.into_inner());
+        let ids: Vec<u64> = c.nodes.keys().copied().collect();
+        for id in &ids {
+            c.kill(*id);
+        }
+        ids.iter()
+            .map(|id| (*id, c.node(*id).data_dir.clone()))
+            .collect()
+    };
+    let mut lines = Vec::new();
+    let mut grants_total = 0;
+    for (id, dir) in dirs {
+        match crate::replay::replay_data_dir(&dir).await {
+            Err(e) => {
+                return InvariantResult::new(
+                    invariant::NO_OVERCOMMIT,
+                    Verdict::Inconclusive,
+                    format!("controller {id}: its log could not be replayed: {e:#}"),
+                )
+            }
+            Ok(r) => match placement::check_grants(&r.grants) {
+                Err(o) => {
+                    return InvariantResult::new(
+                        invariant::NO_OVERCOMMIT,
+                        Verdict::Violated,
+                        format!("controller {id}'s log, {o}"),
+                    )
+                }
+                Ok(n) => {
+                    grants_total += n;
+                    lines.push(format!("{id}: {}..={}", r.from_index, r.to_index));
+                }
+            },
+        }
+    }
+    InvariantResult::new(
+        invariant::NO_OVERCOMMIT,
+        Verdict::Held,
+        format!(
+            "committed logs replayed (controller: indexes {}), {grants_total} GPU holds and releases, no GPU over 1000 milli",
+            lines.join(", ")
+        ),
+    )
 }
 
 /// Each GPU fault: the GPU committed as failed, and its tasks running on another GPU,
@@ -908,6 +1149,80 @@ struct LabAgent {
     env: Vec<(String, String)>,
     /// Extra flags (the scrubber's pace when objects run).
     extra: &'static [&'static str],
+    /// With `disk-full`: the size-limited filesystem on its data dir, unmounted after
+    /// the agent is killed (fields drop in order).
+    _fs: Option<TmpfsMount>,
+}
+
+/// A tmpfs mounted on a directory; unmounted (lazily, should something still hold it)
+/// when dropped.
+struct TmpfsMount {
+    dir: std::path::PathBuf,
+}
+
+impl TmpfsMount {
+    fn new(dir: &std::path::Path, bytes: u64) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "chaos-disk"])
+            .arg(dir)
+            .output()
+            .context("running mount")?;
+        if !out.status.success() {
+            bail!(
+                "mounting a {bytes}-byte tmpfs on {}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(TmpfsMount {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+/// The file a `disk-full` fault fills an agent's data filesystem with.
+const FILL_FILE: &str = "chaos-fill";
+
+/// Fills the filesystem of `dir` with one file ([`FILL_FILE`]), in 1 MiB writes until it
+/// refuses more; returns the file and its size.
+fn fill_filesystem(dir: &std::path::Path) -> Result<(std::path::PathBuf, u64), String> {
+    use std::io::Write;
+    let path = dir.join(FILL_FILE);
+    let mut f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let block = vec![0xa5u8; 1 << 20];
+    let mut written = 0u64;
+    loop {
+        match f.write(&block) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
+    let _ = f.sync_all();
+    Ok((path, written))
+}
+
+/// libfaketime's offset for `offset` ("+30s", "-5m"): signed whole seconds.
+fn faketime_offset(offset: &str) -> Result<String, String> {
+    let (sign, rest) = match offset.trim().split_at_checked(1) {
+        Some(("+", r)) => ("+", r),
+        Some(("-", r)) => ("-", r),
+        _ => ("+", offset.trim()),
+    };
+    let d = humantime::parse_duration(rest.trim())
+        .map_err(|e| format!("clock offset `{offset}`: {e}"))?;
+    Ok(format!("{sign}{}", d.as_secs()))
 }
 
 impl LabAgent {
@@ -949,6 +1264,21 @@ impl LabAgent {
     }
 }
 
+/// The environment that starts a process under libfaketime, its wall clock offset by
+/// the seconds in `file` (re-read every second); the monotonic clock stays true, as a
+/// skewed NTP would leave it.
+fn faketime_env(lib: &str, file: &str) -> Vec<(String, String)> {
+    [
+        ("LD_PRELOAD", lib),
+        ("FAKETIME_TIMESTAMP_FILE", file),
+        ("FAKETIME_CACHE_DURATION", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 /// Runs `scenario` on a local cluster in network namespaces (needs root).
 pub async fn run_local(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Report> {
     if let Some(why) = netns::unavailable() {
@@ -966,10 +1296,52 @@ pub async fn run_local(scenario: &Scenario, options: &RunOptions) -> anyhow::Res
             scenario.name
         );
     }
+    let disk_full = scenario.faults.iter().any(|f| f.action == Action::DiskFull);
+    let clock_skew = scenario
+        .faults
+        .iter()
+        .any(|f| f.action == Action::ClockSkew);
+    let faketime = if clock_skew {
+        LIBFAKETIME_PATHS
+            .iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .map(|p| p.to_string())
+            .ok_or_else(|| {
+                anyhow!(
+                    "scenario {}: clock-skew needs libfaketime (Debian package `faketime`; `make deps` installs it), looked in {}",
+                    scenario.name,
+                    LIBFAKETIME_PATHS.join(", ")
+                )
+            })?
+    } else {
+        String::new()
+    };
+    let clocks = if clock_skew {
+        Some(
+            tempfile::Builder::new()
+                .prefix("steward-chaos-clocks")
+                .tempdir()?,
+        )
+    } else {
+        None
+    };
     let lab = Arc::new(Lab::new()?);
+    if scenario.faults.iter().any(|f| f.action == Action::Netem) {
+        if let Some(why) = lab.netem_unavailable() {
+            bail!("scenario {} needs netem: {why}", scenario.name);
+        }
+    }
     let mut env_vars = Vec::new();
     if let Some(bug) = options.bug {
         env_vars.push(("FAILPOINTS".to_string(), bug.failpoints()));
+    }
+    let mut controller_env = env_vars.clone();
+    if let Some(clocks) = &clocks {
+        for id in 1..=u64::from(scenario.cluster.controllers) {
+            std::fs::write(clocks.path().join(format!("controller-{id}")), "+0")?;
+        }
+        let file = clocks.path().join("controller-{id}");
+        controller_env.extend(faketime_env(&faketime, &file.display().to_string()));
     }
     let with_agents = scenario.cluster.agents > 0;
     let cluster = ProcCluster::start_in_lab(
@@ -984,12 +1356,23 @@ pub async fn run_local(scenario: &Scenario, options: &RunOptions) -> anyhow::Res
                 ""
             }
         ),
-        &env_vars,
+        &controller_env,
     )?;
     let mut agents = BTreeMap::new();
     for i in 1..=scenario.cluster.agents {
         let host = lab.add_host(&format!("a{i}"))?;
         let data_dir = cluster.dir.path().join(format!("agent-{i}"));
+        let fs = if disk_full {
+            Some(TmpfsMount::new(&data_dir, DISK_FULL_FS_BYTES)?)
+        } else {
+            None
+        };
+        let mut agent_env = env_vars.clone();
+        if let Some(clocks) = &clocks {
+            let file = clocks.path().join(format!("agent-{i}"));
+            std::fs::write(&file, "+0")?;
+            agent_env.extend(faketime_env(&faketime, &file.display().to_string()));
+        }
         agents.insert(
             i,
             LabAgent {
@@ -1000,12 +1383,13 @@ pub async fn run_local(scenario: &Scenario, options: &RunOptions) -> anyhow::Res
                 },
                 log: cluster.dir.path().join(format!("agent-{i}.log")),
                 gpus: scenario.cluster.gpus.clone(),
-                env: env_vars.clone(),
+                env: agent_env,
                 extra: if scenario.workload.objects.is_some() {
                     OBJECT_AGENT_FLAGS
                 } else {
                     &[]
                 },
+                _fs: fs,
             },
         );
     }
@@ -1022,8 +1406,9 @@ pub async fn run_local(scenario: &Scenario, options: &RunOptions) -> anyhow::Res
         .collect();
     let guard = UndoGuard::new();
     let env = Arc::new(Env {
-        cluster: Mutex::new(cluster),
         agents: Mutex::new(agents),
+        cluster: Mutex::new(cluster),
+        clocks,
         lab,
         api,
         hosts,
@@ -1162,6 +1547,8 @@ async fn drive(
             objects: OBJECTS,
             size_bytes: w.size_bytes,
             put_percent: 30,
+            tag_percent: 10,
+            tag_read_percent: 15,
             addrs: env.controllers_arg(),
             scratch: env.dir.join("object-clients"),
             call_timeout: OBJECT_CALL_TIMEOUT,
@@ -1208,7 +1595,9 @@ async fn drive(
                         })
                         .collect();
                     record.at_ms = env.now() / 1_000_000;
-                    env.apply(&env, &scenario, &firing, &targets)
+                    // Fault actions block (processes, admin commands with retries, filling
+                    // a disk): off this worker, so the clients and the monitor keep time.
+                    tokio::task::block_in_place(|| env.apply(&env, &scenario, &firing, &targets))
                 }
             };
             match applied {
@@ -1223,43 +1612,84 @@ async fn drive(
                 Ok(undo_ids)
                     if matches!(action, Action::GpuXid | Action::GpuEcc | Action::GpuLost) =>
                 {
-                    let pick = env
+                    let picks = env
                         .gpu_picks
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .get(&firing.fault)
-                        .cloned();
-                    if let Some(pick) = pick {
+                        .remove(&firing.fault)
+                        .unwrap_or_default();
+                    let at = record.at_ms;
+                    let (mut detect, mut recover) = (Some(0), Some(0));
+                    let mut notes = Vec::new();
+                    for pick in &picks {
                         env.say(&format!(
-                            "{} on GPU {} of {} ({} tasks on it)",
+                            "{} on GPU {} of node {} ({} tasks on it)",
                             record.action,
                             pick.gpu,
-                            record.targets.join(", "),
+                            pick.node,
                             pick.tasks.len()
                         ));
                         let (failed, moved) =
-                            follow_gpu_fault(&env, &pick, scenario.pass.jobs_rescheduled_within)
+                            follow_gpu_fault(&env, pick, scenario.pass.jobs_rescheduled_within)
                                 .await;
-                        let at = record.at_ms;
-                        record.detect_ms = failed.map(|t| t.saturating_sub(at));
-                        record.recover_ms = moved.map(|t| t.saturating_sub(at));
-                        record.note = Some(format!(
-                            "GPU {}, {} tasks on it",
+                        detect = detect
+                            .zip(failed.map(|t| t.saturating_sub(at)))
+                            .map(|(a, b)| a.max(b));
+                        recover = recover
+                            .zip(moved.map(|t| t.saturating_sub(at)))
+                            .map(|(a, b)| a.max(b));
+                        notes.push(format!(
+                            "GPU {}: {} tasks on it",
                             pick.gpu,
                             pick.tasks.len()
                         ));
+                    }
+                    if !picks.is_empty() {
+                        record.detect_ms = detect;
+                        record.recover_ms = recover;
+                        record.note = Some(notes.join("; "));
                     }
                     if let Some(until) = firing.until {
                         tokio::time::sleep_until((env.epoch + until).into()).await;
                         let mut failed = Vec::new();
                         for id in undo_ids {
-                            failed.extend(env.guard.undo(id));
+                            failed.extend(tokio::task::block_in_place(|| env.guard.undo(id)));
                         }
                         record.until_ms = Some(env.now() / 1_000_000);
                         if !failed.is_empty() {
                             record.error = Some(format!("undoing it: {}", failed.join("; ")));
                         }
                     }
+                }
+                Ok(undo_ids) if action == Action::DiskFull => {
+                    env.say(&format!("disk full on {}", record.targets.join(", ")));
+                    let bound = scenario.pass.recover_within;
+                    let until = firing.until.unwrap_or(firing.at + bound);
+                    let at = record.at_ms;
+                    let low = wait_space_low(
+                        &env,
+                        &record.agent_nodes,
+                        true,
+                        until.saturating_sub(firing.at),
+                    )
+                    .await;
+                    record.detect_ms = low.map(|t| t.saturating_sub(at));
+                    tokio::time::sleep_until((env.epoch + until).into()).await;
+                    let mut failed = Vec::new();
+                    for id in undo_ids {
+                        failed.extend(tokio::task::block_in_place(|| env.guard.undo(id)));
+                    }
+                    let end = env.now() / 1_000_000;
+                    record.until_ms = Some(end);
+                    env.say(&format!(
+                        "disk full on {} undone",
+                        record.targets.join(", ")
+                    ));
+                    if !failed.is_empty() {
+                        record.error = Some(format!("undoing it: {}", failed.join("; ")));
+                    }
+                    let ok = wait_space_low(&env, &record.agent_nodes, false, bound).await;
+                    record.recover_ms = ok.map(|t| t.saturating_sub(end));
                 }
                 Ok(undo_ids) if action == Action::BitRot => {
                     let _ = undo_ids;
@@ -1286,7 +1716,7 @@ async fn drive(
                         tokio::time::sleep_until((env.epoch + until).into()).await;
                         let mut failed = Vec::new();
                         for id in undo_ids {
-                            failed.extend(env.guard.undo(id));
+                            failed.extend(tokio::task::block_in_place(|| env.guard.undo(id)));
                         }
                         record.until_ms = Some(env.now() / 1_000_000);
                         env.say(&format!(
@@ -1365,7 +1795,9 @@ async fn drive(
     }
     for op in &object_ops {
         match op.outcome {
-            ObjOutcome::Stored { .. } | ObjOutcome::Read { .. } => operations.ok += 1,
+            ObjOutcome::Stored { .. } | ObjOutcome::Read { .. } | ObjOutcome::Tagged => {
+                operations.ok += 1
+            }
             ObjOutcome::Failed(_) => operations.failed += 1,
             ObjOutcome::Unknown => operations.indeterminate += 1,
         }
@@ -1460,8 +1892,9 @@ async fn drive(
     }
     if let Some(mix) = &object_mix {
         invariants.push(objects_verdict(mix, &object_ops).await);
-        invariants.push(rf_verdict(&faults, scenario));
+        invariants.extend(rf_verdict(&faults, scenario));
     }
+    invariants.extend(disk_full_verdict(&faults, scenario));
     if let Some(w) = &scenario.workload.jobs {
         // The tasks' own records, read while everything still runs.
         let mut runs = Vec::new();
@@ -1476,8 +1909,10 @@ async fn drive(
             r.stopped_ms = r.stopped_ms.map(|s| s.saturating_sub(env.wall_epoch_ms));
         }
         invariants.push(single_run_verdict(&runs, scenario));
-        invariants.push(reschedule_verdict(&faults, &runs, w.runtime, scenario));
+        invariants.push(reschedule_verdict(&mut faults, &runs, w.runtime, scenario));
         invariants.extend(gpu_verdict(&faults, scenario));
+        // Last: it stops the controllers to read their logs.
+        invariants.push(overcommit_verdict(env).await);
     }
     let not_applied: Vec<String> = faults
         .iter()
@@ -1523,10 +1958,11 @@ fn measure(
     history: &[Op],
 ) {
     // Bit-rot and GPU faults measure their own (found and repaired; failed and moved).
-    for f in faults
-        .iter_mut()
-        .filter(|f| f.action != Action::BitRot.name() && !f.action.starts_with("gpu-"))
-    {
+    for f in faults.iter_mut().filter(|f| {
+        f.action != Action::BitRot.name()
+            && f.action != Action::DiskFull.name()
+            && !f.action.starts_with("gpu-")
+    }) {
         let at = f.at_ms * 1_000_000;
         if !f.agent_nodes.is_empty() {
             // An agent fault is detected when the cluster stops calling the agent ready.
@@ -1616,16 +2052,29 @@ async fn objects_verdict(mix: &ObjectMix, ops: &[object_workload::ObjOp]) -> Inv
         .collect();
     let dir = mix.scratch.join("final");
     let _ = std::fs::create_dir_all(&dir);
-    let finals: Vec<object_workload::ObjOp> = futures::stream::iter(
-        acknowledged.into_iter().enumerate(),
-    )
-    .map(|(n, (name, version))| {
-        let (mix, path) = (mix.clone(), dir.join(format!("final-{n}")));
-        async move { object_workload::get(&mix, u32::MAX, &name, Some(version), &path).await }
-    })
-    .buffer_unordered(4)
-    .collect()
-    .await;
+    let finals: Vec<object_workload::ObjOp> =
+        futures::stream::iter(acknowledged.into_iter().enumerate())
+            .map(|(n, (name, version))| {
+                let (mix, path) = (mix.clone(), dir.join(format!("final-{n}")));
+                async move {
+                    // A transient failure (a leader change, say) is not a lost version: up to
+                    // three tries, a second apart.
+                    let mut op =
+                        object_workload::get(&mix, u32::MAX, &name, Some(version), &path).await;
+                    for _ in 1..FINAL_OBJECT_READ_TRIES {
+                        if !matches!(op.outcome, ObjOutcome::Failed(_)) {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        op =
+                            object_workload::get(&mix, u32::MAX, &name, Some(version), &path).await;
+                    }
+                    op
+                }
+            })
+            .buffer_unordered(4)
+            .collect()
+            .await;
     match crate::check::objects::check(ops, &finals) {
         Ok(c) if c.reads == 0 => InvariantResult::new(
             invariant::OBJECTS,
@@ -1646,12 +2095,15 @@ async fn objects_verdict(mix: &ObjectMix, ops: &[object_workload::ObjOp]) -> Inv
 
 /// Each bit-rot fault was found by the scrubber and every chunk was back at its
 /// replication factor (fsck settled) within the scenario's bound.
-fn rf_verdict(faults: &[FaultRecord], scenario: &Scenario) -> InvariantResult {
+fn rf_verdict(faults: &[FaultRecord], scenario: &Scenario) -> Option<InvariantResult> {
     let bound = scenario.pass.rf_restored_within.as_millis() as u64;
     let rots: Vec<&FaultRecord> = faults
         .iter()
         .filter(|f| f.action == Action::BitRot.name() && f.error.is_none())
         .collect();
+    if rots.is_empty() {
+        return None;
+    }
     let late: Vec<String> = rots
         .iter()
         .filter(|f| f.recover_ms.is_none_or(|r| r > bound))
@@ -1672,7 +2124,7 @@ fn rf_verdict(faults: &[FaultRecord], scenario: &Scenario) -> InvariantResult {
             ),
         })
         .collect();
-    if late.is_empty() {
+    Some(if late.is_empty() {
         InvariantResult::new(
             invariant::RF_RESTORED,
             Verdict::Held,
@@ -1683,7 +2135,7 @@ fn rf_verdict(faults: &[FaultRecord], scenario: &Scenario) -> InvariantResult {
         )
     } else {
         InvariantResult::new(invariant::RF_RESTORED, Verdict::Violated, late.join("\n"))
-    }
+    })
 }
 
 /// After bit-rot on `nodes`: starts a scrub pass on each, then returns when (run ms) the
@@ -1696,6 +2148,9 @@ async fn follow_bit_rot(
     count: u64,
     within: Duration,
 ) -> (Option<u64>, Option<u64>) {
+    if nodes.is_empty() {
+        return (None, None);
+    }
     let deadline = Instant::now() + within;
     let addrs = env.controllers_arg();
     let call = PROBE_TIMEOUT * 10;
@@ -1798,8 +2253,10 @@ fn single_run_verdict(runs: &[placement::TaskRun], scenario: &Scenario) -> Invar
 /// After each agent fault that takes work away (kill, pause, partition), every task that
 /// ran on the agent then runs again elsewhere within the scenario's bound, unless it
 /// finished its runtime first.
+/// Also records, as each agent fault's time to recover, when the last of its tasks ran
+/// again elsewhere.
 fn reschedule_verdict(
-    faults: &[FaultRecord],
+    faults: &mut [FaultRecord],
     runs: &[placement::TaskRun],
     runtime: Duration,
     scenario: &Scenario,
@@ -1810,9 +2267,10 @@ fn reschedule_verdict(
     let mut moved = 0usize;
     let mut worst = 0u64;
     for f in faults
-        .iter()
+        .iter_mut()
         .filter(|f| f.error.is_none() && !f.agent_nodes.is_empty())
     {
+        let mut fault_worst = None;
         if !matches!(
             f.action.as_str(),
             "kill" | "pause" | "partition" | "partition-one-way"
@@ -1835,6 +2293,7 @@ fn reschedule_verdict(
                 Some(t) => {
                     moved += 1;
                     worst = worst.max(t - at);
+                    fault_worst = Some(fault_worst.unwrap_or(0).max(t - at));
                     if t - at > bound {
                         late.push(format!(
                             "task {} ran again {} ms after {} at {} ms",
@@ -1854,6 +2313,9 @@ fn reschedule_verdict(
                     r.task, r.node, f.action, f.at_ms
                 )),
             }
+        }
+        if fault_worst.is_some() {
+            f.recover_ms = fault_worst;
         }
     }
     if late.is_empty() {
@@ -2038,4 +2500,33 @@ pub fn render_text(r: &Report) -> String {
         r.seed
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_offsets_become_signed_seconds_and_nonsense_is_refused() {
+        assert_eq!(faketime_offset("+30s").unwrap(), "+30");
+        assert_eq!(faketime_offset("-5m").unwrap(), "-300");
+        assert_eq!(faketime_offset("90s").unwrap(), "+90");
+        assert!(faketime_offset("+soon").unwrap_err().contains("+soon"));
+    }
+
+    #[test]
+    fn a_filled_filesystem_refuses_more_and_the_file_is_all_of_it() {
+        // Root, as the namespaces need.
+        if !netns::skip_unless_available("a_filled_filesystem_refuses_more") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mount = TmpfsMount::new(dir.path(), 8 << 20).unwrap();
+        let (path, bytes) = fill_filesystem(dir.path()).unwrap();
+        assert!((7 << 20..=8 << 20).contains(&bytes), "{bytes}");
+        assert!(std::fs::write(dir.path().join("more"), [0u8; 4096]).is_err());
+        std::fs::remove_file(path).unwrap();
+        std::fs::write(dir.path().join("more"), [0u8; 4096]).unwrap();
+        drop(mount);
+    }
 }

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{NetworkError, RemoteError, Unreachable};
+use openraft::error::{NetworkError, RemoteError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::{AnyError, ServerState, SnapshotPolicy};
 use rand::{Rng, SeedableRng};
@@ -273,11 +273,13 @@ impl RaftNetworkFactory<steward_controller::raft::typ::TypeConfig> for SimNetwor
     }
 }
 
-fn unreachable<E: std::error::Error>(why: &str) -> RpcError<E> {
-    RpcError::Unreachable(Unreachable::new(&AnyError::error(why)))
-}
+/// How long a refused connection takes to fail (a cut link, a peer down).
+const REFUSED_AFTER: Duration = Duration::from_millis(5);
 
-fn lost<E: std::error::Error>(why: &str) -> RpcError<E> {
+/// Every failure is a network error, never `Unreachable`: openraft backs off from an
+/// unreachable peer in a `select!` whose branch order comes from tokio's unseeded RNG,
+/// which would break replay by seed.
+fn failed<E: std::error::Error>(why: &str) -> RpcError<E> {
     RpcError::Network(NetworkError::new(&AnyError::error(why)))
 }
 
@@ -292,21 +294,24 @@ impl SimConnection {
         let exchange = async {
             // A crashed sender's leftover tasks send nothing.
             if self.net.incarnation(self.from) != Some(self.incarnation) {
-                return Err(unreachable("the sender is down"));
+                std::future::pending::<()>().await;
             }
             match self.net.fate(self.from, self.to) {
-                Fate::Refused => return Err(unreachable("link cut or peer down")),
+                Fate::Refused => {
+                    tokio::time::sleep(REFUSED_AFTER).await;
+                    return Err(failed("link cut or peer down"));
+                }
                 Fate::Lost => {
                     std::future::pending::<()>().await;
                 }
                 Fate::Deliver(d) => tokio::time::sleep(d).await,
             }
             let Some(target) = self.net.target(self.to) else {
-                return Err(unreachable("peer down"));
+                return Err(failed("peer down"));
             };
             let reply = handle(target).await;
             match self.net.fate(self.to, self.from) {
-                Fate::Refused => return Err(lost("reply dropped: link cut")),
+                Fate::Refused => return Err(failed("reply dropped: link cut")),
                 Fate::Lost => {
                     std::future::pending::<()>().await;
                 }
@@ -314,13 +319,13 @@ impl SimConnection {
             }
             match reply {
                 Ok(r) => Ok(r),
-                Err(RaftError::Fatal(f)) => Err(unreachable(&format!("peer stopped: {f}"))),
+                Err(RaftError::Fatal(f)) => Err(failed(&format!("peer stopped: {f}"))),
                 Err(e) => Err(RpcError::RemoteError(RemoteError::new(self.to, e))),
             }
         };
         match tokio::time::timeout(ttl, exchange).await {
             Ok(r) => r,
-            Err(_) => Err(lost("timed out")),
+            Err(_) => Err(failed("timed out")),
         }
     }
 }
@@ -502,11 +507,12 @@ impl Sim {
             .get_mut(&id)
             .and_then(|n| n.running.take());
         self.net.lock().up.remove(&id);
+        // The power goes first: what the dying instance's tasks write from now on is lost.
+        if let Some(n) = self.lock_nodes().get(&id) {
+            n.disk.crash();
+        }
         if let Some((raft, _)) = running {
             let _ = raft.shutdown().await;
-        }
-        if let Some(n) = self.lock_nodes().get(&id) {
-            n.disk.lose_unsynced();
         }
     }
 
@@ -847,15 +853,24 @@ async fn simulate(opts: SimOptions) -> SimReport {
         sim.start(id).await;
     }
     let healed_ms = net.now_ms();
+    let healed = Instant::now();
     stop.cancel();
     let mut history: Vec<Op> = Vec::new();
-    for c in clients {
-        history.extend(c.await.unwrap_or_default());
-    }
     let mut invariants = Vec::new();
+    for c in clients {
+        match c.await {
+            Ok(ops) => history.extend(ops),
+            // Its history is gone: nothing it saw can be checked.
+            Err(e) => invariants.push(InvariantResult::new(
+                "clients-ran",
+                Verdict::Violated,
+                format!("a client task failed: {e}"),
+            )),
+        }
+    }
 
     // Recovery: a write answered within the bound.
-    let recovered = recover(&sim, &mut history).await;
+    let recovered = recover(&sim, &mut history, healed + RECOVER_WITHIN).await;
     invariants.push(match recovered {
         Some(ms) => InvariantResult::new(
             invariant::RECOVERY,
@@ -1009,8 +1024,7 @@ async fn simulate(opts: SimOptions) -> SimReport {
 }
 
 /// Writes until one is answered (each recorded); the time of the answer.
-async fn recover(sim: &Arc<Sim>, history: &mut Vec<Op>) -> Option<u64> {
-    let deadline = Instant::now() + RECOVER_WITHIN;
+async fn recover(sim: &Arc<Sim>, history: &mut Vec<Op>, deadline: Instant) -> Option<u64> {
     let mut n = 0;
     while Instant::now() < deadline {
         if let Some((raft, _)) = sim.leader().and_then(|l| sim.raft(l)) {

@@ -1,5 +1,6 @@
-//! Objects: no read returns bytes that no put wrote (a wrong byte served), and every
-//! acknowledged version reads back bit-exact at the end.
+//! Objects: no read returns bytes that no put wrote (a wrong byte served), a read of a tag
+//! returns a version some tag move named before the read ended, and every acknowledged
+//! version reads back bit-exact at the end.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,6 +12,14 @@ pub enum ObjectViolation {
     /// A read returned bytes no put of that object wrote.
     WrongBytes {
         name: String,
+        client: u32,
+        hash: String,
+        at_ms: u64,
+    },
+    /// A read of `NAME:TAG` returned bytes of no version a tag move had named by then.
+    WrongTag {
+        name: String,
+        tag: String,
         client: u32,
         hash: String,
         at_ms: u64,
@@ -29,6 +38,10 @@ impl std::fmt::Display for ObjectViolation {
             ObjectViolation::WrongBytes { name, client, hash, at_ms } => write!(
                 f,
                 "client {client} read `{name}` at {at_ms} ms and got bytes with BLAKE3 {hash}, which no put of it wrote"
+            ),
+            ObjectViolation::WrongTag { name, tag, client, hash, at_ms } => write!(
+                f,
+                "client {client} read `{name}:{tag}` at {at_ms} ms and got bytes with BLAKE3 {hash}: no version any tag move named by then"
             ),
             ObjectViolation::Lost { name, version, why } => {
                 write!(f, "`{name}@{version}` was acknowledged but {why}")
@@ -60,9 +73,44 @@ pub fn check(ops: &[ObjOp], final_reads: &[ObjOp]) -> Result<ObjectsChecked, Obj
             }
         }
     }
+    // Tag moves that may have happened (acknowledged or unknown): (name, tag) -> (version,
+    // invoked).
+    let mut moves: BTreeMap<(&str, &str), Vec<(u64, u64)>> = BTreeMap::new();
+    for op in ops {
+        if let ObjCall::Tag { version, tag } = &op.call {
+            if !matches!(op.outcome, ObjOutcome::Failed(_)) {
+                moves
+                    .entry((&op.name, tag))
+                    .or_default()
+                    .push((*version, op.invoked));
+            }
+        }
+    }
     let mut checked = ObjectsChecked::default();
     for op in ops.iter().chain(final_reads) {
-        if let (ObjCall::Get { .. }, ObjOutcome::Read { hash }) = (&op.call, &op.outcome) {
+        if let (ObjCall::GetTag { tag }, ObjOutcome::Read { hash }) = (&op.call, &op.outcome) {
+            let ended = op.completed.unwrap_or(u64::MAX);
+            let named = moves
+                .get(&(op.name.as_str(), tag.as_str()))
+                .into_iter()
+                .flatten()
+                .any(|(v, invoked)| {
+                    *invoked < ended
+                        && acknowledged.get(&(op.name.as_str(), *v)) == Some(&hash.as_str())
+                });
+            if !named {
+                return Err(ObjectViolation::WrongTag {
+                    name: op.name.clone(),
+                    tag: tag.clone(),
+                    client: op.client,
+                    hash: hash.clone(),
+                    at_ms: op.invoked / 1_000_000,
+                });
+            }
+        }
+        if let (ObjCall::Get { .. } | ObjCall::GetTag { .. }, ObjOutcome::Read { hash }) =
+            (&op.call, &op.outcome)
+        {
             checked.reads += 1;
             let known = written
                 .get(op.name.as_str())
@@ -177,6 +225,63 @@ mod tests {
             get("o", None, read("cc")),
         ];
         assert!(check(&ops, &[]).is_err());
+    }
+
+    fn tag(name: &str, version: u64, invoked: u64, outcome: ObjOutcome) -> ObjOp {
+        ObjOp {
+            client: 2,
+            name: name.into(),
+            call: ObjCall::Tag {
+                version,
+                tag: "stable".into(),
+            },
+            invoked,
+            completed: Some(invoked + 1),
+            outcome,
+        }
+    }
+
+    fn get_tag(name: &str, completed: u64, outcome: ObjOutcome) -> ObjOp {
+        ObjOp {
+            client: 3,
+            name: name.into(),
+            call: ObjCall::GetTag {
+                tag: "stable".into(),
+            },
+            invoked: completed - 1,
+            completed: Some(completed),
+            outcome,
+        }
+    }
+
+    #[test]
+    fn a_tag_read_must_return_a_version_a_move_named_in_time() {
+        let puts = vec![
+            put(1, "o", "aa", ObjOutcome::Stored { version: 1 }),
+            put(1, "o", "bb", ObjOutcome::Stored { version: 2 }),
+        ];
+        let finals = vec![get("o", Some(1), read("aa")), get("o", Some(2), read("bb"))];
+        // Tagged 1 (acknowledged), then 2 (answer lost): either may be read after.
+        let mut ops = puts.clone();
+        ops.push(tag("o", 1, 10, ObjOutcome::Tagged));
+        ops.push(tag("o", 2, 20, ObjOutcome::Unknown));
+        ops.push(get_tag("o", 30, read("aa")));
+        ops.push(get_tag("o", 31, read("bb")));
+        assert!(check(&ops, &finals).is_ok());
+        // Version 2 read through the tag before any move named it.
+        let mut early = puts.clone();
+        early.push(tag("o", 1, 10, ObjOutcome::Tagged));
+        early.push(get_tag("o", 15, read("bb")));
+        early.push(tag("o", 2, 20, ObjOutcome::Tagged));
+        assert!(matches!(
+            check(&early, &finals),
+            Err(ObjectViolation::WrongTag { ref hash, .. }) if hash == "bb"
+        ));
+        // A move that failed named nothing.
+        let mut failed = puts;
+        failed.push(tag("o", 2, 10, ObjOutcome::Failed("refused".into())));
+        failed.push(get_tag("o", 30, read("bb")));
+        assert!(check(&failed, &finals).is_err());
     }
 
     #[test]

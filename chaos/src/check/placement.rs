@@ -10,12 +10,12 @@ pub const GPU_MILLI: u32 = 1000;
 /// A change to what is granted, at a Raft log index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Grant {
-    /// `alloc` holds `milli` of GPU `gpu` on `node` from `index` on.
+    /// `alloc` holds `milli` of GPU `gpu` (its UUID) on `node` from `index` on.
     Take {
         index: u64,
         alloc: String,
         node: String,
-        gpu: u32,
+        gpu: String,
         milli: u32,
     },
     /// `alloc` gives back everything it held.
@@ -27,7 +27,7 @@ pub enum Grant {
 pub struct Overcommit {
     pub index: u64,
     pub node: String,
-    pub gpu: u32,
+    pub gpu: String,
     pub milli: u32,
     /// Who held it then, with how much.
     pub holders: Vec<(String, u32)>,
@@ -49,8 +49,8 @@ impl std::fmt::Display for Overcommit {
 
 /// Replays `grants` in log order; the first over-committed GPU, if any.
 pub fn check_grants(grants: &[Grant]) -> Result<usize, Overcommit> {
-    let mut held: BTreeMap<(String, u32), BTreeMap<String, u32>> = BTreeMap::new();
-    let mut by_alloc: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
+    let mut held: BTreeMap<(String, String), BTreeMap<String, u32>> = BTreeMap::new();
+    let mut by_alloc: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     for g in grants {
         match g {
             Grant::Take {
@@ -60,18 +60,18 @@ pub fn check_grants(grants: &[Grant]) -> Result<usize, Overcommit> {
                 gpu,
                 milli,
             } => {
-                let on = held.entry((node.clone(), *gpu)).or_default();
+                let on = held.entry((node.clone(), gpu.clone())).or_default();
                 *on.entry(alloc.clone()).or_default() += milli;
                 by_alloc
                     .entry(alloc.clone())
                     .or_default()
-                    .push((node.clone(), *gpu));
+                    .push((node.clone(), gpu.clone()));
                 let total: u32 = on.values().sum();
                 if total > GPU_MILLI {
                     return Err(Overcommit {
                         index: *index,
                         node: node.clone(),
-                        gpu: *gpu,
+                        gpu: gpu.clone(),
                         milli: total,
                         holders: on.iter().map(|(a, m)| (a.clone(), *m)).collect(),
                     });
@@ -171,6 +171,7 @@ mod tests {
     use super::*;
 
     fn take(index: u64, alloc: &str, node: &str, gpu: u32, milli: u32) -> Grant {
+        let gpu = format!("GPU-{gpu}");
         Grant::Take {
             index,
             alloc: alloc.into(),

@@ -215,7 +215,8 @@ pub struct ProcCluster {
     initial_cluster: String,
     /// Extra config (whole TOML sections) written into every controller's config file.
     extra_toml: String,
-    /// Extra environment of every controller process (`FAILPOINTS`, say).
+    /// Extra environment of every controller process (`FAILPOINTS`, say); `{id}` in a
+    /// value becomes the controller's id.
     env: Vec<(String, String)>,
     /// Plaintext (`--insecure`) instead of mutual TLS.
     plaintext: bool,
@@ -461,7 +462,11 @@ impl ProcCluster {
                     .unwrap_or_else(|_| "info,openraft=warn".to_string()),
             )
             .env_remove("STEWARD_ADDR")
-            .envs(env)
+            // `{id}` in a value is this controller's id (a per-controller file, say).
+            .envs(
+                env.iter()
+                    .map(|(k, v)| (k, v.replace("{id}", &id.to_string()))),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

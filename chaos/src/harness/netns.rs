@@ -414,6 +414,27 @@ impl Lab {
         Ok(())
     }
 
+    /// Whether this kernel has tc netem (the `sch_netem` qdisc): tried on the hub's
+    /// loopback and taken away at once. The reason when it has not.
+    pub fn netem_unavailable(&self) -> Option<String> {
+        let hub = self.hub();
+        match run_in(
+            &hub,
+            "tc",
+            &[
+                "qdisc", "replace", "dev", "lo", "root", "netem", "delay", "1ms",
+            ],
+        ) {
+            Ok(_) => {
+                let _ = run_in(&hub, "tc", &["qdisc", "del", "dev", "lo", "root"]);
+                None
+            }
+            Err(e) => Some(format!(
+                "tc netem is not available on this kernel (the sch_netem qdisc): {e:#}"
+            )),
+        }
+    }
+
     /// Takes `host`'s link impairments away.
     pub fn clear_netem(&self, host: &Host) -> anyhow::Result<()> {
         let port = self.port_of(host)?;

@@ -23,8 +23,12 @@ pub struct ObjectMix {
     /// Objects `chaos/obj-0 .. chaos/obj-{objects-1}`.
     pub objects: u32,
     pub size_bytes: u64,
-    /// Percent of operations that are puts; the rest are gets of the latest version.
+    /// Percent of operations that are puts, tag moves (tag [`TAG`] pointed at one of the
+    /// client's acknowledged versions) and reads of the tag; the rest are gets of the
+    /// latest version.
     pub put_percent: u32,
+    pub tag_percent: u32,
+    pub tag_read_percent: u32,
     /// The controllers' API addresses, comma separated (`STEWARD_ADDR`).
     pub addrs: String,
     /// Where the clients write their files.
@@ -35,12 +39,19 @@ pub struct ObjectMix {
     pub seed: u64,
 }
 
+/// The tag the clients move and read (`NAME:stable`).
+pub const TAG: &str = "stable";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjCall {
     /// A put of bytes with this BLAKE3 (hex).
     Put { hash: String },
     /// A get of the latest version, or of `NAME@VERSION`.
     Get { version: Option<u64> },
+    /// Point `tag` at `version` (`steward object tag`).
+    Tag { version: u64, tag: String },
+    /// A get of `NAME:TAG`.
+    GetTag { tag: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +64,8 @@ pub enum ObjOutcome {
     Read {
         hash: String,
     },
+    /// The tag now names the version asked for.
+    Tagged,
     /// The command failed: for a get, no bytes; for a put, nothing or something may have
     /// been committed ([`ObjOutcome::Unknown`] is used for puts).
     Failed(String),
@@ -88,13 +101,30 @@ pub async fn run(mix: ObjectMix, stop: CancellationToken) -> Vec<ObjOp> {
             }
             let mut ops = Vec::new();
             let mut n = 0u64;
+            // The versions this client's puts stored, per object: what it may tag.
+            let mut own: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
             while !stop.is_cancelled() {
                 let name = object_name(rng.random_range(0..mix.objects.max(1)));
                 n += 1;
-                let op = if rng.random_range(0..100) < mix.put_percent {
+                let roll = rng.random_range(0..100);
+                let tag_at = mix.put_percent;
+                let tag_read_at = tag_at + mix.tag_percent;
+                let get_at = tag_read_at + mix.tag_read_percent;
+                let taggable = own.get(&name).filter(|v| !v.is_empty());
+                let op = if roll < tag_at || (roll < tag_read_at && taggable.is_none()) {
                     let mut bytes = vec![0u8; mix.size_bytes.min(MAX_OBJECT_BYTES) as usize];
                     rng.fill_bytes(&mut bytes);
-                    put(&mix, c, &name, &bytes, &dir.join(format!("put-{n}"))).await
+                    let op = put(&mix, c, &name, &bytes, &dir.join(format!("put-{n}"))).await;
+                    if let ObjOutcome::Stored { version } = op.outcome {
+                        own.entry(name.clone()).or_default().push(version);
+                    }
+                    op
+                } else if roll < tag_read_at {
+                    let versions = taggable.expect("checked");
+                    let version = versions[rng.random_range(0..versions.len())];
+                    tag(&mix, c, &name, version).await
+                } else if roll < get_at {
+                    get_tag(&mix, c, &name, &dir.join(format!("get-{n}"))).await
                 } else {
                     get(&mix, c, &name, None, &dir.join(format!("get-{n}"))).await
                 };
@@ -176,6 +206,40 @@ pub async fn put(
     }
 }
 
+/// Points [`TAG`] of `name` at `version`.
+pub async fn tag(mix: &ObjectMix, client: u32, name: &str, version: u64) -> ObjOp {
+    let invoked = now(mix);
+    let v = version.to_string();
+    let out = steward(mix, &["object", "tag", name, &v, TAG]).await;
+    // A refusal (the version pruned meanwhile, say) or a lost answer: it may or may not
+    // have moved the tag.
+    let outcome = match out {
+        Some(o) if o.status.success() => ObjOutcome::Tagged,
+        _ => ObjOutcome::Unknown,
+    };
+    let completed = (outcome != ObjOutcome::Unknown).then(|| now(mix));
+    ObjOp {
+        client,
+        name: name.to_string(),
+        call: ObjCall::Tag {
+            version,
+            tag: TAG.to_string(),
+        },
+        invoked,
+        completed,
+        outcome,
+    }
+}
+
+/// Gets `name:`[`TAG`] into the file `path` and hashes it.
+pub async fn get_tag(mix: &ObjectMix, client: u32, name: &str, path: &std::path::Path) -> ObjOp {
+    let mut op = get_reference(mix, client, name, &format!("{name}:{TAG}"), path).await;
+    op.call = ObjCall::GetTag {
+        tag: TAG.to_string(),
+    };
+    op
+}
+
 /// Gets `name` (its latest version, or `version`) into the file `path` and hashes it.
 pub async fn get(
     mix: &ObjectMix,
@@ -188,8 +252,21 @@ pub async fn get(
         Some(v) => format!("{name}@{v}"),
         None => name.to_string(),
     };
+    let mut op = get_reference(mix, client, name, &reference, path).await;
+    op.call = ObjCall::Get { version };
+    op
+}
+
+/// Gets `reference` (of object `name`) into the file `path` and hashes it.
+async fn get_reference(
+    mix: &ObjectMix,
+    client: u32,
+    name: &str,
+    reference: &str,
+    path: &std::path::Path,
+) -> ObjOp {
     let invoked = now(mix);
-    let out = steward(mix, &["object", "get", &reference, &path.to_string_lossy()]).await;
+    let out = steward(mix, &["object", "get", reference, &path.to_string_lossy()]).await;
     let outcome = match out {
         Some(o) if o.status.success() => match std::fs::read(path) {
             Ok(bytes) => ObjOutcome::Read {
@@ -204,7 +281,7 @@ pub async fn get(
     ObjOp {
         client,
         name: name.to_string(),
-        call: ObjCall::Get { version },
+        call: ObjCall::Get { version: None },
         invoked,
         completed: Some(now(mix)),
         outcome,

@@ -10,9 +10,14 @@
 //!
 //! Every write is durable when its call returns, as with `sync = true`, unless the disk
 //! was made with [`MemDisk::acknowledging_before_sync`] (a reintroduced bug for the
-//! simulation to catch): then an append's callback fires at once and the entries become
+//! simulation to catch): then an append's callback fires at once and the entries (and
+//! the committed id written after them, as in the RocksDB store's unsynced write) become
 //! durable only at the next sync point (the next append, vote or truncate), so a crash
 //! loses the acknowledged tail.
+//!
+//! A crash ([`MemDisk::crash`]) also ends the stores opened before it: openraft's
+//! state-machine worker and a detached snapshot build may outlive `Raft::shutdown`, and
+//! what they write afterwards is dropped, as a dead process writes nothing.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -41,8 +46,12 @@ pub struct MemDisk {
 
 #[derive(Debug, Default, Clone)]
 struct DiskState {
+    /// Bumped by every crash; stores opened before it write nothing more.
+    generation: u64,
     vote: Option<Vote>,
     committed: Option<LogId>,
+    /// Recorded, not yet durable (only with `ack_before_sync`).
+    unsynced_committed: Option<Option<LogId>>,
     last_purged: Option<LogId>,
     log: BTreeMap<u64, Entry>,
     /// Appended and acknowledged, not yet durable (only with `ack_before_sync`).
@@ -57,6 +66,9 @@ impl DiskState {
     fn sync(&mut self) {
         let unsynced = std::mem::take(&mut self.unsynced);
         self.log.extend(unsynced);
+        if let Some(c) = self.unsynced_committed.take() {
+            self.committed = c;
+        }
     }
 
     fn stored_snapshot(&self) -> Option<LogId> {
@@ -91,9 +103,18 @@ impl MemDisk {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A power loss: whatever was acknowledged but not durable is gone.
-    pub fn lose_unsynced(&self) {
-        self.lock().unsynced.clear();
+    /// A power loss: whatever was acknowledged but not durable is gone, and the stores
+    /// opened before it write nothing more.
+    pub fn crash(&self) {
+        let mut disk = self.lock();
+        disk.unsynced.clear();
+        disk.unsynced_committed = None;
+        disk.generation += 1;
+    }
+
+    /// The disk, for a write by a store of `generation`; `None` after a crash ended it.
+    fn lock_for_write(&self, generation: u64) -> Option<MutexGuard<'_, DiskState>> {
+        Some(self.lock()).filter(|d| d.generation == generation)
     }
 
     /// Opens a log store and a state machine over this disk, as a controller does on
@@ -101,14 +122,21 @@ impl MemDisk {
     /// committed log after it.
     pub fn open(self: &Arc<Self>) -> Result<(MemLogStore, MemStateMachine), StoreError> {
         let view = StateView::default();
-        let snapshot = self.lock().snapshot.clone();
+        let (snapshot, generation) = {
+            let disk = self.lock();
+            (disk.snapshot.clone(), disk.generation)
+        };
         if let Some((meta, data)) = snapshot {
             restore_state(&view, ClusterState::decode(&data)?, &meta);
         }
         Ok((
-            MemLogStore { disk: self.clone() },
+            MemLogStore {
+                disk: self.clone(),
+                generation,
+            },
             MemStateMachine {
                 disk: self.clone(),
+                generation,
                 view,
                 snapshot_seq: 0,
             },
@@ -117,8 +145,10 @@ impl MemDisk {
 
     /// Stores a snapshot unless a newer one is stored; completes a deferred purge it
     /// covers. Returns whether it is now the current one.
-    fn store_snapshot(&self, meta: &SnapshotMeta, data: Vec<u8>) -> bool {
-        let mut disk = self.lock();
+    fn store_snapshot(&self, generation: u64, meta: &SnapshotMeta, data: Vec<u8>) -> bool {
+        let Some(mut disk) = self.lock_for_write(generation) else {
+            return false;
+        };
         let last = meta.last_log_id;
         let stored = disk.stored_snapshot();
         if !(stored.is_none() || last > stored) {
@@ -139,6 +169,7 @@ impl MemDisk {
 #[derive(Clone)]
 pub struct MemLogStore {
     disk: Arc<MemDisk>,
+    generation: u64,
 }
 
 impl RaftLogReader<TypeConfig> for MemLogStore {
@@ -179,9 +210,10 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let mut disk = self.disk.lock();
-        disk.sync();
-        disk.vote = Some(*vote);
+        if let Some(mut disk) = self.disk.lock_for_write(self.generation) {
+            disk.sync();
+            disk.vote = Some(*vote);
+        }
         Ok(())
     }
 
@@ -190,12 +222,19 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.disk.lock().committed = committed;
+        if let Some(mut disk) = self.disk.lock_for_write(self.generation) {
+            if self.disk.ack_before_sync {
+                disk.unsynced_committed = Some(committed);
+            } else {
+                disk.committed = committed;
+            }
+        }
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.disk.lock().committed)
+        let disk = self.disk.lock();
+        Ok(disk.unsynced_committed.unwrap_or(disk.committed))
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed) -> Result<(), StorageError>
@@ -203,8 +242,7 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        {
-            let mut disk = self.disk.lock();
+        if let Some(mut disk) = self.disk.lock_for_write(self.generation) {
             if self.disk.ack_before_sync {
                 // The previous batch reaches the disk only now; this one is acknowledged
                 // while still in flight.
@@ -223,14 +261,17 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut disk = self.disk.lock();
-        disk.sync();
-        disk.log.split_off(&log_id.index);
+        if let Some(mut disk) = self.disk.lock_for_write(self.generation) {
+            disk.sync();
+            disk.log.split_off(&log_id.index);
+        }
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut disk = self.disk.lock();
+        let Some(mut disk) = self.disk.lock_for_write(self.generation) else {
+            return Ok(());
+        };
         disk.sync();
         // As the RocksDB store: never past the newest stored snapshot.
         let allowed = disk.stored_snapshot().min(Some(log_id));
@@ -248,6 +289,7 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
 /// on the disk.
 pub struct MemStateMachine {
     disk: Arc<MemDisk>,
+    generation: u64,
     view: StateView,
     snapshot_seq: u64,
 }
@@ -260,6 +302,7 @@ impl MemStateMachine {
 
 pub struct MemSnapshotBuilder {
     disk: Arc<MemDisk>,
+    generation: u64,
     state: ClusterState,
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
@@ -282,7 +325,8 @@ impl RaftSnapshotBuilder<TypeConfig> for MemSnapshotBuilder {
             last_membership: self.last_membership.clone(),
             snapshot_id,
         };
-        self.disk.store_snapshot(&meta, data.clone());
+        self.disk
+            .store_snapshot(self.generation, &meta, data.clone());
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -311,6 +355,7 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
         let applied = self.view.read();
         MemSnapshotBuilder {
             disk: self.disk.clone(),
+            generation: self.generation,
             state: applied.state.clone(),
             last_applied: applied.last_applied,
             last_membership: applied.last_membership.clone(),
@@ -330,7 +375,7 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
         let data = snapshot.into_inner();
         let state = ClusterState::decode(&data)
             .map_err(|e| StorageIOError::read_snapshot(None, openraft::AnyError::new(&e)))?;
-        self.disk.store_snapshot(meta, data);
+        self.disk.store_snapshot(self.generation, meta, data);
         install_state(&self.view, state, meta);
         Ok(())
     }
