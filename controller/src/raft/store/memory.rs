@@ -316,6 +316,10 @@ fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
 impl RaftSnapshotBuilder<TypeConfig> for MemSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let data = self.state.encode().map_err(snap_err)?;
+        // The RocksDB store encodes and writes off the async workers, so other tasks (an
+        // install from a leader, say) run in between; let them run here too, so that the
+        // snapshot fence's "a newer one was stored meanwhile" path is exercised.
+        tokio::task::yield_now().await;
         let snapshot_id = match self.last_applied {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, self.seq),
             None => format!("0-0-{}", self.seq),
