@@ -8,18 +8,21 @@
 //! - [`fault`]: fault actions behind an undo guard;
 //! - [`check`]: the invariant checkers, pure;
 //! - [`scenario`]: scenario files; [`run`]: a scenario run and its report
-//!   (`steward-chaos run`);
+//!   (`steward-chaos run`), on [`nodes::Nodes`]: a local lab ([`local`]) or staging nodes
+//!   from an inventory ([`staging`]); [`admin`]: the harness's credentials;
 //! - [`replay`]: a stopped controller's committed log replayed into GPU grants;
 //! - [`sim`]: the deterministic simulation of the control plane (`steward-chaos sim`).
-//!
-//! Not yet: the staging mode (ARCHITECTURE.md, "Chaos harness").
 
+pub mod admin;
 pub mod check;
 pub mod fault;
 pub mod harness;
 pub mod history;
+pub mod local;
+pub mod nodes;
 pub mod replay;
 pub mod run;
 pub mod scenario;
 pub mod sim;
+pub mod staging;
 pub mod workload;

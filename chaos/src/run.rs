@@ -1,11 +1,12 @@
-//! Runs a scenario on a local cluster: every controller in its own network namespace
-//! ([`crate::harness::netns`]), the scenario's workloads recording what clients saw, its
-//! fault schedule applied through an [`UndoGuard`], then every checker on the records.
+//! Runs a scenario on a cluster's machines ([`Nodes`]: a local lab with every controller
+//! and agent in its own network namespace, or staging nodes from an inventory), the
+//! scenario's workloads recording what clients saw, its fault schedule applied through an
+//! [`UndoGuard`], then every checker on the records.
 //!
 //! ```text
-//!  Scenario ──► Lab + ProcCluster ──► workloads (KV clients)  ──► history ──┐
-//!                    ▲                monitor (who leads, term) ──► samples ─┤──► checkers ──► Report
-//!                    └─ fault tasks (one per firing: apply, wait, undo) ─────┘
+//!  Scenario ──► Nodes (local | staging) ──► workloads (KV, jobs, objects) ──► history ─┐
+//!                    ▲                      monitor (who leads, term) ──► samples ──────┤──► checkers ──► Report
+//!                    └─ fault tasks (one per firing: apply, wait, undo) ────────────────┘
 //! ```
 //!
 //! Times in the report count from the run's epoch (the workloads' start). A fault's time
@@ -24,12 +25,14 @@ use steward_proto::v1::admin_client::AdminClient;
 use steward_proto::v1::{KvGetRequest, ListNodesRequest, ReadConsistency, StatusRequest};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::Admin;
 use crate::check::placement;
 use crate::check::{linearizable, raft};
 use crate::fault::UndoGuard;
-use crate::harness::cluster::{agent_tls_flags, steward_bin, AgentGuard, ProcCluster};
-use crate::harness::netns::{self, Direction, Host, Lab};
+use crate::harness::netns::{self, Direction};
 use crate::history::{KvCall, Nanos, Op, Outcome};
+use crate::local::LocalNodes;
+use crate::nodes::{Nodes, Victim};
 use crate::scenario::{Action, Firing, Scenario, Target};
 use crate::workload::jobs::{self, JobMix, Submitted};
 use crate::workload::kv::{self, KvMix};
@@ -45,31 +48,6 @@ const LEADER_WAIT: Duration = Duration::from_secs(30);
 const CONVERGE_WAIT: Duration = Duration::from_secs(60);
 /// The client number of the reads the runner makes at the end (every key once).
 const FINAL_READER: u32 = u32::MAX;
-/// The port every agent's API listens on, at its lab host's address.
-const LAB_AGENT_API_PORT: u16 = 7600;
-/// Liveness of a local run with agents: quick, so that an agent fault is acted on within
-/// seconds (the agents fence by the same `down_after`).
-const LIVENESS_TOML: &str = "[liveness]\nsuspect_after = \"1s\"\ndown_after = \"4s\"\n";
-const AGENT_FLAGS: &[&str] = &[
-    "--heartbeat-interval",
-    "200ms",
-    "--controller-down-after",
-    "4s",
-];
-/// Storage of a local run with objects: repair at once, so that bit-rot is mended within a
-/// scenario's bounds. (The runner starts a scrub pass on the damaged agents right after
-/// the rot: the agents' own scrub interval is an hour or more.)
-const STORAGE_TOML: &str = "[storage]\nrepair_delay = \"0s\"\n";
-const OBJECT_AGENT_FLAGS: &[&str] = &["--chunk-free-floor", "64MiB"];
-/// Size of each agent's data filesystem in a scenario with `disk-full` (a tmpfs mounted
-/// on the agent's data dir), and the agents' free-space floor there.
-const DISK_FULL_FS_BYTES: u64 = 512 << 20;
-/// Where Debian's `faketime` package puts the library (`clock-skew`).
-const LIBFAKETIME_PATHS: &[&str] = &[
-    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-    "/usr/lib/faketime/libfaketime.so.1",
-];
 
 /// Objects the object workload writes (`chaos/obj-0..`).
 const OBJECTS: u32 = 4;
@@ -141,16 +119,19 @@ pub struct Report {
     pub faults: Vec<FaultRecord>,
     pub operations: OperationCounts,
     pub invariants: Vec<InvariantResult>,
-    /// Faults that could not be undone (the cluster was torn down anyway).
+    /// Faults that could not be undone (a local cluster was torn down anyway; a staging
+    /// cluster is left with them, and the report names them).
     pub undo_failures: Vec<String>,
 }
 
 impl Report {
-    /// Whether every invariant held.
+    /// Whether no invariant was violated and every fault was undone.
     pub fn passed(&self) -> bool {
-        self.invariants
-            .iter()
-            .all(|i| i.verdict != Verdict::Violated)
+        self.undo_failures.is_empty()
+            && self
+                .invariants
+                .iter()
+                .all(|i| i.verdict != Verdict::Violated)
     }
 
     /// The invariant called `name`.
@@ -287,17 +268,12 @@ pub mod invariant {
 
 /// What the fault tasks and the monitor share.
 struct Env {
-    /// Agent `i` (1-based); dropped first (before their data dirs go with the cluster's
-    /// dir, and before the lab), killing their tasks.
-    agents: Mutex<BTreeMap<u32, LabAgent>>,
-    cluster: Mutex<ProcCluster>,
-    /// With `clock-skew`: one libfaketime offset file per process (`controller-ID`,
-    /// `agent-I`), holding its offset in seconds ("+0" when not skewed).
-    clocks: Option<tempfile::TempDir>,
-    lab: Arc<Lab>,
-    /// Controller id -> API address and lab host.
+    /// The cluster's machines: a local lab, or staging nodes.
+    nodes: Arc<dyn Nodes>,
+    /// How the harness acts on the cluster as its admin.
+    admin: Admin,
+    /// Controller id -> API address.
     api: BTreeMap<u64, String>,
-    hosts: BTreeMap<u64, Host>,
     guard: Arc<UndoGuard>,
     epoch: Instant,
     connect: kv::Connect,
@@ -307,13 +283,15 @@ struct Env {
     node_health: Mutex<Vec<(Nanos, String, String)>>,
     /// The wall clock at `epoch` (ms since the Unix epoch): task records use the wall clock.
     wall_epoch_ms: u64,
-    /// The run's directory (controllers' and agents' data, logs, the clients' files).
-    dir: std::path::PathBuf,
+    /// Where the clients write their files.
+    scratch: std::path::PathBuf,
     seed: u64,
     rng: Mutex<rand_chacha::ChaCha8Rng>,
     progress: bool,
     /// The GPUs each GPU fault hit (one per victim), by fault index.
     gpu_picks: Mutex<BTreeMap<usize, Vec<GpuPick>>>,
+    /// Undos that failed during the checks (starting the controllers after the replay).
+    late_undo_failures: Mutex<Vec<String>>,
 }
 
 /// The GPU a GPU fault hit, and the tasks running on it then.
@@ -444,31 +422,23 @@ impl Env {
             Target::AnyAgent => {
                 // Among the agents running tasks, if any: a fault on an idle agent proves
                 // little about the work's failover.
-                let agents = self.agents();
+                let agents = self.nodes.agents();
                 if agents.is_empty() {
                     bail!("the scenario aims at an agent, but its cluster has none");
                 }
-                let busy: Vec<u32> = agents
-                    .iter()
-                    .filter(|(_, a)| {
-                        a.node_id().is_some_and(|node| {
-                            jobs::collect_runs(&node, &a.guard.data_dir)
-                                .iter()
-                                .any(|r| r.stopped_ms.is_none())
-                        })
-                    })
-                    .map(|(i, _)| *i)
-                    .collect();
-                let pool: Vec<u32> = if busy.is_empty() {
-                    agents.keys().copied().collect()
-                } else {
-                    busy
-                };
-                drop(agents);
+                let nodes = self.nodes.clone();
+                let busy: Vec<u32> = tokio::task::block_in_place(|| {
+                    agents
+                        .iter()
+                        .copied()
+                        .filter(|i| nodes.task_runs(*i).iter().any(|r| r.stopped_ms.is_none()))
+                        .collect()
+                });
+                let pool: Vec<u32> = if busy.is_empty() { agents } else { busy };
                 vec![Victim::Agent(pool[self.rng().random_range(0..pool.len())])]
             }
             Target::Agent(i) => {
-                if !self.agents().contains_key(i) {
+                if !self.nodes.agents().contains(i) {
                     bail!("the cluster has no agent {i}");
                 }
                 vec![Victim::Agent(*i)]
@@ -480,139 +450,54 @@ impl Env {
         self.rng.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn agents(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, LabAgent>> {
-        self.agents.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn host_of(&self, v: Victim) -> Option<Host> {
-        match v {
-            Victim::Controller(id) => self.hosts.get(&id).cloned(),
-            Victim::Agent(i) => self.agents().get(&i).map(|a| a.host.clone()),
-        }
-    }
-
-    fn hosts_of(&self, victims: &[Victim]) -> Vec<Host> {
-        victims.iter().filter_map(|v| self.host_of(*v)).collect()
-    }
-
-    /// Every other host of the lab: the other side of a partition.
-    fn others(&self, victims: &[Victim]) -> Vec<Host> {
-        let mine = self.hosts_of(victims);
-        self.lab
-            .hosts()
-            .into_iter()
-            .filter(|h| !mine.contains(h))
-            .collect()
-    }
-
-    fn pid_of(&self, v: Victim) -> Option<u32> {
-        match v {
-            Victim::Controller(id) => self
-                .cluster
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pid(id),
-            Victim::Agent(i) => self
-                .agents()
-                .get(&i)
-                .and_then(|a| a.guard.child.as_ref().map(|c| c.id())),
-        }
-    }
-
-    fn kill(&self, v: Victim) {
-        match v {
-            Victim::Controller(id) => self
-                .cluster
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .kill(id),
-            Victim::Agent(i) => {
-                if let Some(mut child) =
-                    self.agents().get_mut(&i).and_then(|a| a.guard.child.take())
-                {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-            }
-        }
-    }
-
-    fn restart(&self, v: Victim) -> anyhow::Result<()> {
-        match v {
-            Victim::Controller(id) => self
-                .cluster
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .spawn(id),
-            Victim::Agent(i) => {
-                let mut agents = self.agents();
-                let agent = agents.get_mut(&i).ok_or_else(|| anyhow!("no agent {i}"))?;
-                agent.guard.child = Some(agent.spawn(&self.controllers_arg())?);
-                Ok(())
-            }
-        }
-    }
-
     fn controllers_arg(&self) -> String {
         self.api.values().cloned().collect::<Vec<_>>().join(",")
     }
 
     /// Applies the firing's action to `victims` through the guard; the undo ids.
+    /// Blocking.
     fn apply(
         &self,
-        env: &Arc<Env>,
         scenario: &Scenario,
         firing: &Firing,
         victims: &[Victim],
     ) -> Result<Vec<u64>, String> {
         let fault = &scenario.faults[firing.fault];
         let mut undo_ids = Vec::new();
+        let agent_of = |v: Victim, what: &str| match v {
+            Victim::Agent(i) => Ok(i),
+            Victim::Controller(_) => Err(format!("{what} needs an agent, not {}", v.name())),
+        };
         match fault.action {
             Action::Kill => {
                 for &v in victims {
-                    let e = env.clone();
+                    let nodes = self.nodes.clone();
                     undo_ids.push(self.guard.apply_tracked(
                         format!("kill -9 of {}", v.name()),
-                        || {
-                            self.kill(v);
-                            Ok(())
-                        },
-                        move || {
-                            e.restart(v)
-                                .map_err(|err| format!("restarting {}: {err:#}", v.name()))
-                        },
+                        || self.nodes.kill(v),
+                        move || nodes.start(v),
                     )?);
                 }
             }
             Action::Pause => {
                 for &v in victims {
-                    let pid = self
-                        .pid_of(v)
-                        .ok_or_else(|| format!("{} is not running", v.name()))?;
+                    let nodes = self.nodes.clone();
                     undo_ids.push(self.guard.apply_tracked(
-                        format!("pause of {} (pid {pid})", v.name()),
-                        || crate::fault::signal(pid, nix::sys::signal::Signal::SIGSTOP),
-                        move || crate::fault::signal(pid, nix::sys::signal::Signal::SIGCONT),
+                        format!("pause of {}", v.name()),
+                        || self.nodes.pause(v),
+                        move || nodes.resume(v),
                     )?);
                 }
             }
             Action::Partition | Action::PartitionOneWay => {
                 // Both: the victims cut off from every other host. One way: the victims'
                 // packets dropped at the other hosts, while theirs still reach the victims.
-                let (a, b, direction) = match fault.action {
-                    Action::Partition => (
-                        self.hosts_of(victims),
-                        self.others(victims),
-                        Direction::Both,
-                    ),
-                    _ => (
-                        self.others(victims),
-                        self.hosts_of(victims),
-                        Direction::OneWay,
-                    ),
+                let direction = match fault.action {
+                    Action::Partition => Direction::Both,
+                    _ => Direction::OneWay,
                 };
                 let partition = Arc::new(Mutex::new(None));
-                let (p, lab, lab2) = (partition.clone(), self.lab.clone(), self.lab.clone());
+                let (p, nodes) = (partition.clone(), self.nodes.clone());
                 let names: Vec<String> = victims.iter().map(|v| v.name()).collect();
                 undo_ids.push(self.guard.apply_tracked(
                     format!(
@@ -624,14 +509,12 @@ impl Env {
                         names.join(", ")
                     ),
                     || {
-                        let id = lab2
-                            .partition(&a, &b, direction)
-                            .map_err(|e| format!("{e:#}"))?;
+                        let id = self.nodes.partition(victims, direction)?;
                         *p.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
                         Ok(())
                     },
                     move || match partition.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                        Some(id) => lab.heal(id).map_err(|e| format!("{e:#}")),
+                        Some(id) => nodes.heal(id),
                         None => Ok(()),
                     },
                 )?);
@@ -640,22 +523,12 @@ impl Env {
                 // One-shot, not undone: finding and mending it is the cluster's job.
                 let count = fault.chunks.unwrap_or(8) as usize;
                 for &v in victims {
-                    let Victim::Agent(i) = v else {
-                        return Err(format!("bit-rot needs an agent, not {}", v.name()));
-                    };
-                    let store = self
-                        .agents()
-                        .get(&i)
-                        .map(|a| a.guard.data_dir.join("chunks"))
-                        .ok_or_else(|| format!("no agent {i}"))?;
-                    let rotted = crate::fault::bit_rot(
-                        &store,
-                        count,
-                        self.seed ^ firing.at.as_millis() as u64,
-                    )?;
+                    let i = agent_of(v, "bit-rot")?;
+                    let rotted =
+                        self.nodes
+                            .bit_rot(i, count, self.seed ^ firing.at.as_millis() as u64)?;
                     self.say(&format!(
-                        "flipped a bit in {} chunk files of {}",
-                        rotted.len(),
+                        "flipped a bit in {rotted} chunk files of {}",
                         v.name()
                     ));
                 }
@@ -669,12 +542,12 @@ impl Env {
                     duplicate_percent: settings.duplicate * 100.0,
                     reorder_percent: settings.reorder * 100.0,
                 };
-                for host in self.hosts_of(victims) {
-                    let (lab, lab2, h2) = (self.lab.clone(), self.lab.clone(), host.clone());
+                for &v in victims {
+                    let nodes = self.nodes.clone();
                     undo_ids.push(self.guard.apply_tracked(
-                        format!("netem on {}", host.name),
-                        || lab2.netem(&host, &netem).map_err(|e| format!("{e:#}")),
-                        move || lab.clear_netem(&h2).map_err(|e| format!("{e:#}")),
+                        format!("netem on {}", v.name()),
+                        || self.nodes.netem(v, &netem),
+                        move || nodes.clear_netem(v),
                     )?);
                 }
             }
@@ -683,18 +556,15 @@ impl Env {
                 // that runs a task when one does; cleared at the fault's end.
                 let addrs = self.controllers_arg();
                 for &v in victims {
-                    let Victim::Agent(i) = v else {
-                        return Err(format!("GPU faults need an agent, not {}", v.name()));
-                    };
+                    let i = agent_of(v, "a GPU fault")?;
                     let node = self
-                        .agents()
-                        .get(&i)
-                        .and_then(LabAgent::node_id)
+                        .nodes
+                        .node_id(i)
                         .ok_or_else(|| format!("{} has no node id yet", v.name()))?;
                     // Allocations name GPUs by UUID; the fault RPC takes the index.
                     let mut used: BTreeMap<String, Vec<(String, serde_json::Value)>> =
                         BTreeMap::new();
-                    let allocs = admin_json(&addrs, &["alloc", "list"]);
+                    let allocs = admin_json(&self.admin, &addrs, &["alloc", "list"]);
                     if allocs.is_none() {
                         self.say("listing allocations failed: the GPU fault picks GPU 0");
                     }
@@ -717,14 +587,15 @@ impl Env {
                             ));
                         }
                     }
-                    let gpus: Vec<(u64, String)> = admin_json(&addrs, &["node", "show", &node])
-                        .and_then(|v| v["telemetry"]["gpus"].as_array().cloned())
-                        .unwrap_or_default()
-                        .iter()
-                        .filter_map(|g| {
-                            Some((g["index"].as_u64()?, g["uuid"].as_str()?.to_string()))
-                        })
-                        .collect();
+                    let gpus: Vec<(u64, String)> =
+                        admin_json(&self.admin, &addrs, &["node", "show", &node])
+                            .and_then(|v| v["telemetry"]["gpus"].as_array().cloned())
+                            .unwrap_or_default()
+                            .iter()
+                            .filter_map(|g| {
+                                Some((g["index"].as_u64()?, g["uuid"].as_str()?.to_string()))
+                            })
+                            .collect();
                     let busy: Vec<&(u64, String)> =
                         gpus.iter().filter(|(_, u)| used.contains_key(u)).collect();
                     let (gpu, uuid) = if !busy.is_empty() {
@@ -745,12 +616,17 @@ impl Env {
                     if let Some(code) = &code {
                         args.push(code);
                     }
-                    let (addrs2, node2, g2) = (addrs.clone(), node.clone(), g.clone());
+                    let (admin, addrs2, node2, g2) =
+                        (self.admin.clone(), addrs.clone(), node.clone(), g.clone());
                     undo_ids.push(self.guard.apply_tracked(
                         format!("{kind} on GPU {gpu} of {}", v.name()),
-                        || admin_cli(&addrs, &args),
+                        || admin_cli(&self.admin, &addrs, &args),
                         move || {
-                            admin_cli(&addrs2, &["node", "fault", &node2, "--gpu", &g2, "clear"])
+                            admin_cli(
+                                &admin,
+                                &addrs2,
+                                &["node", "fault", &node2, "--gpu", &g2, "clear"],
+                            )
                         },
                     )?);
                     self.gpu_picks
@@ -768,49 +644,27 @@ impl Env {
             }
             Action::DiskFull => {
                 for &v in victims {
-                    let Victim::Agent(i) = v else {
-                        return Err(format!("disk-full needs an agent, not {}", v.name()));
-                    };
-                    let dir = self
-                        .agents()
-                        .get(&i)
-                        .map(|a| a.guard.data_dir.clone())
-                        .ok_or_else(|| format!("no agent {i}"))?;
-                    let fill = dir.join(FILL_FILE);
+                    let i = agent_of(v, "disk-full")?;
+                    let nodes = self.nodes.clone();
                     undo_ids.push(self.guard.apply_tracked(
                         format!("disk full on {}", v.name()),
-                        move || fill_filesystem(&dir).map(|_| ()),
+                        || self.nodes.fill_disk(i),
                         // Whatever the fill got to, even if it failed half-way.
-                        move || match std::fs::remove_file(&fill) {
-                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                                Err(format!("{}: {e}", fill.display()))
-                            }
-                            _ => Ok(()),
-                        },
+                        move || nodes.free_disk(i),
                     )?);
                 }
             }
             Action::ClockSkew => {
-                let clocks = self
-                    .clocks
-                    .as_ref()
-                    .ok_or("no clock files: the run was not started for clock-skew")?;
+                if let Some(why) = self.nodes.clock_skew_unavailable() {
+                    return Err(format!("clock-skew cannot be applied: {why}"));
+                }
                 let offset = faketime_offset(fault.offset.as_deref().unwrap_or("+0s"))?;
                 for &v in victims {
-                    let file = clocks.path().join(match v {
-                        Victim::Controller(id) => format!("controller-{id}"),
-                        Victim::Agent(i) => format!("agent-{i}"),
-                    });
-                    let (f2, offset) = (file.clone(), offset.clone());
+                    let nodes = self.nodes.clone();
                     undo_ids.push(self.guard.apply_tracked(
                         format!("clock of {} moved {offset} s", v.name()),
-                        move || {
-                            std::fs::write(&file, &offset)
-                                .map_err(|e| format!("{}: {e}", file.display()))
-                        },
-                        move || {
-                            std::fs::write(&f2, "+0").map_err(|e| format!("{}: {e}", f2.display()))
-                        },
+                        || self.nodes.set_clock(v, &offset),
+                        move || nodes.set_clock(v, "+0"),
                     )?);
                 }
             }
@@ -825,20 +679,20 @@ impl Env {
                             v.name()
                         ));
                     };
-                    let (raft_addr, api_addr) = {
-                        let c = self.cluster.lock().unwrap_or_else(|p| p.into_inner());
-                        let n = c.node(id);
-                        (n.raft_addr.clone(), n.api_addr.clone())
-                    };
+                    let (raft_addr, api_addr) = self
+                        .nodes
+                        .controller_addrs(id)
+                        .ok_or_else(|| format!("no controller {id}"))?;
                     let addrs = self.controllers_arg();
                     let id = id.to_string();
                     let id2 = id.clone();
-                    let addrs2 = addrs.clone();
+                    let (admin, addrs2) = (self.admin.clone(), addrs.clone());
                     undo_ids.push(self.guard.apply_tracked(
                         format!("removal of controller {id} from the group"),
                         // A retry after a lost answer finds the change made: done.
                         || {
                             admin_cli_unless(
+                                &self.admin,
                                 &addrs,
                                 &["operator", "raft", "remove-peer", &id],
                                 "is not a member",
@@ -846,6 +700,7 @@ impl Env {
                         },
                         move || {
                             admin_cli_unless(
+                                &admin,
                                 &addrs2,
                                 &[
                                     "operator",
@@ -857,7 +712,7 @@ impl Env {
                                 ],
                                 "is already a member",
                             )?;
-                            admin_cli(&addrs2, &["operator", "raft", "promote", &id2])
+                            admin_cli(&admin, &addrs2, &["operator", "raft", "promote", &id2])
                         },
                     )?);
                 }
@@ -873,16 +728,22 @@ const ADMIN_RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// Runs `steward ARGS` as the harness's admin against `addrs` until it succeeds or
 /// [`ADMIN_RETRY_FOR`] passes; the last error otherwise. Blocking (fault actions are).
-fn admin_cli(addrs: &str, args: &[&str]) -> Result<(), String> {
-    admin_cli_unless(addrs, args, "")
+fn admin_cli(admin: &Admin, addrs: &str, args: &[&str]) -> Result<(), String> {
+    admin_cli_unless(admin, addrs, args, "")
 }
 
 /// [`admin_cli`], also done when the error says `already` (non-empty): the change was made
 /// by an earlier try whose answer was lost.
-fn admin_cli_unless(addrs: &str, args: &[&str], already: &str) -> Result<(), String> {
+fn admin_cli_unless(
+    admin: &Admin,
+    addrs: &str,
+    args: &[&str],
+    already: &str,
+) -> Result<(), String> {
     let deadline = Instant::now() + ADMIN_RETRY_FOR;
     loop {
-        let out = crate::harness::pki::steward_cmd()
+        let out = admin
+            .command()
             .args(args)
             .env("STEWARD_ADDR", addrs)
             .stdin(std::process::Stdio::null())
@@ -905,8 +766,9 @@ fn admin_cli_unless(addrs: &str, args: &[&str], already: &str) -> Result<(), Str
 }
 
 /// `steward -o json ARGS` as the harness's admin against `addrs`, once; blocking.
-fn admin_json(addrs: &str, args: &[&str]) -> Option<serde_json::Value> {
-    let out = crate::harness::pki::steward_cmd()
+fn admin_json(admin: &Admin, addrs: &str, args: &[&str]) -> Option<serde_json::Value> {
+    let out = admin
+        .command()
         .args(["-o", "json"])
         .args(args)
         .env("STEWARD_ADDR", addrs)
@@ -931,7 +793,8 @@ async fn follow_gpu_fault(
     let mut failed_at = None;
     while Instant::now() < deadline {
         if failed_at.is_none() {
-            let nodes = object_workload::steward_json(&addrs, &["node", "list"], call).await;
+            let nodes =
+                object_workload::steward_json(&env.admin, &addrs, &["node", "list"], call).await;
             let health = nodes
                 .as_ref()
                 .and_then(|v| v.as_array())
@@ -949,8 +812,13 @@ async fn follow_gpu_fault(
         }
         if failed_at.is_some() {
             // With ended ones: a task that finished meanwhile needs no other GPU.
-            let allocs =
-                object_workload::steward_json(&addrs, &["alloc", "list", "--all"], call).await;
+            let allocs = object_workload::steward_json(
+                &env.admin,
+                &addrs,
+                &["alloc", "list", "--all"],
+                call,
+            )
+            .await;
             let allocs = allocs.as_ref().and_then(|v| v.as_array());
             let moved = |(job, task): &(String, serde_json::Value)| {
                 allocs.into_iter().flatten().any(|a| {
@@ -984,9 +852,13 @@ async fn wait_space_low(env: &Env, nodes: &[String], low: bool, within: Duration
     while Instant::now() < deadline {
         let mut all = true;
         for node in nodes {
-            let v =
-                object_workload::steward_json(&addrs, &["node", "show", node], PROBE_TIMEOUT * 10)
-                    .await;
+            let v = object_workload::steward_json(
+                &env.admin,
+                &addrs,
+                &["node", "show", node],
+                PROBE_TIMEOUT * 10,
+            )
+            .await;
             all &= v.is_some_and(|v| v["chunk_store"]["space_low"] == low);
         }
         if all {
@@ -1037,21 +909,58 @@ fn disk_full_verdict(faults: &[FaultRecord], scenario: &Scenario) -> Option<Inva
 
 /// Stops every controller and replays its committed log ([`crate::replay`]): no GPU held
 /// beyond its capacity at any applied index, on any controller.
+/// Starting them again is an undo in the run's guard: an interrupted replay starts them
+/// too, and a failure to is one of the report's undo failures.
 async fn overcommit_verdict(env: &Env) -> InvariantResult {
-    let dirs: Vec<(u64, std::path::PathBuf)> = {
-        let mut c = env.cluster.lock().unwrap_or_else(|p| p.into_inner());
-        let ids: Vec<u64> = c.nodes.keys().copied().collect();
-        for id in &ids {
-            c.kill(*id);
+    let nodes = env.nodes.clone();
+    let stopped = Arc::new(Mutex::new(None));
+    let stop = stopped.clone();
+    let restart = env.guard.apply_tracked(
+        "the controllers stopped for the log replay",
+        || {
+            tokio::task::block_in_place(|| {
+                let s = env.nodes.stop_controllers()?;
+                *stop.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+                Ok(())
+            })
+        },
+        move || nodes.after_replay(),
+    );
+    let restart = match restart {
+        Ok(id) => id,
+        Err(e) => {
+            return InvariantResult::new(
+                invariant::NO_OVERCOMMIT,
+                Verdict::Inconclusive,
+                format!("the controllers' logs could not be read: {e}"),
+            )
         }
-        ids.iter()
-            .map(|id| (*id, c.node(*id).data_dir.clone()))
-            .collect()
     };
+    let stopped = stopped.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let verdict = match &stopped {
+        Some(s) => replay_verdict(&s.data_dirs).await,
+        None => InvariantResult::new(
+            invariant::NO_OVERCOMMIT,
+            Verdict::Inconclusive,
+            "the controllers' logs were not copied",
+        ),
+    };
+    drop(stopped);
+    if let Some(e) = tokio::task::block_in_place(|| env.guard.undo(restart)) {
+        env.late_undo_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(e);
+    }
+    verdict
+}
+
+/// Replays each controller's committed log in `dirs` into [`placement::check_grants`].
+async fn replay_verdict(dirs: &[(u64, std::path::PathBuf)]) -> InvariantResult {
     let mut lines = Vec::new();
     let mut grants_total = 0;
     for (id, dir) in dirs {
-        match crate::replay::replay_data_dir(&dir).await {
+        match crate::replay::replay_data_dir(dir).await {
             Err(e) => {
                 return InvariantResult::new(
                     invariant::NO_OVERCOMMIT,
@@ -1122,97 +1031,6 @@ fn gpu_verdict(faults: &[FaultRecord], scenario: &Scenario) -> Option<InvariantR
     })
 }
 
-/// What a fault hits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Victim {
-    Controller(u64),
-    /// Agent `i` (1-based), on lab host `a<i>`.
-    Agent(u32),
-}
-
-impl Victim {
-    fn name(self) -> String {
-        match self {
-            Victim::Controller(id) => format!("controller {id}"),
-            Victim::Agent(i) => format!("agent {i}"),
-        }
-    }
-}
-
-/// An agent of a local run: on lab host `a<i>`, killed with its tasks when dropped.
-struct LabAgent {
-    host: Host,
-    guard: AgentGuard,
-    log: std::path::PathBuf,
-    gpus: String,
-    /// Extra environment (`FAILPOINTS`).
-    env: Vec<(String, String)>,
-    /// Extra flags (the scrubber's pace when objects run).
-    extra: &'static [&'static str],
-    /// With `disk-full`: the size-limited filesystem on its data dir, unmounted after
-    /// the agent is killed (fields drop in order).
-    _fs: Option<TmpfsMount>,
-}
-
-/// A tmpfs mounted on a directory; unmounted (lazily, should something still hold it)
-/// when dropped.
-struct TmpfsMount {
-    dir: std::path::PathBuf,
-}
-
-impl TmpfsMount {
-    fn new(dir: &std::path::Path, bytes: u64) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "chaos-disk"])
-            .arg(dir)
-            .output()
-            .context("running mount")?;
-        if !out.status.success() {
-            bail!(
-                "mounting a {bytes}-byte tmpfs on {}: {}",
-                dir.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(TmpfsMount {
-            dir: dir.to_path_buf(),
-        })
-    }
-}
-
-impl Drop for TmpfsMount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.dir)
-            .output();
-    }
-}
-
-/// The file a `disk-full` fault fills an agent's data filesystem with.
-const FILL_FILE: &str = "chaos-fill";
-
-/// Fills the filesystem of `dir` with one file ([`FILL_FILE`]), in 1 MiB writes until it
-/// refuses more; returns the file and its size.
-fn fill_filesystem(dir: &std::path::Path) -> Result<(std::path::PathBuf, u64), String> {
-    use std::io::Write;
-    let path = dir.join(FILL_FILE);
-    let mut f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let block = vec![0xa5u8; 1 << 20];
-    let mut written = 0u64;
-    loop {
-        match f.write(&block) {
-            Ok(0) => break,
-            Ok(n) => written += n as u64,
-            Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-        }
-    }
-    let _ = f.sync_all();
-    Ok((path, written))
-}
-
 /// libfaketime's offset for `offset` ("+30s", "-5m"): signed whole seconds.
 fn faketime_offset(offset: &str) -> Result<String, String> {
     let (sign, rest) = match offset.trim().split_at_checked(1) {
@@ -1225,196 +1043,65 @@ fn faketime_offset(offset: &str) -> Result<String, String> {
     Ok(format!("{sign}{}", d.as_secs()))
 }
 
-impl LabAgent {
-    fn spawn(&self, controllers: &str) -> anyhow::Result<std::process::Child> {
-        let data_dir = &self.guard.data_dir;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let mut cmd = self.host.command(steward_bin());
-        cmd.args(["agent", "--data-dir"])
-            .arg(data_dir)
-            .args(["--controllers", controllers, "--simulate-gpus", &self.gpus])
-            .args([
-                "--api-addr",
-                &format!("{}:{LAB_AGENT_API_PORT}", self.host.ip),
-            ])
-            .args(AGENT_FLAGS)
-            .args(self.extra);
-        if !crate::harness::pki::insecure() {
-            cmd.args(agent_tls_flags(data_dir)?);
-        } else {
-            cmd.arg("--insecure");
-        }
-        cmd.env("RUST_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env_remove("STEWARD_SIMULATE_GPUS")
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        cmd.spawn().context("spawning steward agent")
-    }
-
-    /// Its node id, once it has one.
-    fn node_id(&self) -> Option<String> {
-        std::fs::read_to_string(self.guard.data_dir.join("node-id"))
-            .ok()
-            .map(|s| s.trim().to_string())
-    }
-}
-
-/// The environment that starts a process under libfaketime, its wall clock offset by
-/// the seconds in `file` (re-read every second); the monotonic clock stays true, as a
-/// skewed NTP would leave it.
-fn faketime_env(lib: &str, file: &str) -> Vec<(String, String)> {
-    [
-        ("LD_PRELOAD", lib),
-        ("FAKETIME_TIMESTAMP_FILE", file),
-        ("FAKETIME_CACHE_DURATION", "1"),
-        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-
 /// Runs `scenario` on a local cluster in network namespaces (needs root).
 pub async fn run_local(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Report> {
-    if let Some(why) = netns::unavailable() {
-        bail!("a local run puts every controller in its own network namespace, which cannot be done here: {why}");
+    check_workloads(scenario, scenario.cluster.agents)?;
+    let nodes = Arc::new(LocalNodes::start(
+        scenario,
+        options.bug.map(Bug::failpoints),
+    )?);
+    let scratch = nodes.dir();
+    run_on(nodes, Admin::Harness, scratch, scenario, options).await
+}
+
+/// Refuses a scenario whose workloads need agents the cluster does not have.
+pub(crate) fn check_workloads(scenario: &Scenario, agents: u32) -> anyhow::Result<()> {
+    for (name, wanted) in [
+        ("object", scenario.workload.objects.is_some()),
+        ("job", scenario.workload.jobs.is_some()),
+    ] {
+        if wanted && agents == 0 {
+            bail!(
+                "scenario {}: the {name} workload needs agents, and the cluster has none",
+                scenario.name
+            );
+        }
     }
-    if scenario.workload.objects.is_some() && scenario.cluster.agents == 0 {
-        bail!(
-            "scenario {}: the object workload needs agents ([cluster] agents)",
-            scenario.name
-        );
-    }
-    if scenario.workload.jobs.is_some() && scenario.cluster.agents == 0 {
-        bail!(
-            "scenario {}: the job workload needs agents ([cluster] agents)",
-            scenario.name
-        );
-    }
-    let disk_full = scenario.faults.iter().any(|f| f.action == Action::DiskFull);
-    let clock_skew = scenario
-        .faults
-        .iter()
-        .any(|f| f.action == Action::ClockSkew);
-    let faketime = if clock_skew {
-        LIBFAKETIME_PATHS
-            .iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .map(|p| p.to_string())
-            .ok_or_else(|| {
-                anyhow!(
-                    "scenario {}: clock-skew needs libfaketime (Debian package `faketime`; `make deps` installs it), looked in {}",
-                    scenario.name,
-                    LIBFAKETIME_PATHS.join(", ")
-                )
-            })?
-    } else {
-        String::new()
-    };
-    let clocks = if clock_skew {
-        Some(
-            tempfile::Builder::new()
-                .prefix("steward-chaos-clocks")
-                .tempdir()?,
-        )
-    } else {
-        None
-    };
-    let lab = Arc::new(Lab::new()?);
+    Ok(())
+}
+
+/// Runs `scenario` on `nodes` (started, or running): waits for a leader and ready agents,
+/// drives the workloads and the faults, checks, and undoes every fault whatever happened.
+/// `scratch`: where the clients write their files.
+pub(crate) async fn run_on(
+    nodes: Arc<dyn Nodes>,
+    admin: Admin,
+    scratch: std::path::PathBuf,
+    scenario: &Scenario,
+    options: &RunOptions,
+) -> anyhow::Result<Report> {
     if scenario.faults.iter().any(|f| f.action == Action::Netem) {
-        if let Some(why) = lab.netem_unavailable() {
+        if let Some(why) = nodes.netem_unavailable() {
             bail!("scenario {} needs netem: {why}", scenario.name);
         }
     }
-    let mut env_vars = Vec::new();
-    if let Some(bug) = options.bug {
-        env_vars.push(("FAILPOINTS".to_string(), bug.failpoints()));
-    }
-    let mut controller_env = env_vars.clone();
-    if let Some(clocks) = &clocks {
-        for id in 1..=u64::from(scenario.cluster.controllers) {
-            std::fs::write(clocks.path().join(format!("controller-{id}")), "+0")?;
-        }
-        let file = clocks.path().join("controller-{id}");
-        controller_env.extend(faketime_env(&faketime, &file.display().to_string()));
-    }
-    let with_agents = scenario.cluster.agents > 0;
-    let cluster = ProcCluster::start_in_lab(
-        lab.clone(),
-        u64::from(scenario.cluster.controllers),
-        &format!(
-            "{}{}",
-            if with_agents { LIVENESS_TOML } else { "" },
-            if scenario.workload.objects.is_some() {
-                STORAGE_TOML
-            } else {
-                ""
-            }
-        ),
-        &controller_env,
-    )?;
-    let mut agents = BTreeMap::new();
-    for i in 1..=scenario.cluster.agents {
-        let host = lab.add_host(&format!("a{i}"))?;
-        let data_dir = cluster.dir.path().join(format!("agent-{i}"));
-        let fs = if disk_full {
-            Some(TmpfsMount::new(&data_dir, DISK_FULL_FS_BYTES)?)
-        } else {
-            None
-        };
-        let mut agent_env = env_vars.clone();
-        if let Some(clocks) = &clocks {
-            let file = clocks.path().join(format!("agent-{i}"));
-            std::fs::write(&file, "+0")?;
-            agent_env.extend(faketime_env(&faketime, &file.display().to_string()));
-        }
-        agents.insert(
-            i,
-            LabAgent {
-                host,
-                guard: AgentGuard {
-                    data_dir,
-                    child: None,
-                },
-                log: cluster.dir.path().join(format!("agent-{i}.log")),
-                gpus: scenario.cluster.gpus.clone(),
-                env: agent_env,
-                extra: if scenario.workload.objects.is_some() {
-                    OBJECT_AGENT_FLAGS
-                } else {
-                    &[]
-                },
-                _fs: fs,
-            },
-        );
-    }
-    let run_dir = cluster.dir.path().to_path_buf();
-    let api: BTreeMap<u64, String> = cluster
-        .nodes
+    if scenario
+        .faults
         .iter()
-        .map(|(id, n)| (*id, n.api_addr.clone()))
-        .collect();
-    let hosts: BTreeMap<u64, Host> = cluster
-        .nodes
-        .iter()
-        .filter_map(|(id, n)| n.host.clone().map(|h| (*id, h)))
-        .collect();
+        .any(|f| f.action == Action::ClockSkew)
+    {
+        if let Some(why) = nodes.clock_skew_unavailable() {
+            bail!("scenario {} needs clock skew: {why}", scenario.name);
+        }
+    }
     let guard = UndoGuard::new();
     let env = Arc::new(Env {
-        agents: Mutex::new(agents),
-        cluster: Mutex::new(cluster),
-        clocks,
-        lab,
-        api,
-        hosts,
+        api: nodes.controllers(),
+        nodes,
+        connect: admin.connector(),
+        admin,
         guard: guard.clone(),
         epoch: Instant::now(),
-        connect: admin_connector(),
         leaders: Mutex::new(Vec::new()),
         node_health: Mutex::new(Vec::new()),
         wall_epoch_ms: std::time::SystemTime::now()
@@ -1423,38 +1110,61 @@ pub async fn run_local(scenario: &Scenario, options: &RunOptions) -> anyhow::Res
         rng: Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(options.seed)),
         progress: options.progress,
         gpu_picks: Mutex::new(BTreeMap::new()),
-        dir: run_dir,
+        late_undo_failures: Mutex::new(Vec::new()),
+        scratch,
         seed: options.seed,
     });
+    env.say(&format!("on {}", env.nodes.describe()));
     let first = env
         .wait_leader(LEADER_WAIT)
         .await
-        .ok_or_else(|| anyhow!("no leader within {LEADER_WAIT:?} of starting the cluster"))?;
+        .ok_or_else(|| anyhow!("no leader within {LEADER_WAIT:?} of starting the run"))?;
     env.say(&format!("controller {} leads in term {}", first.0, first.1));
-    if with_agents {
+    if !env.nodes.agents().is_empty() {
         start_agents(&env).await?;
     }
     let result = drive(&env, scenario, options).await;
     // Whatever happened: every fault undone before the cluster goes.
-    let undo_failures = guard.undo_all();
-    let mut report = result?;
+    let mut undo_failures = std::mem::take(
+        &mut *env
+            .late_undo_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
+    undo_failures.extend(tokio::task::block_in_place(|| guard.undo_all()));
+    let mut report = match result {
+        Ok(r) => r,
+        Err(e) if undo_failures.is_empty() => return Err(e),
+        Err(e) => {
+            return Err(e.context(format!(
+                "the run failed, and these faults could not be undone: {}",
+                undo_failures.join("; ")
+            )))
+        }
+    };
     report.undo_failures = undo_failures;
     Ok(report)
 }
 
-/// Starts every agent and waits until the cluster reports each ready.
+/// Starts every agent (one that runs already is left alone) and waits until the cluster
+/// reports each ready.
 async fn start_agents(env: &Env) -> anyhow::Result<()> {
-    let count = env.agents().len();
-    for i in 1..=count as u32 {
-        env.restart(Victim::Agent(i))?;
-    }
+    let agents = env.nodes.agents();
+    let count = agents.len();
+    tokio::task::block_in_place(|| {
+        for &i in &agents {
+            env.nodes.start(Victim::Agent(i)).map_err(|e| anyhow!(e))?;
+        }
+        anyhow::Ok(())
+    })?;
     let deadline = Instant::now() + AGENTS_READY_WAIT;
     loop {
-        let ids: Vec<String> = env
-            .agents()
-            .values()
-            .filter_map(LabAgent::node_id)
-            .collect();
+        let ids: Vec<String> = tokio::task::block_in_place(|| {
+            agents
+                .iter()
+                .filter_map(|i| env.nodes.node_id(*i))
+                .collect()
+        });
         if ids.len() == count {
             if let Some(healths) = env.node_healths().await {
                 let ready = ids
@@ -1468,7 +1178,7 @@ async fn start_agents(env: &Env) -> anyhow::Result<()> {
             }
         }
         if Instant::now() >= deadline {
-            bail!("the agents were not all ready within {AGENTS_READY_WAIT:?} (logs: agent-N.log in the run's dir)");
+            bail!("the agents were not all ready within {AGENTS_READY_WAIT:?} ({} of {count} have a node id; logs: agent-N.log in a local run's dir)", ids.len());
         }
         tokio::time::sleep(MONITOR_EVERY).await;
     }
@@ -1483,6 +1193,7 @@ async fn drive(
     let stop_monitor = CancellationToken::new();
     {
         let (env, stop) = (env.clone(), stop_monitor.clone());
+        let has_agents = !env.nodes.agents().is_empty();
         tasks.spawn(async move {
             while !stop.is_cancelled() {
                 if let Some((id, term)) = env.leader_now().await {
@@ -1492,7 +1203,7 @@ async fn drive(
                         .unwrap_or_else(|p| p.into_inner())
                         .push((at, id, term));
                 }
-                if !env.agents().is_empty() {
+                if has_agents {
                     if let Some(healths) = env.node_healths().await {
                         let at = env.now();
                         env.node_health
@@ -1550,10 +1261,11 @@ async fn drive(
             tag_percent: 10,
             tag_read_percent: 15,
             addrs: env.controllers_arg(),
-            scratch: env.dir.join("object-clients"),
+            scratch: env.scratch.join("object-clients"),
             call_timeout: OBJECT_CALL_TIMEOUT,
             epoch: env.epoch,
             seed: options.seed,
+            admin: env.admin.clone(),
         };
         (
             mix.clone(),
@@ -1587,17 +1299,19 @@ async fn drive(
                 Err(e) => Err(format!("{e:#}")),
                 Ok(targets) => {
                     record.targets = targets.iter().map(|v| v.name()).collect();
-                    record.agent_nodes = targets
-                        .iter()
-                        .filter_map(|v| match v {
-                            Victim::Agent(i) => env.agents().get(i).and_then(LabAgent::node_id),
-                            Victim::Controller(_) => None,
-                        })
-                        .collect();
+                    record.agent_nodes = tokio::task::block_in_place(|| {
+                        targets
+                            .iter()
+                            .filter_map(|v| match v {
+                                Victim::Agent(i) => env.nodes.node_id(*i),
+                                Victim::Controller(_) => None,
+                            })
+                            .collect()
+                    });
                     record.at_ms = env.now() / 1_000_000;
                     // Fault actions block (processes, admin commands with retries, filling
                     // a disk): off this worker, so the clients and the monitor keep time.
-                    tokio::task::block_in_place(|| env.apply(&env, &scenario, &firing, &targets))
+                    tokio::task::block_in_place(|| env.apply(&scenario, &firing, &targets))
                 }
             };
             match applied {
@@ -1832,11 +1546,7 @@ async fn drive(
         });
     }
 
-    let leaderships = env
-        .cluster
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .leaderships();
+    let leaderships = tokio::task::block_in_place(|| env.nodes.leaderships());
     let seen: Vec<raft::LeaderSeen> = leaderships
         .iter()
         .map(|(term, id)| raft::LeaderSeen {
@@ -1862,10 +1572,19 @@ async fn drive(
         Ok(terms) => InvariantResult::new(
             invariant::ONE_LEADER_PER_TERM,
             Verdict::Held,
-            format!(
-                "{terms} terms with a leader, from the controllers' logs and {} status samples",
-                seen.len() - leaderships.len()
-            ),
+            if leaderships.is_empty() {
+                // Held on what was seen, which is less than it should be.
+                format!(
+                    "{terms} terms with a leader, from {} status samples only: the controllers' logs \
+                     gave no \"became leader\" line (their log level below info, or unreadable)",
+                    seen.len()
+                )
+            } else {
+                format!(
+                    "{terms} terms with a leader, from the controllers' logs and {} status samples",
+                    seen.len() - leaderships.len()
+                )
+            },
         ),
         Err(split) => InvariantResult::new(
             invariant::ONE_LEADER_PER_TERM,
@@ -1897,12 +1616,13 @@ async fn drive(
     invariants.extend(disk_full_verdict(&faults, scenario));
     if let Some(w) = &scenario.workload.jobs {
         // The tasks' own records, read while everything still runs.
-        let mut runs = Vec::new();
-        for a in env.agents().values() {
-            if let Some(node) = a.node_id() {
-                runs.extend(jobs::collect_runs(&node, &a.guard.data_dir));
-            }
-        }
+        let mut runs: Vec<placement::TaskRun> = tokio::task::block_in_place(|| {
+            env.nodes
+                .agents()
+                .into_iter()
+                .flat_map(|i| env.nodes.task_runs(i))
+                .collect()
+        });
         // On the run's clock, as the faults are.
         for r in &mut runs {
             r.started_ms = r.started_ms.saturating_sub(env.wall_epoch_ms);
@@ -2157,7 +1877,8 @@ async fn follow_bit_rot(
     // (passes, quarantined) per node before the scrub starts.
     let mut before = Vec::new();
     for node in nodes {
-        let v = object_workload::steward_json(&addrs, &["node", "show", node], call).await;
+        let v =
+            object_workload::steward_json(&env.admin, &addrs, &["node", "show", node], call).await;
         let store = v.as_ref().map(|v| &v["chunk_store"]);
         before.push((
             store
@@ -2165,7 +1886,7 @@ async fn follow_bit_rot(
                 .unwrap_or(0),
             store.and_then(|s| s["quarantined"].as_u64()).unwrap_or(0),
         ));
-        if object_workload::steward_json(&addrs, &["node", "scrub", node], call)
+        if object_workload::steward_json(&env.admin, &addrs, &["node", "scrub", node], call)
             .await
             .is_none()
         {
@@ -2179,8 +1900,13 @@ async fn follow_bit_rot(
         if found.is_none() {
             let (mut corrupt, mut quarantined, mut passes_ended) = (0, 0, true);
             for (node, (passes0, quarantined0)) in nodes.iter().zip(&before) {
-                let Some(v) =
-                    object_workload::steward_json(&addrs, &["node", "show", node], call).await
+                let Some(v) = object_workload::steward_json(
+                    &env.admin,
+                    &addrs,
+                    &["node", "show", node],
+                    call,
+                )
+                .await
                 else {
                     passes_ended = false;
                     continue;
@@ -2200,7 +1926,9 @@ async fn follow_bit_rot(
             }
         }
         if found.is_some() {
-            if let Some(f) = object_workload::steward_json(&addrs, &["fsck"], call).await {
+            if let Some(f) =
+                object_workload::steward_json(&env.admin, &addrs, &["fsck"], call).await
+            {
                 let settled = f["complete"] == true
                     && f["under_replicated"] == 0
                     && f["misplaced"] == 0
@@ -2512,21 +2240,5 @@ mod tests {
         assert_eq!(faketime_offset("-5m").unwrap(), "-300");
         assert_eq!(faketime_offset("90s").unwrap(), "+90");
         assert!(faketime_offset("+soon").unwrap_err().contains("+soon"));
-    }
-
-    #[test]
-    fn a_filled_filesystem_refuses_more_and_the_file_is_all_of_it() {
-        // Root, as the namespaces need.
-        if !netns::skip_unless_available("a_filled_filesystem_refuses_more") {
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let mount = TmpfsMount::new(dir.path(), 8 << 20).unwrap();
-        let (path, bytes) = fill_filesystem(dir.path()).unwrap();
-        assert!((7 << 20..=8 << 20).contains(&bytes), "{bytes}");
-        assert!(std::fs::write(dir.path().join("more"), [0u8; 4096]).is_err());
-        std::fs::remove_file(path).unwrap();
-        std::fs::write(dir.path().join("more"), [0u8; 4096]).unwrap();
-        drop(mount);
     }
 }

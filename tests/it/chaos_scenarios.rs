@@ -193,3 +193,92 @@ async fn chaos_catches_a_skipped_fence() {
     )
     .await;
 }
+
+/// The staging mode's code path, in CI: a local lab handed over to unit scripts, and an
+/// inventory that reaches each host through `ip netns exec` instead of SSH. Everything the
+/// run does to the nodes goes through the inventory: units started, killed, paused and
+/// resumed by its commands, the partition as an nftables table installed over exec, the
+/// task records and the controllers' Raft logs copied back with tar, the leaders read
+/// from the units' logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_staging_mode_through_an_inventory() {
+    use steward_chaos::staging::{run_staging, Inventory, LocalUnits};
+    if !netns::skip_unless_available("chaos_staging_mode_through_an_inventory") {
+        return;
+    }
+    let s = scenario("staging-smoke");
+    let units = LocalUnits::start(&s).expect("a local lab as units");
+    let inventory = Inventory::load(units.inventory_path()).expect("the inventory it wrote");
+    assert_eq!(inventory.controllers.len(), 3);
+    assert_eq!(inventory.agents.len(), 2);
+    assert!(inventory.controllers[0]
+        .exec
+        .as_deref()
+        .is_some_and(|e| e.starts_with("ip netns exec ")));
+    let options = RunOptions {
+        seed: 19,
+        bug: None,
+        progress: true,
+    };
+    let report = run_staging(&s, &inventory, &options)
+        .await
+        .unwrap_or_else(|e| panic!("staging run (seed 19): {e:#}"));
+    eprintln!("{}", run::render_text(&report));
+    assert!(report.passed(), "{}", run::render_text(&report));
+    for i in &report.invariants {
+        assert_eq!(i.verdict, Verdict::Held, "{}: {}", i.name, i.detail);
+    }
+    assert_eq!(report.faults.len(), 3, "every firing recorded");
+    for f in &report.faults {
+        assert!(f.error.is_none(), "{} not applied: {:?}", f.action, f.error);
+    }
+    // The leader kill was seen, through the units' logs as well as the status samples.
+    assert!(
+        report.faults[0].detect_ms.is_some(),
+        "{:?}",
+        report.faults[0]
+    );
+    let from_logs = tokio::task::block_in_place(|| {
+        use steward_chaos::nodes::Nodes;
+        steward_chaos::staging::StagingNodes::new(inventory.clone()).leaderships()
+    });
+    assert!(
+        from_logs.iter().any(|(term, _)| *term >= 2),
+        "the units' logs show no leader after the kill: {from_logs:?}"
+    );
+    // The partition moved tasks (their records came back over exec) and the replay read
+    // the controllers' logs (copied back over exec).
+    let moved = report.invariant(invariant::RESCHEDULED).expect("jobs ran");
+    assert!(!moved.detail.starts_with("0 tasks"), "{}", moved.detail);
+    let replay = report
+        .invariant(invariant::NO_OVERCOMMIT)
+        .expect("jobs ran");
+    assert!(replay.detail.contains("replayed"), "{}", replay.detail);
+    assert!(report.operations.ok >= 50, "{:?}", report.operations);
+    assert!(
+        report.undo_failures.is_empty(),
+        "{:?}",
+        report.undo_failures
+    );
+    // Nothing left behind on any host: no partition table, no netem qdisc.
+    for host in inventory.controllers.iter().chain(&inventory.agents) {
+        let exec = host
+            .exec
+            .as_deref()
+            .expect("LocalUnits names each host's exec");
+        let words: Vec<&str> = exec.split_whitespace().collect();
+        let out = std::process::Command::new(words[0])
+            .args(&words[1..])
+            .arg(format!("nft list tables; tc qdisc show dev {}", host.iface))
+            .output()
+            .expect("the host's exec runs");
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}: {out:?}", host.address);
+        assert!(
+            !shown.contains("steward_chaos") && !shown.contains("netem"),
+            "{} still has a fault: {shown}",
+            host.address
+        );
+    }
+    drop(units);
+}

@@ -2,8 +2,10 @@
 //!
 //! `steward-chaos run SCENARIO.toml [--seed N] [-o text|json] [--bug NAME]` starts a local
 //! cluster with every controller in its own network namespace (root), runs the scenario's
-//! workloads and fault schedule, checks every invariant and prints the report. Exit status:
-//! 0 when every invariant held, 1 when one was violated, 2 when the run could not be made.
+//! workloads and fault schedule, checks every invariant and prints the report. With
+//! `--inventory staging.toml` it drives running staging nodes instead, through their units
+//! over SSH (chaos/README.md, "Staging mode"). Exit status: 0 when every invariant held, 1
+//! when one was violated, 2 when the run could not be made.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use steward_chaos::run::{self, Bug, RunOptions};
 use steward_chaos::scenario::Scenario;
+use steward_chaos::staging::{self, Inventory};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +46,10 @@ enum Cmd {
         /// Where the cluster comes from.
         #[arg(long, value_enum, default_value = "local")]
         cluster: ClusterKind,
+        /// Drives the staging cluster this inventory file describes instead (its units
+        /// over SSH; chaos/README.md, "Staging mode").
+        #[arg(long, conflicts_with = "cluster")]
+        inventory: Option<PathBuf>,
         /// Seeds every random choice; a run is repeated with the seed its report prints.
         /// Default: drawn at random.
         #[arg(long)]
@@ -68,6 +75,10 @@ enum Cmd {
         /// Runs only the scenarios whose name contains this.
         #[arg(long)]
         only: Option<String>,
+        /// Runs them on the staging cluster this inventory file describes; scenarios it
+        /// does not allow are shown as errors.
+        #[arg(long)]
+        inventory: Option<PathBuf>,
     },
     /// Deterministic simulation of the control plane: controllers running openraft over an
     /// in-memory store and a simulated network on a simulated clock, random faults drawn
@@ -97,7 +108,75 @@ enum Cmd {
     },
 }
 
-fn run_all(dir: &std::path::Path, seed: Option<u64>, only: Option<&str>) -> ExitCode {
+/// Loads the inventory at `path`, if one is given; the error, printed, exits 2.
+fn load_inventory(path: Option<&std::path::Path>) -> Result<Option<Inventory>, ExitCode> {
+    match path.map(Inventory::load).transpose() {
+        Ok(i) => Ok(i),
+        Err(e) => {
+            eprintln!("steward-chaos: {e:#}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// Runs `scenario` locally, or on the staging cluster `inventory` describes; `None`
+/// when Ctrl-C, SIGTERM or SIGHUP (the operator's session gone) ended it first. The
+/// faults of an ended run are undone when the runtime is dropped ([`undo_and_exit`]).
+async fn run_one(
+    scenario: &Scenario,
+    options: &RunOptions,
+    inventory: Option<&Inventory>,
+) -> Option<anyhow::Result<run::Report>> {
+    let run = async {
+        match inventory {
+            Some(inv) => staging::run_staging(scenario, inv, options).await,
+            None => run::run_local(scenario, options).await,
+        }
+    };
+    tokio::select! {
+        r = run => Some(r),
+        _ = interrupted() => None,
+    }
+}
+
+/// Returns at the first SIGINT, SIGTERM or SIGHUP.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let wait = |kind: SignalKind| async move {
+        match signal(kind) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            // Not watched: this one does not end the run.
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = wait(SignalKind::interrupt()) => {}
+        _ = wait(SignalKind::terminate()) => {}
+        _ = wait(SignalKind::hangup()) => {}
+    }
+}
+
+/// After an interrupted run: drops the runtime, which ends the run's tasks and with them
+/// its guard, which undoes every fault still in effect (and removes a local cluster).
+fn undo_and_exit(runtime: tokio::runtime::Runtime, seed: u64) -> ExitCode {
+    eprintln!("steward-chaos: interrupted (seed {seed}); undoing the faults in effect");
+    drop(runtime);
+    eprintln!("steward-chaos: faults undone (any that could not be are named above)");
+    ExitCode::from(130)
+}
+
+fn run_all(
+    dir: &std::path::Path,
+    seed: Option<u64>,
+    only: Option<&str>,
+    inventory: Option<&std::path::Path>,
+) -> ExitCode {
+    let inventory = match load_inventory(inventory) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -135,17 +214,9 @@ fn run_all(dir: &std::path::Path, seed: Option<u64>, only: Option<&str>) -> Exit
             bug: None,
             progress: false,
         };
-        let outcome = runtime.block_on(async {
-            tokio::select! {
-                r = run::run_local(&scenario, &options) => Some(r),
-                _ = tokio::signal::ctrl_c() => None,
-            }
-        });
+        let outcome = runtime.block_on(run_one(&scenario, &options, inventory.as_ref()));
         match outcome {
-            None => {
-                eprintln!("steward-chaos: interrupted; faults undone, cluster removed");
-                return ExitCode::from(130);
-            }
+            None => return undo_and_exit(runtime, seed),
             Some(Err(e)) => {
                 eprintln!(
                     "steward-chaos: {}: the run could not be made (seed {seed}): {e:#}",
@@ -273,7 +344,12 @@ fn simulate(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::RunAll { dir, seed, only } => run_all(&dir, seed, only.as_deref()),
+        Cmd::RunAll {
+            dir,
+            seed,
+            only,
+            inventory,
+        } => run_all(&dir, seed, only.as_deref(), inventory.as_deref()),
         Cmd::Sim {
             seed,
             seeds,
@@ -286,11 +362,16 @@ fn main() -> ExitCode {
         Cmd::Run {
             scenario,
             cluster: ClusterKind::Local,
+            inventory,
             seed,
             output,
             bug,
             quiet,
         } => {
+            let inventory = match load_inventory(inventory.as_deref()) {
+                Ok(i) => i,
+                Err(code) => return code,
+            };
             let scenario = match Scenario::load(&scenario) {
                 Ok(s) => s,
                 Err(e) => {
@@ -319,21 +400,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            // Ctrl-C ends the run early: dropping it undoes every fault, stops the
-            // processes and removes the namespaces.
-            let outcome = runtime.block_on(async {
-                tokio::select! {
-                    r = run::run_local(&scenario, &options) => Some(r),
-                    _ = tokio::signal::ctrl_c() => None,
-                }
-            });
+            // Ctrl-C ends the run early: dropping it undoes every fault (and stops a
+            // local cluster's processes and removes its namespaces).
+            let outcome = runtime.block_on(run_one(&scenario, &options, inventory.as_ref()));
             match outcome {
-                None => {
-                    eprintln!(
-                        "steward-chaos: interrupted; faults undone, cluster removed (seed {seed})"
-                    );
-                    ExitCode::from(130)
-                }
+                None => undo_and_exit(runtime, seed),
                 Some(Err(e)) => {
                     eprintln!("steward-chaos: the run could not be made (seed {seed}): {e:#}");
                     ExitCode::from(2)

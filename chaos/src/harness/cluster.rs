@@ -409,6 +409,20 @@ impl ProcCluster {
 
     /// Starts (or restarts) controller `id`'s process.
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let child = self
+            .command(id)?
+            .spawn()
+            .context("spawning steward controller")?;
+        self.nodes
+            .get_mut(&id)
+            .ok_or_else(|| anyhow!("no controller {id}"))?
+            .child = Some(child);
+        Ok(())
+    }
+
+    /// The command that starts controller `id` (its config file written; its output
+    /// appended to its log), not yet spawned.
+    pub fn command(&mut self, id: u64) -> anyhow::Result<Command> {
         let bin = self
             .nodes
             .get(&id)
@@ -451,8 +465,7 @@ impl ProcCluster {
             Some(host) => host.command(bin),
             None => Command::new(bin),
         };
-        let child = cmd
-            .arg("controller")
+        cmd.arg("controller")
             .arg("--config")
             .arg(&node.config_path)
             .env(
@@ -469,11 +482,8 @@ impl ProcCluster {
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning steward controller")?;
-        node.child = Some(child);
-        Ok(())
+            .stderr(log);
+        Ok(cmd)
     }
 
     pub fn node(&self, id: u64) -> &ProcNode {
@@ -485,8 +495,26 @@ impl ProcCluster {
         self.nodes[&id].child.as_ref().map(|c| c.id())
     }
 
+    /// Whether controller `id` was started and not killed or stopped since (it may have
+    /// exited on its own: [`ProcCluster::is_alive`] looks).
     pub fn is_running(&self, id: u64) -> bool {
         self.nodes[&id].child.is_some()
+    }
+
+    /// Whether controller `id`'s process is alive; one that exited on its own is reaped,
+    /// so that [`ProcCluster::spawn`] starts it again.
+    pub fn is_alive(&mut self, id: u64) -> bool {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return false;
+        };
+        match node.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                node.child = None;
+                false
+            }
+            None => false,
+        }
     }
 
     /// SIGKILL, then reap.
@@ -540,28 +568,10 @@ impl ProcCluster {
 
     /// Every "became leader" line of every controller as (term, id).
     pub fn leaderships(&self) -> Vec<(u64, u64)> {
-        let mut out = Vec::new();
-        for id in self.nodes.keys() {
-            for line in self
-                .log_text(*id)
-                .lines()
-                .filter(|l| l.contains("became leader"))
-            {
-                let field = |name: &str| {
-                    line.split_whitespace()
-                        .find_map(|w| w.strip_prefix(name))
-                        .and_then(|v| {
-                            v.trim_matches(|c: char| !c.is_ascii_digit())
-                                .parse::<u64>()
-                                .ok()
-                        })
-                };
-                if let (Some(term), Some(who)) = (field("term="), field("id=")) {
-                    out.push((term, who));
-                }
-            }
-        }
-        out
+        self.nodes
+            .keys()
+            .flat_map(|id| crate::nodes::leaderships_in(&self.log_text(*id)))
+            .collect()
     }
 
     /// Admin API addresses of the running controllers, comma separated.

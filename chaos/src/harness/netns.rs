@@ -172,6 +172,12 @@ impl Netem {
         a
     }
 
+    /// The netem arguments, once the percents are checked.
+    pub fn validated_args(&self) -> anyhow::Result<Vec<String>> {
+        self.validate()?;
+        Ok(self.args())
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         for (name, pct) in [
             ("loss", self.loss_percent),

@@ -37,6 +37,8 @@ pub struct ObjectMix {
     pub call_timeout: Duration,
     pub epoch: Instant,
     pub seed: u64,
+    /// The credentials of the clients' `steward` calls.
+    pub admin: crate::admin::Admin,
 }
 
 /// The tag the clients move and read (`NAME:stable`).
@@ -147,7 +149,7 @@ fn now(mix: &ObjectMix) -> Nanos {
 
 /// Runs `steward ARGS` with the harness's admin identity; `None` past the call timeout.
 async fn steward(mix: &ObjectMix, args: &[&str]) -> Option<std::process::Output> {
-    let mut cmd = tokio::process::Command::from(crate::harness::pki::steward_cmd());
+    let mut cmd = tokio::process::Command::from(mix.admin.command());
     cmd.args(args)
         .env("STEWARD_ADDR", &mix.addrs)
         .stdin(Stdio::null())
@@ -291,11 +293,12 @@ async fn get_reference(
 /// `steward -o json ARGS` against `addrs` as the harness's admin: the JSON it printed,
 /// whatever its exit status (fsck exits 1 while data is at risk), or `None`.
 pub async fn steward_json(
+    admin: &crate::admin::Admin,
     addrs: &str,
     args: &[&str],
     timeout: Duration,
 ) -> Option<serde_json::Value> {
-    let mut cmd = tokio::process::Command::from(crate::harness::pki::steward_cmd());
+    let mut cmd = tokio::process::Command::from(admin.command());
     cmd.arg("-o")
         .arg("json")
         .args(args)

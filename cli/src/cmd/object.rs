@@ -51,8 +51,8 @@ pub enum ObjectCommand {
         /// Move this tag to the new version (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
-        /// Replicas of each chunk [default: 3].
-        #[arg(long, default_value_t = 0)]
+        /// Replicas of each chunk [default: the cluster's, 3].
+        #[arg(long, default_value_t = 0, hide_default_value = true)]
         rf: u32,
         /// A label of the version, KEY=VALUE (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE")]
