@@ -24,6 +24,59 @@ use crate::raft::typ::{
 /// Most bytes (approximately) of entries in one AppendEntries message; well under
 /// `MAX_RAFT_MESSAGE_BYTES` so that one oversized entry still fits alone.
 pub const MAX_APPEND_BYTES: usize = 16 * 1024 * 1024;
+/// The least an AppendEntries message's byte budget shrinks to (one entry goes even when
+/// it is larger).
+pub const MIN_APPEND_BYTES: usize = 256 * 1024;
+
+/// How many bytes of entries the next AppendEntries message to one peer carries.
+///
+/// openraft 0.9 gives every AppendEntries the heartbeat interval (50 ms by default) and
+/// drops the call when it passes. A message that cannot cross the link and the peer's
+/// fsync in that time fails every time it is retried, and a backlog of large entries (an
+/// operator snapshot restored in 2 MiB chunks, say) would never reach the peer: the leader
+/// could commit nothing. So the budget halves after a message that timed out or was
+/// dropped unanswered, down to [`MIN_APPEND_BYTES`], and grows back by that much after
+/// each answered one, up to [`MAX_APPEND_BYTES`]; openraft sends the rest of a cut batch
+/// next (a partial success).
+#[derive(Debug)]
+struct AppendBudget {
+    bytes: usize,
+    /// A message was sent and its call has not returned: if the next call finds this
+    /// set, openraft dropped it at its deadline.
+    in_flight: bool,
+}
+
+impl AppendBudget {
+    fn new() -> Self {
+        AppendBudget {
+            bytes: MAX_APPEND_BYTES,
+            in_flight: false,
+        }
+    }
+
+    /// The budget of the message about to be sent (and marks it in flight).
+    fn next(&mut self) -> usize {
+        if std::mem::replace(&mut self.in_flight, true) {
+            self.shrink();
+        }
+        self.bytes
+    }
+
+    /// The message's call returned: answered, or failed (`timed_out` when its deadline
+    /// passed).
+    fn returned(&mut self, answered: bool, timed_out: bool) {
+        self.in_flight = false;
+        if answered {
+            self.bytes = (self.bytes + MIN_APPEND_BYTES).min(MAX_APPEND_BYTES);
+        } else if timed_out {
+            self.shrink();
+        }
+    }
+
+    fn shrink(&mut self) {
+        self.bytes = (self.bytes / 2).max(MIN_APPEND_BYTES);
+    }
+}
 
 fn entry_size(entry: &Entry) -> usize {
     match &entry.payload {
@@ -58,6 +111,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: node.raft_addr.clone(),
             shared: self.shared.clone(),
+            append_budget: AppendBudget::new(),
         }
     }
 }
@@ -67,6 +121,7 @@ pub struct Network {
     target: NodeId,
     addr: String,
     shared: Arc<PeerShared>,
+    append_budget: AppendBudget,
 }
 
 #[derive(Clone, Copy)]
@@ -184,13 +239,14 @@ impl RaftNetwork<TypeConfig> for Network {
         mut rpc: AppendEntriesRequest,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse, RpcError> {
-        // Bound the message by bytes too: send the longest prefix under the limit (at least
-        // one entry) and report a partial success, so openraft sends the rest next.
+        // Bound the message by bytes too: send the longest prefix under the budget (at
+        // least one entry) and report a partial success, so openraft sends the rest next.
+        let budget = self.append_budget.next();
         let mut bytes = 0;
         let mut keep = 0;
         for entry in &rpc.entries {
             let size = entry_size(entry);
-            if keep > 0 && bytes + size > MAX_APPEND_BYTES {
+            if keep > 0 && bytes + size > budget {
                 break;
             }
             bytes += size;
@@ -204,6 +260,10 @@ impl RaftNetwork<TypeConfig> for Network {
         let succeeded = matches!(
             result,
             Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_))
+        );
+        self.append_budget.returned(
+            result.is_ok(),
+            result.is_err() && started.elapsed() >= option.hard_ttl(),
         );
         if last.is_some() && succeeded {
             self.shared
@@ -232,5 +292,35 @@ impl RaftNetwork<TypeConfig> for Network {
         option: RPCOption,
     ) -> Result<VoteResponse, RpcError> {
         self.call(Rpc::Vote, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod append_budget_tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_halves_after_dropped_or_timed_out_messages_and_grows_back() {
+        let mut b = AppendBudget::new();
+        assert_eq!(b.next(), MAX_APPEND_BYTES);
+        // Dropped at openraft's deadline: the next call finds it still in flight.
+        assert_eq!(b.next(), MAX_APPEND_BYTES / 2);
+        b.returned(false, true);
+        assert_eq!(b.next(), MAX_APPEND_BYTES / 4);
+        // An error that is not a timeout (a refused connection) says nothing of size.
+        b.returned(false, false);
+        assert_eq!(b.next(), MAX_APPEND_BYTES / 4);
+        for _ in 0..20 {
+            b.returned(false, true);
+            b.next();
+        }
+        assert_eq!(b.bytes, MIN_APPEND_BYTES, "never below the floor");
+        b.returned(true, false);
+        assert_eq!(b.next(), 2 * MIN_APPEND_BYTES);
+        for _ in 0..200 {
+            b.returned(true, false);
+            b.next();
+        }
+        assert_eq!(b.bytes, MAX_APPEND_BYTES, "never above the ceiling");
     }
 }
