@@ -48,9 +48,9 @@ pub fn parse_addrs(addrs: &str) -> anyhow::Result<Vec<String>> {
     Ok(list)
 }
 
-async fn connect_one(addr: &str) -> anyhow::Result<Admin> {
+async fn connect_one(addr: &str, call_timeout: Duration) -> anyhow::Result<Admin> {
     let options =
-        security::options(CONNECT_TIMEOUT, ServerKind::Controller)?.call_timeout(CALL_TIMEOUT);
+        security::options(CONNECT_TIMEOUT, ServerKind::Controller)?.call_timeout(call_timeout);
     let channel = transport::connect(addr, &options).await?;
     let token = TokenInterceptor(security::current()?.token.clone());
     Ok(AdminClient::with_interceptor(channel, token)
@@ -58,14 +58,19 @@ async fn connect_one(addr: &str) -> anyhow::Result<Admin> {
         .max_encoding_message_size(MAX_API_MESSAGE_BYTES))
 }
 
-/// Connects to the first reachable address, starting at `start`.
-pub async fn connect(addrs: &[String], start: usize) -> anyhow::Result<Admin> {
+/// Connects to the first reachable address, starting at `start`, for calls that may take
+/// up to `call_timeout`.
+async fn connect_timed(
+    addrs: &[String],
+    start: usize,
+    call_timeout: Duration,
+) -> anyhow::Result<Admin> {
     // A missing or broken TLS dir is the operator's to fix, not a reachability problem.
     security::current()?;
     let mut last = None;
     for i in 0..addrs.len() {
         let addr = &addrs[(start + i) % addrs.len()];
-        match connect_one(addr).await {
+        match connect_one(addr, call_timeout).await {
             Ok(c) => return Ok(c),
             Err(e) => last = Some(format!("{addr}: {e:#}")),
         }
@@ -108,7 +113,20 @@ where
     F: FnMut(Admin) -> Fut,
     Fut: Future<Output = Result<T, tonic::Status>>,
 {
-    retry(addrs, Retry::IfNotApplied, call).await
+    retry(addrs, Retry::IfNotApplied, CALL_TIMEOUT, call).await
+}
+
+/// As [`with_retry`], for a call that may take up to `call_timeout` (a snapshot restore).
+pub async fn with_retry_timed<T, F, Fut>(
+    addrs: &str,
+    call_timeout: Duration,
+    call: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut(Admin) -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    retry(addrs, Retry::IfNotApplied, call_timeout, call).await
 }
 
 /// A fresh request id for one write of this process: a random client id and sequence 1.
@@ -126,10 +144,15 @@ where
     F: FnMut(Admin) -> Fut,
     Fut: Future<Output = Result<T, tonic::Status>>,
 {
-    retry(addrs, Retry::Deduplicated, call).await
+    retry(addrs, Retry::Deduplicated, CALL_TIMEOUT, call).await
 }
 
-async fn retry<T, F, Fut>(addrs: &str, policy: Retry, mut call: F) -> anyhow::Result<T>
+async fn retry<T, F, Fut>(
+    addrs: &str,
+    policy: Retry,
+    call_timeout: Duration,
+    mut call: F,
+) -> anyhow::Result<T>
 where
     F: FnMut(Admin) -> Fut,
     Fut: Future<Output = Result<T, tonic::Status>>,
@@ -137,7 +160,7 @@ where
     let addrs = parse_addrs(addrs)?;
     let mut last = None;
     for attempt in 0..ATTEMPTS {
-        let client = match connect(&addrs, attempt as usize).await {
+        let client = match connect_timed(&addrs, attempt as usize, call_timeout).await {
             Ok(c) => c,
             Err(e) if attempt + 1 == ATTEMPTS => return Err(e),
             Err(e) => {

@@ -22,6 +22,11 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 /// Largest admin/agent API message accepted or sent, in bytes.
 pub const MAX_API_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+/// The deadline a client gives one `Admin.SnapshotRestore` call. The state travels through
+/// Raft in many entries and the controller starts over after a leadership change, so a
+/// restore may take far longer than other admin calls; the controller starts no new step
+/// once most of this has passed.
+pub const SNAPSHOT_RESTORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
 /// Bytes of chunk data per `ChunkService` message (puts and gets stream a chunk in pieces).
 pub const CHUNK_DATA_PER_MESSAGE: usize = 1024 * 1024;
 /// Largest `ChunkService` message accepted or sent: one piece of chunk data and its fields.

@@ -499,6 +499,86 @@ async fn snapshot_files_hold_any_state_the_cluster_can_hold() -> anyhow::Result<
     Ok(())
 }
 
+/// A restore whose leader loses office halfway starts over and finishes instead of
+/// failing: a fail point holds the restore after each staged chunk, and leadership is
+/// moved while it waits. (Before, the next chunk's proposal failed with "not the leader"
+/// and the operator's restore failed; that is what CI hit on a loaded machine.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_survives_a_leadership_change_halfway() -> anyhow::Result<()> {
+    use steward_proto::v1::KvPutRequest;
+    let cluster =
+        ProcCluster::start_opts(3, "", &[("FAILPOINTS", "restore-chunk-delay=return(400)")])?;
+    let (leader, _) = cluster.wait_leader(Duration::from_secs(20)).await?;
+    wait_cluster_level(&cluster, 2).await?;
+    // 2 MiB of values: four restore chunks.
+    let mut c = crate::common::connect(&cluster.node(leader).api_addr)
+        .await
+        .expect("connect");
+    const KEYS: usize = 1_000;
+    for i in 0..KEYS {
+        c.kv_put(KvPutRequest {
+            key: format!("moved/{i:04}"),
+            value: vec![b'v'; 2048],
+            expected_revision: None,
+            request_id: None,
+        })
+        .await?;
+    }
+    let file = cluster.dir.path().join("moved.snap");
+    let f = file.to_str().expect("utf-8").to_string();
+    let addrs = cluster.addrs();
+    let (ok, out) = cli(&addrs, &["operator", "snapshot", "save", &f]);
+    assert!(ok, "save: {out}");
+    let (ok, out) = cli(&addrs, &["kv", "delete", "moved/0000"]);
+    assert!(ok, "{out}");
+    let restoring = {
+        let (addrs, f) = (addrs.clone(), f.clone());
+        std::thread::spawn(move || {
+            cli(
+                &addrs,
+                &["operator", "snapshot", "restore", &f, "-o", "json"],
+            )
+        })
+    };
+    wait_for(
+        "the leader to stage the restore's first chunk",
+        Duration::from_secs(60),
+        || async {
+            cluster
+                .log_text(leader)
+                .contains("restore chunk staged")
+                .then_some(())
+        },
+    )
+    .await?;
+    let to = cluster
+        .nodes
+        .keys()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("another voter");
+    let (ok, out) = cli(
+        &addrs,
+        &["operator", "raft", "transfer-leader", &to.to_string()],
+    );
+    assert!(ok, "transfer-leader: {out}");
+    let (ok, out) = restoring.join().expect("the restore thread");
+    assert!(ok, "a leadership change failed the restore: {out}");
+    let restored: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(restored["keys"], KEYS);
+    assert!(
+        cluster.log_text(leader).contains("restore abandoned"),
+        "the first leader never abandoned its attempt: the transfer came too late to test anything"
+    );
+    let (ok, out) = cli(&addrs, &["kv", "get", "moved/0000"]);
+    assert!(
+        ok && out.trim().len() == 2048,
+        "the deleted key is back: {out}"
+    );
+    cluster.wait_converged(Duration::from_secs(60)).await?;
+    Ok(())
+}
+
 /// A registration the leader refuses for good (here a test-only fail point refuses every
 /// registration after the first) is reported loudly by the agent, which keeps
 /// heartbeating: the node stays ready.

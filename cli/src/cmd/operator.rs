@@ -11,8 +11,9 @@ use steward_proto::v1::{
     AddLearnerRequest, MembershipReply, PromoteRequest, RemovePeerRequest, SnapshotChunk,
     SnapshotSaveRequest, TransferLeaderRequest,
 };
+use steward_proto::SNAPSHOT_RESTORE_TIMEOUT;
 
-use crate::client::{status_error, with_retry};
+use crate::client::with_retry;
 use crate::output::{print_json, Output};
 
 /// Chunk size when uploading a snapshot for restore.
@@ -168,17 +169,20 @@ pub async fn run(
             // Refuse a bad file here, before the cluster sees it.
             snapshot_file::decode(&bytes)
                 .with_context(|| format!("{} is not a valid snapshot", file.display()))?;
-            let addrs_list = crate::client::parse_addrs(addrs)?;
-            let mut client = crate::client::connect(&addrs_list, 0).await?;
             let chunks: Vec<SnapshotChunk> = bytes
                 .chunks(UPLOAD_CHUNK)
                 .map(|c| SnapshotChunk { data: c.to_vec() })
                 .collect();
-            let r = client
-                .snapshot_restore(futures::stream::iter(chunks))
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            // Retried only where the cluster says nothing was restored.
+            let r = crate::client::with_retry_timed(addrs, SNAPSHOT_RESTORE_TIMEOUT, |mut c| {
+                let chunks = chunks.clone();
+                async move {
+                    c.snapshot_restore(futures::stream::iter(chunks))
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .await?;
             match output {
                 Output::Json => print_json(&json!({"revision": r.revision, "keys": r.keys}))?,
                 Output::Table => println!("restored {} keys at revision {}", r.keys, r.revision),

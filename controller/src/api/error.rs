@@ -45,6 +45,10 @@ pub enum ApiError {
     /// A limit that frees up with time was reached; nothing was applied.
     #[error("{0}")]
     Overloaded(String),
+    /// The call was given up before anything took effect (the message says why); a retry
+    /// is safe.
+    #[error("{0}")]
+    NotApplied(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -76,7 +80,8 @@ impl ApiError {
             ApiError::NoLeader
             | ApiError::TooManyHops(_)
             | ApiError::LeaderUnreachable { .. }
-            | ApiError::Overloaded(_) => not_applied(msg),
+            | ApiError::Overloaded(_)
+            | ApiError::NotApplied(_) => not_applied(msg),
             ApiError::ForwardedOutcomeUnknown { .. } => Status::deadline_exceeded(msg),
             ApiError::InvalidArgument(_) => Status::invalid_argument(msg),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),

@@ -159,6 +159,27 @@ impl RaftHandle {
         self.inner.raft.metrics().borrow().current_leader
     }
 
+    /// The latest term this controller has seen. A change means a new election: a new
+    /// leader's first entry has dropped whatever an unfinished restore staged.
+    pub fn current_term(&self) -> u64 {
+        self.inner.raft.metrics().borrow().current_term
+    }
+
+    /// The leader, once one is known, waiting up to `within` for an election to end.
+    /// This controller counts only once it has taken office (`is_leader`).
+    pub async fn wait_for_leader(&self, within: Duration) -> Option<NodeId> {
+        let mut metrics = self.inner.raft.metrics();
+        let found = |m: &RaftMetrics| match m.current_leader {
+            Some(id) if id == self.inner.id => (m.state == ServerState::Leader).then_some(id),
+            other => other,
+        };
+        let wait = async {
+            let m = metrics.wait_for(|m| found(m).is_some()).await.ok()?;
+            found(&m)
+        };
+        tokio::time::timeout(within, wait).await.ok().flatten()
+    }
+
     /// Whether this controller leads and a quorum acknowledged it within the leader lease
     /// (`RaftTuning::leader_lease`): no other controller can have been elected since. A
     /// leader cut off from its quorum loses this within the lease, while openraft would let

@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftLogId};
 use serde::{Deserialize, Serialize};
-use steward_core::{codec, ClusterState, CommandResult};
+use steward_core::{codec, ClusterState, Command, CommandResult};
 
 use super::log_store::purge_upto;
 use super::{record, Db, StoreError, CF_SNAPSHOT};
@@ -370,7 +370,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let started = std::time::Instant::now();
-        let results = apply_entries(&self.view, entries);
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // A restore's commit decodes and checks the whole staged state (tens of MiB): it
+        // runs in place with this worker's other tasks moved away, so Raft messages and
+        // heartbeats are not held up behind it.
+        let heavy = entries.iter().any(|e| {
+            matches!(
+                &e.payload,
+                EntryPayload::Normal(Command::RestoreCommit { .. })
+            )
+        });
+        let results = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread if heavy => {
+                tokio::task::block_in_place(|| apply_entries(&self.view, entries))
+            }
+            _ => apply_entries(&self.view, entries),
+        };
         self.timings.apply.observe(started.elapsed().as_secs_f64());
         Ok(results)
     }
